@@ -1,0 +1,355 @@
+//! Handshake, requests and replies.
+//!
+//! A connection is: agent sends `Hello`, receiver answers `Hello` (with the
+//! archive's parameters if one exists), then any number of request/reply
+//! exchanges, then `Request::Bye`. Some requests are followed by chunk frames
+//! (see `FORMAT.md`).
+
+use crate::{codec, ProtocolError, PROTOCOL_VERSION};
+use serde::{Deserialize, Serialize};
+
+/// Identifies a sparsebak peer in the handshake.
+pub const MAGIC: [u8; 8] = *b"SPARSBAK";
+
+/// A random 128-bit archive identity, chosen by the agent at `arch-init`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ArchiveId(pub [u8; 16]);
+
+impl ArchiveId {
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(ArchiveId(id))
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd { level: i32 },
+}
+
+impl Compression {
+    pub fn validate(self) -> Result<Self, ProtocolError> {
+        match self {
+            Compression::Zstd { level } if !(1..=19).contains(&level) => {
+                Err(ProtocolError::malformed(
+                    "compression",
+                    format!("zstd level {level} not in 1..=19"),
+                ))
+            }
+            c => Ok(c),
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compression::None => write!(f, "none"),
+            Compression::Zstd { level } => write!(f, "zstd:{level}"),
+        }
+    }
+}
+
+/// Fixed parameters of an archive.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveParams {
+    pub id: ArchiveId,
+    pub chunk_size: u32,
+    pub compression: Compression,
+}
+
+impl ArchiveParams {
+    pub fn validate(self) -> Result<Self, ProtocolError> {
+        crate::validate_chunk_size(self.chunk_size)?;
+        self.compression.validate()?;
+        Ok(self)
+    }
+}
+
+/// What the connection is for; the qrexec layer maps each to its own service.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Create an archive, list it.
+    Admin,
+    /// Write sessions (and list).
+    Backup,
+    /// Read sessions back (and list).
+    Restore,
+}
+
+/// The handshake record, sent by both sides. On the wire: `MAGIC`,
+/// `version: u32le`, then the bincode body, so that a version mismatch is
+/// recognized before the body is decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u32,
+    pub body: HelloBody,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum HelloBody {
+    /// Agent → receiver: the archive it expects (None at `arch-init`) and the
+    /// operation.
+    Agent {
+        archive_id: Option<ArchiveId>,
+        op: Operation,
+    },
+    /// Receiver → agent: the archive found at the destination, if any.
+    Receiver { archive: Option<ArchiveParams> },
+}
+
+impl Hello {
+    pub fn new(body: HelloBody) -> Self {
+        Hello {
+            version: PROTOCOL_VERSION,
+            body,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        codec::encode_into(&self.body, &mut out);
+        out
+    }
+
+    /// Decodes and checks magic and version.
+    pub fn decode(payload: &[u8]) -> Result<Self, ProtocolError> {
+        if payload.len() < 12 || payload[..8] != MAGIC {
+            return Err(ProtocolError::BadMagic);
+        }
+        let version = u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]);
+        if version != PROTOCOL_VERSION {
+            return Err(ProtocolError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: version,
+            });
+        }
+        let body = codec::decode("hello", &payload[12..])?;
+        if let HelloBody::Receiver { archive: Some(p) } = &body {
+            p.validate()?;
+        }
+        Ok(Hello { version, body })
+    }
+}
+
+/// One backup session as both sides describe it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub name: String,
+    /// Seconds since the Unix epoch (UTC) when the snapshot was taken.
+    pub time: u64,
+    pub volume_size: u64,
+    /// Data chunks stored in this session.
+    pub chunks: u64,
+    /// Chunks recorded as zero in this session.
+    pub zero_chunks: u64,
+    /// Bytes of stored (compressed) chunk data in this session.
+    pub stored_bytes: u64,
+    pub prev: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct VolumeListing {
+    pub name: String,
+    /// Oldest first.
+    pub sessions: Vec<SessionInfo>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Create the archive at the destination (Admin).
+    Init { params: ArchiveParams },
+    /// List volumes and their sessions, one volume or all.
+    List { volume: Option<String> },
+    /// Start writing a session (Backup). Followed by chunk frames, then
+    /// `Commit` or `Abort`.
+    BeginSession {
+        volume: String,
+        session: String,
+        prev: Option<String>,
+        volume_size: u64,
+        time: u64,
+    },
+    /// Make the session written since `BeginSession` visible. The counts must
+    /// match what the receiver got.
+    Commit { chunks: u64, zero_chunks: u64 },
+    /// Drop the session written since `BeginSession`.
+    Abort,
+    /// Stream the volume as of `session` (Restore): the newest non-zero chunk
+    /// of each address, ascending, then `Reply::StreamEnd`.
+    Restore { volume: String, session: String },
+    /// End of the connection.
+    Bye,
+}
+
+impl Request {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Init { .. } => "init",
+            Request::List { .. } => "list",
+            Request::BeginSession { .. } => "begin-session",
+            Request::Commit { .. } => "commit",
+            Request::Abort => "abort",
+            Request::Restore { .. } => "restore",
+            Request::Bye => "bye",
+        }
+    }
+}
+
+/// Error classes the receiver reports; the message is for humans only.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    NoArchive,
+    ArchiveExists,
+    ArchiveMismatch,
+    NoSuchVolume,
+    NoSuchSession,
+    BadRequest,
+    SessionOrder,
+    Io,
+    NoSpace,
+    Corrupt,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RemoteError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ok,
+    Listing(Vec<VolumeListing>),
+    Committed(SessionInfo),
+    /// End of a restore stream: how many chunk frames preceded it.
+    StreamEnd {
+        chunks: u64,
+    },
+    Error(RemoteError),
+}
+
+impl Reply {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Reply::Ok => "ok",
+            Reply::Listing(_) => "listing",
+            Reply::Committed(_) => "committed",
+            Reply::StreamEnd { .. } => "stream-end",
+            Reply::Error(_) => "error",
+        }
+    }
+}
+
+pub fn encode_request(r: &Request) -> Vec<u8> {
+    codec::encode(r)
+}
+
+pub fn decode_request(b: &[u8]) -> Result<Request, ProtocolError> {
+    codec::decode("request", b)
+}
+
+pub fn encode_reply(r: &Reply) -> Vec<u8> {
+    codec::encode(r)
+}
+
+pub fn decode_reply(b: &[u8]) -> Result<Reply, ProtocolError> {
+    codec::decode("reply", b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hello_round_trip_and_version_check() {
+        let h = Hello::new(HelloBody::Agent {
+            archive_id: Some(ArchiveId([7; 16])),
+            op: Operation::Backup,
+        });
+        let b = h.encode();
+        assert_eq!(Hello::decode(&b).unwrap(), h);
+        let mut v2 = b.clone();
+        v2[8..12].copy_from_slice(&99u32.to_le_bytes());
+        assert_eq!(
+            Hello::decode(&v2).unwrap_err(),
+            ProtocolError::VersionMismatch {
+                ours: 1,
+                theirs: 99
+            }
+        );
+        let mut bad = b;
+        bad[0] = b'X';
+        assert_eq!(Hello::decode(&bad).unwrap_err(), ProtocolError::BadMagic);
+    }
+
+    #[test]
+    fn hello_rejects_bad_archive_params() {
+        let p = ArchiveParams {
+            id: ArchiveId([1; 16]),
+            chunk_size: 1000,
+            compression: Compression::None,
+        };
+        let b = Hello::new(HelloBody::Receiver { archive: Some(p) }).encode();
+        assert_eq!(
+            Hello::decode(&b).unwrap_err(),
+            ProtocolError::BadChunkSize(1000)
+        );
+    }
+
+    #[test]
+    fn archive_id_hex() {
+        let id = ArchiveId([0xab; 16]);
+        assert_eq!(ArchiveId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(ArchiveId::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn request_reply_round_trip() {
+        let r = Request::BeginSession {
+            volume: "vm-work-private".into(),
+            session: "S_20261126-055600-000001".into(),
+            prev: None,
+            volume_size: 1 << 30,
+            time: 1,
+        };
+        assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
+        let e = Reply::Error(RemoteError {
+            code: ErrorCode::NoSpace,
+            message: "full".into(),
+        });
+        assert_eq!(decode_reply(&encode_reply(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn hostile_length_prefix_does_not_allocate() {
+        // A List reply claiming 2^60 volumes must fail, not try to allocate.
+        let mut b = encode_reply(&Reply::Listing(vec![]));
+        let n = b.len();
+        b[n - 8..].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode_reply(&b).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_request(&bytes);
+            let _ = decode_reply(&bytes);
+            let _ = Hello::decode(&bytes);
+        }
+    }
+}

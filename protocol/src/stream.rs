@@ -1,0 +1,240 @@
+//! Framing over a caller-supplied `Read`/`Write` (pipes in the binaries,
+//! byte slices in tests and fuzzers). Opens nothing itself.
+
+use crate::chunk::{decode_chunk_payload, ChunkHeader};
+use crate::frame::{self, FrameKind, HEADER_LEN, TRAILER_LEN};
+use crate::manifest::read_full;
+use crate::message::{
+    decode_reply, decode_request, encode_reply, encode_request, Hello, Reply, Request,
+};
+use crate::ProtocolError;
+use std::io::{Read, Write};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StreamError {
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer closed the stream")]
+    Eof,
+}
+
+/// One decoded frame. Chunk data borrows the reader's buffer.
+#[derive(Debug)]
+pub enum Incoming<'a> {
+    Hello(Hello),
+    Request(Request),
+    Reply(Reply),
+    Chunk(ChunkHeader, &'a [u8]),
+}
+
+impl Incoming<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Incoming::Hello(_) => "hello",
+            Incoming::Request(r) => r.name(),
+            Incoming::Reply(r) => r.name(),
+            Incoming::Chunk(..) => "chunk",
+        }
+    }
+}
+
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    /// Bytes consumed so far (for error messages and tests).
+    pub offset: u64,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    /// Reads one frame. A clean end of stream between frames is `Eof`; an
+    /// end inside a frame is `Truncated`.
+    pub fn read_frame(&mut self) -> Result<(FrameKind, &[u8]), StreamError> {
+        let mut h = [0u8; HEADER_LEN];
+        let n = read_full(&mut self.inner, &mut h)?;
+        if n == 0 {
+            return Err(StreamError::Eof);
+        }
+        if n < HEADER_LEN {
+            return Err(ProtocolError::Truncated("header").into());
+        }
+        // The cap is checked here, before the buffer grows.
+        let hdr = frame::decode_header(&h)?;
+        let total = hdr.len as usize + TRAILER_LEN;
+        self.buf.resize(total, 0);
+        if read_full(&mut self.inner, &mut self.buf[..total])? != total {
+            return Err(ProtocolError::Truncated("payload").into());
+        }
+        let (payload, trailer) = self.buf.split_at(hdr.len as usize);
+        frame::check_crc(hdr.kind, payload, trailer.try_into().expect("4 bytes"))?;
+        self.offset += (HEADER_LEN + total) as u64;
+        Ok((hdr.kind, payload))
+    }
+
+    /// Reads and decodes one frame.
+    pub fn next(&mut self) -> Result<Incoming<'_>, StreamError> {
+        let (kind, payload) = self.read_frame()?;
+        Ok(match kind {
+            FrameKind::Hello => Incoming::Hello(Hello::decode(payload)?),
+            FrameKind::Request => Incoming::Request(decode_request(payload)?),
+            FrameKind::Reply => Incoming::Reply(decode_reply(payload)?),
+            FrameKind::Chunk => {
+                let (h, data) = decode_chunk_payload(payload)?;
+                Incoming::Chunk(h, data)
+            }
+        })
+    }
+
+    pub fn read_hello(&mut self) -> Result<Hello, StreamError> {
+        match self.next()? {
+            Incoming::Hello(h) => Ok(h),
+            other => Err(unexpected("hello", &other)),
+        }
+    }
+
+    pub fn read_request(&mut self) -> Result<Request, StreamError> {
+        match self.next()? {
+            Incoming::Request(r) => Ok(r),
+            other => Err(unexpected("request", &other)),
+        }
+    }
+
+    pub fn read_reply(&mut self) -> Result<Reply, StreamError> {
+        match self.next()? {
+            Incoming::Reply(r) => Ok(r),
+            other => Err(unexpected("reply", &other)),
+        }
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+pub fn unexpected(expected: &'static str, got: &Incoming<'_>) -> StreamError {
+    ProtocolError::UnexpectedFrame {
+        expected,
+        got: got.name(),
+    }
+    .into()
+}
+
+pub struct FrameWriter<W> {
+    inner: W,
+}
+
+impl<W: Write> FrameWriter<W> {
+    pub fn new(inner: W) -> Self {
+        FrameWriter { inner }
+    }
+
+    /// Writes one frame whose payload is the concatenation of `parts`,
+    /// without copying them together.
+    pub fn write_frame(&mut self, kind: FrameKind, parts: &[&[u8]]) -> Result<(), StreamError> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        self.inner.write_all(&frame::encode_header(kind, len)?)?;
+        for p in parts {
+            self.inner.write_all(p)?;
+        }
+        self.inner
+            .write_all(&frame::checksum(kind, parts).to_le_bytes())?;
+        Ok(())
+    }
+
+    pub fn hello(&mut self, h: &Hello) -> Result<(), StreamError> {
+        self.write_frame(FrameKind::Hello, &[&h.encode()])?;
+        self.flush()
+    }
+
+    pub fn request(&mut self, r: &Request) -> Result<(), StreamError> {
+        self.write_frame(FrameKind::Request, &[&encode_request(r)])
+    }
+
+    pub fn reply(&mut self, r: &Reply) -> Result<(), StreamError> {
+        self.write_frame(FrameKind::Reply, &[&encode_reply(r)])
+    }
+
+    pub fn chunk(&mut self, h: &ChunkHeader, data: &[u8]) -> Result<(), StreamError> {
+        self.write_frame(FrameKind::Chunk, &[&h.encode(), data])
+    }
+
+    pub fn flush(&mut self) -> Result<(), StreamError> {
+        self.inner.flush()?;
+        Ok(())
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::Codec;
+    use crate::message::{HelloBody, Operation};
+    use proptest::prelude::*;
+
+    #[test]
+    fn conversation_round_trip() {
+        let mut w = FrameWriter::new(Vec::new());
+        w.hello(&Hello::new(HelloBody::Agent {
+            archive_id: None,
+            op: Operation::Admin,
+        }))
+        .unwrap();
+        w.request(&Request::List { volume: None }).unwrap();
+        let h = ChunkHeader {
+            addr: 0,
+            codec: Codec::Raw,
+            raw_len: 3,
+            hash: [1; 32],
+        };
+        w.chunk(&h, b"abc").unwrap();
+        let bytes = w.get_mut().clone();
+        let mut r = FrameReader::new(&bytes[..]);
+        r.read_hello().unwrap();
+        assert_eq!(r.read_request().unwrap(), Request::List { volume: None });
+        match r.next().unwrap() {
+            Incoming::Chunk(hh, d) => assert_eq!((hh, d), (h, &b"abc"[..])),
+            o => panic!("{o:?}"),
+        }
+        assert!(matches!(r.next(), Err(StreamError::Eof)));
+        assert!(matches!(
+            FrameReader::new(&bytes[..]).read_reply(),
+            Err(StreamError::Protocol(ProtocolError::UnexpectedFrame { .. }))
+        ));
+    }
+
+    #[test]
+    fn oversized_claim_is_refused_before_allocating() {
+        let mut b = vec![0xff, 0xff, 0xff, 0x7f, 0x04];
+        b.extend_from_slice(&[0; 16]);
+        let mut r = FrameReader::new(&b[..]);
+        assert!(matches!(
+            r.next(),
+            Err(StreamError::Protocol(ProtocolError::FrameTooLong { .. }))
+        ));
+        assert!(r.buf.capacity() < 1024);
+    }
+
+    proptest! {
+        #[test]
+        fn reader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut r = FrameReader::new(&bytes[..]);
+            for _ in 0..64 {
+                if r.next().is_err() { break; }
+            }
+        }
+    }
+}
