@@ -54,3 +54,45 @@ pub fn decode_prefix<T: DeserializeOwned>(
     bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| ProtocolError::malformed(what, e))
 }
+
+/// A sealed on-disk record: `magic[8] | bincode(value) | crc32le(magic+body)`.
+/// The magic carries the format version (e.g. `SBKARC01`).
+pub fn encode_sealed<T: Serialize>(magic: &[u8; 8], value: &T) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    encode_into(value, &mut out);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+pub fn decode_sealed<T: DeserializeOwned>(
+    what: &'static str,
+    magic: &[u8; 8],
+    bytes: &[u8],
+) -> Result<T, ProtocolError> {
+    if bytes.len() < 12 || &bytes[..8] != magic {
+        return Err(ProtocolError::malformed(what, "bad magic or unsupported format version"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(ProtocolError::malformed(what, "checksum mismatch"));
+    }
+    decode(what, &body[8..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_round_trip_and_damage() {
+        let b = encode_sealed(b"TESTREC1", &(7u32, "x".to_string()));
+        assert_eq!(decode_sealed::<(u32, String)>("t", b"TESTREC1", &b).unwrap(), (7, "x".into()));
+        assert!(decode_sealed::<(u32, String)>("t", b"TESTREC2", &b).is_err());
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 4;
+            assert!(decode_sealed::<(u32, String)>("t", b"TESTREC1", &c).is_err());
+        }
+    }
+}

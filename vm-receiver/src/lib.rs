@@ -1,1 +1,7 @@
+//! The sparsebak receiver: writes the sparse-bundle archive and serves it
+//! back. Runs unprivileged in the backup qube (or over ssh, or locally) and
+//! trusts nothing the agent sends beyond what `protocol` validates.
 
+pub mod archive;
+pub mod error;
+pub mod serve;

@@ -1,0 +1,138 @@
+//! The sparse-bundle archive on disk (see `vm-receiver/FORMAT.md`).
+
+pub mod chunk_store;
+pub mod fsutil;
+pub mod restore;
+pub mod session;
+
+use crate::error::{Failure, Result};
+use protocol::message::{ArchiveParams, ErrorCode, SessionInfo, VolumeListing};
+use protocol::names::{validate_session_name, validate_volume_name};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Archive info file magic; the last two bytes are the format version.
+pub const ARCHIVE_MAGIC: [u8; 8] = *b"SBKARC01";
+pub const FORMAT_VERSION: u32 = 1;
+pub const ARCHIVE_FILE: &str = "sparsebak.archive";
+pub const VOLUMES_DIR: &str = "volumes";
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct ArchiveFile {
+    format_version: u32,
+    params: ArchiveParams,
+}
+
+pub struct Archive {
+    pub root: PathBuf,
+    pub params: ArchiveParams,
+}
+
+impl Archive {
+    /// Opens the archive at `root`; `Ok(None)` if there is none yet.
+    pub fn open(root: &Path) -> Result<Option<Archive>> {
+        let info = root.join(ARCHIVE_FILE);
+        let bytes = match fs::read(&info) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Failure::io("read archive info", &info, e)),
+        };
+        let f: ArchiveFile = protocol::codec::decode_sealed("archive info", &ARCHIVE_MAGIC, &bytes)
+            .map_err(|e| Failure::new(ErrorCode::Corrupt, format!("archive info '{}': {e}", info.display())))?;
+        if f.format_version != FORMAT_VERSION {
+            return Err(Failure::new(
+                ErrorCode::Corrupt,
+                format!("archive '{}' has format version {}, this receiver reads {FORMAT_VERSION}", root.display(), f.format_version),
+            ));
+        }
+        let params = f.params.validate()?;
+        Ok(Some(Archive { root: root.to_path_buf(), params }))
+    }
+
+    /// Creates a new archive at `root` (which may exist, but must not hold one).
+    pub fn init(root: &Path, params: ArchiveParams) -> Result<Archive> {
+        let params = params.validate()?;
+        if Archive::open(root)?.is_some() {
+            return Err(Failure::new(ErrorCode::ArchiveExists, format!("an archive already exists at '{}'", root.display())));
+        }
+        fs::create_dir_all(root.join(VOLUMES_DIR)).map_err(|e| Failure::io("create archive", root, e))?;
+        let bytes = protocol::codec::encode_sealed(&ARCHIVE_MAGIC, &ArchiveFile { format_version: FORMAT_VERSION, params });
+        fsutil::fsync_dir(&root.join(VOLUMES_DIR))?;
+        fsutil::write_atomic(&root.join(ARCHIVE_FILE), &bytes)?;
+        Ok(Archive { root: root.to_path_buf(), params })
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.params.chunk_size
+    }
+
+    /// The directory of a volume; the name is validated here so that no
+    /// caller can build a path from an unchecked name.
+    pub fn volume_dir(&self, volume: &str) -> Result<PathBuf> {
+        validate_volume_name(volume)?;
+        Ok(self.root.join(VOLUMES_DIR).join(volume))
+    }
+
+    pub fn session_dir(&self, volume: &str, session: &str) -> Result<PathBuf> {
+        validate_session_name(session)?;
+        Ok(self.volume_dir(volume)?.join(session))
+    }
+
+    /// Committed session names of a volume, oldest first. In-progress
+    /// (`.incoming-*`) and temporary entries are skipped.
+    pub fn session_names(&self, volume: &str) -> Result<Vec<String>> {
+        let dir = self.volume_dir(volume)?;
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Failure::new(ErrorCode::NoSuchVolume, format!("no volume '{volume}' in archive '{}'", self.root.display())))
+            }
+            Err(e) => return Err(Failure::io("list volume", &dir, e)),
+        };
+        let mut names = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| Failure::io("list volume", &dir, e))?;
+            if let Some(n) = ent.file_name().to_str() {
+                if validate_session_name(n).is_ok() {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn volume_names(&self) -> Result<Vec<String>> {
+        let dir = self.root.join(VOLUMES_DIR);
+        let mut names = Vec::new();
+        for ent in fs::read_dir(&dir).map_err(|e| Failure::io("list volumes", &dir, e))? {
+            let ent = ent.map_err(|e| Failure::io("list volumes", &dir, e))?;
+            if let Some(n) = ent.file_name().to_str() {
+                if validate_volume_name(n).is_ok() {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn session_info(&self, volume: &str, session: &str) -> Result<SessionInfo> {
+        session::read_info(&self.session_dir(volume, session)?)
+    }
+
+    pub fn listing(&self, volume: Option<&str>) -> Result<Vec<VolumeListing>> {
+        let vols = match volume {
+            Some(v) => vec![v.to_string()],
+            None => self.volume_names()?,
+        };
+        vols.into_iter()
+            .map(|name| {
+                let sessions =
+                    self.session_names(&name)?.iter().map(|s| self.session_info(&name, s)).collect::<Result<Vec<_>>>()?;
+                Ok(VolumeListing { name, sessions })
+            })
+            .collect()
+    }
+}

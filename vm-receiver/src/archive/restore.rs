@@ -1,0 +1,72 @@
+//! Serving a session back: the volume as of a session is the merge of that
+//! session's and all earlier sessions' manifests (see `protocol::merge`).
+
+use super::{chunk_store, session, Archive};
+use crate::error::{Failure, Result};
+use protocol::chunk::{ChunkHeader, Codec};
+use protocol::manifest::ManifestReader;
+use protocol::merge::{merge_view, ViewSource};
+use protocol::message::ErrorCode;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+
+/// Calls `send` for every non-zero chunk of `volume` as of `session`, in
+/// ascending address order. Returns the number of chunks sent.
+pub fn stream_view(
+    archive: &Archive,
+    volume: &str,
+    session_name: &str,
+    mut send: impl FnMut(&ChunkHeader, &[u8]) -> Result<()>,
+) -> Result<u64> {
+    let names = archive.session_names(volume)?;
+    let upto = names.iter().position(|n| n == session_name).ok_or_else(|| {
+        Failure::new(ErrorCode::NoSuchSession, format!("no session {session_name} of volume '{volume}' in '{}'", archive.root.display()))
+    })?;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut sources = Vec::new();
+    let mut target_size = 0;
+    for name in &names[..=upto] {
+        let dir = archive.session_dir(volume, name)?;
+        let info = session::read_info(&dir)?;
+        let mpath = dir.join(session::MANIFEST_FILE);
+        let f = File::open(&mpath).map_err(|e| Failure::io("open manifest", &mpath, e))?;
+        let reader = ManifestReader::new(BufReader::with_capacity(1 << 16, f))
+            .map_err(|e| Failure::new(ErrorCode::Corrupt, format!("manifest '{}': {e}", mpath.display())))?;
+        if reader.chunk_size() != archive.chunk_size() {
+            return Err(Failure::new(ErrorCode::Corrupt, format!("manifest '{}' has the wrong chunk size", mpath.display())));
+        }
+        target_size = info.volume_size;
+        let mp = mpath.clone();
+        sources.push(ViewSource {
+            volume_size: info.volume_size,
+            entries: reader.map(move |r| r.map_err(|e| Failure::new(ErrorCode::Corrupt, format!("manifest '{}': {e}", mp.display())))),
+        });
+        dirs.push(dir);
+    }
+    let cs = archive.chunk_size() as u64;
+    let mut buf = Vec::with_capacity(cs as usize + 4096);
+    let mut sent = 0;
+    for item in merge_view(sources) {
+        let (idx, e) = item?;
+        if e.codec == Codec::Zero {
+            continue;
+        }
+        let path = chunk_store::chunk_path(&dirs[idx], e.addr);
+        let f = File::open(&path).map_err(|err| {
+            Failure::new(ErrorCode::Corrupt, format!("volume '{volume}' session {}: chunk {:#x} unreadable at '{}': {err}", names[idx], e.addr, path.display()))
+        })?;
+        buf.clear();
+        // Bounded read: a chunk file larger than any valid record is corrupt.
+        let limit = protocol::frame::MAX_PAYLOAD as u64 - protocol::chunk::HEADER_LEN as u64;
+        f.take(limit + 1).read_to_end(&mut buf).map_err(|err| Failure::io("read chunk", &path, err))?;
+        let raw_len = (target_size - e.addr).min(cs) as u32;
+        let h = ChunkHeader { addr: e.addr, codec: e.codec, raw_len, hash: e.hash };
+        h.validate(archive.chunk_size(), buf.len()).map_err(|err| {
+            Failure::new(ErrorCode::Corrupt, format!("volume '{volume}' session {}: chunk file '{}': {err}", names[idx], path.display()))
+        })?;
+        send(&h, &buf)?;
+        sent += 1;
+    }
+    Ok(sent)
+}

@@ -1,0 +1,180 @@
+//! Writing one session: chunks and manifest go to `.incoming-NAME/`, which
+//! is renamed to `NAME/` only at commit, after everything is on disk.
+
+use super::{chunk_store, fsutil, Archive};
+use crate::error::{Failure, Result};
+use protocol::chunk::{ChunkHeader, Codec};
+use protocol::manifest::{Entry, ManifestWriter};
+use protocol::message::{ErrorCode, SessionInfo};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+pub const SESSION_MAGIC: [u8; 8] = *b"SBKSES01";
+pub const INFO_FILE: &str = "session.info";
+pub const MANIFEST_FILE: &str = "manifest";
+pub const INCOMING_PREFIX: &str = ".incoming-";
+
+pub fn read_info(session_dir: &Path) -> Result<SessionInfo> {
+    let p = session_dir.join(INFO_FILE);
+    let b = fsutil::read_file("session info", &p)?;
+    protocol::codec::decode_sealed("session info", &SESSION_MAGIC, &b)
+        .map_err(|e| Failure::new(ErrorCode::Corrupt, format!("session info '{}': {e}", p.display())))
+}
+
+/// Removes `.incoming-*` leftovers of cut or crashed backups of a volume.
+pub fn clean_incoming(volume_dir: &Path) -> Result<()> {
+    let rd = match fs::read_dir(volume_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Failure::io("list volume", volume_dir, e)),
+    };
+    for ent in rd.flatten() {
+        if ent.file_name().to_string_lossy().starts_with(INCOMING_PREFIX) {
+            let p = ent.path();
+            fs::remove_dir_all(&p).map_err(|e| Failure::io("remove stale session", &p, e))?;
+        }
+    }
+    Ok(())
+}
+
+pub struct SessionWriter {
+    volume: String,
+    info: SessionInfo,
+    volume_dir: PathBuf,
+    incoming: PathBuf,
+    final_dir: PathBuf,
+    chunk_size: u32,
+    manifest: Option<ManifestWriter<BufWriter<File>>>,
+    last_fanout: Option<u64>,
+    committed: bool,
+}
+
+impl SessionWriter {
+    /// Starts a session. `prev` must name the volume's newest session (None
+    /// for a volume's first), and the new name must sort after it.
+    pub fn begin(archive: &Archive, volume: &str, session: &str, prev: Option<&str>, volume_size: u64, time: u64) -> Result<Self> {
+        let final_dir = archive.session_dir(volume, session)?;
+        let volume_dir = archive.volume_dir(volume)?;
+        let existing = match archive.session_names(volume) {
+            Ok(v) => v,
+            Err(f) if f.code == ErrorCode::NoSuchVolume => Vec::new(),
+            Err(f) => return Err(f),
+        };
+        let newest = existing.last().map(String::as_str);
+        if prev != newest {
+            return Err(Failure::new(
+                ErrorCode::SessionOrder,
+                format!("volume '{volume}': agent's previous session is {prev:?} but the archive's newest is {newest:?}"),
+            ));
+        }
+        if newest.is_some_and(|n| session <= n) {
+            return Err(Failure::new(ErrorCode::SessionOrder, format!("volume '{volume}': session {session} does not sort after {newest:?}")));
+        }
+        fs::create_dir_all(&volume_dir).map_err(|e| Failure::io("create volume", &volume_dir, e))?;
+        clean_incoming(&volume_dir)?;
+        let incoming = volume_dir.join(format!("{INCOMING_PREFIX}{session}"));
+        fs::create_dir(&incoming).map_err(|e| Failure::io("create session", &incoming, e))?;
+        let mpath = incoming.join(MANIFEST_FILE);
+        let mut w = Self {
+            volume: volume.to_string(),
+            info: SessionInfo {
+                name: session.to_string(),
+                time,
+                volume_size,
+                chunks: 0,
+                zero_chunks: 0,
+                stored_bytes: 0,
+                prev: prev.map(str::to_string),
+            },
+            volume_dir,
+            incoming,
+            final_dir,
+            chunk_size: archive.chunk_size(),
+            manifest: None,
+            last_fanout: None,
+            committed: false,
+        };
+        let f = File::create(&mpath).map_err(|e| Failure::io("create manifest", &mpath, e))?;
+        w.manifest = Some(
+            ManifestWriter::new(BufWriter::with_capacity(1 << 16, f), w.chunk_size).map_err(|e| Failure::io("write manifest", &mpath, e))?,
+        );
+        Ok(w)
+    }
+
+    /// Stores one chunk record (data written to its file, entry appended to
+    /// the manifest). Records must come in ascending address order.
+    pub fn add_chunk(&mut self, h: &ChunkHeader, data: &[u8]) -> Result<()> {
+        h.validate(self.chunk_size, data.len())?;
+        if h.addr >= self.info.volume_size {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("volume '{}': chunk {:#x} is past the volume size {}", self.volume, h.addr, self.info.volume_size),
+            ));
+        }
+        let expect_len = (self.info.volume_size - h.addr).min(self.chunk_size as u64);
+        if h.raw_len as u64 != expect_len {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("volume '{}': chunk {:#x} has length {} but should have {expect_len}", self.volume, h.addr, h.raw_len),
+            ));
+        }
+        let entry = Entry { addr: h.addr, codec: h.codec, hash: h.hash };
+        let m = self.manifest.as_mut().expect("manifest open until commit");
+        m.push(&entry).map_err(|e| Failure::new(ErrorCode::BadRequest, format!("volume '{}': {e}", self.volume)))?;
+        if h.codec == Codec::Zero {
+            self.info.zero_chunks += 1;
+            return Ok(());
+        }
+        let fan = h.addr >> 28;
+        let dir = self.incoming.join(chunk_store::fanout_dir_name(h.addr));
+        if self.last_fanout != Some(fan) {
+            // Addresses ascend, so each fan-out directory is created once.
+            fs::create_dir_all(&dir).map_err(|e| Failure::io("create directory", &dir, e))?;
+            self.last_fanout = Some(fan);
+        }
+        let path = dir.join(chunk_store::chunk_file_name(h.addr));
+        let mut f = File::create(&path).map_err(|e| Failure::io("create chunk", &path, e))?;
+        f.write_all(data).map_err(|e| Failure::io("write chunk", &path, e))?;
+        self.info.chunks += 1;
+        self.info.stored_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the session visible: manifest and info written, everything
+    /// synced, then one rename.
+    pub fn commit(mut self, chunks: u64, zero_chunks: u64) -> Result<SessionInfo> {
+        if (chunks, zero_chunks) != (self.info.chunks, self.info.zero_chunks) {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "volume '{}' session {}: agent sent {chunks} data and {zero_chunks} zero chunks, receiver got {} and {}",
+                    self.volume, self.info.name, self.info.chunks, self.info.zero_chunks
+                ),
+            ));
+        }
+        let mpath = self.incoming.join(MANIFEST_FILE);
+        let m = self.manifest.take().expect("manifest open until commit");
+        let mut bw = m.finish().map_err(|e| Failure::io("write manifest", &mpath, e))?;
+        bw.flush().map_err(|e| Failure::io("write manifest", &mpath, e))?;
+        drop(bw);
+        let info = protocol::codec::encode_sealed(&SESSION_MAGIC, &self.info);
+        let ipath = self.incoming.join(INFO_FILE);
+        fs::write(&ipath, info).map_err(|e| Failure::io("write session info", &ipath, e))?;
+        fsutil::syncfs(&self.incoming)?;
+        fs::rename(&self.incoming, &self.final_dir).map_err(|e| Failure::io("commit session", &self.final_dir, e))?;
+        self.committed = true;
+        fsutil::fsync_dir(&self.volume_dir)?;
+        Ok(self.info.clone())
+    }
+}
+
+impl Drop for SessionWriter {
+    /// An uncommitted session (abort, error, cut stream) leaves nothing.
+    fn drop(&mut self) {
+        if !self.committed {
+            self.manifest = None;
+            let _ = fs::remove_dir_all(&self.incoming);
+        }
+    }
+}

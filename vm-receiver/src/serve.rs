@@ -1,0 +1,173 @@
+//! One connection: handshake, then requests until `Bye` or end of stream.
+//!
+//! Everything the agent sends is validated by `protocol` and by the archive
+//! code before it touches the disk; a bad frame ends the connection with an
+//! error reply, and any session in progress is dropped.
+
+use crate::archive::session::SessionWriter;
+use crate::archive::{restore, Archive};
+use crate::error::Failure;
+use protocol::message::{ErrorCode, Hello, HelloBody, Operation, Reply, Request};
+use protocol::stream::{FrameReader, FrameWriter, Incoming, StreamError};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+pub struct ServeOptions {
+    pub archive_dir: PathBuf,
+    /// Operations this entry point permits (a restore-only service, say).
+    pub allowed: Vec<Operation>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Stream(#[from] StreamError),
+    #[error("{0}")]
+    Failed(#[from] Failure),
+}
+
+/// Serves one connection. Returns an error for anything that ended it
+/// abnormally (after telling the agent, where the stream still allows it).
+pub fn serve<R: Read, W: Write>(opts: &ServeOptions, input: R, output: W) -> Result<(), ServeError> {
+    let mut rd = FrameReader::new(input);
+    let mut wr = FrameWriter::new(output);
+    let hello = rd.read_hello();
+    let mut archive = Archive::open(&opts.archive_dir);
+    let params = archive.as_ref().ok().and_then(|a| a.as_ref().map(|a| a.params));
+    // Answer even a bad hello, so the agent can report a version mismatch.
+    wr.hello(&Hello::new(HelloBody::Receiver { archive: params }))?;
+    let (expected_id, op) = match hello?.body {
+        HelloBody::Agent { archive_id, op } => (archive_id, op),
+        HelloBody::Receiver { .. } => return Err(fail(&mut wr, Failure::new(ErrorCode::BadRequest, "peer sent a receiver hello"))),
+    };
+    if !opts.allowed.contains(&op) {
+        return Err(fail(&mut wr, Failure::new(ErrorCode::BadRequest, format!("operation {op:?} is not offered here"))));
+    }
+    loop {
+        let req = match rd.read_request() {
+            Ok(r) => r,
+            Err(StreamError::Eof) => return Ok(()),
+            Err(e) => return Err(fail_stream(&mut wr, e)),
+        };
+        if let Request::Bye = req {
+            wr.flush()?;
+            return Ok(());
+        }
+        if let Request::Init { params } = req {
+            let r = if op == Operation::Admin {
+                Archive::init(&opts.archive_dir, params).map(|a| {
+                    archive = Ok(Some(a));
+                })
+            } else {
+                Err(Failure::new(ErrorCode::BadRequest, "init needs an admin connection"))
+            };
+            reply_result(&mut wr, r.map(|_| Reply::Ok))?;
+            continue;
+        }
+        let a = match &archive {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                let f = Failure::new(ErrorCode::NoArchive, format!("no archive at '{}' (run arch-init)", opts.archive_dir.display()));
+                reply_result(&mut wr, Err(f))?;
+                continue;
+            }
+            Err(f) => {
+                reply_result(&mut wr, Err(Failure::new(f.code, f.message.clone())))?;
+                continue;
+            }
+        };
+        if expected_id.is_some_and(|id| id != a.params.id) && !matches!(req, Request::List { .. }) {
+            let f = Failure::new(ErrorCode::ArchiveMismatch, format!("the archive at '{}' is not the one the agent expects", a.root.display()));
+            reply_result(&mut wr, Err(f))?;
+            continue;
+        }
+        match req {
+            Request::List { volume } => {
+                let r = a.listing(volume.as_deref()).map(Reply::Listing);
+                reply_result(&mut wr, r)?;
+            }
+            Request::BeginSession { volume, session, prev, volume_size, time } if op == Operation::Backup => {
+                let w = match SessionWriter::begin(a, &volume, &session, prev.as_deref(), volume_size, time) {
+                    Ok(w) => w,
+                    Err(f) => {
+                        reply_result(&mut wr, Err(f))?;
+                        continue;
+                    }
+                };
+                wr.reply(&Reply::Ok)?;
+                wr.flush()?;
+                receive_session(&mut rd, &mut wr, w)?;
+            }
+            Request::Restore { volume, session } if op == Operation::Restore => {
+                let r = restore::stream_view(a, &volume, &session, |h, data| {
+                    wr.chunk(h, data).map_err(|e| Failure::new(ErrorCode::Io, format!("sending chunk: {e}")))
+                });
+                reply_result(&mut wr, r.map(|chunks| Reply::StreamEnd { chunks }))?;
+            }
+            other => {
+                let f = Failure::new(ErrorCode::BadRequest, format!("unexpected {} request on a {op:?} connection", other.name()));
+                return Err(fail(&mut wr, f));
+            }
+        }
+    }
+}
+
+/// Chunk frames until `Commit` or `Abort`.
+fn receive_session<R: Read, W: Write>(rd: &mut FrameReader<R>, wr: &mut FrameWriter<W>, mut w: SessionWriter) -> Result<(), ServeError> {
+    loop {
+        let frame = match rd.next() {
+            Ok(f) => f,
+            // A cut stream: `w` is dropped and the session leaves no trace.
+            Err(e) => return Err(fail_stream(wr, e)),
+        };
+        match frame {
+            Incoming::Chunk(h, data) => {
+                if let Err(f) = w.add_chunk(&h, data) {
+                    return Err(fail(wr, f));
+                }
+            }
+            Incoming::Request(Request::Commit { chunks, zero_chunks }) => {
+                return match w.commit(chunks, zero_chunks) {
+                    Ok(info) => {
+                        wr.reply(&Reply::Committed(info))?;
+                        wr.flush()?;
+                        Ok(())
+                    }
+                    Err(f) => Err(fail(wr, f)),
+                };
+            }
+            Incoming::Request(Request::Abort) => {
+                drop(w);
+                wr.reply(&Reply::Ok)?;
+                wr.flush()?;
+                return Ok(());
+            }
+            other => {
+                let f = Failure::new(ErrorCode::BadRequest, format!("unexpected {} frame inside a session", other.name()));
+                return Err(fail(wr, f));
+            }
+        }
+    }
+}
+
+fn reply_result<W: Write>(wr: &mut FrameWriter<W>, r: Result<Reply, Failure>) -> Result<(), ServeError> {
+    let reply = match r {
+        Ok(reply) => reply,
+        Err(f) => Reply::Error(f.to_remote()),
+    };
+    wr.reply(&reply)?;
+    wr.flush()?;
+    Ok(())
+}
+
+/// Tells the agent (best effort: the pipe may be gone) and returns the error.
+fn fail<W: Write>(wr: &mut FrameWriter<W>, f: Failure) -> ServeError {
+    let _ = wr.reply(&Reply::Error(f.to_remote())).and_then(|_| wr.flush());
+    ServeError::Failed(f)
+}
+
+fn fail_stream<W: Write>(wr: &mut FrameWriter<W>, e: StreamError) -> ServeError {
+    let code = if matches!(e, StreamError::Io(_)) { ErrorCode::Io } else { ErrorCode::BadRequest };
+    let _ = wr.reply(&Reply::Error(protocol::message::RemoteError { code, message: e.to_string() })).and_then(|_| wr.flush());
+    ServeError::Stream(e)
+}
