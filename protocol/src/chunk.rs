@@ -64,7 +64,7 @@ impl ChunkHeader {
 
     /// Checks the header against the archive's chunk size and the data length.
     pub fn validate(&self, chunk_size: u32, data_len: usize) -> Result<(), ProtocolError> {
-        if self.addr % chunk_size as u64 != 0 {
+        if !self.addr.is_multiple_of(chunk_size as u64) {
             return Err(ProtocolError::UnalignedAddress {
                 addr: self.addr,
                 chunk_size,

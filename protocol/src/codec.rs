@@ -71,7 +71,10 @@ pub fn decode_sealed<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, ProtocolError> {
     if bytes.len() < 12 || &bytes[..8] != magic {
-        return Err(ProtocolError::malformed(what, "bad magic or unsupported format version"));
+        return Err(ProtocolError::malformed(
+            what,
+            "bad magic or unsupported format version",
+        ));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     if crc32fast::hash(body).to_le_bytes() != crc {
@@ -87,7 +90,10 @@ mod tests {
     #[test]
     fn sealed_round_trip_and_damage() {
         let b = encode_sealed(b"TESTREC1", &(7u32, "x".to_string()));
-        assert_eq!(decode_sealed::<(u32, String)>("t", b"TESTREC1", &b).unwrap(), (7, "x".into()));
+        assert_eq!(
+            decode_sealed::<(u32, String)>("t", b"TESTREC1", &b).unwrap(),
+            (7, "x".into())
+        );
         assert!(decode_sealed::<(u32, String)>("t", b"TESTREC2", &b).is_err());
         for i in 0..b.len() {
             let mut c = b.clone();

@@ -63,7 +63,7 @@ impl<W: Write> ManifestWriter<W> {
                 return Err(ProtocolError::ManifestOrder { prev, next: e.addr }.into());
             }
         }
-        if e.addr % self.chunk_size as u64 != 0 {
+        if !e.addr.is_multiple_of(self.chunk_size as u64) {
             return Err(ProtocolError::UnalignedAddress {
                 addr: e.addr,
                 chunk_size: self.chunk_size,
@@ -159,7 +159,7 @@ impl<R: Read> ManifestReader<R> {
                 return Err(ProtocolError::ManifestOrder { prev, next: addr }.into());
             }
         }
-        if addr % self.chunk_size as u64 != 0 {
+        if !addr.is_multiple_of(self.chunk_size as u64) {
             return Err(ProtocolError::UnalignedAddress {
                 addr,
                 chunk_size: self.chunk_size,

@@ -82,7 +82,7 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// Reads and decodes one frame.
-    pub fn next(&mut self) -> Result<Incoming<'_>, StreamError> {
+    pub fn next_frame(&mut self) -> Result<Incoming<'_>, StreamError> {
         let (kind, payload) = self.read_frame()?;
         Ok(match kind {
             FrameKind::Hello => Incoming::Hello(Hello::decode(payload)?),
@@ -96,21 +96,21 @@ impl<R: Read> FrameReader<R> {
     }
 
     pub fn read_hello(&mut self) -> Result<Hello, StreamError> {
-        match self.next()? {
+        match self.next_frame()? {
             Incoming::Hello(h) => Ok(h),
             other => Err(unexpected("hello", &other)),
         }
     }
 
     pub fn read_request(&mut self) -> Result<Request, StreamError> {
-        match self.next()? {
+        match self.next_frame()? {
             Incoming::Request(r) => Ok(r),
             other => Err(unexpected("request", &other)),
         }
     }
 
     pub fn read_reply(&mut self) -> Result<Reply, StreamError> {
-        match self.next()? {
+        match self.next_frame()? {
             Incoming::Reply(r) => Ok(r),
             other => Err(unexpected("reply", &other)),
         }
@@ -205,11 +205,11 @@ mod tests {
         let mut r = FrameReader::new(&bytes[..]);
         r.read_hello().unwrap();
         assert_eq!(r.read_request().unwrap(), Request::List { volume: None });
-        match r.next().unwrap() {
+        match r.next_frame().unwrap() {
             Incoming::Chunk(hh, d) => assert_eq!((hh, d), (h, &b"abc"[..])),
             o => panic!("{o:?}"),
         }
-        assert!(matches!(r.next(), Err(StreamError::Eof)));
+        assert!(matches!(r.next_frame(), Err(StreamError::Eof)));
         assert!(matches!(
             FrameReader::new(&bytes[..]).read_reply(),
             Err(StreamError::Protocol(ProtocolError::UnexpectedFrame { .. }))
@@ -222,7 +222,7 @@ mod tests {
         b.extend_from_slice(&[0; 16]);
         let mut r = FrameReader::new(&b[..]);
         assert!(matches!(
-            r.next(),
+            r.next_frame(),
             Err(StreamError::Protocol(ProtocolError::FrameTooLong { .. }))
         ));
         assert!(r.buf.capacity() < 1024);
@@ -233,7 +233,7 @@ mod tests {
         fn reader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let mut r = FrameReader::new(&bytes[..]);
             for _ in 0..64 {
-                if r.next().is_err() { break; }
+                if r.next_frame().is_err() { break; }
             }
         }
     }

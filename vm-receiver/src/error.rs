@@ -15,7 +15,10 @@ pub type Result<T> = std::result::Result<T, Failure>;
 
 impl Failure {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 
     /// An I/O failure on `path`; a full disk gets its own code.
@@ -28,7 +31,10 @@ impl Failure {
     }
 
     pub fn to_remote(&self) -> RemoteError {
-        RemoteError { code: self.code, message: self.message.clone() }
+        RemoteError {
+            code: self.code,
+            message: self.message.clone(),
+        }
     }
 }
 

@@ -40,7 +40,10 @@ enum Op {
 
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.to_possible_value().expect("no skipped values").get_name().fmt(f)
+        self.to_possible_value()
+            .expect("no skipped values")
+            .get_name()
+            .fmt(f)
     }
 }
 
@@ -56,7 +59,10 @@ fn run() -> Result<()> {
     match cli.cmd {
         Cmd::Serve { archive, allow } => {
             if archive.as_os_str().is_empty() || !archive.is_absolute() {
-                bail!("--archive must be an absolute path, got '{}'", archive.display());
+                bail!(
+                    "--archive must be an absolute path, got '{}'",
+                    archive.display()
+                );
             }
             let allowed = allow
                 .into_iter()
@@ -66,10 +72,14 @@ fn run() -> Result<()> {
                     Op::Restore => Operation::Restore,
                 })
                 .collect();
-            let opts = ServeOptions { archive_dir: archive, allowed };
+            let opts = ServeOptions {
+                archive_dir: archive,
+                allowed,
+            };
             let stdin = BufReader::with_capacity(1 << 20, std::io::stdin().lock());
             let stdout = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            serve(&opts, stdin, stdout).with_context(|| format!("archive '{}'", opts.archive_dir.display()))?;
+            serve(&opts, stdin, stdout)
+                .with_context(|| format!("archive '{}'", opts.archive_dir.display()))?;
             Ok(())
         }
     }

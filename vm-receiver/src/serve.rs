@@ -28,20 +28,38 @@ pub enum ServeError {
 
 /// Serves one connection. Returns an error for anything that ended it
 /// abnormally (after telling the agent, where the stream still allows it).
-pub fn serve<R: Read, W: Write>(opts: &ServeOptions, input: R, output: W) -> Result<(), ServeError> {
+pub fn serve<R: Read, W: Write>(
+    opts: &ServeOptions,
+    input: R,
+    output: W,
+) -> Result<(), ServeError> {
     let mut rd = FrameReader::new(input);
     let mut wr = FrameWriter::new(output);
     let hello = rd.read_hello();
     let mut archive = Archive::open(&opts.archive_dir);
-    let params = archive.as_ref().ok().and_then(|a| a.as_ref().map(|a| a.params));
+    let params = archive
+        .as_ref()
+        .ok()
+        .and_then(|a| a.as_ref().map(|a| a.params));
     // Answer even a bad hello, so the agent can report a version mismatch.
     wr.hello(&Hello::new(HelloBody::Receiver { archive: params }))?;
     let (expected_id, op) = match hello?.body {
         HelloBody::Agent { archive_id, op } => (archive_id, op),
-        HelloBody::Receiver { .. } => return Err(fail(&mut wr, Failure::new(ErrorCode::BadRequest, "peer sent a receiver hello"))),
+        HelloBody::Receiver { .. } => {
+            return Err(fail(
+                &mut wr,
+                Failure::new(ErrorCode::BadRequest, "peer sent a receiver hello"),
+            ))
+        }
     };
     if !opts.allowed.contains(&op) {
-        return Err(fail(&mut wr, Failure::new(ErrorCode::BadRequest, format!("operation {op:?} is not offered here"))));
+        return Err(fail(
+            &mut wr,
+            Failure::new(
+                ErrorCode::BadRequest,
+                format!("operation {op:?} is not offered here"),
+            ),
+        ));
     }
     loop {
         let req = match rd.read_request() {
@@ -59,7 +77,10 @@ pub fn serve<R: Read, W: Write>(opts: &ServeOptions, input: R, output: W) -> Res
                     archive = Ok(Some(a));
                 })
             } else {
-                Err(Failure::new(ErrorCode::BadRequest, "init needs an admin connection"))
+                Err(Failure::new(
+                    ErrorCode::BadRequest,
+                    "init needs an admin connection",
+                ))
             };
             reply_result(&mut wr, r.map(|_| Reply::Ok))?;
             continue;
@@ -67,7 +88,13 @@ pub fn serve<R: Read, W: Write>(opts: &ServeOptions, input: R, output: W) -> Res
         let a = match &archive {
             Ok(Some(a)) => a,
             Ok(None) => {
-                let f = Failure::new(ErrorCode::NoArchive, format!("no archive at '{}' (run arch-init)", opts.archive_dir.display()));
+                let f = Failure::new(
+                    ErrorCode::NoArchive,
+                    format!(
+                        "no archive at '{}' (run arch-init)",
+                        opts.archive_dir.display()
+                    ),
+                );
                 reply_result(&mut wr, Err(f))?;
                 continue;
             }
@@ -77,7 +104,13 @@ pub fn serve<R: Read, W: Write>(opts: &ServeOptions, input: R, output: W) -> Res
             }
         };
         if expected_id.is_some_and(|id| id != a.params.id) && !matches!(req, Request::List { .. }) {
-            let f = Failure::new(ErrorCode::ArchiveMismatch, format!("the archive at '{}' is not the one the agent expects", a.root.display()));
+            let f = Failure::new(
+                ErrorCode::ArchiveMismatch,
+                format!(
+                    "the archive at '{}' is not the one the agent expects",
+                    a.root.display()
+                ),
+            );
             reply_result(&mut wr, Err(f))?;
             continue;
         }
@@ -86,8 +119,21 @@ pub fn serve<R: Read, W: Write>(opts: &ServeOptions, input: R, output: W) -> Res
                 let r = a.listing(volume.as_deref()).map(Reply::Listing);
                 reply_result(&mut wr, r)?;
             }
-            Request::BeginSession { volume, session, prev, volume_size, time } if op == Operation::Backup => {
-                let w = match SessionWriter::begin(a, &volume, &session, prev.as_deref(), volume_size, time) {
+            Request::BeginSession {
+                volume,
+                session,
+                prev,
+                volume_size,
+                time,
+            } if op == Operation::Backup => {
+                let w = match SessionWriter::begin(
+                    a,
+                    &volume,
+                    &session,
+                    prev.as_deref(),
+                    volume_size,
+                    time,
+                ) {
                     Ok(w) => w,
                     Err(f) => {
                         reply_result(&mut wr, Err(f))?;
@@ -100,12 +146,16 @@ pub fn serve<R: Read, W: Write>(opts: &ServeOptions, input: R, output: W) -> Res
             }
             Request::Restore { volume, session } if op == Operation::Restore => {
                 let r = restore::stream_view(a, &volume, &session, |h, data| {
-                    wr.chunk(h, data).map_err(|e| Failure::new(ErrorCode::Io, format!("sending chunk: {e}")))
+                    wr.chunk(h, data)
+                        .map_err(|e| Failure::new(ErrorCode::Io, format!("sending chunk: {e}")))
                 });
                 reply_result(&mut wr, r.map(|chunks| Reply::StreamEnd { chunks }))?;
             }
             other => {
-                let f = Failure::new(ErrorCode::BadRequest, format!("unexpected {} request on a {op:?} connection", other.name()));
+                let f = Failure::new(
+                    ErrorCode::BadRequest,
+                    format!("unexpected {} request on a {op:?} connection", other.name()),
+                );
                 return Err(fail(&mut wr, f));
             }
         }
@@ -113,9 +163,13 @@ pub fn serve<R: Read, W: Write>(opts: &ServeOptions, input: R, output: W) -> Res
 }
 
 /// Chunk frames until `Commit` or `Abort`.
-fn receive_session<R: Read, W: Write>(rd: &mut FrameReader<R>, wr: &mut FrameWriter<W>, mut w: SessionWriter) -> Result<(), ServeError> {
+fn receive_session<R: Read, W: Write>(
+    rd: &mut FrameReader<R>,
+    wr: &mut FrameWriter<W>,
+    mut w: SessionWriter,
+) -> Result<(), ServeError> {
     loop {
-        let frame = match rd.next() {
+        let frame = match rd.next_frame() {
             Ok(f) => f,
             // A cut stream: `w` is dropped and the session leaves no trace.
             Err(e) => return Err(fail_stream(wr, e)),
@@ -126,7 +180,10 @@ fn receive_session<R: Read, W: Write>(rd: &mut FrameReader<R>, wr: &mut FrameWri
                     return Err(fail(wr, f));
                 }
             }
-            Incoming::Request(Request::Commit { chunks, zero_chunks }) => {
+            Incoming::Request(Request::Commit {
+                chunks,
+                zero_chunks,
+            }) => {
                 return match w.commit(chunks, zero_chunks) {
                     Ok(info) => {
                         wr.reply(&Reply::Committed(info))?;
@@ -143,14 +200,20 @@ fn receive_session<R: Read, W: Write>(rd: &mut FrameReader<R>, wr: &mut FrameWri
                 return Ok(());
             }
             other => {
-                let f = Failure::new(ErrorCode::BadRequest, format!("unexpected {} frame inside a session", other.name()));
+                let f = Failure::new(
+                    ErrorCode::BadRequest,
+                    format!("unexpected {} frame inside a session", other.name()),
+                );
                 return Err(fail(wr, f));
             }
         }
     }
 }
 
-fn reply_result<W: Write>(wr: &mut FrameWriter<W>, r: Result<Reply, Failure>) -> Result<(), ServeError> {
+fn reply_result<W: Write>(
+    wr: &mut FrameWriter<W>,
+    r: Result<Reply, Failure>,
+) -> Result<(), ServeError> {
     let reply = match r {
         Ok(reply) => reply,
         Err(f) => Reply::Error(f.to_remote()),
@@ -162,12 +225,23 @@ fn reply_result<W: Write>(wr: &mut FrameWriter<W>, r: Result<Reply, Failure>) ->
 
 /// Tells the agent (best effort: the pipe may be gone) and returns the error.
 fn fail<W: Write>(wr: &mut FrameWriter<W>, f: Failure) -> ServeError {
-    let _ = wr.reply(&Reply::Error(f.to_remote())).and_then(|_| wr.flush());
+    let _ = wr
+        .reply(&Reply::Error(f.to_remote()))
+        .and_then(|_| wr.flush());
     ServeError::Failed(f)
 }
 
 fn fail_stream<W: Write>(wr: &mut FrameWriter<W>, e: StreamError) -> ServeError {
-    let code = if matches!(e, StreamError::Io(_)) { ErrorCode::Io } else { ErrorCode::BadRequest };
-    let _ = wr.reply(&Reply::Error(protocol::message::RemoteError { code, message: e.to_string() })).and_then(|_| wr.flush());
+    let code = if matches!(e, StreamError::Io(_)) {
+        ErrorCode::Io
+    } else {
+        ErrorCode::BadRequest
+    };
+    let _ = wr
+        .reply(&Reply::Error(protocol::message::RemoteError {
+            code,
+            message: e.to_string(),
+        }))
+        .and_then(|_| wr.flush());
     ServeError::Stream(e)
 }

@@ -16,7 +16,9 @@ pub fn chunk_file_name(addr: u64) -> String {
 }
 
 pub fn chunk_path(session_dir: &Path, addr: u64) -> PathBuf {
-    session_dir.join(fanout_dir_name(addr)).join(chunk_file_name(addr))
+    session_dir
+        .join(fanout_dir_name(addr))
+        .join(chunk_file_name(addr))
 }
 
 #[cfg(test)]

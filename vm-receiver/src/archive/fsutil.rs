@@ -8,10 +8,17 @@ use std::path::Path;
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("archive paths have a parent");
-    let name = path.file_name().expect("archive paths have a name").to_string_lossy();
+    let name = path
+        .file_name()
+        .expect("archive paths have a name")
+        .to_string_lossy();
     let tmp = dir.join(format!(".tmp-{name}"));
     let res = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -24,7 +31,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Failure::io("sync directory", dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Failure::io("sync directory", dir, e))
 }
 
 /// Flushes every dirty page of the filesystem holding `dir`: one call at

@@ -39,28 +39,53 @@ impl Archive {
             Err(e) => return Err(Failure::io("read archive info", &info, e)),
         };
         let f: ArchiveFile = protocol::codec::decode_sealed("archive info", &ARCHIVE_MAGIC, &bytes)
-            .map_err(|e| Failure::new(ErrorCode::Corrupt, format!("archive info '{}': {e}", info.display())))?;
+            .map_err(|e| {
+                Failure::new(
+                    ErrorCode::Corrupt,
+                    format!("archive info '{}': {e}", info.display()),
+                )
+            })?;
         if f.format_version != FORMAT_VERSION {
             return Err(Failure::new(
                 ErrorCode::Corrupt,
-                format!("archive '{}' has format version {}, this receiver reads {FORMAT_VERSION}", root.display(), f.format_version),
+                format!(
+                    "archive '{}' has format version {}, this receiver reads {FORMAT_VERSION}",
+                    root.display(),
+                    f.format_version
+                ),
             ));
         }
         let params = f.params.validate()?;
-        Ok(Some(Archive { root: root.to_path_buf(), params }))
+        Ok(Some(Archive {
+            root: root.to_path_buf(),
+            params,
+        }))
     }
 
     /// Creates a new archive at `root` (which may exist, but must not hold one).
     pub fn init(root: &Path, params: ArchiveParams) -> Result<Archive> {
         let params = params.validate()?;
         if Archive::open(root)?.is_some() {
-            return Err(Failure::new(ErrorCode::ArchiveExists, format!("an archive already exists at '{}'", root.display())));
+            return Err(Failure::new(
+                ErrorCode::ArchiveExists,
+                format!("an archive already exists at '{}'", root.display()),
+            ));
         }
-        fs::create_dir_all(root.join(VOLUMES_DIR)).map_err(|e| Failure::io("create archive", root, e))?;
-        let bytes = protocol::codec::encode_sealed(&ARCHIVE_MAGIC, &ArchiveFile { format_version: FORMAT_VERSION, params });
+        fs::create_dir_all(root.join(VOLUMES_DIR))
+            .map_err(|e| Failure::io("create archive", root, e))?;
+        let bytes = protocol::codec::encode_sealed(
+            &ARCHIVE_MAGIC,
+            &ArchiveFile {
+                format_version: FORMAT_VERSION,
+                params,
+            },
+        );
         fsutil::fsync_dir(&root.join(VOLUMES_DIR))?;
         fsutil::write_atomic(&root.join(ARCHIVE_FILE), &bytes)?;
-        Ok(Archive { root: root.to_path_buf(), params })
+        Ok(Archive {
+            root: root.to_path_buf(),
+            params,
+        })
     }
 
     pub fn chunk_size(&self) -> u32 {
@@ -86,7 +111,10 @@ impl Archive {
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Failure::new(ErrorCode::NoSuchVolume, format!("no volume '{volume}' in archive '{}'", self.root.display())))
+                return Err(Failure::new(
+                    ErrorCode::NoSuchVolume,
+                    format!("no volume '{volume}' in archive '{}'", self.root.display()),
+                ))
             }
             Err(e) => return Err(Failure::io("list volume", &dir, e)),
         };
@@ -129,8 +157,11 @@ impl Archive {
         };
         vols.into_iter()
             .map(|name| {
-                let sessions =
-                    self.session_names(&name)?.iter().map(|s| self.session_info(&name, s)).collect::<Result<Vec<_>>>()?;
+                let sessions = self
+                    .session_names(&name)?
+                    .iter()
+                    .map(|s| self.session_info(&name, s))
+                    .collect::<Result<Vec<_>>>()?;
                 Ok(VolumeListing { name, sessions })
             })
             .collect()

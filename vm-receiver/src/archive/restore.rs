@@ -20,9 +20,18 @@ pub fn stream_view(
     mut send: impl FnMut(&ChunkHeader, &[u8]) -> Result<()>,
 ) -> Result<u64> {
     let names = archive.session_names(volume)?;
-    let upto = names.iter().position(|n| n == session_name).ok_or_else(|| {
-        Failure::new(ErrorCode::NoSuchSession, format!("no session {session_name} of volume '{volume}' in '{}'", archive.root.display()))
-    })?;
+    let upto = names
+        .iter()
+        .position(|n| n == session_name)
+        .ok_or_else(|| {
+            Failure::new(
+                ErrorCode::NoSuchSession,
+                format!(
+                    "no session {session_name} of volume '{volume}' in '{}'",
+                    archive.root.display()
+                ),
+            )
+        })?;
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut sources = Vec::new();
     let mut target_size = 0;
@@ -31,16 +40,30 @@ pub fn stream_view(
         let info = session::read_info(&dir)?;
         let mpath = dir.join(session::MANIFEST_FILE);
         let f = File::open(&mpath).map_err(|e| Failure::io("open manifest", &mpath, e))?;
-        let reader = ManifestReader::new(BufReader::with_capacity(1 << 16, f))
-            .map_err(|e| Failure::new(ErrorCode::Corrupt, format!("manifest '{}': {e}", mpath.display())))?;
+        let reader = ManifestReader::new(BufReader::with_capacity(1 << 16, f)).map_err(|e| {
+            Failure::new(
+                ErrorCode::Corrupt,
+                format!("manifest '{}': {e}", mpath.display()),
+            )
+        })?;
         if reader.chunk_size() != archive.chunk_size() {
-            return Err(Failure::new(ErrorCode::Corrupt, format!("manifest '{}' has the wrong chunk size", mpath.display())));
+            return Err(Failure::new(
+                ErrorCode::Corrupt,
+                format!("manifest '{}' has the wrong chunk size", mpath.display()),
+            ));
         }
         target_size = info.volume_size;
         let mp = mpath.clone();
         sources.push(ViewSource {
             volume_size: info.volume_size,
-            entries: reader.map(move |r| r.map_err(|e| Failure::new(ErrorCode::Corrupt, format!("manifest '{}': {e}", mp.display())))),
+            entries: reader.map(move |r| {
+                r.map_err(|e| {
+                    Failure::new(
+                        ErrorCode::Corrupt,
+                        format!("manifest '{}': {e}", mp.display()),
+                    )
+                })
+            }),
         });
         dirs.push(dir);
     }
@@ -54,16 +77,38 @@ pub fn stream_view(
         }
         let path = chunk_store::chunk_path(&dirs[idx], e.addr);
         let f = File::open(&path).map_err(|err| {
-            Failure::new(ErrorCode::Corrupt, format!("volume '{volume}' session {}: chunk {:#x} unreadable at '{}': {err}", names[idx], e.addr, path.display()))
+            Failure::new(
+                ErrorCode::Corrupt,
+                format!(
+                    "volume '{volume}' session {}: chunk {:#x} unreadable at '{}': {err}",
+                    names[idx],
+                    e.addr,
+                    path.display()
+                ),
+            )
         })?;
         buf.clear();
         // Bounded read: a chunk file larger than any valid record is corrupt.
         let limit = protocol::frame::MAX_PAYLOAD as u64 - protocol::chunk::HEADER_LEN as u64;
-        f.take(limit + 1).read_to_end(&mut buf).map_err(|err| Failure::io("read chunk", &path, err))?;
+        f.take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(|err| Failure::io("read chunk", &path, err))?;
         let raw_len = (target_size - e.addr).min(cs) as u32;
-        let h = ChunkHeader { addr: e.addr, codec: e.codec, raw_len, hash: e.hash };
+        let h = ChunkHeader {
+            addr: e.addr,
+            codec: e.codec,
+            raw_len,
+            hash: e.hash,
+        };
         h.validate(archive.chunk_size(), buf.len()).map_err(|err| {
-            Failure::new(ErrorCode::Corrupt, format!("volume '{volume}' session {}: chunk file '{}': {err}", names[idx], path.display()))
+            Failure::new(
+                ErrorCode::Corrupt,
+                format!(
+                    "volume '{volume}' session {}: chunk file '{}': {err}",
+                    names[idx],
+                    path.display()
+                ),
+            )
         })?;
         send(&h, &buf)?;
         sent += 1;

@@ -18,8 +18,12 @@ pub const INCOMING_PREFIX: &str = ".incoming-";
 pub fn read_info(session_dir: &Path) -> Result<SessionInfo> {
     let p = session_dir.join(INFO_FILE);
     let b = fsutil::read_file("session info", &p)?;
-    protocol::codec::decode_sealed("session info", &SESSION_MAGIC, &b)
-        .map_err(|e| Failure::new(ErrorCode::Corrupt, format!("session info '{}': {e}", p.display())))
+    protocol::codec::decode_sealed("session info", &SESSION_MAGIC, &b).map_err(|e| {
+        Failure::new(
+            ErrorCode::Corrupt,
+            format!("session info '{}': {e}", p.display()),
+        )
+    })
 }
 
 /// Removes `.incoming-*` leftovers of cut or crashed backups of a volume.
@@ -30,7 +34,11 @@ pub fn clean_incoming(volume_dir: &Path) -> Result<()> {
         Err(e) => return Err(Failure::io("list volume", volume_dir, e)),
     };
     for ent in rd.flatten() {
-        if ent.file_name().to_string_lossy().starts_with(INCOMING_PREFIX) {
+        if ent
+            .file_name()
+            .to_string_lossy()
+            .starts_with(INCOMING_PREFIX)
+        {
             let p = ent.path();
             fs::remove_dir_all(&p).map_err(|e| Failure::io("remove stale session", &p, e))?;
         }
@@ -53,7 +61,14 @@ pub struct SessionWriter {
 impl SessionWriter {
     /// Starts a session. `prev` must name the volume's newest session (None
     /// for a volume's first), and the new name must sort after it.
-    pub fn begin(archive: &Archive, volume: &str, session: &str, prev: Option<&str>, volume_size: u64, time: u64) -> Result<Self> {
+    pub fn begin(
+        archive: &Archive,
+        volume: &str,
+        session: &str,
+        prev: Option<&str>,
+        volume_size: u64,
+        time: u64,
+    ) -> Result<Self> {
         let final_dir = archive.session_dir(volume, session)?;
         let volume_dir = archive.volume_dir(volume)?;
         let existing = match archive.session_names(volume) {
@@ -69,9 +84,13 @@ impl SessionWriter {
             ));
         }
         if newest.is_some_and(|n| session <= n) {
-            return Err(Failure::new(ErrorCode::SessionOrder, format!("volume '{volume}': session {session} does not sort after {newest:?}")));
+            return Err(Failure::new(
+                ErrorCode::SessionOrder,
+                format!("volume '{volume}': session {session} does not sort after {newest:?}"),
+            ));
         }
-        fs::create_dir_all(&volume_dir).map_err(|e| Failure::io("create volume", &volume_dir, e))?;
+        fs::create_dir_all(&volume_dir)
+            .map_err(|e| Failure::io("create volume", &volume_dir, e))?;
         clean_incoming(&volume_dir)?;
         let incoming = volume_dir.join(format!("{INCOMING_PREFIX}{session}"));
         fs::create_dir(&incoming).map_err(|e| Failure::io("create session", &incoming, e))?;
@@ -97,7 +116,8 @@ impl SessionWriter {
         };
         let f = File::create(&mpath).map_err(|e| Failure::io("create manifest", &mpath, e))?;
         w.manifest = Some(
-            ManifestWriter::new(BufWriter::with_capacity(1 << 16, f), w.chunk_size).map_err(|e| Failure::io("write manifest", &mpath, e))?,
+            ManifestWriter::new(BufWriter::with_capacity(1 << 16, f), w.chunk_size)
+                .map_err(|e| Failure::io("write manifest", &mpath, e))?,
         );
         Ok(w)
     }
@@ -109,19 +129,34 @@ impl SessionWriter {
         if h.addr >= self.info.volume_size {
             return Err(Failure::new(
                 ErrorCode::BadRequest,
-                format!("volume '{}': chunk {:#x} is past the volume size {}", self.volume, h.addr, self.info.volume_size),
+                format!(
+                    "volume '{}': chunk {:#x} is past the volume size {}",
+                    self.volume, h.addr, self.info.volume_size
+                ),
             ));
         }
         let expect_len = (self.info.volume_size - h.addr).min(self.chunk_size as u64);
         if h.raw_len as u64 != expect_len {
             return Err(Failure::new(
                 ErrorCode::BadRequest,
-                format!("volume '{}': chunk {:#x} has length {} but should have {expect_len}", self.volume, h.addr, h.raw_len),
+                format!(
+                    "volume '{}': chunk {:#x} has length {} but should have {expect_len}",
+                    self.volume, h.addr, h.raw_len
+                ),
             ));
         }
-        let entry = Entry { addr: h.addr, codec: h.codec, hash: h.hash };
+        let entry = Entry {
+            addr: h.addr,
+            codec: h.codec,
+            hash: h.hash,
+        };
         let m = self.manifest.as_mut().expect("manifest open until commit");
-        m.push(&entry).map_err(|e| Failure::new(ErrorCode::BadRequest, format!("volume '{}': {e}", self.volume)))?;
+        m.push(&entry).map_err(|e| {
+            Failure::new(
+                ErrorCode::BadRequest,
+                format!("volume '{}': {e}", self.volume),
+            )
+        })?;
         if h.codec == Codec::Zero {
             self.info.zero_chunks += 1;
             return Ok(());
@@ -135,7 +170,8 @@ impl SessionWriter {
         }
         let path = dir.join(chunk_store::chunk_file_name(h.addr));
         let mut f = File::create(&path).map_err(|e| Failure::io("create chunk", &path, e))?;
-        f.write_all(data).map_err(|e| Failure::io("write chunk", &path, e))?;
+        f.write_all(data)
+            .map_err(|e| Failure::io("write chunk", &path, e))?;
         self.info.chunks += 1;
         self.info.stored_bytes += data.len() as u64;
         Ok(())
@@ -155,14 +191,18 @@ impl SessionWriter {
         }
         let mpath = self.incoming.join(MANIFEST_FILE);
         let m = self.manifest.take().expect("manifest open until commit");
-        let mut bw = m.finish().map_err(|e| Failure::io("write manifest", &mpath, e))?;
-        bw.flush().map_err(|e| Failure::io("write manifest", &mpath, e))?;
+        let mut bw = m
+            .finish()
+            .map_err(|e| Failure::io("write manifest", &mpath, e))?;
+        bw.flush()
+            .map_err(|e| Failure::io("write manifest", &mpath, e))?;
         drop(bw);
         let info = protocol::codec::encode_sealed(&SESSION_MAGIC, &self.info);
         let ipath = self.incoming.join(INFO_FILE);
         fs::write(&ipath, info).map_err(|e| Failure::io("write session info", &ipath, e))?;
         fsutil::syncfs(&self.incoming)?;
-        fs::rename(&self.incoming, &self.final_dir).map_err(|e| Failure::io("commit session", &self.final_dir, e))?;
+        fs::rename(&self.incoming, &self.final_dir)
+            .map_err(|e| Failure::io("commit session", &self.final_dir, e))?;
         self.committed = true;
         fsutil::fsync_dir(&self.volume_dir)?;
         Ok(self.info.clone())

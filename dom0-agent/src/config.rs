@@ -1,0 +1,57 @@
+//! Settings from `/etc/sparsebak/sparsebak.toml` (or `--config`), each
+//! overridden by its command-line flag.
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG: &str = "/etc/sparsebak/sparsebak.toml";
+pub const DEFAULT_META_DIR: &str = "/var/lib/sparsebak";
+
+#[derive(Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Archive destination URL, e.g. `file:///var/backups/sparsebak`.
+    pub dest: Option<String>,
+    /// Where volumes come from: a directory of image files.
+    pub local: Option<PathBuf>,
+    /// dom0's metadata directory.
+    pub meta_dir: Option<PathBuf>,
+    /// The receiver program to run.
+    pub remote_receiver: Option<PathBuf>,
+    /// Volumes `backup` takes when none are named.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Hash/compress threads (default: all cores).
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// Loads `explicit` (which must exist) or the default file if present.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_CONFIG).is_file() => PathBuf::from(DEFAULT_CONFIG),
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("unable to read config '{}'", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("unable to parse config '{}'", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_unknown_keys() {
+        let c: Config =
+            toml::from_str("dest = \"file:///b\"\nlocal = \"/v\"\nvolumes = [\"a.img\"]\n")
+                .unwrap();
+        assert_eq!(c.dest.as_deref(), Some("file:///b"));
+        assert_eq!(c.volumes, vec!["a.img"]);
+        assert!(toml::from_str::<Config>("dset = 1").is_err());
+    }
+}

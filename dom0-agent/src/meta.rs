@@ -1,0 +1,296 @@
+//! dom0's own metadata: per archive, per volume, per session a manifest
+//! (address → SHA-256) and an info record. This, not the archive, is what
+//! restores are verified against.
+//!
+//! Layout under the meta dir:
+//! `archives/ID/archive.toml`, `archives/ID/volumes/VOL/SESSION/{manifest,info.toml}`,
+//! and `archives/ID/volumes/VOL/.pending-SESSION/` while a session is being
+//! committed (see `backup.rs` for how a pending session is resolved).
+
+use crate::fsutil::{fsync_dir, write_atomic};
+use anyhow::{bail, Context, Result};
+use protocol::manifest::{ManifestReader, ManifestWriter};
+use protocol::merge::{merge_view, MergeView, ViewSource};
+use protocol::message::{ArchiveId, ArchiveParams, Compression, SessionInfo};
+use protocol::names::{validate_session_name, validate_volume_name};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+pub const PENDING_PREFIX: &str = ".pending-";
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveRecord {
+    pub id: String,
+    pub dest: String,
+    pub chunk_size: u32,
+    /// `none` or `zstd:LEVEL`.
+    pub compression: String,
+    pub created: u64,
+    /// Volumes that `backup` with no arguments backs up.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+}
+
+impl ArchiveRecord {
+    pub fn params(&self) -> Result<ArchiveParams> {
+        let id = ArchiveId::from_hex(&self.id)
+            .with_context(|| format!("bad archive id '{}'", self.id))?;
+        Ok(ArchiveParams {
+            id,
+            chunk_size: self.chunk_size,
+            compression: parse_compression(&self.compression)?,
+        }
+        .validate()?)
+    }
+}
+
+pub fn parse_compression(s: &str) -> Result<Compression> {
+    let c = match s.split_once(':') {
+        None if s == "none" => Compression::None,
+        None if s == "zstd" => Compression::Zstd { level: 3 },
+        Some(("zstd", l)) => Compression::Zstd {
+            level: l
+                .parse()
+                .with_context(|| format!("bad zstd level in '{s}'"))?,
+        },
+        _ => bail!("unknown compression '{s}' (use zstd:LEVEL or none)"),
+    };
+    Ok(c.validate()?)
+}
+
+pub struct MetaStore {
+    pub root: PathBuf,
+}
+
+pub struct ArchiveMeta {
+    pub dir: PathBuf,
+    pub rec: ArchiveRecord,
+    pub params: ArchiveParams,
+}
+
+impl MetaStore {
+    pub fn new(root: &Path) -> Self {
+        MetaStore {
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn archives_dir(&self) -> PathBuf {
+        self.root.join("archives")
+    }
+
+    /// The archive this dom0 created at `dest`.
+    pub fn find_by_dest(&self, dest: &str) -> Result<Option<ArchiveMeta>> {
+        let dir = self.archives_dir();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("unable to read meta dir '{}'", dir.display()))
+            }
+        };
+        for ent in rd {
+            let ent = ent?;
+            if ent.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let a = ArchiveMeta::open(&ent.path())?;
+            if a.rec.dest == dest {
+                return Ok(Some(a));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn create(&self, rec: ArchiveRecord) -> Result<ArchiveMeta> {
+        let params = rec.params()?;
+        let dir = self.archives_dir().join(&rec.id);
+        fs::create_dir_all(dir.join("volumes"))
+            .with_context(|| format!("unable to create meta dir '{}'", dir.display()))?;
+        let a = ArchiveMeta { dir, rec, params };
+        a.save()?;
+        Ok(a)
+    }
+}
+
+impl ArchiveMeta {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let p = dir.join("archive.toml");
+        let text =
+            fs::read_to_string(&p).with_context(|| format!("unable to read '{}'", p.display()))?;
+        let rec: ArchiveRecord =
+            toml::from_str(&text).with_context(|| format!("unable to parse '{}'", p.display()))?;
+        let params = rec
+            .params()
+            .with_context(|| format!("in '{}'", p.display()))?;
+        Ok(ArchiveMeta {
+            dir: dir.to_path_buf(),
+            rec,
+            params,
+        })
+    }
+
+    pub fn save(&self) -> Result<()> {
+        write_atomic(
+            &self.dir.join("archive.toml"),
+            toml::to_string(&self.rec)?.as_bytes(),
+        )
+    }
+
+    pub fn volume_dir(&self, volume: &str) -> Result<PathBuf> {
+        validate_volume_name(volume)?;
+        Ok(self.dir.join("volumes").join(volume))
+    }
+
+    pub fn session_dir(&self, volume: &str, session: &str) -> Result<PathBuf> {
+        validate_session_name(session)?;
+        Ok(self.volume_dir(volume)?.join(session))
+    }
+
+    /// Volumes with at least one session dir (committed or pending).
+    pub fn volumes(&self) -> Result<Vec<String>> {
+        let dir = self.dir.join("volumes");
+        let mut v: Vec<String> = fs::read_dir(&dir)
+            .with_context(|| format!("unable to read '{}'", dir.display()))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| validate_volume_name(n).is_ok())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Committed sessions of a volume, oldest first.
+    pub fn sessions(&self, volume: &str) -> Result<Vec<SessionInfo>> {
+        let dir = self.volume_dir(volume)?;
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("unable to read '{}'", dir.display())),
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| validate_session_name(n).is_ok())
+            .collect();
+        names.sort();
+        names.iter().map(|n| read_info(&dir.join(n))).collect()
+    }
+
+    pub fn pending(&self, volume: &str) -> Result<Vec<String>> {
+        let dir = self.volume_dir(volume)?;
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut v: Vec<String> = rd
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix(PENDING_PREFIX).map(str::to_string))
+            .filter(|n| validate_session_name(n).is_ok())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    pub fn pending_dir(&self, volume: &str, session: &str) -> Result<PathBuf> {
+        validate_session_name(session)?;
+        Ok(self
+            .volume_dir(volume)?
+            .join(format!("{PENDING_PREFIX}{session}")))
+    }
+
+    /// Starts recording a new session's manifest in its pending dir.
+    pub fn begin_pending(&self, volume: &str, session: &str) -> Result<PendingSession> {
+        let dir = self.pending_dir(volume, session)?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("unable to create '{}'", dir.display()))?;
+        let mpath = dir.join("manifest");
+        let f = File::create(&mpath)
+            .with_context(|| format!("unable to create '{}'", mpath.display()))?;
+        let manifest =
+            ManifestWriter::new(BufWriter::with_capacity(1 << 16, f), self.params.chunk_size)?;
+        Ok(PendingSession { dir, manifest })
+    }
+
+    /// Pending → committed (after the receiver acknowledged the commit).
+    pub fn promote_pending(&self, volume: &str, session: &str) -> Result<()> {
+        let from = self.pending_dir(volume, session)?;
+        let to = self.session_dir(volume, session)?;
+        fs::rename(&from, &to).with_context(|| format!("unable to commit '{}'", to.display()))?;
+        fsync_dir(&self.volume_dir(volume)?)
+    }
+
+    pub fn drop_pending(&self, volume: &str, session: &str) -> Result<()> {
+        let dir = self.pending_dir(volume, session)?;
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("unable to remove '{}'", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The volume as of `sessions.last()`: merged manifests, streamed.
+    pub fn view(&self, volume: &str, sessions: &[SessionInfo]) -> Result<View> {
+        let mut srcs = Vec::with_capacity(sessions.len());
+        for s in sessions {
+            let p = self.session_dir(volume, &s.name)?.join("manifest");
+            let f = File::open(&p)
+                .with_context(|| format!("unable to open manifest '{}'", p.display()))?;
+            let r = ManifestReader::new(BufReader::with_capacity(1 << 16, f))
+                .with_context(|| format!("manifest '{}'", p.display()))?;
+            if r.chunk_size() != self.params.chunk_size {
+                bail!(
+                    "manifest '{}' has chunk size {}, archive has {}",
+                    p.display(),
+                    r.chunk_size(),
+                    self.params.chunk_size
+                );
+            }
+            let path = p.clone();
+            let it: ManifestIter = Box::new(r.map(move |e| {
+                e.map_err(|err| anyhow::anyhow!("manifest '{}': {err}", path.display()))
+            }));
+            srcs.push(ViewSource {
+                volume_size: s.volume_size,
+                entries: it,
+            });
+        }
+        Ok(merge_view(srcs))
+    }
+}
+
+pub type ManifestIter = Box<dyn Iterator<Item = Result<protocol::manifest::Entry>> + Send>;
+pub type View = MergeView<ManifestIter>;
+
+pub struct PendingSession {
+    pub dir: PathBuf,
+    pub manifest: ManifestWriter<BufWriter<File>>,
+}
+
+impl PendingSession {
+    /// Writes the manifest end and the info record, durably.
+    pub fn finish(self, info: &SessionInfo) -> Result<()> {
+        let mut w = self.manifest.finish()?;
+        w.flush()?;
+        w.get_ref().sync_all()?;
+        write_atomic(
+            &self.dir.join("info.toml"),
+            toml::to_string(info)?.as_bytes(),
+        )
+    }
+}
+
+fn read_info(dir: &Path) -> Result<SessionInfo> {
+    let p = dir.join("info.toml");
+    let text =
+        fs::read_to_string(&p).with_context(|| format!("unable to read '{}'", p.display()))?;
+    toml::from_str(&text).with_context(|| format!("unable to parse '{}'", p.display()))
+}
+
+pub fn read_pending_info(dir: &Path) -> Result<SessionInfo> {
+    read_info(dir)
+}

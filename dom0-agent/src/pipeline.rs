@@ -1,0 +1,228 @@
+//! The backup pipeline: one reader, N hash+compress workers, one ordered
+//! sink. Buffers circulate through a fixed pool, which bounds memory and
+//! gives back-pressure: the reader waits when the sink falls behind.
+
+use anyhow::{anyhow, Context, Result};
+use protocol::chunk::{Codec, Hash};
+use protocol::message::Compression;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::{Arc, Mutex};
+
+/// What the previous session had at a chunk's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prev {
+    /// Unknown: send the chunk whatever it holds (zero as a zero record).
+    Unknown,
+    /// Nothing, i.e. zero: send only if the chunk now holds data.
+    Absent,
+    /// This entry: send only if the chunk differs.
+    Entry(Codec, Hash),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Job {
+    pub addr: u64,
+    pub len: u32,
+    /// False where the source knows the range is a hole (zero, not read).
+    pub read: bool,
+    pub prev: Prev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Zero,
+    Data { codec: Codec, hash: Hash },
+}
+
+pub struct Slot {
+    raw: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Slot {
+    /// The bytes to store for a `Data` outcome.
+    pub fn stored(&self, codec: Codec) -> &[u8] {
+        match codec {
+            Codec::Zstd => &self.out,
+            _ => &self.raw,
+        }
+    }
+}
+
+pub struct Settings {
+    pub chunk_size: u32,
+    pub compression: Compression,
+    pub workers: usize,
+}
+
+/// Runs `jobs` (ascending addresses) through the pipeline and calls `sink`
+/// for each in order with its outcome and buffers.
+pub fn run<J, S>(file: &File, jobs: J, settings: &Settings, mut sink: S) -> Result<()>
+where
+    J: Iterator<Item = Result<Job>> + Send,
+    S: FnMut(&Job, Outcome, &Slot) -> Result<()>,
+{
+    let workers = settings.workers.max(1);
+    let slots = workers * 4;
+    let cs = settings.chunk_size as usize;
+    let out_cap = zstd::zstd_safe::compress_bound(cs);
+    let (pool_tx, pool_rx) = sync_channel::<Slot>(slots);
+    for _ in 0..slots {
+        pool_tx
+            .send(Slot {
+                raw: Vec::with_capacity(cs),
+                out: Vec::with_capacity(out_cap),
+            })
+            .expect("pool has room");
+    }
+    let (work_tx, work_rx) = sync_channel::<(u64, Job, Slot)>(slots);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (res_tx, res_rx) = channel::<Result<(u64, Job, Outcome, Slot)>>();
+
+    std::thread::scope(|scope| -> Result<()> {
+        // Reader: owns the job iterator, reads chunk bytes in order.
+        let rtx = res_tx.clone();
+        scope.spawn(move || {
+            for (seq, job) in jobs.enumerate() {
+                let job = match job {
+                    Ok(j) => j,
+                    Err(e) => {
+                        let _ = rtx.send(Err(e));
+                        return;
+                    }
+                };
+                let Ok(mut slot) = pool_rx.recv() else { return };
+                slot.raw.clear();
+                slot.raw.resize(job.len as usize, 0);
+                if job.read {
+                    if let Err(e) = file.read_exact_at(&mut slot.raw, job.addr) {
+                        let _ = rtx
+                            .send(Err(anyhow!(e)
+                                .context(format!("unable to read chunk at {:#x}", job.addr))));
+                        return;
+                    }
+                }
+                if work_tx.send((seq as u64, job, slot)).is_err() {
+                    return;
+                }
+            }
+        });
+        for _ in 0..workers {
+            let rx = Arc::clone(&work_rx);
+            let tx = res_tx.clone();
+            let compression = settings.compression;
+            scope.spawn(move || {
+                let mut comp = match compression {
+                    Compression::Zstd { level } => match zstd::bulk::Compressor::new(level) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            let _ = tx.send(Err(anyhow!("zstd: {e}")));
+                            return;
+                        }
+                    },
+                    Compression::None => None,
+                };
+                loop {
+                    let item = rx.lock().expect("work queue lock").recv();
+                    let Ok((seq, job, mut slot)) = item else {
+                        return;
+                    };
+                    let r = process(&job, &mut slot, comp.as_mut()).map(|o| (seq, job, o, slot));
+                    if tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(res_tx);
+        // Sink: reorder by sequence number and hand out in order. Dropping
+        // the channels on return stops the threads if the sink fails.
+        let res = (|| -> Result<()> {
+            let mut next = 0u64;
+            let mut held: BTreeMap<u64, (Job, Outcome, Slot)> = BTreeMap::new();
+            for r in res_rx.iter() {
+                let (seq, job, outcome, slot) = r?;
+                held.insert(seq, (job, outcome, slot));
+                while let Some((job, outcome, slot)) = held.remove(&next) {
+                    sink(&job, outcome, &slot)?;
+                    next += 1;
+                    // The pool is sized to hold every slot: never blocks.
+                    let _ = pool_tx.try_send(slot);
+                }
+            }
+            Ok(())
+        })();
+        drop(pool_tx);
+        res
+    })
+}
+
+fn process(
+    job: &Job,
+    slot: &mut Slot,
+    comp: Option<&mut zstd::bulk::Compressor<'static>>,
+) -> Result<Outcome> {
+    let zero = !job.read || is_zero(&slot.raw);
+    if zero {
+        return Ok(match job.prev {
+            Prev::Absent | Prev::Entry(Codec::Zero, _) => Outcome::Unchanged,
+            _ => Outcome::Zero,
+        });
+    }
+    let hash: Hash = Sha256::digest(&slot.raw).into();
+    if let Prev::Entry(c, h) = job.prev {
+        if c != Codec::Zero && h == hash {
+            return Ok(Outcome::Unchanged);
+        }
+    }
+    let codec = match comp {
+        Some(c) => {
+            slot.out.clear();
+            let n = c
+                .compress_to_buffer(&slot.raw, &mut slot.out)
+                .context("zstd compression")?;
+            if n < slot.raw.len() {
+                Codec::Zstd
+            } else {
+                Codec::Raw
+            }
+        }
+        None => Codec::Raw,
+    };
+    Ok(Outcome::Data { codec, hash })
+}
+
+/// All-zero test, 64 bytes at a time (the compiler vectorizes the OR).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut blocks = buf.chunks_exact(64);
+    for b in &mut blocks {
+        let acc = b.chunks_exact(8).fold(0u64, |a, w| {
+            a | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
+        });
+        if acc != 0 {
+            return false;
+        }
+    }
+    blocks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_test() {
+        let mut b = vec![0u8; 1000];
+        assert!(is_zero(&b));
+        for i in [0, 63, 64, 511, 999] {
+            b[i] = 1;
+            assert!(!is_zero(&b), "{i}");
+            b[i] = 0;
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! `restore` and `verify`: the receiver streams the chunks of a session;
+//! every chunk is checked against dom0's own manifests before a byte of it
+//! is written. The stream must hold exactly the non-zero chunks of dom0's
+//! view of the session, in ascending order: a missing, extra, reordered or
+//! altered chunk fails with an error naming volume, session and address.
+//! A file target is built under a temporary name and renamed into place
+//! only when everything verified, so a failed restore changes nothing.
+
+use crate::meta::ArchiveMeta;
+use crate::progress::Progress;
+use crate::transport::{remote_error, Connection};
+use crate::units::human;
+use anyhow::{bail, Context, Result};
+use protocol::chunk::{Codec, Hash};
+use protocol::message::{Reply, Request};
+use protocol::stream::Incoming;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum VerifyError {
+    #[error("volume '{volume}' session {session}: chunk at {addr:#x} failed verification: its SHA-256 does not match dom0's manifest")]
+    HashMismatch {
+        volume: String,
+        session: String,
+        addr: u64,
+    },
+    #[error(
+        "volume '{volume}' session {session}: chunk at {addr:#x} failed verification: {detail}"
+    )]
+    BadChunk {
+        volume: String,
+        session: String,
+        addr: u64,
+        detail: String,
+    },
+    #[error("volume '{volume}' session {session}: expected chunk at {expected:#x}, the receiver sent {got:#x} (wrong, reordered or duplicated chunk)")]
+    WrongChunk {
+        volume: String,
+        session: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("volume '{volume}' session {session}: chunk at {addr:#x} is missing from the receiver's stream")]
+    MissingChunk {
+        volume: String,
+        session: String,
+        addr: u64,
+    },
+    #[error("volume '{volume}' session {session}: the receiver sent chunks that session does not have (first at {addr:#x})")]
+    ExtraChunk {
+        volume: String,
+        session: String,
+        addr: u64,
+    },
+}
+
+pub enum Target {
+    /// Verify only.
+    Nothing,
+    /// Write a file (a new one, or replace an existing one with `force`).
+    File { path: PathBuf, force: bool },
+}
+
+pub struct Summary {
+    pub volume: String,
+    pub session: String,
+    pub volume_size: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// A file being restored: a temp file beside the target, renamed at the end.
+struct FileOut {
+    tmp: PathBuf,
+    path: PathBuf,
+    file: File,
+    done: bool,
+}
+
+impl FileOut {
+    fn create(path: &Path, force: bool, size: u64) -> Result<Self> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if !force => bail!(
+                "'{}' exists ({}); use --force to replace it",
+                path.display(),
+                if m.is_file() {
+                    "a file"
+                } else {
+                    "not a regular file"
+                }
+            ),
+            Ok(m) if !m.is_file() => bail!("'{}' exists and is not a regular file", path.display()),
+            _ => {}
+        }
+        let name = path
+            .file_name()
+            .with_context(|| format!("'{}' has no file name", path.display()))?;
+        let tmp = path.with_file_name(format!(".{}.sparsebak-partial", name.to_string_lossy()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("unable to create '{}'", tmp.display()))?;
+        // Zero chunks stay holes: the file starts all hole.
+        file.set_len(size)
+            .with_context(|| format!("unable to size '{}'", tmp.display()))?;
+        Ok(FileOut {
+            tmp,
+            path: path.to_path_buf(),
+            file,
+            done: false,
+        })
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("unable to sync '{}'", self.tmp.display()))?;
+        fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("unable to rename into '{}'", self.path.display()))?;
+        self.done = true;
+        if let Some(dir) = self.path.parent() {
+            let _ = crate::fsutil::fsync_dir(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileOut {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+pub fn restore(
+    meta: &ArchiveMeta,
+    conn: &mut Connection,
+    volume: &str,
+    session: Option<&str>,
+    target: Target,
+) -> Result<Summary> {
+    let t0 = Instant::now();
+    let sessions = meta.sessions(volume)?;
+    if sessions.is_empty() {
+        bail!(
+            "volume '{volume}' has no sessions in this archive (dom0 metadata '{}')",
+            meta.dir.display()
+        );
+    }
+    let upto = match session {
+        None => sessions.len() - 1,
+        Some(s) => sessions
+            .iter()
+            .position(|x| x.name == s)
+            .with_context(|| format!("volume '{volume}' has no session {s}"))?,
+    };
+    let chosen = &sessions[..=upto];
+    let info = &chosen[upto];
+    let size = info.volume_size;
+    let cs = meta.params.chunk_size as u64;
+    let mut out = match &target {
+        Target::Nothing => None,
+        Target::File { path, force } => Some(FileOut::create(path, *force, size)?),
+    };
+    let view = meta.view(volume, chosen)?;
+    conn.wr
+        .request(&Request::Restore {
+            volume: volume.to_string(),
+            session: info.name.clone(),
+        })
+        .and_then(|_| conn.wr.flush())
+        .map_err(|e| conn.read_error_after(e, "restore"))?;
+    let mut progress = Progress::new(volume, size.div_ceil(cs));
+    let mut buf = vec![0u8; cs as usize];
+    let (mut chunks, mut bytes) = (0u64, 0u64);
+    for item in view {
+        let (idx, e) = item?;
+        if e.codec == Codec::Zero {
+            continue;
+        }
+        let from = &chosen[idx].name;
+        let raw_len = (size - e.addr).min(cs) as usize;
+        let frame = conn
+            .rd
+            .next_frame()
+            .map_err(|err| anyhow::anyhow!("{err}"))
+            .with_context(|| {
+                format!(
+                    "volume '{volume}': reading the restore stream at chunk {:#x}",
+                    e.addr
+                )
+            })?;
+        let (h, data) = match frame {
+            Incoming::Chunk(h, data) => (h, data),
+            Incoming::Reply(Reply::Error(re)) => return Err(remote_error(&re, &conn.label)),
+            Incoming::Reply(Reply::StreamEnd { .. }) => {
+                return Err(VerifyError::MissingChunk {
+                    volume: volume.into(),
+                    session: from.clone(),
+                    addr: e.addr,
+                }
+                .into())
+            }
+            other => bail!(
+                "volume '{volume}': unexpected {} frame in the restore stream",
+                other.name()
+            ),
+        };
+        if h.addr != e.addr {
+            return Err(VerifyError::WrongChunk {
+                volume: volume.into(),
+                session: from.clone(),
+                expected: e.addr,
+                got: h.addr,
+            }
+            .into());
+        }
+        let bad = |detail: String| VerifyError::BadChunk {
+            volume: volume.into(),
+            session: from.clone(),
+            addr: e.addr,
+            detail,
+        };
+        let plain: &[u8] = match h.codec {
+            Codec::Raw if data.len() == raw_len => data,
+            Codec::Zstd => {
+                // Bounded: output larger than the chunk is an error, not an allocation.
+                let n = zstd::bulk::decompress_to_buffer(data, &mut buf[..raw_len])
+                    .map_err(|err| bad(format!("does not decompress: {err}")))?;
+                if n != raw_len {
+                    return Err(
+                        bad(format!("decompresses to {n} bytes, expected {raw_len}")).into(),
+                    );
+                }
+                &buf[..raw_len]
+            }
+            c => {
+                return Err(bad(format!(
+                    "{c:?} record of {} bytes for a chunk of {raw_len} bytes",
+                    data.len()
+                ))
+                .into())
+            }
+        };
+        let hash: Hash = Sha256::digest(plain).into();
+        if hash != e.hash {
+            return Err(VerifyError::HashMismatch {
+                volume: volume.into(),
+                session: from.clone(),
+                addr: e.addr,
+            }
+            .into());
+        }
+        if let Some(o) = &out {
+            o.file
+                .write_all_at(plain, e.addr)
+                .with_context(|| format!("unable to write '{}'", o.tmp.display()))?;
+        }
+        chunks += 1;
+        bytes += raw_len as u64;
+        progress.update(e.addr / cs, bytes);
+    }
+    progress.finish();
+    match conn
+        .rd
+        .next_frame()
+        .map_err(|err| anyhow::anyhow!("{err}"))
+        .with_context(|| format!("volume '{volume}': reading the end of the restore stream"))?
+    {
+        Incoming::Reply(Reply::StreamEnd { chunks: n }) if n == chunks => {}
+        Incoming::Reply(Reply::StreamEnd { chunks: n }) => {
+            bail!("volume '{volume}': the receiver claims {n} chunks, {chunks} were expected")
+        }
+        Incoming::Chunk(h, _) => {
+            return Err(VerifyError::ExtraChunk {
+                volume: volume.into(),
+                session: info.name.clone(),
+                addr: h.addr,
+            }
+            .into())
+        }
+        Incoming::Reply(Reply::Error(re)) => return Err(remote_error(&re, &conn.label)),
+        other => bail!(
+            "volume '{volume}': unexpected {} frame at the end of the restore stream",
+            other.name()
+        ),
+    }
+    if let Some(o) = out.take() {
+        o.finish()?;
+    }
+    Ok(Summary {
+        volume: volume.into(),
+        session: info.name.clone(),
+        volume_size: size,
+        chunks,
+        bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: session {}: volume {}, {} chunks ({}) verified, {:.2} s",
+            self.volume,
+            self.session,
+            human(self.volume_size),
+            self.chunks,
+            human(self.bytes),
+            self.seconds
+        )
+    }
+}

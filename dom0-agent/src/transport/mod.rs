@@ -1,0 +1,185 @@
+//! Reaching the receiver: a spawned command whose stdin/stdout carry the
+//! stream. Every destination kind goes through the same [`Connection`], so
+//! the local `file://` path exercises exactly the protocol code the remote
+//! ones use.
+
+pub mod dest;
+
+use anyhow::{anyhow, bail, Context, Result};
+use dest::Dest;
+use protocol::message::{ArchiveId, ArchiveParams, Hello, HelloBody, Operation, Reply, Request};
+use protocol::names::display_safe;
+use protocol::stream::{FrameReader, FrameWriter, StreamError};
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+pub struct Connection {
+    child: Child,
+    pub rd: FrameReader<BufReader<ChildStdout>>,
+    pub wr: FrameWriter<BufWriter<ChildStdin>>,
+    /// What the receiver reported in its hello.
+    pub archive: Option<ArchiveParams>,
+    pub label: String,
+}
+
+/// The receiver program: `--remote-receiver`, else `sparsebak-receiver`
+/// next to this binary, else on PATH.
+pub fn default_receiver() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        let sib = exe.with_file_name("sparsebak-receiver");
+        if sib.is_file() {
+            return sib;
+        }
+    }
+    PathBuf::from("sparsebak-receiver")
+}
+
+fn allow_for(op: Operation) -> &'static str {
+    match op {
+        Operation::Admin => "admin",
+        Operation::Backup => "backup",
+        Operation::Restore => "restore",
+    }
+}
+
+/// Spawns the receiver for `dest` and does the handshake.
+pub fn connect(
+    dest: &Dest,
+    receiver: &Path,
+    op: Operation,
+    archive_id: Option<ArchiveId>,
+) -> Result<Connection> {
+    let mut cmd = match dest {
+        Dest::File(path) => {
+            let mut c = Command::new(receiver);
+            c.arg("serve")
+                .arg("--archive")
+                .arg(path)
+                .arg("--allow")
+                .arg(allow_for(op));
+            c
+        }
+    };
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("unable to start receiver '{}'", receiver.display()))?;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let mut conn = Connection {
+        child,
+        rd: FrameReader::new(BufReader::with_capacity(1 << 20, stdout)),
+        wr: FrameWriter::new(BufWriter::with_capacity(1 << 20, stdin)),
+        archive: None,
+        label: dest.to_string(),
+    };
+    let hello = Hello::new(HelloBody::Agent { archive_id, op });
+    let res = conn
+        .wr
+        .hello(&hello)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| {
+            let h = conn
+                .rd
+                .read_hello()
+                .map_err(|e| conn.stream_error(e, "handshake"))?;
+            match h.body {
+                HelloBody::Receiver { archive } => Ok(archive),
+                HelloBody::Agent { .. } => {
+                    bail!("receiver at {} answered with an agent hello", conn.label)
+                }
+            }
+        });
+    match res {
+        Ok(a) => conn.archive = a,
+        Err(e) => {
+            conn.kill();
+            return Err(e.context(format!("handshake with the receiver for {}", conn.label)));
+        }
+    }
+    Ok(conn)
+}
+
+impl Connection {
+    /// Turns a stream error into a message; a cut stream says so.
+    pub fn stream_error(&mut self, e: StreamError, during: &str) -> anyhow::Error {
+        match e {
+            StreamError::Eof => anyhow!(
+                "the receiver for {} closed the stream during {during}",
+                self.label
+            ),
+            e => anyhow!(
+                "bad stream from the receiver for {} during {during}: {e}",
+                self.label
+            ),
+        }
+    }
+
+    /// Sends a request (flushing) and reads its reply; a receiver error
+    /// becomes an error naming the destination.
+    pub fn call(&mut self, r: &Request) -> Result<Reply> {
+        let sent = self.wr.request(r).and_then(|_| self.wr.flush());
+        if let Err(e) = sent {
+            // The receiver may have said why before it went away.
+            return Err(self.read_error_after(e, r.name()));
+        }
+        let reply = self
+            .rd
+            .read_reply()
+            .map_err(|e| self.stream_error(e, r.name()))?;
+        check_reply(reply, &self.label)
+    }
+
+    /// After a failed write: read one reply for the receiver's reason.
+    pub fn read_error_after(&mut self, e: StreamError, during: &str) -> anyhow::Error {
+        match self.rd.read_reply() {
+            Ok(Reply::Error(re)) => remote_error(&re, &self.label),
+            _ => anyhow!("lost the receiver for {} during {during}: {e}", self.label),
+        }
+    }
+
+    /// Ends the connection and waits for the receiver to exit cleanly.
+    pub fn finish(mut self) -> Result<()> {
+        let _ = self.wr.request(&Request::Bye).and_then(|_| self.wr.flush());
+        // The receiver exits on Bye; stdin closes when `self` drops.
+        let status = self.child.wait().context("waiting for the receiver")?;
+        if !status.success() {
+            bail!("the receiver for {} exited with {status}", self.label);
+        }
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // A connection dropped on an error path must not leave the receiver
+        // waiting for input forever.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn remote_error(re: &protocol::message::RemoteError, label: &str) -> anyhow::Error {
+    anyhow!(
+        "the receiver for {label} reported {:?}: {}",
+        re.code,
+        display_safe(&re.message)
+    )
+}
+
+pub fn check_reply(reply: Reply, label: &str) -> Result<Reply> {
+    match reply {
+        Reply::Error(re) => Err(remote_error(&re, label)),
+        r => Ok(r),
+    }
+}
