@@ -1,1 +1,434 @@
+//! Helpers for the cross-crate tests: they run the real `sparsebak` and
+//! `sparsebak-receiver` binaries over real pipes, on real files and real
+//! loop-mounted filesystems. Nothing here stands in for project code.
 
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The directory holding the built binaries (same profile as this test).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf();
+    for b in ["sparsebak", "sparsebak-receiver"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{} is missing: build the workspace first (cargo build --workspace, with the same --release flag as the tests); scripts/test.sh does",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+pub fn agent_bin() -> PathBuf {
+    bin_dir().join("sparsebak")
+}
+
+pub fn receiver_bin() -> PathBuf {
+    bin_dir().join("sparsebak-receiver")
+}
+
+/// A scratch directory removed on drop (kept if SPARSEBAK_KEEP_TEST_DIRS is set).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::var_os("SPARSEBAK_TEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let p = base.join(format!(
+            "sbk-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("SPARSEBAK_KEEP_TEST_DIRS").is_none() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0; n];
+        self.fill(&mut v);
+        v
+    }
+}
+
+/// Half random, half text: compresses about 2:1 like real disk images.
+pub fn semi_compressible(rng: &mut Rng, n: usize) -> Vec<u8> {
+    let mut v = rng.bytes(n);
+    for block in v.chunks_mut(4096) {
+        let half = block.len() / 2;
+        for (i, b) in block[half..].iter_mut().enumerate() {
+            *b = b"the quick brown fox jumps over the lazy dog "[i % 44];
+        }
+    }
+    v
+}
+
+pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    f.write_all_at(data, offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+pub fn sha_file(path: &Path) -> [u8; 32] {
+    Sha256::digest(fs::read(path).unwrap()).into()
+}
+
+/// A digest of every path, type and content under `dir`: equal digests
+/// mean the tree did not change.
+pub fn tree_digest(dir: &Path) -> String {
+    let mut entries = Vec::new();
+    fn walk(base: &Path, d: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(rd) = fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.push((rel + "/", vec![]));
+                walk(base, &p, out);
+            } else {
+                out.push((rel, fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    walk(dir, dir, &mut entries);
+    entries.sort();
+    let mut h = Sha256::new();
+    for (n, c) in &entries {
+        h.update(n.as_bytes());
+        h.update([0]);
+        h.update(Sha256::digest(c));
+    }
+    format!("{:x} ({} entries)", h.finalize(), entries.len())
+}
+
+/// Writes an executable shell script.
+pub fn script(path: &Path, body: &str) {
+    let mut f = fs::File::create(path).unwrap();
+    writeln!(f, "#!/bin/sh\n{body}").unwrap();
+    drop(f);
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// One archive + dom0 metadata + volume directory, driven through the CLI.
+pub struct Setup {
+    pub dir: TempDir,
+    pub vols: PathBuf,
+    pub meta: PathBuf,
+    pub arch: PathBuf,
+    pub receiver: PathBuf,
+}
+
+impl Setup {
+    /// A setup whose volumes live in `vols` (e.g. on a loop mount).
+    pub fn with_vols(tag: &str, vols: Option<&Path>) -> Setup {
+        let dir = TempDir::new(tag);
+        let v = vols
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("vols"));
+        fs::create_dir_all(&v).unwrap();
+        Setup {
+            vols: v,
+            meta: dir.path().join("meta"),
+            arch: dir.path().join("archive"),
+            receiver: receiver_bin(),
+            dir,
+        }
+    }
+
+    pub fn new(tag: &str) -> Setup {
+        Setup::with_vols(tag, None)
+    }
+
+    pub fn dest(&self) -> String {
+        format!("file://{}", self.arch.display())
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(agent_bin());
+        c.arg("--dest")
+            .arg(self.dest())
+            .arg("--meta-dir")
+            .arg(&self.meta)
+            .arg("--local")
+            .arg(&self.vols);
+        c.arg("--remote-receiver").arg(&self.receiver);
+        c.args(args).stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("spawn sparsebak")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "sparsebak {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs and asserts failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "sparsebak {args:?} unexpectedly succeeded:\nstdout: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    pub fn init(&self, chunk_size: &str) {
+        self.ok(&["arch-init", "--chunk-size", chunk_size]);
+    }
+
+    pub fn vol(&self, name: &str) -> PathBuf {
+        self.vols.join(name)
+    }
+
+    /// Backs up and returns the new session's name.
+    pub fn backup(&self, vol: &str) -> String {
+        let out = self.ok(&["backup", vol]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "session")
+            .nth(1)
+            .expect("session in summary")
+            .to_string()
+    }
+
+    /// Session names dom0 knows for a volume, oldest first.
+    pub fn sessions(&self, vol: &str) -> Vec<String> {
+        self.session_infos(vol)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// (name, volume_size) per session, parsed from `list --json`.
+    pub fn session_infos(&self, vol: &str) -> Vec<(String, u64)> {
+        let o = self.run(&["list", vol, "--json"]);
+        if !o.status.success() {
+            return Vec::new();
+        }
+        let s = String::from_utf8(o.stdout).unwrap();
+        let mut out = Vec::new();
+        for part in s.split("{\"name\":\"S_").skip(1) {
+            let name = format!("S_{}", &part[..22]);
+            let size: u64 = part
+                .split("\"volume_size\":")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            out.push((name, size));
+        }
+        out
+    }
+
+    /// Session directories in the archive itself (committed ones only).
+    pub fn archive_sessions(&self, vol: &str) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.arch.join("volumes").join(vol))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("S_"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn archive_id(&self) -> String {
+        let d = self.meta.join("archives");
+        fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// dom0's manifest of a session.
+    pub fn manifest(&self, vol: &str, session: &str) -> Vec<protocol::manifest::Entry> {
+        let p = self
+            .meta
+            .join("archives")
+            .join(self.archive_id())
+            .join("volumes")
+            .join(vol)
+            .join(session)
+            .join("manifest");
+        let f = fs::File::open(&p).unwrap();
+        protocol::manifest::ManifestReader::new(std::io::BufReader::new(f))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
+    /// Restores `session` and asserts it equals `expected` byte for byte.
+    pub fn assert_restores(&self, vol: &str, session: &str, expected: &Path) {
+        let out = self.dir.path().join(format!("restored-{session}"));
+        let _ = fs::remove_file(&out);
+        self.ok(&[
+            "restore",
+            vol,
+            "--session",
+            session,
+            "--save-to",
+            out.to_str().unwrap(),
+        ]);
+        let a = fs::read(&out).unwrap();
+        let b = fs::read(expected).unwrap();
+        assert_eq!(a.len(), b.len(), "restored {vol} {session}: size differs");
+        if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
+            panic!("restored {vol} {session}: first difference at byte {i}");
+        }
+        fs::remove_file(&out).unwrap();
+    }
+}
+
+/// Fails with a clear message unless we are root with loop devices; tests
+/// that need a real filesystem call this rather than passing vacuously.
+pub fn require_root_and_loop() {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "this test mounts loop filesystems and needs root (CI runs as root)"
+    );
+    assert!(
+        Path::new("/dev/loop-control").exists(),
+        "this test needs loop devices (/dev/loop-control missing; modprobe loop)"
+    );
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    Xfs,
+    Btrfs,
+}
+
+/// A real filesystem on a loop device, unmounted on drop.
+pub struct LoopFs {
+    pub mnt: PathBuf,
+    _dir: TempDir,
+}
+
+impl LoopFs {
+    pub fn new(kind: FsKind, size_mib: u64) -> LoopFs {
+        require_root_and_loop();
+        let dir = TempDir::new(&format!("{kind:?}").to_lowercase());
+        let img = dir.path().join("fs.img");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        fs::File::create(&img)
+            .unwrap()
+            .set_len(size_mib << 20)
+            .unwrap();
+        let (mkfs, args): (&str, &[&str]) = match kind {
+            FsKind::Xfs => ("mkfs.xfs", &["-q", "-f", "-m", "reflink=1"]),
+            FsKind::Btrfs => ("mkfs.btrfs", &["-q", "-f"]),
+        };
+        let o = Command::new(mkfs)
+            .args(args)
+            .arg(&img)
+            .output()
+            .unwrap_or_else(|e| panic!("{mkfs} not runnable ({e}): install xfsprogs/btrfs-progs"));
+        assert!(
+            o.status.success(),
+            "{mkfs} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&img)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mount -o loop failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        LoopFs { mnt, _dir: dir }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
+}
