@@ -14,10 +14,26 @@ use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+/// The receiver's stdin, closable while the writer lives on.
+pub struct PipeOut(Option<ChildStdin>);
+
+impl std::io::Write for PipeOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.0 {
+            Some(p) => p.write(buf),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.as_mut().map_or(Ok(()), |p| p.flush())
+    }
+}
+
 pub struct Connection {
     child: Child,
     pub rd: FrameReader<BufReader<ChildStdout>>,
-    pub wr: FrameWriter<BufWriter<ChildStdin>>,
+    pub wr: FrameWriter<BufWriter<PipeOut>>,
     /// What the receiver reported in its hello.
     pub archive: Option<ArchiveParams>,
     pub label: String,
@@ -72,7 +88,7 @@ pub fn connect(
     let mut conn = Connection {
         child,
         rd: FrameReader::new(BufReader::with_capacity(1 << 20, stdout)),
-        wr: FrameWriter::new(BufWriter::with_capacity(1 << 20, stdin)),
+        wr: FrameWriter::new(BufWriter::with_capacity(1 << 20, PipeOut(Some(stdin)))),
         archive: None,
         label: dest.to_string(),
     };
@@ -144,12 +160,18 @@ impl Connection {
     /// Ends the connection and waits for the receiver to exit cleanly.
     pub fn finish(mut self) -> Result<()> {
         let _ = self.wr.request(&Request::Bye).and_then(|_| self.wr.flush());
-        // The receiver exits on Bye; stdin closes when `self` drops.
+        self.close_input();
         let status = self.child.wait().context("waiting for the receiver")?;
         if !status.success() {
             bail!("the receiver for {} exited with {status}", self.label);
         }
         Ok(())
+    }
+
+    /// Closes the receiver's stdin (it sees end of input). Unflushed bytes
+    /// are dropped: on an error path a flush could block on a stuck peer.
+    fn close_input(&mut self) {
+        self.wr.get_mut().get_mut().0 = None;
     }
 
     pub fn kill(&mut self) {
@@ -159,13 +181,17 @@ impl Connection {
 }
 
 impl Drop for Connection {
+    /// On an error path: end the receiver's input so it drops any session
+    /// in progress and exits by itself; kill it only if it does not.
     fn drop(&mut self) {
-        // A connection dropped on an error path must not leave the receiver
-        // waiting for input forever.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        self.close_input();
+        for _ in 0..100 {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                _ => return,
+            }
         }
+        self.kill();
     }
 }
 
