@@ -119,6 +119,10 @@ impl<R: Read> FrameReader<R> {
     pub fn into_inner(self) -> R {
         self.inner
     }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
 }
 
 pub fn unexpected(expected: &'static str, got: &Incoming<'_>) -> StreamError {

@@ -30,9 +30,21 @@ impl std::io::Write for PipeOut {
     }
 }
 
+/// The receiver's stdout, closable while the reader lives on.
+pub struct PipeIn(Option<ChildStdout>);
+
+impl std::io::Read for PipeIn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.0 {
+            Some(p) => p.read(buf),
+            None => Ok(0),
+        }
+    }
+}
+
 pub struct Connection {
     child: Child,
-    pub rd: FrameReader<BufReader<ChildStdout>>,
+    pub rd: FrameReader<BufReader<PipeIn>>,
     pub wr: FrameWriter<BufWriter<PipeOut>>,
     /// What the receiver reported in its hello.
     pub archive: Option<ArchiveParams>,
@@ -87,7 +99,7 @@ pub fn connect(
     let stdout = child.stdout.take().expect("piped");
     let mut conn = Connection {
         child,
-        rd: FrameReader::new(BufReader::with_capacity(1 << 20, stdout)),
+        rd: FrameReader::new(BufReader::with_capacity(1 << 20, PipeIn(Some(stdout)))),
         wr: FrameWriter::new(BufWriter::with_capacity(1 << 20, PipeOut(Some(stdin)))),
         archive: None,
         label: dest.to_string(),
@@ -182,9 +194,11 @@ impl Connection {
 
 impl Drop for Connection {
     /// On an error path: end the receiver's input so it drops any session
-    /// in progress and exits by itself; kill it only if it does not.
+    /// in progress, and its output so a write it is blocked in fails; it
+    /// then exits by itself, or is killed if it does not.
     fn drop(&mut self) {
         self.close_input();
+        self.rd.get_mut().get_mut().0 = None;
         for _ in 0..100 {
             match self.child.try_wait() {
                 Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),

@@ -1,0 +1,614 @@
+//! Hostile peers. The receiver fed garbage, oversized, wrong-version frames
+//! and names that try to escape: typed errors, no panic, archive unchanged.
+//! The agent's restore reader fed wrong, stale, reordered, duplicated,
+//! missing or oversized chunks by a fake receiver: a named error, and no
+//! byte written to the target.
+
+use protocol::chunk::{ChunkHeader, Codec};
+use protocol::frame::{encode_frame, FrameKind, MAX_PAYLOAD};
+use protocol::message::{
+    encode_request, ArchiveId, ArchiveParams, Compression, Hello, HelloBody, Operation, Reply,
+    Request,
+};
+use protocol::stream::{FrameReader, FrameWriter, Incoming};
+use sha2::{Digest, Sha256};
+use sparsebak_tests::{receiver_bin, script, tree_digest, Rng, Setup};
+use std::fs;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const CS: usize = 65536;
+
+fn hello(op: Operation) -> Vec<u8> {
+    encode_frame(
+        FrameKind::Hello,
+        &Hello::new(HelloBody::Agent {
+            archive_id: None,
+            op,
+        })
+        .encode(),
+    )
+    .unwrap()
+}
+
+fn request(r: &Request) -> Vec<u8> {
+    encode_frame(FrameKind::Request, &encode_request(r)).unwrap()
+}
+
+/// Feeds `input` to a real receiver; returns (success, stderr, replies).
+fn feed(s: &Setup, input: &[u8]) -> (bool, String, Vec<Reply>) {
+    let mut child = Command::new(receiver_bin())
+        .args(["serve", "--archive"])
+        .arg(&s.arch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let o = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    let mut replies = Vec::new();
+    let mut rd = FrameReader::new(&o.stdout[..]);
+    while let Ok(f) = rd.next_frame() {
+        if let Incoming::Reply(r) = f {
+            replies.push(r);
+        }
+    }
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        replies,
+    )
+}
+
+fn archive_with_one_session(tag: &str) -> Setup {
+    let s = Setup::new(tag);
+    s.init("64K");
+    fs::write(s.vol("v.img"), Rng::new(5).bytes(4 * CS)).unwrap();
+    s.backup("v.img");
+    s
+}
+
+#[test]
+fn receiver_rejects_garbage_and_changes_nothing() {
+    let s = archive_with_one_session("hostile-recv");
+    let before = tree_digest(s.dir.path());
+    let mut oversized = hello(Operation::Backup);
+    oversized.extend_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
+    oversized.push(FrameKind::Chunk as u8);
+    let mut bad_version = Hello::new(HelloBody::Agent {
+        archive_id: None,
+        op: Operation::Backup,
+    })
+    .encode();
+    bad_version[8..12].copy_from_slice(&7u32.to_le_bytes());
+    let mut bad_magic = Hello::new(HelloBody::Agent {
+        archive_id: None,
+        op: Operation::Backup,
+    })
+    .encode();
+    bad_magic[..8].copy_from_slice(b"NOTSBAK!");
+    let mut bad_crc = hello(Operation::Backup);
+    let n = bad_crc.len();
+    bad_crc[n - 1] ^= 0xff;
+    let mut rng = Rng::new(77);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("random garbage", rng.bytes(4096), "error"),
+        ("oversized frame", oversized, "exceeds the cap"),
+        (
+            "wrong version",
+            encode_frame(FrameKind::Hello, &bad_version).unwrap(),
+            "version mismatch",
+        ),
+        (
+            "bad magic",
+            encode_frame(FrameKind::Hello, &bad_magic).unwrap(),
+            "bad handshake magic",
+        ),
+        ("bad checksum", bad_crc, "checksum mismatch"),
+        (
+            "truncated hello",
+            hello(Operation::Backup)[..20].to_vec(),
+            "ended inside a frame",
+        ),
+        ("empty", Vec::new(), "closed the stream"),
+    ];
+    for (what, input, expect) in cases {
+        let (ok, err, _) = feed(&s, &input);
+        assert!(!ok, "{what}: receiver exited 0");
+        assert!(
+            err.contains(expect),
+            "{what}: stderr lacks '{expect}': {err}"
+        );
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert_eq!(
+            tree_digest(s.dir.path()),
+            before,
+            "{what}: the archive changed"
+        );
+    }
+    // a frame of an unknown kind after a good hello
+    let mut input = hello(Operation::Backup);
+    let mut f = encode_frame(FrameKind::Request, b"zz").unwrap();
+    f[4] = 0x09;
+    input.extend_from_slice(&f);
+    let (ok, err, _) = feed(&s, &input);
+    assert!(!ok && err.contains("unknown frame kind"), "{err}");
+    assert_eq!(tree_digest(s.dir.path()), before);
+}
+
+#[test]
+fn receiver_refuses_names_and_records_that_escape_the_archive() {
+    let s = archive_with_one_session("hostile-names");
+    let outside = s.dir.path().to_path_buf();
+    let before = tree_digest(&outside);
+    let sess = "S_20300101-000000-000000".to_string();
+    let long = "a".repeat(256);
+    for vol in [
+        "../evil",
+        "..",
+        "a/b",
+        "/etc",
+        "a\0b",
+        long.as_str(),
+        ".hidden",
+        "-x",
+    ] {
+        let mut input = hello(Operation::Backup);
+        input.extend(request(&Request::BeginSession {
+            volume: vol.into(),
+            session: sess.clone(),
+            prev: None,
+            volume_size: CS as u64,
+            time: 0,
+        }));
+        input.extend(request(&Request::Bye));
+        let (_, _, replies) = feed(&s, &input);
+        assert!(
+            matches!(&replies[..], [Reply::Error(e)] if e.message.contains("invalid volume name")),
+            "volume {vol:?}: {replies:?}"
+        );
+        assert_eq!(
+            tree_digest(&outside),
+            before,
+            "volume {vol:?} changed something"
+        );
+    }
+    for bad_session in ["../../x", "S_20300101-000000-000000/..", "x"] {
+        let mut input = hello(Operation::Backup);
+        input.extend(request(&Request::BeginSession {
+            volume: "v.img".into(),
+            session: bad_session.into(),
+            prev: None,
+            volume_size: 1,
+            time: 0,
+        }));
+        let (_, _, replies) = feed(&s, &input);
+        assert!(
+            matches!(&replies[..], [Reply::Error(e)] if e.message.contains("invalid session name")),
+            "{replies:?}"
+        );
+        assert_eq!(tree_digest(&outside), before);
+    }
+    // Records inside a session that do not fit it: nothing is committed.
+    let prev = s.archive_sessions("v.img").last().cloned();
+    let data = vec![1u8; CS];
+    let hash: [u8; 32] = Sha256::digest(&data).into();
+    let bad_records: Vec<(&str, ChunkHeader, Vec<u8>)> = vec![
+        (
+            "past the end",
+            ChunkHeader {
+                addr: 64 * CS as u64,
+                codec: Codec::Raw,
+                raw_len: CS as u32,
+                hash,
+            },
+            data.clone(),
+        ),
+        (
+            "unaligned",
+            ChunkHeader {
+                addr: 17,
+                codec: Codec::Raw,
+                raw_len: CS as u32,
+                hash,
+            },
+            data.clone(),
+        ),
+        (
+            "length lie",
+            ChunkHeader {
+                addr: 0,
+                codec: Codec::Raw,
+                raw_len: CS as u32,
+                hash,
+            },
+            data[..100].to_vec(),
+        ),
+        (
+            "bigger than a chunk",
+            ChunkHeader {
+                addr: 0,
+                codec: Codec::Raw,
+                raw_len: 2 * CS as u32,
+                hash,
+            },
+            vec![0; 2 * CS],
+        ),
+        (
+            "address wraps",
+            ChunkHeader {
+                addr: u64::MAX - (CS as u64 - 1),
+                codec: Codec::Raw,
+                raw_len: CS as u32,
+                hash,
+            },
+            data.clone(),
+        ),
+    ];
+    for (what, h, d) in bad_records {
+        let mut w = FrameWriter::new(Vec::new());
+        w.hello(&Hello::new(HelloBody::Agent {
+            archive_id: None,
+            op: Operation::Backup,
+        }))
+        .unwrap();
+        w.request(&Request::BeginSession {
+            volume: "v.img".into(),
+            session: sess.clone(),
+            prev: prev.clone(),
+            volume_size: 4 * CS as u64,
+            time: 0,
+        })
+        .unwrap();
+        w.chunk(&h, &d).unwrap();
+        w.request(&Request::Commit {
+            chunks: 1,
+            zero_chunks: 0,
+        })
+        .unwrap();
+        let (ok, err, _) = feed(&s, w.get_mut());
+        assert!(!ok, "{what}: accepted");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert_eq!(tree_digest(&outside), before, "{what}: archive changed");
+    }
+    // Counts that do not match what was sent, and a session cut short.
+    for (what, commit) in [("count lie", true), ("cut short", false)] {
+        let mut w = FrameWriter::new(Vec::new());
+        w.hello(&Hello::new(HelloBody::Agent {
+            archive_id: None,
+            op: Operation::Backup,
+        }))
+        .unwrap();
+        w.request(&Request::BeginSession {
+            volume: "v.img".into(),
+            session: sess.clone(),
+            prev: prev.clone(),
+            volume_size: 4 * CS as u64,
+            time: 0,
+        })
+        .unwrap();
+        w.chunk(
+            &ChunkHeader {
+                addr: 0,
+                codec: Codec::Raw,
+                raw_len: CS as u32,
+                hash,
+            },
+            &data,
+        )
+        .unwrap();
+        if commit {
+            w.request(&Request::Commit {
+                chunks: 2,
+                zero_chunks: 0,
+            })
+            .unwrap();
+        }
+        let (ok, _, _) = feed(&s, w.get_mut());
+        assert!(!ok, "{what}: accepted");
+        assert_eq!(tree_digest(&outside), before, "{what}: archive changed");
+    }
+    // A restore-only connection cannot write.
+    let mut input = hello(Operation::Backup);
+    input.extend(request(&Request::BeginSession {
+        volume: "v.img".into(),
+        session: sess,
+        prev,
+        volume_size: 1,
+        time: 0,
+    }));
+    let o = Command::new(receiver_bin())
+        .args(["serve", "--allow", "restore", "--archive"])
+        .arg(&s.arch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(&input)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not offered"));
+    assert_eq!(tree_digest(&outside), before);
+}
+
+/// A fake receiver: answers with the prepared bytes whatever it is asked.
+struct Fake {
+    s: Setup,
+    params: ArchiveParams,
+    chunks: Vec<Vec<u8>>, // the volume's chunks as of the newest session
+    old_chunk1: Vec<u8>,  // chunk 1 as of the first session
+}
+
+impl Fake {
+    fn new() -> Fake {
+        let s = Setup::new("hostile-agent");
+        s.init("64K");
+        let v = s.vol("v.img");
+        let mut rng = Rng::new(8);
+        let first = rng.bytes(4 * CS);
+        fs::write(&v, &first).unwrap();
+        s.backup("v.img");
+        let new1 = rng.bytes(CS);
+        sparsebak_tests::write_at(&v, CS as u64, &new1);
+        s.backup("v.img");
+        let text = fs::read_to_string(
+            s.meta
+                .join("archives")
+                .join(s.archive_id())
+                .join("archive.toml"),
+        )
+        .unwrap();
+        assert!(text.contains("chunk_size = 65536") && text.contains("zstd:3"));
+        let params = ArchiveParams {
+            id: ArchiveId::from_hex(&s.archive_id()).unwrap(),
+            chunk_size: CS as u32,
+            compression: Compression::Zstd { level: 3 },
+        };
+        let cur = fs::read(&v).unwrap();
+        Fake {
+            s,
+            params,
+            chunks: cur.chunks(CS).map(<[u8]>::to_vec).collect(),
+            old_chunk1: first[CS..2 * CS].to_vec(),
+        }
+    }
+
+    fn hello(&self) -> Vec<u8> {
+        encode_frame(
+            FrameKind::Hello,
+            &Hello::new(HelloBody::Receiver {
+                archive: Some(self.params),
+            })
+            .encode(),
+        )
+        .unwrap()
+    }
+
+    fn chunk(&self, addr_idx: usize, data: &[u8]) -> Vec<u8> {
+        let h = ChunkHeader {
+            addr: (addr_idx * CS) as u64,
+            codec: Codec::Raw,
+            raw_len: data.len() as u32,
+            hash: Sha256::digest(data).into(),
+        };
+        let mut w = FrameWriter::new(Vec::new());
+        w.chunk(&h, data).unwrap();
+        std::mem::take(w.get_mut())
+    }
+
+    fn end(n: u64) -> Vec<u8> {
+        let mut w = FrameWriter::new(Vec::new());
+        w.reply(&Reply::StreamEnd { chunks: n }).unwrap();
+        std::mem::take(w.get_mut())
+    }
+
+    /// Runs restore and verify against the fake serving `stream`.
+    fn run(&self, what: &str, stream: &[u8]) -> (bool, String) {
+        let dir = self.s.dir.path();
+        let file = dir.join("stream.bin");
+        fs::write(&file, stream).unwrap();
+        let fake = dir.join("fake-receiver.sh");
+        script(
+            &fake,
+            &format!("cat '{}'\nexec cat >/dev/null", file.display()),
+        );
+        let target = dir.join("target.img");
+        let _ = fs::remove_file(&target);
+        let mut results = Vec::new();
+        for args in [
+            vec!["restore", "v.img", "--save-to", target.to_str().unwrap()],
+            vec!["verify", "v.img"],
+        ] {
+            let mut c = self.s.cmd(&args);
+            c.arg("--remote-receiver").arg(&fake);
+            let o = c.output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            assert!(!err.contains("panicked"), "{what}: {err}");
+            results.push((o.status.success(), err));
+        }
+        let leftovers: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "{what}: partial files left: {leftovers:?}"
+        );
+        if !results[0].0 {
+            assert!(
+                !target.exists(),
+                "{what}: a failed restore wrote its target"
+            );
+        }
+        assert_eq!(
+            results[0].0, results[1].0,
+            "{what}: restore and verify disagree"
+        );
+        results.remove(0)
+    }
+}
+
+#[test]
+fn agent_rejects_hostile_restore_streams() {
+    let f = Fake::new();
+    let c = &f.chunks;
+    let good: Vec<Vec<u8>> = (0..4).map(|i| f.chunk(i, &c[i])).collect();
+    let cat = |parts: &[&[u8]]| parts.concat();
+
+    // The fake is right when honest: restore succeeds and is exact.
+    let (ok, err) = f.run(
+        "honest",
+        &cat(&[
+            &f.hello(),
+            &good[0],
+            &good[1],
+            &good[2],
+            &good[3],
+            &Fake::end(4),
+        ]),
+    );
+    assert!(ok, "the honest fake must pass: {err}");
+
+    let mut wrong_data = f.chunk(1, &c[2]);
+    // keep the header's claimed hash honest-looking for chunk 1's address
+    wrong_data[5 + 8 + 4 + 4..5 + 48].copy_from_slice(&Sha256::digest(&c[1])[..]);
+    let n = wrong_data.len();
+    let crc = protocol::frame::checksum(FrameKind::Chunk, &[&wrong_data[5..n - 4]]);
+    wrong_data[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    let stale = f.chunk(1, &f.old_chunk1);
+    let mut oversized = Vec::new();
+    oversized.extend_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
+    oversized.push(FrameKind::Chunk as u8);
+    let bomb = {
+        let big = vec![0u8; 64 * CS];
+        let z = zstd::bulk::compress(&big, 3).unwrap();
+        let h = ChunkHeader {
+            addr: 0,
+            codec: Codec::Zstd,
+            raw_len: CS as u32,
+            hash: Sha256::digest(&c[0]).into(),
+        };
+        let mut w = FrameWriter::new(Vec::new());
+        w.chunk(&h, &z).unwrap();
+        std::mem::take(w.get_mut())
+    };
+    let mut bad_version = Hello::new(HelloBody::Receiver {
+        archive: Some(f.params),
+    })
+    .encode();
+    bad_version[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let other_archive = encode_frame(
+        FrameKind::Hello,
+        &Hello::new(HelloBody::Receiver {
+            archive: Some(ArchiveParams {
+                id: ArchiveId([9; 16]),
+                ..f.params
+            }),
+        })
+        .encode(),
+    )
+    .unwrap();
+    let h = f.hello();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "wrong data",
+            cat(&[&h, &good[0], &wrong_data, &good[2], &good[3], &Fake::end(4)]),
+            "chunk at 0x10000 failed verification",
+        ),
+        (
+            "stale chunk from an older session",
+            cat(&[&h, &good[0], &stale, &good[2], &good[3], &Fake::end(4)]),
+            "chunk at 0x10000 failed verification",
+        ),
+        (
+            "chunk of another address",
+            cat(&[&h, &good[0], &good[2], &good[2], &good[3], &Fake::end(4)]),
+            "expected chunk at 0x10000, the receiver sent 0x20000",
+        ),
+        (
+            "duplicated chunk",
+            cat(&[
+                &h,
+                &good[0],
+                &good[0],
+                &good[1],
+                &good[2],
+                &good[3],
+                &Fake::end(5),
+            ]),
+            "expected chunk at 0x10000, the receiver sent 0x0",
+        ),
+        (
+            "reordered",
+            cat(&[&h, &good[0], &good[2], &good[1], &good[3], &Fake::end(4)]),
+            "expected chunk at 0x10000",
+        ),
+        (
+            "missing chunk",
+            cat(&[&h, &good[0], &good[1], &good[2], &Fake::end(3)]),
+            "chunk at 0x30000 is missing",
+        ),
+        (
+            "extra chunk",
+            cat(&[
+                &h,
+                &good[0],
+                &good[1],
+                &good[2],
+                &good[3],
+                &good[3],
+                &Fake::end(5),
+            ]),
+            "chunks that session does not have",
+        ),
+        (
+            "truncated stream",
+            cat(&[&h, &good[0], &good[1][..1000]]),
+            "ended inside a frame",
+        ),
+        ("closed early", cat(&[&h, &good[0]]), "closed the stream"),
+        (
+            "oversized frame",
+            cat(&[&h, &good[0], &oversized]),
+            "exceeds the cap",
+        ),
+        (
+            "decompression bomb",
+            cat(&[&h, &bomb]),
+            "chunk at 0x0 failed verification",
+        ),
+        (
+            "garbage",
+            cat(&[&h, &Rng::new(3).bytes(3000)]),
+            "restore stream",
+        ),
+        (
+            "wrong version",
+            encode_frame(FrameKind::Hello, &bad_version).unwrap(),
+            "version mismatch",
+        ),
+        (
+            "another archive",
+            cat(&[&other_archive, &good[0]]),
+            "refusing to continue",
+        ),
+        ("no hello at all", good[0].clone(), "expected a hello frame"),
+    ];
+    for (what, stream, expect) in cases {
+        let (ok, err) = f.run(what, &stream);
+        assert!(!ok, "{what}: accepted");
+        assert!(
+            err.contains(expect),
+            "{what}: stderr lacks '{expect}': {err}"
+        );
+    }
+}
