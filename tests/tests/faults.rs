@@ -5,7 +5,7 @@
 use sparsebak_tests::{receiver_bin, script, semi_compressible, write_at, Rng, Setup};
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const CUT: &str = env!("CARGO_BIN_EXE_cutpipe");
 
@@ -49,15 +49,17 @@ impl Run {
     }
 
     /// Records which copy each new session must restore to.
-    fn learn(&mut self, copy: &PathBuf) {
+    fn learn(&mut self, copy: &Path) {
         for sess in self.s.sessions("v.img") {
-            self.expect.entry(sess).or_insert_with(|| copy.clone());
+            self.expect
+                .entry(sess)
+                .or_insert_with(|| copy.to_path_buf());
         }
     }
 
     /// After a failed attempt on `copy`: a clean run settles any session the
     /// attempt left pending (it holds `copy`), then adds one more (same data).
-    fn settle(&mut self, copy: &PathBuf) {
+    fn settle(&mut self, copy: &Path) {
         self.s.ok(&["backup", "v.img"]);
         self.learn(copy);
     }

@@ -1,0 +1,20 @@
+#!/bin/bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this).
+# Installs what the tests need (xfsprogs, btrfs-progs), checks format and
+# lints, builds once in release mode, and runs every test. Tests that mount
+# loop filesystems need root and fail with a clear message without it.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_cargo
+need_pkgs mkfs.xfs xfsprogs mkfs.btrfs btrfs-progs
+if [ "$(id -u)" = 0 ]; then
+    modprobe loop 2>/dev/null || true
+    [ -e /dev/loop-control ] || echo "WARNING: no /dev/loop-control: the XFS/Btrfs tests will fail" >&2
+fi
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy -q --workspace --all-targets -- -D warnings
+echo "== build (release)"
+cargo build -q --release --workspace --all-targets
+echo "== tests"
+cargo test --release --workspace 2>&1
