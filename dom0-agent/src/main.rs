@@ -133,6 +133,22 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Restore or verify: one restore connection, every chunk checked.
+    fn read_back(
+        &self,
+        volume: &str,
+        session: Option<&str>,
+        target: Target,
+    ) -> Result<agent::restore::Summary> {
+        let (dest, meta) = self.archive()?;
+        let mut conn = self.connect(&dest, &meta, Operation::Restore)?;
+        let s = restore(&meta, &mut conn, volume, session, target)?;
+        conn.finish()?;
+        Ok(s)
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     match run(cli) {
@@ -275,33 +291,16 @@ fn run(cli: Cli) -> Result<i32> {
             save_to,
             force,
         } => {
-            let (dest, meta) = ctx.archive()?;
-            let mut conn = ctx.connect(&dest, &meta, Operation::Restore)?;
-            let s = restore(
-                &meta,
-                &mut conn,
-                &volume,
-                session.as_deref(),
-                Target::File {
-                    path: save_to.clone(),
-                    force,
-                },
-            )?;
-            conn.finish()?;
+            let target = Target::File {
+                path: save_to.clone(),
+                force,
+            };
+            let s = ctx.read_back(&volume, session.as_deref(), target)?;
             println!("restored {s} to '{}'", save_to.display());
             Ok(0)
         }
         Cmd::Verify { volume, session } => {
-            let (dest, meta) = ctx.archive()?;
-            let mut conn = ctx.connect(&dest, &meta, Operation::Restore)?;
-            let s = restore(
-                &meta,
-                &mut conn,
-                &volume,
-                session.as_deref(),
-                Target::Nothing,
-            )?;
-            conn.finish()?;
+            let s = ctx.read_back(&volume, session.as_deref(), Target::Nothing)?;
             println!("verified {s}");
             Ok(0)
         }

@@ -251,7 +251,8 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
             data.clone(),
         ),
     ];
-    for (what, h, d) in bad_records {
+    // The frames of a backup session on v.img, optionally committed.
+    let session_stream = |records: &[(ChunkHeader, &[u8])], commit: Option<u64>| {
         let mut w = FrameWriter::new(Vec::new());
         w.hello(&Hello::new(HelloBody::Agent {
             archive_id: None,
@@ -266,51 +267,33 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
             time: 0,
         })
         .unwrap();
-        w.chunk(&h, &d).unwrap();
-        w.request(&Request::Commit {
-            chunks: 1,
-            zero_chunks: 0,
-        })
-        .unwrap();
-        let (ok, err, _) = feed(&s, w.get_mut());
+        for (h, d) in records {
+            w.chunk(h, d).unwrap();
+        }
+        if let Some(chunks) = commit {
+            w.request(&Request::Commit {
+                chunks,
+                zero_chunks: 0,
+            })
+            .unwrap();
+        }
+        std::mem::take(w.get_mut())
+    };
+    for (what, h, d) in bad_records {
+        let (ok, err, _) = feed(&s, &session_stream(&[(h, &d)], Some(1)));
         assert!(!ok, "{what}: accepted");
         assert!(!err.contains("panicked"), "{what}: {err}");
         assert_eq!(tree_digest(&outside), before, "{what}: archive changed");
     }
     // Counts that do not match what was sent, and a session cut short.
-    for (what, commit) in [("count lie", true), ("cut short", false)] {
-        let mut w = FrameWriter::new(Vec::new());
-        w.hello(&Hello::new(HelloBody::Agent {
-            archive_id: None,
-            op: Operation::Backup,
-        }))
-        .unwrap();
-        w.request(&Request::BeginSession {
-            volume: "v.img".into(),
-            session: sess.clone(),
-            prev: prev.clone(),
-            volume_size: 4 * CS as u64,
-            time: 0,
-        })
-        .unwrap();
-        w.chunk(
-            &ChunkHeader {
-                addr: 0,
-                codec: Codec::Raw,
-                raw_len: CS as u32,
-                hash,
-            },
-            &data,
-        )
-        .unwrap();
-        if commit {
-            w.request(&Request::Commit {
-                chunks: 2,
-                zero_chunks: 0,
-            })
-            .unwrap();
-        }
-        let (ok, _, _) = feed(&s, w.get_mut());
+    let good = ChunkHeader {
+        addr: 0,
+        codec: Codec::Raw,
+        raw_len: CS as u32,
+        hash,
+    };
+    for (what, commit) in [("count lie", Some(2)), ("cut short", None)] {
+        let (ok, _, _) = feed(&s, &session_stream(&[(good, &data)], commit));
         assert!(!ok, "{what}: accepted");
         assert_eq!(tree_digest(&outside), before, "{what}: archive changed");
     }

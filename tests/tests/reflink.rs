@@ -48,7 +48,7 @@ fn changed_set_is_exact(kind: FsKind, chunk: &str, chunk_bytes: u64, seed: u64) 
         );
         let read = format!(
             "read {}",
-            sparsebak_human(expect.len() as u64 * chunk_bytes)
+            agent::units::human(expect.len() as u64 * chunk_bytes)
         );
         assert!(
             out.contains(&read),
@@ -75,21 +75,6 @@ fn changed_set_is_exact(kind: FsKind, chunk: &str, chunk_bytes: u64, seed: u64) 
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     drop(s);
     let _ = Command::new("sync").status();
-}
-
-/// Mirrors the agent's size formatting for the summary check.
-fn sparsebak_human(bytes: u64) -> String {
-    const U: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let (mut v, mut i) = (bytes as f64, 0);
-    while v >= 1024.0 && i < 3 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
 }
 
 #[test]
