@@ -12,8 +12,7 @@ use crate::chunkmap::ChunkMap;
 use crate::meta::{read_pending_info, ArchiveMeta};
 use crate::pipeline::{self, Job, Outcome, Prev, Settings};
 use crate::progress::Progress;
-use crate::source::file::LocalDir;
-use crate::source::Plan;
+use crate::source::{Plan, Source};
 use crate::transport::Connection;
 use crate::units::human;
 use anyhow::{bail, Context, Result};
@@ -54,7 +53,7 @@ impl std::fmt::Display for Summary {
 
 pub struct Backup<'a> {
     pub meta: &'a ArchiveMeta,
-    pub local: &'a LocalDir,
+    pub local: &'a Source,
     pub conn: &'a mut Connection,
     pub workers: usize,
 }
@@ -305,13 +304,4 @@ fn owned_iter(map: ChunkMap) -> impl Iterator<Item = u64> + Send {
         from = i + 1;
         Some(i)
     })
-}
-
-/// Used by the CLI to surface which volumes failed.
-pub fn check_volume_exists(local: &LocalDir, volume: &str) -> Result<()> {
-    let p = local.volume_path(volume)?;
-    if !p.is_file() {
-        bail!("volume '{volume}' not found at '{}'", p.display());
-    }
-    Ok(())
 }

@@ -12,14 +12,26 @@ pub fn volumes_and_sessions(
 ) -> Result<Vec<(String, Vec<SessionInfo>)>> {
     let vols = match volume {
         Some(v) => vec![v.to_string()],
-        None => meta.volumes()?,
+        None => {
+            let mut v = meta.volumes()?;
+            v.extend(meta.rec.volumes.iter().cloned());
+            v.sort();
+            v.dedup();
+            v
+        }
     };
     vols.into_iter()
         .map(|v| Ok((v.clone(), meta.sessions(&v)?)))
         .collect()
 }
 
-pub fn text(meta: &ArchiveMeta, vols: &[(String, Vec<SessionInfo>)]) -> String {
+/// The configured set, and which of it the source lacks (None: no source given).
+pub struct Configured<'a> {
+    pub volumes: &'a [String],
+    pub missing: Option<Vec<String>>,
+}
+
+pub fn text(meta: &ArchiveMeta, vols: &[(String, Vec<SessionInfo>)], cfg: &Configured) -> String {
     let mut s = format!(
         "archive {} at {} (chunk size {}, {})\n",
         meta.rec.id,
@@ -27,8 +39,31 @@ pub fn text(meta: &ArchiveMeta, vols: &[(String, Vec<SessionInfo>)]) -> String {
         human(meta.params.chunk_size as u64),
         meta.params.compression
     );
+    let _ = writeln!(
+        s,
+        "configured: {}",
+        if cfg.volumes.is_empty() {
+            "(none)".to_string()
+        } else {
+            cfg.volumes.join(" ")
+        }
+    );
+    if let Some(missing) = &cfg.missing {
+        if !missing.is_empty() {
+            let _ = writeln!(
+                s,
+                "MISSING from the source (configured but not present): {}",
+                missing.join(" ")
+            );
+        }
+    }
     for (v, sessions) in vols {
-        let _ = writeln!(s, "{v}: {} session(s)", sessions.len());
+        let mark = if cfg.missing.as_ref().is_some_and(|m| m.contains(v)) {
+            " [missing]"
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "{v}{mark}: {} session(s)", sessions.len());
         for x in sessions {
             let _ = writeln!(
                 s,
@@ -63,12 +98,15 @@ fn js(s: &str) -> String {
 /// `{"archive": ID, "dest": URL, "chunk_size": N, "volumes": [{"name": V,
 /// "sessions": [{"name", "time", "volume_size", ...}, ...]}, ...]}`,
 /// sessions oldest first.
-pub fn json(meta: &ArchiveMeta, vols: &[(String, Vec<SessionInfo>)]) -> String {
+pub fn json(meta: &ArchiveMeta, vols: &[(String, Vec<SessionInfo>)], cfg: &Configured) -> String {
+    let list = |v: &[String]| v.iter().map(|x| js(x)).collect::<Vec<_>>().join(",");
     let mut s = format!(
-        "{{\"archive\":{},\"dest\":{},\"chunk_size\":{},\"volumes\":[",
+        "{{\"archive\":{},\"dest\":{},\"chunk_size\":{},\"configured\":[{}],\"missing\":{},\"volumes\":[",
         js(&meta.rec.id),
         js(&meta.rec.dest),
-        meta.params.chunk_size
+        meta.params.chunk_size,
+        list(cfg.volumes),
+        cfg.missing.as_ref().map_or("null".to_string(), |m| format!("[{}]", list(m)))
     );
     for (i, (v, sessions)) in vols.iter().enumerate() {
         if i > 0 {

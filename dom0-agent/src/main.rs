@@ -1,8 +1,8 @@
-use agent::backup::{check_volume_exists, Backup};
+use agent::backup::Backup;
 use agent::config::{Config, DEFAULT_META_DIR};
 use agent::meta::{parse_compression, ArchiveMeta, ArchiveRecord, MetaStore};
 use agent::restore::{restore, Target};
-use agent::source::file::LocalDir;
+use agent::source::Source;
 use agent::transport::dest::Dest;
 use agent::transport::{connect, default_receiver, Connection};
 use agent::units::parse_size;
@@ -36,7 +36,7 @@ struct Cli {
     /// Archive destination: file:///path (receiver runs locally).
     #[arg(long, global = true, value_name = "URL")]
     dest: Option<String>,
-    /// Volume source: a directory of image files; a VOLUME is a file name in it.
+    /// Volume source: a directory of image files (/path; a VOLUME is a file name in it) or an LVM thin pool (VG/POOL; a VOLUME is a thin LV in it).
     #[arg(long, global = true, value_name = "SOURCE")]
     local: Option<PathBuf>,
     /// dom0's metadata directory [default: /var/lib/sparsebak].
@@ -62,19 +62,35 @@ enum Cmd {
     },
     /// Back up volumes (the configured ones if none are named): full the first time, incremental after.
     Backup { volumes: Vec<String> },
-    /// Restore a volume as of a session (default: the newest) into a file.
+    /// Restore a volume as of a session (default: the newest) into a file or a thin LV.
+    ///
+    /// With --save-to the volume is written to a file (zero chunks become
+    /// holes). With a thin pool as --local and no --save-to, it is written
+    /// to a new thin LV (--to-lv NAME, default: the volume's own name),
+    /// which replaces an existing LV only with --force. Either way the
+    /// target appears only once every chunk has been verified.
     Restore {
         volume: String,
         /// Session name, as shown by `list`.
         #[arg(long)]
         session: Option<String>,
-        /// File to write (created; zero chunks become holes).
-        #[arg(long, value_name = "PATH")]
-        save_to: PathBuf,
-        /// Replace the file if it exists.
+        /// File to write.
+        #[arg(long, value_name = "PATH", conflicts_with = "to_lv")]
+        save_to: Option<PathBuf>,
+        /// LV to write in the --local thin pool.
+        #[arg(long, value_name = "NAME")]
+        to_lv: Option<String>,
+        /// Replace the target if it exists.
         #[arg(long)]
         force: bool,
     },
+    /// Add volumes to the set `backup` takes when none are named.
+    Add {
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove a volume from that set and drop its snapshots (its sessions stay in the archive).
+    Delete { volume: String },
     /// Read a session back from the archive and check every chunk, writing nothing.
     Verify {
         volume: String,
@@ -114,6 +130,19 @@ impl Ctx {
             format!("no archive for {dest} in dom0 metadata '{}' (run arch-init, or give the right --meta-dir)", self.meta_dir.display())
         })?;
         Ok((dest, meta))
+    }
+
+    fn source(&self, meta: &ArchiveMeta) -> Result<Source> {
+        let l = self.local.as_deref().context(
+            "no volume source: give --local DIR or VG/POOL, or set `local` in the config",
+        )?;
+        Source::open(l, &meta.rec.id)
+    }
+
+    fn local_label(&self) -> String {
+        self.local
+            .as_deref()
+            .map_or("(no --local)".into(), |p| p.display().to_string())
     }
 
     fn connect(&self, dest: &Dest, meta: &ArchiveMeta, op: Operation) -> Result<Connection> {
@@ -239,18 +268,16 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Backup { volumes } => {
             let (dest, meta) = ctx.archive()?;
-            let local_dir = ctx
-                .local
-                .as_deref()
-                .context("no volume source: give --local DIR or set `local` in the config")?;
-            let local = LocalDir::new(local_dir, &meta.rec.id)?;
-            let volumes = if volumes.is_empty() {
+            let local = ctx.source(&meta)?;
+            let volumes = if !volumes.is_empty() {
+                volumes
+            } else if !ctx.cfg.volumes.is_empty() {
                 ctx.cfg.volumes.clone()
             } else {
-                volumes
+                meta.rec.volumes.clone()
             };
             if volumes.is_empty() {
-                bail!("no volumes named and none configured (`volumes` in the config)");
+                bail!("no volumes named and none configured (`sparsebak add VOLUME`, or `volumes` in the config)");
             }
             let mut conn = ctx.connect(&dest, &meta, Operation::Backup)?;
             let workers = ctx
@@ -259,11 +286,16 @@ fn run(cli: Cli) -> Result<i32> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             let mut failed = 0;
             for v in &volumes {
-                if let Err(e) = protocol::names::validate_volume_name(v)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|_| check_volume_exists(&local, v))
-                {
-                    eprintln!("sparsebak: error: {e:#}");
+                if let Err(e) = protocol::names::validate_volume_name(v) {
+                    eprintln!("sparsebak: error: {e}");
+                    failed += 1;
+                    continue;
+                }
+                if !local.exists(v) {
+                    eprintln!(
+                        "sparsebak: error: volume '{v}' not found in {}",
+                        ctx.local_label()
+                    );
                     failed += 1;
                     continue;
                 }
@@ -285,18 +317,67 @@ fn run(cli: Cli) -> Result<i32> {
             conn.finish()?;
             Ok(if failed > 0 { 1 } else { 0 })
         }
+        Cmd::Add { volumes } => {
+            let (_, mut meta) = ctx.archive()?;
+            let local = ctx.source(&meta)?;
+            for v in &volumes {
+                protocol::names::validate_volume_name(v)?;
+                if !local.exists(v) {
+                    bail!("volume '{v}' not found in {}", ctx.local_label());
+                }
+                if !meta.rec.volumes.contains(v) {
+                    meta.rec.volumes.push(v.clone());
+                }
+            }
+            meta.rec.volumes.sort();
+            meta.save()?;
+            println!("configured volumes: {}", meta.rec.volumes.join(" "));
+            Ok(0)
+        }
+        Cmd::Delete { volume } => {
+            let (_, mut meta) = ctx.archive()?;
+            if !meta.rec.volumes.contains(&volume) {
+                bail!("volume '{volume}' is not in the configured set");
+            }
+            if ctx.local.is_some() {
+                ctx.source(&meta)?.forget(&volume)?;
+            }
+            meta.rec.volumes.retain(|v| *v != volume);
+            meta.save()?;
+            println!(
+                "removed '{volume}' from the configured set; its sessions stay in the archive"
+            );
+            Ok(0)
+        }
         Cmd::Restore {
             volume,
             session,
             save_to,
+            to_lv,
             force,
         } => {
-            let target = Target::File {
-                path: save_to.clone(),
-                force,
+            let (_, meta) = ctx.archive()?;
+            let source = match (&save_to, &ctx.local) {
+                (None, Some(_)) => Some(ctx.source(&meta)?),
+                _ => None,
+            };
+            let (target, label) = match (save_to, &source) {
+                (Some(path), _) => (
+                    Target::File {
+                        path: path.clone(),
+                        force,
+                    },
+                    format!("'{}'", path.display()),
+                ),
+                (None, Some(Source::Lvm(pool))) => {
+                    let name = to_lv.unwrap_or_else(|| volume.clone());
+                    let label = format!("LV {}/{name}", pool.vg);
+                    (Target::Lv { pool, name, force }, label)
+                }
+                _ => bail!("give --save-to PATH (or a thin pool as --local to restore into an LV)"),
             };
             let s = ctx.read_back(&volume, session.as_deref(), target)?;
-            println!("restored {s} to '{}'", save_to.display());
+            println!("restored {s} to {label}");
             Ok(0)
         }
         Cmd::Verify { volume, session } => {
@@ -307,10 +388,28 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::List { volume, json } => {
             let (_, meta) = ctx.archive()?;
             let vols = list::volumes_and_sessions(&meta, volume.as_deref())?;
+            let missing = match &ctx.local {
+                Some(_) => {
+                    let src = ctx.source(&meta)?;
+                    Some(
+                        meta.rec
+                            .volumes
+                            .iter()
+                            .filter(|v| !src.exists(v))
+                            .cloned()
+                            .collect(),
+                    )
+                }
+                None => None,
+            };
+            let cfg = list::Configured {
+                volumes: &meta.rec.volumes,
+                missing,
+            };
             if json {
-                println!("{}", list::json(&meta, &vols));
+                println!("{}", list::json(&meta, &vols, &cfg));
             } else {
-                print!("{}", list::text(&meta, &vols));
+                print!("{}", list::text(&meta, &vols, &cfg));
             }
             Ok(0)
         }

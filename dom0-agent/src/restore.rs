@@ -8,6 +8,7 @@
 
 use crate::meta::ArchiveMeta;
 use crate::progress::Progress;
+use crate::source::lvm::LvmPool;
 use crate::transport::{remote_error, Connection};
 use crate::units::human;
 use anyhow::{bail, Context, Result};
@@ -59,11 +60,17 @@ pub enum VerifyError {
     },
 }
 
-pub enum Target {
+pub enum Target<'a> {
     /// Verify only.
     Nothing,
     /// Write a file (a new one, or replace an existing one with `force`).
     File { path: PathBuf, force: bool },
+    /// Write a thin LV in the pool (a new one, or replace one with `force`).
+    Lv {
+        pool: &'a LvmPool,
+        name: String,
+        force: bool,
+    },
 }
 
 pub struct Summary {
@@ -137,6 +144,91 @@ impl FileOut {
     }
 }
 
+/// An LV being restored: a new thin LV (all unmapped, so zero chunks need
+/// neither writes nor discards), renamed over the target at the end.
+struct LvOut<'a> {
+    pool: &'a LvmPool,
+    name: String,
+    tmp: String,
+    file: File,
+    done: bool,
+}
+
+impl<'a> LvOut<'a> {
+    fn create(pool: &'a LvmPool, name: &str, force: bool, size: u64) -> Result<Self> {
+        protocol::names::validate_volume_name(name)?;
+        if pool.exists(name) && !force {
+            bail!("LV {}/{name} exists; use --force to replace it", pool.vg);
+        }
+        let tmp = format!("{name}.sbk-restore");
+        if pool.exists(&tmp) {
+            pool.remove_volume(&tmp)?;
+        }
+        pool.create_volume(&tmp, size)?;
+        let dev = pool.dev_path(&tmp);
+        let file = match OpenOptions::new().write(true).open(&dev) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = pool.remove_volume(&tmp);
+                return Err(e).with_context(|| format!("unable to open '{}'", dev.display()));
+            }
+        };
+        Ok(LvOut {
+            pool,
+            name: name.to_string(),
+            tmp,
+            file,
+            done: false,
+        })
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.file.sync_all().context("syncing the restored LV")?;
+        let old = format!("{}.sbk-old", self.name);
+        let replacing = self.pool.exists(&self.name);
+        if replacing {
+            self.pool.rename_volume(&self.name, &old)?;
+        }
+        self.pool.rename_volume(&self.tmp, &self.name)?;
+        self.done = true;
+        if replacing {
+            self.pool.remove_volume(&old)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LvOut<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.pool.remove_volume(&self.tmp);
+        }
+    }
+}
+
+enum Out<'a> {
+    File(FileOut),
+    Lv(LvOut<'a>),
+}
+
+impl Out<'_> {
+    fn write_at(&self, data: &[u8], at: u64) -> Result<()> {
+        let (f, what) = match self {
+            Out::File(o) => (&o.file, o.tmp.display().to_string()),
+            Out::Lv(o) => (&o.file, o.tmp.clone()),
+        };
+        f.write_all_at(data, at)
+            .with_context(|| format!("unable to write '{what}'"))
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Out::File(o) => o.finish(),
+            Out::Lv(o) => o.finish(),
+        }
+    }
+}
+
 impl Drop for FileOut {
     fn drop(&mut self) {
         if !self.done {
@@ -173,7 +265,8 @@ pub fn restore(
     let cs = meta.params.chunk_size as u64;
     let mut out = match &target {
         Target::Nothing => None,
-        Target::File { path, force } => Some(FileOut::create(path, *force, size)?),
+        Target::File { path, force } => Some(Out::File(FileOut::create(path, *force, size)?)),
+        Target::Lv { pool, name, force } => Some(Out::Lv(LvOut::create(pool, name, *force, size)?)),
     };
     let view = meta.view(volume, chosen)?;
     conn.wr
@@ -265,9 +358,7 @@ pub fn restore(
             .into());
         }
         if let Some(o) = &out {
-            o.file
-                .write_all_at(plain, e.addr)
-                .with_context(|| format!("unable to write '{}'", o.tmp.display()))?;
+            o.write_at(plain, e.addr)?;
         }
         chunks += 1;
         bytes += raw_len as u64;

@@ -156,6 +156,20 @@ impl LocalDir {
         fsync_dir(&self.snap_dir)
     }
 
+    /// Drops every snapshot of a volume.
+    pub fn forget(&self, volume: &str) -> Result<()> {
+        self.discard_new(volume);
+        let prefix = format!("{volume}@");
+        if let Ok(rd) = fs::read_dir(&self.snap_dir) {
+            for ent in rd.flatten() {
+                if ent.file_name().to_string_lossy().starts_with(&prefix) {
+                    fs::remove_file(ent.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Drops an unfinished snapshot (the base stays for the next run).
     pub fn discard_new(&self, volume: &str) {
         let _ = fs::remove_file(self.new_path(volume));

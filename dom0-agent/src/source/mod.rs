@@ -27,3 +27,63 @@ pub struct Snapshot {
     /// How the plan was made, for the summary line.
     pub method: &'static str,
 }
+
+pub mod cmd;
+pub mod lvm;
+pub mod thin;
+
+use anyhow::Result;
+
+/// Where volumes live: a directory of image files, or an LVM thin pool.
+pub enum Source {
+    Dir(file::LocalDir),
+    Lvm(lvm::LvmPool),
+}
+
+impl Source {
+    /// `/path` is a directory; `VG/POOL` a thin pool.
+    pub fn open(spec: &std::path::Path, archive_id: &str) -> Result<Source> {
+        let s = spec.to_string_lossy();
+        if s.starts_with('/') || s.starts_with('.') {
+            Ok(Source::Dir(file::LocalDir::new(spec, archive_id)?))
+        } else {
+            Ok(Source::Lvm(lvm::LvmPool::new(&s, archive_id)?))
+        }
+    }
+
+    pub fn prepare(&self, volume: &str, prev: Option<&str>, chunk_size: u64) -> Result<Snapshot> {
+        match self {
+            Source::Dir(d) => d.prepare(volume, prev, chunk_size),
+            Source::Lvm(l) => l.prepare(volume, prev, chunk_size),
+        }
+    }
+
+    pub fn rotate(&self, volume: &str, session: &str) -> Result<()> {
+        match self {
+            Source::Dir(d) => d.rotate(volume, session),
+            Source::Lvm(l) => l.rotate(volume, session),
+        }
+    }
+
+    pub fn discard_new(&self, volume: &str) {
+        match self {
+            Source::Dir(d) => d.discard_new(volume),
+            Source::Lvm(l) => l.discard_new(volume),
+        }
+    }
+
+    pub fn exists(&self, volume: &str) -> bool {
+        match self {
+            Source::Dir(d) => d.volume_path(volume).is_ok_and(|p| p.is_file()),
+            Source::Lvm(l) => l.exists(volume),
+        }
+    }
+
+    /// Drops the snapshots kept for a volume.
+    pub fn forget(&self, volume: &str) -> Result<()> {
+        match self {
+            Source::Dir(d) => d.forget(volume),
+            Source::Lvm(l) => l.forget(volume),
+        }
+    }
+}
