@@ -5,7 +5,16 @@
 # loop filesystems need root and fail with a clear message without it.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_cargo
-need_pkgs mkfs.xfs xfsprogs mkfs.btrfs btrfs-progs
+need_pkgs mkfs.xfs xfsprogs mkfs.btrfs btrfs-progs thin_restore thin-provisioning-tools
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    # qemu-system-x86 and qemu-utils must come from the same release: a newer
+    # preinstalled qemu-utils is brought to qemu-system-x86's version.
+    echo "== installing qemu-system-x86 (for the dm-thin VM test)"
+    as_root apt-get update -q >/dev/null
+    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-downgrades \
+        "qemu-system-x86=$v" "qemu-utils=$v" >/dev/null
+fi
 if [ "$(id -u)" = 0 ]; then
     modprobe loop 2>/dev/null || true
     [ -e /dev/loop-control ] || echo "WARNING: no /dev/loop-control: the XFS/Btrfs tests will fail" >&2

@@ -237,6 +237,9 @@ impl Backup<'_> {
             Ok(())
         });
         progress.finish();
+        // Close the snapshot: an LVM snapshot cannot be renamed or
+        // deactivated while open.
+        drop(snap.file);
         let fail = |this: &mut Self, e: anyhow::Error| -> Result<Summary> {
             let _ = this.meta.drop_pending(volume, &session);
             Err(e)

@@ -19,6 +19,15 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;
 
+/// What `lvs` says about one LV.
+#[derive(Debug, Clone, Default)]
+struct Lv {
+    size: u64,
+    thin_id: Option<u64>,
+    tags: Vec<String>,
+    pool: String,
+}
+
 pub struct LvmPool {
     pub vg: String,
     pub pool: String,
@@ -86,6 +95,47 @@ impl LvmPool {
         format!("{}-{}-tpool", dm(&self.vg), dm(&self.pool))
     }
 
+    /// Every LV of the volume group in one `lvs` call (each LVM command is
+    /// slow, so the hot paths ask once and look things up here).
+    fn report(&self) -> Result<std::collections::HashMap<String, Lv>> {
+        let out = cmd::output(
+            "lvs",
+            &[
+                "--noheadings",
+                "--nosuffix",
+                "--units",
+                "b",
+                "--separator",
+                "|",
+                "-o",
+                "lv_name,lv_size,thin_id,lv_tags,pool_lv",
+                &self.vg,
+            ],
+        )?;
+        let mut m = std::collections::HashMap::new();
+        for line in out.lines() {
+            let f: Vec<&str> = line.trim().split('|').collect();
+            if f.len() != 5 {
+                bail!("unexpected lvs output line '{line}'");
+            }
+            let lv = Lv {
+                size: f[1]
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("lvs size '{}'", f[1]))?,
+                thin_id: f[2].trim().parse().ok(),
+                tags: f[3]
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                pool: f[4].trim().to_string(),
+            };
+            m.insert(f[0].trim().to_string(), lv);
+        }
+        Ok(m)
+    }
+
     fn lv_field(&self, lv: &str, field: &str) -> Result<String> {
         cmd::output(
             "lvs",
@@ -103,18 +153,6 @@ impl LvmPool {
 
     pub fn exists(&self, lv: &str) -> bool {
         valid_lvm_name(lv) && self.lv_field(lv, "lv_name").is_ok()
-    }
-
-    fn size(&self, lv: &str) -> Result<u64> {
-        let s = self.lv_field(lv, "lv_size")?;
-        s.parse()
-            .with_context(|| format!("size of {}: '{s}'", self.full(lv)))
-    }
-
-    fn thin_id(&self, lv: &str) -> Result<u64> {
-        let s = self.lv_field(lv, "thin_id")?;
-        s.parse()
-            .with_context(|| format!("thin id of {}: '{s}'", self.full(lv)))
     }
 
     fn tags(&self, lv: &str) -> Result<Vec<String>> {
@@ -160,7 +198,8 @@ impl LvmPool {
 
     /// Snapshots `volume` and works out which chunks to read.
     pub fn prepare(&self, volume: &str, prev: Option<&str>, chunk_size: u64) -> Result<Snapshot> {
-        if !valid_lvm_name(volume) || !self.exists(volume) {
+        let lvs = self.report()?;
+        if !valid_lvm_name(volume) || lvs.get(volume).is_none_or(|l| l.pool != self.pool) {
             bail!(
                 "volume '{volume}' not found in thin pool {}/{}",
                 self.vg,
@@ -169,7 +208,16 @@ impl LvmPool {
         }
         let tick = self.snap_name(volume, "tick");
         let tock = self.snap_name(volume, "tock");
-        self.remove_ours(&tock)?;
+        if let Some(old) = lvs.get(&tock) {
+            if !old.tags.contains(&self.tag()) {
+                bail!(
+                    "{} exists but is not tagged {}: not touching it",
+                    self.full(&tock),
+                    self.tag()
+                );
+            }
+            cmd::run("lvremove", &["-q", "-f", &self.full(&tock)])?;
+        }
         cmd::run(
             "lvcreate",
             &[
@@ -199,23 +247,30 @@ impl LvmPool {
     ) -> Result<Snapshot> {
         // Thin snapshots skip activation by default.
         cmd::run("lvchange", &["-q", "-ay", "-K", &self.full(tock)])?;
-        let size = self.size(tock)?;
+        let lvs = self.report()?;
+        let new = lvs
+            .get(tock)
+            .with_context(|| format!("snapshot {} vanished", self.full(tock)))?;
+        let size = new.size;
         let chunks = size.div_ceil(chunk_size);
-        let base_ok = match prev {
-            Some(p) => {
-                self.exists(tick)
-                    && self.tags(tick)?.iter().any(|t| *t == self.tag())
-                    && self.tags(tick)?.contains(&format!("sbks_{p}"))
-            }
-            None => false,
+        let base = match prev {
+            Some(p) => lvs
+                .get(tick)
+                .filter(|t| t.tags.contains(&self.tag()) && t.tags.contains(&format!("sbks_{p}"))),
+            None => None,
         };
-        let new_id = self.thin_id(tock)?.to_string();
+        let new_id = new
+            .thin_id
+            .with_context(|| format!("{} has no thin id", self.full(tock)))?
+            .to_string();
         let _msnap = MetaSnap::reserve(self)?;
-        let (plan, method) = if base_ok {
-            let old_id = self.thin_id(tick)?.to_string();
-            let old_size = self.size(tick)?;
+        let tmeta = self.tmeta();
+        let (plan, method) = if let Some(base) = base {
+            let old_id = base
+                .thin_id
+                .with_context(|| format!("{} has no thin id", self.full(tick)))?
+                .to_string();
             let mut changed = ChunkMap::new(chunks);
-            let tmeta = self.tmeta();
             let args = [
                 "-m",
                 "--snap1",
@@ -229,11 +284,10 @@ impl LvmPool {
             let folded = thin::fold_delta(out, &mut changed, chunk_size, size);
             cmd::finish("thin_delta", &args, child)?;
             folded.with_context(|| format!("parsing thin_delta for '{volume}'"))?;
-            mark_size_change(&mut changed, old_size, size, chunk_size);
+            mark_size_change(&mut changed, base.size, size, chunk_size);
             (Plan::Changed { changed }, "thin delta")
         } else {
             let mut data = ChunkMap::new(chunks);
-            let tmeta = self.tmeta();
             let args = ["-m", "--dev-id", new_id.as_str(), tmeta.as_str()];
             let mut child = cmd::spawn("thin_dump", &args)?;
             let out = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
@@ -265,7 +319,8 @@ impl LvmPool {
     pub fn rotate(&self, volume: &str, session: &str) -> Result<()> {
         let tick = self.snap_name(volume, "tick");
         let tock = self.snap_name(volume, "tock");
-        if !self.exists(&tock) {
+        let lvs = self.report()?;
+        if !lvs.get(&tock).is_some_and(|l| l.tags.contains(&self.tag())) {
             return Ok(());
         }
         cmd::run(
@@ -277,9 +332,19 @@ impl LvmPool {
                 &self.full(&tock),
             ],
         )?;
-        self.remove_ours(&tick)?;
+        if let Some(old) = lvs.get(&tick) {
+            if !old.tags.contains(&self.tag()) {
+                bail!(
+                    "{} exists but is not tagged {}: not touching it",
+                    self.full(&tick),
+                    self.tag()
+                );
+            }
+            cmd::run("lvremove", &["-q", "-f", &self.full(&tick)])?;
+        }
         cmd::run("lvrename", &["-q", &self.vg, &tock, &tick])?;
-        cmd::run("lvchange", &["-q", "-an", &self.full(&tick)])?;
+        // Tidying only: an inactive base snapshot is not a failed backup.
+        let _ = cmd::run("lvchange", &["-q", "-an", &self.full(&tick)]);
         Ok(())
     }
 
