@@ -1,0 +1,89 @@
+#!/bin/bash
+# sparsebak benchmark: times and ratios, side by side with the machine's
+# limit and with borg, on generated data. A benchmark, not a test: it
+# asserts nothing and is not part of scripts/test.sh.
+#
+#   bash bench/run.sh            # 2 GiB image (as in the performance issue)
+#   SIZE_MIB=512 bash bench/run.sh
+#
+# Needs root (loop-mounted XFS for reflink incrementals); installs xfsprogs
+# and borgbackup if missing. Everything lives in one scratch dir, removed at
+# the end. Page cache is warmed before each timed run so the numbers are
+# CPU/pipeline-bound, like the limit they are compared with.
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+SIZE_MIB=${SIZE_MIB:-2048}
+[ "$(id -u)" = 0 ] || { echo "run as root (loop XFS)" >&2; exit 1; }
+need_cargo
+need_pkgs mkfs.xfs xfsprogs borg borgbackup
+cargo build -q --release --workspace --bins
+BIN=$ROOT/target/release
+W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/sparsebak-bench.XXXXXX")
+MNT=$W/xfs
+cleanup() { umount "$MNT" 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+truncate -s $((SIZE_MIB * 10 + 20480))M "$W/xfs.img"
+mkfs.xfs -q -m reflink=1 "$W/xfs.img"; mkdir -p "$MNT"; mount -o loop "$W/xfs.img" "$MNT"
+VOLS=$MNT/vols; mkdir -p "$VOLS"
+SB=("$BIN/sparsebak" --dest "file://$MNT/archive" --meta-dir "$MNT/meta" --local "$VOLS")
+export BORG_REPO=$MNT/borg BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+now() { date +%s.%N; }
+timed() { local t; t=$(now); "$@" >/dev/null; awk -v a="$t" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+rss() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -1; }   # peak RSS, KiB
+warm() { cat "$@" >/dev/null; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+command -v /usr/bin/time >/dev/null || need_pkgs /usr/bin/time time
+
+echo "== data: ${SIZE_MIB} MiB semi-compressible image, $(nproc) cores"
+"$BIN/gen-image" create "$VOLS/img" "$SIZE_MIB" 1
+warm "$VOLS/img"
+T_LIMIT=$("$BIN/bench-limit" "$VOLS/img" 262144 3)
+
+"${SB[@]}" arch-init --chunk-size 256K --compression zstd:3 >/dev/null
+borg init -e none >/dev/null
+warm "$VOLS/img"; T_FULL=$(timed "${SB[@]}" backup img)
+warm "$VOLS/img"; T_BFULL=$(timed borg create --chunker-params fixed,262144 --compression zstd,3 ::full "$VOLS/img")
+
+"$BIN/gen-image" rewrite "$VOLS/img" 1 2 >/dev/null
+warm "$VOLS/img"; T_INC=$(timed "${SB[@]}" backup img)
+warm "$VOLS/img"; T_BINC=$(timed borg create --chunker-params fixed,262144 --compression zstd,3 ::inc "$VOLS/img")
+
+R=$W/restore; mkdir -p "$R"
+T_REST=$(timed "${SB[@]}" restore img --save-to "$R/img")
+rm -f "$R/img"; sync
+T_BREST=$(cd "$R" && timed borg extract ::inc)
+rm -rf "$R"/*
+T_VER=$(timed "${SB[@]}" verify img)
+RSS_B=$(rss "${SB[@]}" backup img); RSS_R=$(rss "${SB[@]}" verify img)
+
+# 16 GiB sparse volume with the same absolute change
+truncate -s 16G "$VOLS/big"; dd if="$VOLS/img" of="$VOLS/big" bs=1M conv=notrunc 2>/dev/null
+"${SB[@]}" backup big >/dev/null
+n=$(( SIZE_MIB * 16 / 100 )); [ $n -gt 0 ] || n=1   # as many 64 KiB blocks as 1 % of the image
+for i in $(seq 1 "$n"); do
+    dd if=/dev/urandom of="$VOLS/big" bs=64K seek=$(( (RANDOM * 32768 + RANDOM) % (SIZE_MIB * 16) )) count=1 conv=notrunc 2>/dev/null
+done
+sync
+T_BIG=$(timed "${SB[@]}" backup big)
+# 1 TiB sparse volume, small delta: memory
+truncate -s 1T "$VOLS/huge"; dd if=/dev/urandom of="$VOLS/huge" bs=1M count=16 conv=notrunc 2>/dev/null
+"${SB[@]}" backup huge >/dev/null
+dd if=/dev/urandom of="$VOLS/huge" bs=1M seek=500000 count=4 conv=notrunc 2>/dev/null
+RSS_HB=$(rss "${SB[@]}" backup huge); RSS_HR=$(rss "${SB[@]}" verify huge)
+
+printf '\n== sparsebak benchmark (%s MiB image, %s cores)\n' "$SIZE_MIB" "$(nproc)"
+printf '%-44s %9s\n' "what" "seconds"
+printf '%-44s %9s\n' "machine limit: SHA-256 + zstd-3, all cores" "$T_LIMIT" \
+    "sparsebak full backup" "$T_FULL" "borg create (full)" "$T_BFULL" \
+    "sparsebak incremental (1 %, reflink XFS)" "$T_INC" "borg create (incremental)" "$T_BINC" \
+    "sparsebak incremental, 16 GiB sparse volume" "$T_BIG" \
+    "sparsebak restore" "$T_REST" "borg extract" "$T_BREST" "sparsebak verify" "$T_VER"
+printf '\n%-52s %7s %s\n' "ratio" "value" "target"
+printf '%-52s %7s %s\n' "full / machine limit" "$(ratio "$T_FULL" "$T_LIMIT")" "<= 1.3" \
+    "borg full / sparsebak full" "$(ratio "$T_BFULL" "$T_FULL")" ">= 1.8" \
+    "borg incremental / sparsebak incremental" "$(ratio "$T_BINC" "$T_INC")" ">= 10" \
+    "16 GiB incremental / ${SIZE_MIB} MiB incremental" "$(ratio "$T_BIG" "$T_INC")" "<= 1.5" \
+    "borg extract / sparsebak restore" "$(ratio "$T_BREST" "$T_REST")" ">= 1.5" \
+    "sparsebak verify / sparsebak restore" "$(ratio "$T_VER" "$T_REST")" "< 1"
+printf '\n%-52s %7s\n' "peak RSS (MiB)" ""
+printf '%-52s %7s\n' "backup, ${SIZE_MIB} MiB image (no change)" "$((RSS_B / 1024))" "verify, ${SIZE_MIB} MiB image" "$((RSS_R / 1024))" \
+    "backup, 1 TiB sparse volume, 4 MiB delta" "$((RSS_HB / 1024))" "verify, 1 TiB sparse volume" "$((RSS_HR / 1024))"
