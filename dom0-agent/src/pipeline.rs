@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{channel, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// What the previous session had at a chunk's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,41 +80,16 @@ where
             })
             .expect("pool has room");
     }
-    let (work_tx, work_rx) = sync_channel::<(u64, Job, Slot)>(slots);
-    let work_rx = Arc::new(Mutex::new(work_rx));
+    // Workers take a buffer (back-pressure), then the next job, read it
+    // themselves and process it: no reader thread, one hand-off per chunk.
+    let pool_rx = Mutex::new(pool_rx);
+    let jobs = Mutex::new(jobs.enumerate());
     let (res_tx, res_rx) = channel::<Result<(u64, Job, Outcome, Slot)>>();
 
     std::thread::scope(|scope| -> Result<()> {
-        // Reader: owns the job iterator, reads chunk bytes in order.
-        let rtx = res_tx.clone();
-        scope.spawn(move || {
-            for (seq, job) in jobs.enumerate() {
-                let job = match job {
-                    Ok(j) => j,
-                    Err(e) => {
-                        let _ = rtx.send(Err(e));
-                        return;
-                    }
-                };
-                let Ok(mut slot) = pool_rx.recv() else { return };
-                slot.raw.clear();
-                slot.raw.resize(job.len as usize, 0);
-                if job.read {
-                    if let Err(e) = file.read_exact_at(&mut slot.raw, job.addr) {
-                        let _ = rtx
-                            .send(Err(anyhow!(e)
-                                .context(format!("unable to read chunk at {:#x}", job.addr))));
-                        return;
-                    }
-                }
-                if work_tx.send((seq as u64, job, slot)).is_err() {
-                    return;
-                }
-            }
-        });
         for _ in 0..workers {
-            let rx = Arc::clone(&work_rx);
             let tx = res_tx.clone();
+            let (pool_rx, jobs) = (&pool_rx, &jobs);
             let compression = settings.compression;
             scope.spawn(move || {
                 let mut comp = match compression {
@@ -128,12 +103,26 @@ where
                     Compression::None => None,
                 };
                 loop {
-                    let item = rx.lock().expect("work queue lock").recv();
-                    let Ok((seq, job, mut slot)) = item else {
+                    let Ok(mut slot) = pool_rx.lock().expect("pool lock").recv() else {
                         return;
                     };
-                    let r = process(&job, &mut slot, comp.as_mut()).map(|o| (seq, job, o, slot));
-                    if tx.send(r).is_err() {
+                    let Some((seq, job)) = jobs.lock().expect("jobs lock").next() else {
+                        return;
+                    };
+                    let r = job.and_then(|job| {
+                        slot.raw.clear();
+                        slot.raw.resize(job.len as usize, 0);
+                        if job.read {
+                            file.read_exact_at(&mut slot.raw, job.addr)
+                                .with_context(|| {
+                                    format!("unable to read chunk at {:#x}", job.addr)
+                                })?;
+                        }
+                        let o = process(&job, &mut slot, comp.as_mut())?;
+                        Ok((seq as u64, job, o, slot))
+                    });
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
                         return;
                     }
                 }

@@ -97,6 +97,14 @@ pub fn connect(
         .with_context(|| format!("unable to start receiver '{}'", receiver.display()))?;
     let stdin = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
+    // Bigger pipes: a chunk record crosses in one or two wakeups instead of
+    // a dozen (best effort; the kernel may cap it).
+    {
+        use nix::fcntl::{fcntl, FcntlArg};
+        use std::os::fd::AsRawFd;
+        let _ = fcntl(stdin.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+        let _ = fcntl(stdout.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+    }
     let mut conn = Connection {
         child,
         rd: FrameReader::new(BufReader::with_capacity(1 << 20, PipeIn(Some(stdout)))),
