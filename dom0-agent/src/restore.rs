@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::Mutex;
 use std::time::Instant;
 use thiserror::Error;
 
@@ -277,93 +279,124 @@ pub fn restore(
         .and_then(|_| conn.wr.flush())
         .map_err(|e| conn.read_error_after(e, "restore"))?;
     let mut progress = Progress::new(volume, size.div_ceil(cs));
-    let mut buf = vec![0u8; cs as usize];
     let (mut chunks, mut bytes) = (0u64, 0u64);
-    for item in view {
-        let (idx, e) = item?;
-        if e.codec == Codec::Zero {
-            continue;
-        }
-        let from = &chosen[idx].name;
-        let raw_len = (size - e.addr).min(cs) as usize;
-        let frame = conn
-            .rd
-            .next_frame()
-            .map_err(|err| anyhow::anyhow!("{err}"))
-            .with_context(|| {
-                format!(
-                    "volume '{volume}': reading the restore stream at chunk {:#x}",
-                    e.addr
-                )
-            })?;
-        let (h, data) = match frame {
-            Incoming::Chunk(h, data) => (h, data),
-            Incoming::Reply(Reply::Error(re)) => return Err(remote_error(&re, &conn.label)),
-            Incoming::Reply(Reply::StreamEnd { .. }) => {
-                return Err(VerifyError::MissingChunk {
-                    volume: volume.into(),
-                    session: from.clone(),
+    // Frames are read and their order checked here; decompression, hashing
+    // and positioned writes run on all cores. The target is only renamed
+    // into place once everything checked, so a late failure changes nothing.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let names: Vec<&str> = chosen.iter().map(|s| s.name.as_str()).collect();
+    let out_ref = out.as_ref();
+    let (work_tx, work_rx) = sync_channel::<Work>(workers * 2);
+    let work_rx = Mutex::new(work_rx);
+    let streamed: Result<()> = std::thread::scope(|scope| {
+        let (pool_tx, pool_rx) = channel::<Vec<u8>>();
+        let (err_tx, err_rx) = channel::<anyhow::Error>();
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (work_rx, pool_tx, err_tx, names) =
+                    (&work_rx, pool_tx.clone(), err_tx.clone(), &names);
+                scope.spawn(move || {
+                    let mut plain = vec![0u8; cs as usize];
+                    loop {
+                        let Ok(w) = work_rx.lock().expect("work lock").recv() else {
+                            return;
+                        };
+                        let r =
+                            check_chunk(&w, &mut plain, volume, names[w.session]).and_then(|p| {
+                                match out_ref {
+                                    Some(o) => o.write_at(p, w.addr),
+                                    None => Ok(()),
+                                }
+                            });
+                        if let Err(e) = r {
+                            let _ = err_tx.send(e);
+                        }
+                        let _ = pool_tx.send(w.data);
+                    }
+                })
+            })
+            .collect();
+        drop(err_tx);
+        let read = (|| -> Result<()> {
+            for item in view {
+                let (idx, e) = item?;
+                if e.codec == Codec::Zero {
+                    continue;
+                }
+                if let Ok(err) = err_rx.try_recv() {
+                    return Err(err);
+                }
+                let from = &chosen[idx].name;
+                let raw_len = (size - e.addr).min(cs) as usize;
+                let frame = conn
+                    .rd
+                    .next_frame()
+                    .map_err(|err| anyhow::anyhow!("{err}"))
+                    .with_context(|| {
+                        format!(
+                            "volume '{volume}': reading the restore stream at chunk {:#x}",
+                            e.addr
+                        )
+                    })?;
+                let (h, data) = match frame {
+                    Incoming::Chunk(h, data) => (h, data),
+                    Incoming::Reply(Reply::Error(re)) => {
+                        return Err(remote_error(&re, &conn.label))
+                    }
+                    Incoming::Reply(Reply::StreamEnd { .. }) => {
+                        return Err(VerifyError::MissingChunk {
+                            volume: volume.into(),
+                            session: from.clone(),
+                            addr: e.addr,
+                        }
+                        .into())
+                    }
+                    other => bail!(
+                        "volume '{volume}': unexpected {} frame in the restore stream",
+                        other.name()
+                    ),
+                };
+                if h.addr != e.addr {
+                    return Err(VerifyError::WrongChunk {
+                        volume: volume.into(),
+                        session: from.clone(),
+                        expected: e.addr,
+                        got: h.addr,
+                    }
+                    .into());
+                }
+                let mut buf = pool_rx.try_recv().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(data);
+                let w = Work {
                     addr: e.addr,
+                    codec: h.codec,
+                    raw_len,
+                    hash: e.hash,
+                    session: idx,
+                    data: buf,
+                };
+                if work_tx.send(w).is_err() {
+                    bail!("restore workers stopped");
                 }
-                .into())
+                chunks += 1;
+                bytes += raw_len as u64;
+                progress.update(e.addr / cs, bytes);
             }
-            other => bail!(
-                "volume '{volume}': unexpected {} frame in the restore stream",
-                other.name()
-            ),
-        };
-        if h.addr != e.addr {
-            return Err(VerifyError::WrongChunk {
-                volume: volume.into(),
-                session: from.clone(),
-                expected: e.addr,
-                got: h.addr,
-            }
-            .into());
+            Ok(())
+        })();
+        drop(work_tx);
+        for h in handles {
+            h.join().expect("restore worker panicked");
         }
-        let bad = |detail: String| VerifyError::BadChunk {
-            volume: volume.into(),
-            session: from.clone(),
-            addr: e.addr,
-            detail,
-        };
-        let plain: &[u8] = match h.codec {
-            Codec::Raw if data.len() == raw_len => data,
-            Codec::Zstd => {
-                // Bounded: output larger than the chunk is an error, not an allocation.
-                let n = zstd::bulk::decompress_to_buffer(data, &mut buf[..raw_len])
-                    .map_err(|err| bad(format!("does not decompress: {err}")))?;
-                if n != raw_len {
-                    return Err(
-                        bad(format!("decompresses to {n} bytes, expected {raw_len}")).into(),
-                    );
-                }
-                &buf[..raw_len]
-            }
-            c => {
-                return Err(bad(format!(
-                    "{c:?} record of {} bytes for a chunk of {raw_len} bytes",
-                    data.len()
-                ))
-                .into())
-            }
-        };
-        let hash: Hash = Sha256::digest(plain).into();
-        if hash != e.hash {
-            return Err(VerifyError::HashMismatch {
-                volume: volume.into(),
-                session: from.clone(),
-                addr: e.addr,
-            }
-            .into());
+        // A verification failure concerns an earlier chunk than a stream
+        // failure noticed after it: report it first.
+        match err_rx.try_recv() {
+            Ok(err) => Err(err),
+            Err(_) => read,
         }
-        if let Some(o) = &out {
-            o.write_at(plain, e.addr)?;
-        }
-        chunks += 1;
-        bytes += raw_len as u64;
-        progress.update(e.addr / cs, bytes);
-    }
+    });
+    streamed?;
     progress.finish();
     match conn
         .rd
@@ -400,6 +433,65 @@ pub fn restore(
         bytes,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// One received chunk, to be checked (and written) by a worker.
+struct Work {
+    addr: u64,
+    codec: Codec,
+    raw_len: usize,
+    hash: Hash,
+    /// Index of the session the chunk belongs to, for error messages.
+    session: usize,
+    data: Vec<u8>,
+}
+
+/// Decompresses (bounded) and hashes a chunk; returns its plain bytes if
+/// they match dom0's manifest.
+fn check_chunk<'a>(
+    w: &'a Work,
+    plain: &'a mut [u8],
+    volume: &str,
+    session: &str,
+) -> Result<&'a [u8]> {
+    let bad = |detail: String| VerifyError::BadChunk {
+        volume: volume.into(),
+        session: session.into(),
+        addr: w.addr,
+        detail,
+    };
+    let bytes: &[u8] = match w.codec {
+        Codec::Raw if w.data.len() == w.raw_len => &w.data,
+        Codec::Zstd => {
+            // Bounded: output larger than the chunk is an error, not an allocation.
+            let n = zstd::bulk::decompress_to_buffer(&w.data, &mut plain[..w.raw_len])
+                .map_err(|err| bad(format!("does not decompress: {err}")))?;
+            if n != w.raw_len {
+                return Err(
+                    bad(format!("decompresses to {n} bytes, expected {}", w.raw_len)).into(),
+                );
+            }
+            &plain[..w.raw_len]
+        }
+        c => {
+            return Err(bad(format!(
+                "{c:?} record of {} bytes for a chunk of {} bytes",
+                w.data.len(),
+                w.raw_len
+            ))
+            .into())
+        }
+    };
+    let hash: Hash = Sha256::digest(bytes).into();
+    if hash != w.hash {
+        return Err(VerifyError::HashMismatch {
+            volume: volume.into(),
+            session: session.into(),
+            addr: w.addr,
+        }
+        .into());
+    }
+    Ok(bytes)
 }
 
 impl std::fmt::Display for Summary {
