@@ -30,15 +30,7 @@ pub fn run(tool: &str, args: &[&str]) -> Result<Output> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| spawn_error(tool, e))?;
-    if !out.status.success() {
-        bail!(
-            "{tool} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out)
+    check(tool, args, out)
 }
 
 /// Runs and returns trimmed stdout.
@@ -65,6 +57,11 @@ pub fn finish(tool: &str, args: &[&str], child: Child) -> Result<()> {
     let out = child
         .wait_with_output()
         .with_context(|| format!("waiting for {tool}"))?;
+    check(tool, args, out).map(|_| ())
+}
+
+/// A finished tool's output, or an error carrying its stderr.
+fn check(tool: &str, args: &[&str], out: Output) -> Result<Output> {
     if !out.status.success() {
         bail!(
             "{tool} {} failed ({}): {}",
@@ -73,5 +70,5 @@ pub fn finish(tool: &str, args: &[&str], child: Child) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(out)
 }

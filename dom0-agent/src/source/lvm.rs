@@ -155,18 +155,6 @@ impl LvmPool {
         valid_lvm_name(lv) && self.lv_field(lv, "lv_name").is_ok()
     }
 
-    fn tags(&self, lv: &str) -> Result<Vec<String>> {
-        Ok(self
-            .lv_field(lv, "lv_tags")?
-            .split(',')
-            .map(str::to_string)
-            .collect())
-    }
-
-    fn ours(&self, lv: &str) -> bool {
-        self.tags(lv).is_ok_and(|t| t.contains(&self.tag()))
-    }
-
     /// Thin volumes of the pool that are not our snapshots.
     pub fn volumes(&self) -> Result<Vec<String>> {
         let out = cmd::output("lvs", &["--noheadings", "-o", "lv_name,pool_lv", &self.vg])?;
@@ -183,17 +171,22 @@ impl LvmPool {
     }
 
     fn remove_ours(&self, lv: &str) -> Result<()> {
-        if self.exists(lv) {
-            if !self.ours(lv) {
-                bail!(
-                    "{} exists but is not tagged {}: not touching it",
-                    self.full(lv),
-                    self.tag()
-                );
-            }
-            cmd::run("lvremove", &["-q", "-f", &self.full(lv)])?;
+        let lvs = self.report()?;
+        self.remove_listed(lvs.get(lv), lv)
+    }
+
+    /// Removes `lv` (as listed in a report, if it exists) only if it
+    /// carries our archive tag.
+    fn remove_listed(&self, listed: Option<&Lv>, lv: &str) -> Result<()> {
+        let Some(l) = listed else { return Ok(()) };
+        if !l.tags.contains(&self.tag()) {
+            bail!(
+                "{} exists but is not tagged {}: not touching it",
+                self.full(lv),
+                self.tag()
+            );
         }
-        Ok(())
+        cmd::run("lvremove", &["-q", "-f", &self.full(lv)]).map(|_| ())
     }
 
     /// Snapshots `volume` and works out which chunks to read.
@@ -208,16 +201,7 @@ impl LvmPool {
         }
         let tick = self.snap_name(volume, "tick");
         let tock = self.snap_name(volume, "tock");
-        if let Some(old) = lvs.get(&tock) {
-            if !old.tags.contains(&self.tag()) {
-                bail!(
-                    "{} exists but is not tagged {}: not touching it",
-                    self.full(&tock),
-                    self.tag()
-                );
-            }
-            cmd::run("lvremove", &["-q", "-f", &self.full(&tock)])?;
-        }
+        self.remove_listed(lvs.get(&tock), &tock)?;
         cmd::run(
             "lvcreate",
             &[
@@ -332,16 +316,7 @@ impl LvmPool {
                 &self.full(&tock),
             ],
         )?;
-        if let Some(old) = lvs.get(&tick) {
-            if !old.tags.contains(&self.tag()) {
-                bail!(
-                    "{} exists but is not tagged {}: not touching it",
-                    self.full(&tick),
-                    self.tag()
-                );
-            }
-            cmd::run("lvremove", &["-q", "-f", &self.full(&tick)])?;
-        }
+        self.remove_listed(lvs.get(&tick), &tick)?;
         cmd::run("lvrename", &["-q", &self.vg, &tock, &tick])?;
         // Tidying only: an inactive base snapshot is not a failed backup.
         let _ = cmd::run("lvchange", &["-q", "-an", &self.full(&tick)]);
