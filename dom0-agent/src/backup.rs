@@ -9,7 +9,7 @@
 //! it, so dom0 and the archive never disagree about which sessions exist.
 
 use crate::chunkmap::ChunkMap;
-use crate::meta::{read_pending_info, ArchiveMeta};
+use crate::meta::{read_info, ArchiveMeta};
 use crate::pipeline::{self, Job, Outcome, Prev, Settings};
 use crate::progress::Progress;
 use crate::source::{Plan, Source};
@@ -18,7 +18,7 @@ use crate::units::human;
 use anyhow::{bail, Context, Result};
 use protocol::chunk::{ChunkHeader, Codec};
 use protocol::manifest::Entry;
-use protocol::message::{ErrorCode, Reply, Request, SessionInfo};
+use protocol::message::{Reply, Request, SessionInfo};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub struct Summary {
@@ -65,25 +65,19 @@ impl Backup<'_> {
         if pending.is_empty() {
             return Ok(());
         }
-        let on_receiver = match self.conn.call(&Request::List {
-            volume: Some(volume.to_string()),
-        }) {
-            Ok(Reply::Listing(l)) => l
+        // Ask for every volume: one the receiver has never seen is simply
+        // absent from the listing, no error code to interpret.
+        let on_receiver = match self.conn.call(&Request::List { volume: None })? {
+            Reply::Listing(l) => l
                 .into_iter()
+                .filter(|v| v.name == volume)
                 .flat_map(|v| v.sessions)
                 .map(|s| s.name)
                 .collect::<Vec<_>>(),
-            Ok(other) => bail!("unexpected {} reply to list", other.name()),
-            Err(e)
-                if e.to_string()
-                    .contains(&format!("{:?}", ErrorCode::NoSuchVolume)) =>
-            {
-                Vec::new()
-            }
-            Err(e) => return Err(e),
+            other => bail!("unexpected {} reply to list", other.name()),
         };
         for s in pending {
-            let complete = read_pending_info(&self.meta.pending_dir(volume, &s)?).is_ok();
+            let complete = read_info(&self.meta.pending_dir(volume, &s)?).is_ok();
             if complete && on_receiver.contains(&s) {
                 eprintln!(
                     "sparsebak: {volume}: session {s} was committed by the receiver; recording it"

@@ -284,13 +284,10 @@ impl PendingSession {
     }
 }
 
-fn read_info(dir: &Path) -> Result<SessionInfo> {
+/// A session's info record (committed or pending dir).
+pub fn read_info(dir: &Path) -> Result<SessionInfo> {
     let p = dir.join("info.toml");
     let text =
         fs::read_to_string(&p).with_context(|| format!("unable to read '{}'", p.display()))?;
     toml::from_str(&text).with_context(|| format!("unable to parse '{}'", p.display()))
-}
-
-pub fn read_pending_info(dir: &Path) -> Result<SessionInfo> {
-    read_info(dir)
 }

@@ -215,26 +215,15 @@ mod tests {
     #[test]
     fn bad_output_is_an_error() {
         let mut m = ChunkMap::new(10);
-        assert!(fold_delta(
-            &b"<different begin=\"1\" length=\"1\"/>"[..],
-            &mut m,
-            65536,
-            1 << 20
-        )
-        .is_err());
-        assert!(fold_delta(
-            &b"<superblock data_block_size=\"128\"><different begin=\"x\" length=\"1\"/>"[..],
-            &mut m,
-            65536,
-            1 << 20
-        )
-        .is_err());
-        assert!(fold_delta(
-            &b"<superblock data_block_size=\"128\"><different begin=\"1\" len"[..],
-            &mut m,
-            65536,
-            1 << 20
-        )
-        .is_err());
+        for bad in [
+            "<different begin=\"1\" length=\"1\"/>",
+            "<superblock data_block_size=\"128\"><different begin=\"x\" length=\"1\"/>",
+            "<superblock data_block_size=\"128\"><different begin=\"1\" len",
+        ] {
+            assert!(
+                fold_delta(bad.as_bytes(), &mut m, 65536, 1 << 20).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

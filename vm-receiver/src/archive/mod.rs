@@ -118,32 +118,13 @@ impl Archive {
             }
             Err(e) => return Err(Failure::io("list volume", &dir, e)),
         };
-        let mut names = Vec::new();
-        for ent in rd {
-            let ent = ent.map_err(|e| Failure::io("list volume", &dir, e))?;
-            if let Some(n) = ent.file_name().to_str() {
-                if validate_session_name(n).is_ok() {
-                    names.push(n.to_string());
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
+        valid_names(rd, &dir, |n| validate_session_name(n).is_ok())
     }
 
     pub fn volume_names(&self) -> Result<Vec<String>> {
         let dir = self.root.join(VOLUMES_DIR);
-        let mut names = Vec::new();
-        for ent in fs::read_dir(&dir).map_err(|e| Failure::io("list volumes", &dir, e))? {
-            let ent = ent.map_err(|e| Failure::io("list volumes", &dir, e))?;
-            if let Some(n) = ent.file_name().to_str() {
-                if validate_volume_name(n).is_ok() {
-                    names.push(n.to_string());
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
+        let rd = fs::read_dir(&dir).map_err(|e| Failure::io("list volumes", &dir, e))?;
+        valid_names(rd, &dir, |n| validate_volume_name(n).is_ok())
     }
 
     pub fn session_info(&self, volume: &str, session: &str) -> Result<SessionInfo> {
@@ -166,4 +147,18 @@ impl Archive {
             })
             .collect()
     }
+}
+
+/// The entries of a directory whose names pass `valid`, sorted; anything
+/// else there (temporary, incoming, foreign) is skipped.
+fn valid_names(rd: fs::ReadDir, dir: &Path, valid: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(|e| Failure::io("list", dir, e))?;
+        if let Some(n) = ent.file_name().to_str().filter(|n| valid(n)) {
+            names.push(n.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
