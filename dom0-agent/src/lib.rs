@@ -11,6 +11,7 @@ pub mod meta;
 pub mod pipeline;
 pub mod progress;
 pub mod restore;
+pub mod retention;
 pub mod source;
 pub mod transport;
 pub mod units;

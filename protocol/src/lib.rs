@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod merge;
 pub mod message;
 pub mod names;
+pub mod prune;
 pub mod stream;
 
 pub use error::ProtocolError;

@@ -193,6 +193,19 @@ pub enum Request {
     Restore { volume: String, session: String },
     /// End of the connection.
     Bye,
+    /// Merge `session` (not the volume's newest) into its successor and
+    /// remove it (Admin). Answered with `Reply::Pruned`.
+    Prune { volume: String, session: String },
+    /// Remove a volume and all its sessions (Admin).
+    DeleteVolume { volume: String },
+    /// Rename a volume (Admin); `new_name` must not exist yet.
+    RenameVolume { volume: String, new_name: String },
+    /// Re-read and re-hash every chunk of one volume or all (Admin).
+    /// Answered with `Reply::CheckReport`.
+    Check { volume: Option<String> },
+    /// Send a session's manifest file (Admin): `Reply::Data` parts, then
+    /// `Reply::StreamEnd` with the number of parts.
+    GetManifest { volume: String, session: String },
 }
 
 impl Request {
@@ -205,6 +218,11 @@ impl Request {
             Request::Abort => "abort",
             Request::Restore { .. } => "restore",
             Request::Bye => "bye",
+            Request::Prune { .. } => "prune",
+            Request::DeleteVolume { .. } => "delete-volume",
+            Request::RenameVolume { .. } => "rename-volume",
+            Request::Check { .. } => "check",
+            Request::GetManifest { .. } => "get-manifest",
         }
     }
 }
@@ -222,7 +240,37 @@ pub enum ErrorCode {
     Io,
     NoSpace,
     Corrupt,
+    /// Another connection holds the archive.
+    Busy,
 }
+
+/// Largest `Reply::Data` part.
+pub const DATA_PART: usize = 1 << 20;
+
+/// What an archive check found wrong with one chunk or session.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FindingKind {
+    /// The manifest names a chunk whose file is missing.
+    Missing,
+    /// The chunk file does not decode to the manifest's hash.
+    Corrupt,
+    /// A file in the session that the manifest does not name.
+    Extra,
+    /// The session's manifest or info is unreadable.
+    BadSession,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub volume: String,
+    pub session: String,
+    pub addr: Option<u64>,
+    pub kind: FindingKind,
+    pub detail: String,
+}
+
+/// Most findings one report carries; the rest are only counted.
+pub const MAX_FINDINGS: usize = 4096;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RemoteError {
@@ -240,6 +288,18 @@ pub enum Reply {
         chunks: u64,
     },
     Error(RemoteError),
+    /// A prune's result: the successor session as merged.
+    Pruned(SessionInfo),
+    /// An archive check's result.
+    CheckReport {
+        /// Data chunks read and hashed.
+        checked: u64,
+        findings: Vec<Finding>,
+        /// Findings beyond `MAX_FINDINGS`, counted only.
+        more: u64,
+    },
+    /// Part of a file (at most `DATA_PART` bytes).
+    Data(Vec<u8>),
 }
 
 impl Reply {
@@ -250,6 +310,9 @@ impl Reply {
             Reply::Committed(_) => "committed",
             Reply::StreamEnd { .. } => "stream-end",
             Reply::Error(_) => "error",
+            Reply::Pruned(_) => "pruned",
+            Reply::CheckReport { .. } => "check-report",
+            Reply::Data(_) => "data",
         }
     }
 }
