@@ -28,6 +28,9 @@ enum Cmd {
         /// Operations to permit on this connection.
         #[arg(long, value_delimiter = ',', default_values_t = [Op::Admin, Op::Backup, Op::Restore])]
         allow: Vec<Op>,
+        /// Seconds to wait while another connection holds the archive.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        lock_wait: u64,
     },
 }
 
@@ -57,7 +60,11 @@ fn main() {
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Serve { archive, allow } => {
+        Cmd::Serve {
+            archive,
+            allow,
+            lock_wait,
+        } => {
             if archive.as_os_str().is_empty() || !archive.is_absolute() {
                 bail!(
                     "--archive must be an absolute path, got '{}'",
@@ -75,6 +82,7 @@ fn run() -> Result<()> {
             let opts = ServeOptions {
                 archive_dir: archive,
                 allowed,
+                lock_wait: std::time::Duration::from_secs(lock_wait),
             };
             let stdin = BufReader::with_capacity(1 << 20, std::io::stdin().lock());
             let stdout = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());

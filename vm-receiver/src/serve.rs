@@ -5,7 +5,7 @@
 //! error reply, and any session in progress is dropped.
 
 use crate::archive::session::SessionWriter;
-use crate::archive::{restore, Archive};
+use crate::archive::{self, check, prune, restore, Archive};
 use crate::error::Failure;
 use protocol::message::{ErrorCode, Hello, HelloBody, Operation, Reply, Request};
 use protocol::stream::{FrameReader, FrameWriter, Incoming, StreamError};
@@ -16,6 +16,8 @@ pub struct ServeOptions {
     pub archive_dir: PathBuf,
     /// Operations this entry point permits (a restore-only service, say).
     pub allowed: Vec<Operation>,
+    /// How long to wait for another connection to release the archive.
+    pub lock_wait: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +38,18 @@ pub fn serve<R: Read, W: Write>(
     let mut rd = FrameReader::new(input);
     let mut wr = FrameWriter::new(output);
     let hello = rd.read_hello();
-    let mut archive = Archive::open(&opts.archive_dir);
+    // Held until the connection ends; a failure to get it is reported on
+    // the first request.
+    let lock = archive::lock(&opts.archive_dir, opts.lock_wait);
+    let mut archive = match &lock {
+        Ok(_) => Archive::open(&opts.archive_dir).and_then(|a| {
+            if let Some(a) = &a {
+                a.recover()?;
+            }
+            Ok(a)
+        }),
+        Err(f) => Err(Failure::new(f.code, f.message.clone())),
+    };
     let params = archive
         .as_ref()
         .ok()
@@ -144,6 +157,30 @@ pub fn serve<R: Read, W: Write>(
                 wr.flush()?;
                 receive_session(&mut rd, &mut wr, w)?;
             }
+            Request::Prune { volume, session } if op == Operation::Admin => {
+                let r = prune::prune(a, &volume, &session).map(Reply::Pruned);
+                reply_result(&mut wr, r)?;
+            }
+            Request::DeleteVolume { volume } if op == Operation::Admin => {
+                let r = a.delete_volume(&volume).map(|_| Reply::Ok);
+                reply_result(&mut wr, r)?;
+            }
+            Request::RenameVolume { volume, new_name } if op == Operation::Admin => {
+                let r = a.rename_volume(&volume, &new_name).map(|_| Reply::Ok);
+                reply_result(&mut wr, r)?;
+            }
+            Request::Check { volume } if op == Operation::Admin => {
+                let r = check::check(a, volume.as_deref()).map(|r| Reply::CheckReport {
+                    checked: r.checked,
+                    findings: r.findings,
+                    more: r.more,
+                });
+                reply_result(&mut wr, r)?;
+            }
+            Request::GetManifest { volume, session } if op == Operation::Admin => {
+                let r = send_manifest(a, &volume, &session, &mut wr);
+                reply_result(&mut wr, r.map(|parts| Reply::StreamEnd { chunks: parts }))?;
+            }
             Request::Restore { volume, session } if op == Operation::Restore => {
                 let r = restore::stream_view(a, &volume, &session, |h, data| {
                     wr.chunk(h, data)
@@ -159,6 +196,37 @@ pub fn serve<R: Read, W: Write>(
                 return Err(fail(&mut wr, f));
             }
         }
+    }
+}
+
+/// A session's manifest file as `Data` parts; returns the number of parts.
+fn send_manifest<W: Write>(
+    a: &Archive,
+    volume: &str,
+    session: &str,
+    wr: &mut FrameWriter<W>,
+) -> Result<u64, Failure> {
+    let dir = a.session_dir(volume, session)?;
+    if !dir.is_dir() {
+        return Err(Failure::new(
+            ErrorCode::NoSuchSession,
+            format!("no session {session} of volume '{volume}' in '{}'", a.root.display()),
+        ));
+    }
+    let path = dir.join(crate::archive::session::MANIFEST_FILE);
+    let mut f = std::fs::File::open(&path).map_err(|e| Failure::io("open manifest", &path, e))?;
+    let mut buf = vec![0u8; protocol::message::DATA_PART];
+    let mut parts = 0;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Failure::io("read manifest", &path, e))?;
+        if n == 0 {
+            return Ok(parts);
+        }
+        wr.reply(&Reply::Data(buf[..n].to_vec()))
+            .map_err(|e| Failure::new(ErrorCode::Io, format!("sending manifest: {e}")))?;
+        parts += 1;
     }
 }
 

@@ -1,7 +1,9 @@
 //! The sparse-bundle archive on disk (see `vm-receiver/FORMAT.md`).
 
+pub mod check;
 pub mod chunk_store;
 pub mod fsutil;
+pub mod prune;
 pub mod restore;
 pub mod session;
 
@@ -9,7 +11,8 @@ use crate::error::{Failure, Result};
 use protocol::message::{ArchiveParams, ErrorCode, SessionInfo, VolumeListing};
 use protocol::names::{validate_session_name, validate_volume_name};
 use serde::{Deserialize, Serialize};
-use std::fs;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 /// Archive info file magic; the last two bytes are the format version.
@@ -17,6 +20,8 @@ pub const ARCHIVE_MAGIC: [u8; 8] = *b"SBKARC01";
 pub const FORMAT_VERSION: u32 = 1;
 pub const ARCHIVE_FILE: &str = "sparsebak.archive";
 pub const VOLUMES_DIR: &str = "volumes";
+/// A volume being deleted is renamed to this prefix first.
+pub const DELETING_PREFIX: &str = ".deleting-";
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 struct ArchiveFile {
@@ -111,10 +116,7 @@ impl Archive {
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Failure::new(
-                    ErrorCode::NoSuchVolume,
-                    format!("no volume '{volume}' in archive '{}'", self.root.display()),
-                ))
+                return Err(self.no_volume(volume))
             }
             Err(e) => return Err(Failure::io("list volume", &dir, e)),
         };
@@ -125,6 +127,65 @@ impl Archive {
         let dir = self.root.join(VOLUMES_DIR);
         let rd = fs::read_dir(&dir).map_err(|e| Failure::io("list volumes", &dir, e))?;
         valid_names(rd, &dir, |n| validate_volume_name(n).is_ok())
+    }
+
+    /// Finishes whatever a crash interrupted: prunes (journaled) and
+    /// volume deletions. Called once per connection, under the lock.
+    pub fn recover(&self) -> Result<()> {
+        let dir = self.root.join(VOLUMES_DIR);
+        let rd = fs::read_dir(&dir).map_err(|e| Failure::io("list volumes", &dir, e))?;
+        for ent in rd.flatten() {
+            if ent.file_name().to_string_lossy().starts_with(DELETING_PREFIX) {
+                let p = ent.path();
+                fs::remove_dir_all(&p).map_err(|e| Failure::io("remove deleted volume", &p, e))?;
+            }
+        }
+        for v in self.volume_names()? {
+            prune::recover(self, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a volume and all its sessions: one rename makes it vanish,
+    /// then the files are removed (finished by `recover` after a crash).
+    pub fn delete_volume(&self, volume: &str) -> Result<()> {
+        let dir = self.volume_dir(volume)?;
+        if !dir.is_dir() {
+            return Err(self.no_volume(volume));
+        }
+        let gone = self
+            .root
+            .join(VOLUMES_DIR)
+            .join(format!("{DELETING_PREFIX}{volume}"));
+        fs::rename(&dir, &gone).map_err(|e| Failure::io("delete volume", &dir, e))?;
+        fsutil::fsync_dir(&self.root.join(VOLUMES_DIR))?;
+        fs::remove_dir_all(&gone).map_err(|e| Failure::io("remove deleted volume", &gone, e))
+    }
+
+    pub fn rename_volume(&self, volume: &str, new_name: &str) -> Result<()> {
+        let from = self.volume_dir(volume)?;
+        let to = self.volume_dir(new_name)?;
+        if !from.is_dir() {
+            return Err(self.no_volume(volume));
+        }
+        if to.exists() {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "volume '{new_name}' already exists in '{}'",
+                    self.root.display()
+                ),
+            ));
+        }
+        fs::rename(&from, &to).map_err(|e| Failure::io("rename volume", &from, e))?;
+        fsutil::fsync_dir(&self.root.join(VOLUMES_DIR))
+    }
+
+    fn no_volume(&self, volume: &str) -> Failure {
+        Failure::new(
+            ErrorCode::NoSuchVolume,
+            format!("no volume '{volume}' in archive '{}'", self.root.display()),
+        )
     }
 
     pub fn session_info(&self, volume: &str, session: &str) -> Result<SessionInfo> {
@@ -146,6 +207,37 @@ impl Archive {
                 Ok(VolumeListing { name, sessions })
             })
             .collect()
+    }
+}
+
+/// Holds the archive for one connection: backups, prunes and restores of
+/// one archive never interleave. Waits up to `wait` for another holder.
+pub fn lock(root: &Path, wait: std::time::Duration) -> Result<Option<Flock<File>>> {
+    let f = match File::open(root) {
+        Ok(f) => f,
+        // No archive directory yet (before arch-init): nothing to hold.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Failure::io("open archive", root, e)),
+    };
+    let start = std::time::Instant::now();
+    let mut f = f;
+    loop {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(Some(l)),
+            Err((back, _)) if start.elapsed() < wait => {
+                f = back;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(_) => {
+                return Err(Failure::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "archive '{}' is in use by another sparsebak connection",
+                        root.display()
+                    ),
+                ))
+            }
+        }
     }
 }
 

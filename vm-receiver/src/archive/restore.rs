@@ -4,11 +4,10 @@
 use super::{chunk_store, session, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::{ChunkHeader, Codec};
-use protocol::manifest::ManifestReader;
 use protocol::merge::{merge_view, ViewSource};
 use protocol::message::ErrorCode;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 
 /// Calls `send` for every non-zero chunk of `volume` as of `session`, in
@@ -38,32 +37,12 @@ pub fn stream_view(
     for name in &names[..=upto] {
         let dir = archive.session_dir(volume, name)?;
         let info = session::read_info(&dir)?;
-        let mpath = dir.join(session::MANIFEST_FILE);
-        let f = File::open(&mpath).map_err(|e| Failure::io("open manifest", &mpath, e))?;
-        let reader = ManifestReader::new(BufReader::with_capacity(1 << 16, f)).map_err(|e| {
-            Failure::new(
-                ErrorCode::Corrupt,
-                format!("manifest '{}': {e}", mpath.display()),
-            )
-        })?;
-        if reader.chunk_size() != archive.chunk_size() {
-            return Err(Failure::new(
-                ErrorCode::Corrupt,
-                format!("manifest '{}' has the wrong chunk size", mpath.display()),
-            ));
-        }
+        let entries =
+            session::manifest_entries(&dir.join(session::MANIFEST_FILE), archive.chunk_size())?;
         target_size = info.volume_size;
-        let mp = mpath.clone();
         sources.push(ViewSource {
             volume_size: info.volume_size,
-            entries: reader.map(move |r| {
-                r.map_err(|e| {
-                    Failure::new(
-                        ErrorCode::Corrupt,
-                        format!("manifest '{}': {e}", mp.display()),
-                    )
-                })
-            }),
+            entries,
         });
         dirs.push(dir);
     }

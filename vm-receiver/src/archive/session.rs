@@ -4,10 +4,10 @@
 use super::{chunk_store, fsutil, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::{ChunkHeader, Codec};
-use protocol::manifest::{Entry, ManifestWriter};
+use protocol::manifest::{Entry, ManifestReader, ManifestWriter};
 use protocol::message::{ErrorCode, SessionInfo};
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 pub const SESSION_MAGIC: [u8; 8] = *b"SBKSES01";
@@ -24,6 +24,33 @@ pub fn read_info(session_dir: &Path) -> Result<SessionInfo> {
             format!("session info '{}': {e}", p.display()),
         )
     })
+}
+
+/// A manifest's entries, streamed; errors name the file.
+pub type Entries = Box<dyn Iterator<Item = Result<Entry>>>;
+
+/// Opens the manifest at `mpath`, checking it has the archive's chunk size.
+pub fn manifest_entries(mpath: &Path, chunk_size: u32) -> Result<Entries> {
+    let corrupt = |e: &dyn std::fmt::Display, p: &Path| {
+        Failure::new(
+            ErrorCode::Corrupt,
+            format!("manifest '{}': {e}", p.display()),
+        )
+    };
+    let f = File::open(mpath).map_err(|e| Failure::io("open manifest", mpath, e))?;
+    let reader =
+        ManifestReader::new(BufReader::with_capacity(1 << 16, f)).map_err(|e| corrupt(&e, mpath))?;
+    if reader.chunk_size() != chunk_size {
+        return Err(corrupt(&"wrong chunk size", mpath));
+    }
+    let p = mpath.to_path_buf();
+    Ok(Box::new(reader.map(move |r| r.map_err(|e| corrupt(&e, &p)))))
+}
+
+/// Writes a sealed session info record (not synced: callers sync).
+pub fn write_info(path: &Path, info: &SessionInfo) -> Result<()> {
+    let bytes = protocol::codec::encode_sealed(&SESSION_MAGIC, info);
+    fs::write(path, bytes).map_err(|e| Failure::io("write session info", path, e))
 }
 
 /// Removes `.incoming-*` leftovers of cut or crashed backups of a volume.
@@ -197,9 +224,7 @@ impl SessionWriter {
         bw.flush()
             .map_err(|e| Failure::io("write manifest", &mpath, e))?;
         drop(bw);
-        let info = protocol::codec::encode_sealed(&SESSION_MAGIC, &self.info);
-        let ipath = self.incoming.join(INFO_FILE);
-        fs::write(&ipath, info).map_err(|e| Failure::io("write session info", &ipath, e))?;
+        write_info(&self.incoming.join(INFO_FILE), &self.info)?;
         fsutil::syncfs(&self.incoming)?;
         fs::rename(&self.incoming, &self.final_dir)
             .map_err(|e| Failure::io("commit session", &self.final_dir, e))?;

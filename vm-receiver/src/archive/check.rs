@@ -1,0 +1,189 @@
+//! Archive check: every chunk a manifest names must exist and decode to
+//! its hash; every file in a session must be named by its manifest.
+//!
+//! Session directories and their manifests are both in address order, so
+//! the two are walked together: memory stays bounded whatever the volume
+//! size.
+
+use super::session::{self, manifest_entries, INFO_FILE, MANIFEST_FILE};
+use super::{chunk_store, Archive};
+use crate::error::{Failure, Result};
+use protocol::chunk::{Codec, HEADER_LEN};
+use protocol::manifest::Entry;
+use protocol::message::{Finding, FindingKind, MAX_FINDINGS};
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Default)]
+pub struct Report {
+    pub checked: u64,
+    pub findings: Vec<Finding>,
+    pub more: u64,
+}
+
+impl Report {
+    fn add(&mut self, volume: &str, session: &str, addr: Option<u64>, kind: FindingKind, detail: String) {
+        if self.findings.len() < MAX_FINDINGS {
+            self.findings.push(Finding {
+                volume: volume.to_string(),
+                session: session.to_string(),
+                addr,
+                kind,
+                detail,
+            });
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
+pub fn check(archive: &Archive, volume: Option<&str>) -> Result<Report> {
+    let vols = match volume {
+        Some(v) => vec![v.to_string()],
+        None => archive.volume_names()?,
+    };
+    let mut r = Report::default();
+    let mut plain = vec![0u8; archive.chunk_size() as usize];
+    let mut stored = Vec::with_capacity(archive.chunk_size() as usize + 4096);
+    for v in &vols {
+        super::prune::recover(archive, v)?;
+        for s in archive.session_names(v)? {
+            let dir = archive.session_dir(v, &s)?;
+            if let Err(f) = check_session(archive, v, &s, &dir, &mut r, &mut plain, &mut stored) {
+                r.add(v, &s, None, FindingKind::BadSession, f.message);
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Chunk files of a session in address order, with anything that is not a
+/// chunk file reported as extra.
+fn chunk_files(volume: &str, sess: &str, dir: &Path, r: &mut Report) -> Result<Vec<u64>> {
+    let mut addrs = Vec::new();
+    let mut top: Vec<String> = Vec::new();
+    for ent in fs::read_dir(dir).map_err(|e| Failure::io("list session", dir, e))? {
+        let ent = ent.map_err(|e| Failure::io("list session", dir, e))?;
+        top.push(ent.file_name().to_string_lossy().into_owned());
+    }
+    top.sort();
+    for name in top {
+        if name == MANIFEST_FILE || name == INFO_FILE {
+            continue;
+        }
+        let fan = name
+            .strip_prefix('c')
+            .filter(|h| h.len() >= 7)
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+        let sub = dir.join(&name);
+        let Some(fan) = fan.filter(|_| sub.is_dir()) else {
+            r.add(volume, sess, None, FindingKind::Extra, format!("unexpected entry '{}'", sub.display()));
+            continue;
+        };
+        let mut files: Vec<String> = Vec::new();
+        for ent in fs::read_dir(&sub).map_err(|e| Failure::io("list session", &sub, e))? {
+            let ent = ent.map_err(|e| Failure::io("list session", &sub, e))?;
+            files.push(ent.file_name().to_string_lossy().into_owned());
+        }
+        files.sort();
+        for f in files {
+            let addr = f
+                .strip_prefix('x')
+                .filter(|h| h.len() == 16)
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .filter(|a| a >> 28 == fan);
+            match addr {
+                Some(a) => addrs.push(a),
+                None => r.add(volume, sess, None, FindingKind::Extra, format!("unexpected file '{}'", sub.join(&f).display())),
+            }
+        }
+    }
+    Ok(addrs)
+}
+
+fn check_session(
+    archive: &Archive,
+    volume: &str,
+    sess: &str,
+    dir: &Path,
+    r: &mut Report,
+    plain: &mut [u8],
+    stored: &mut Vec<u8>,
+) -> Result<()> {
+    let info = session::read_info(dir)?;
+    let files = chunk_files(volume, sess, dir, r)?;
+    let mut files = files.into_iter().peekable();
+    let cs = archive.chunk_size() as u64;
+    for e in manifest_entries(&dir.join(MANIFEST_FILE), archive.chunk_size())? {
+        let e: Entry = e?;
+        while let Some(&a) = files.peek().filter(|&&a| a < e.addr) {
+            files.next();
+            r.add(volume, sess, Some(a), FindingKind::Extra, "chunk file not in the manifest".into());
+        }
+        let has_file = files.peek() == Some(&e.addr);
+        if has_file {
+            files.next();
+        }
+        if e.addr >= info.volume_size {
+            r.add(volume, sess, Some(e.addr), FindingKind::Corrupt, "entry past the session's volume size".into());
+            continue;
+        }
+        match (e.codec, has_file) {
+            (Codec::Zero, false) => {}
+            (Codec::Zero, true) => {
+                r.add(volume, sess, Some(e.addr), FindingKind::Extra, "file for a zero chunk".into())
+            }
+            (_, false) => {
+                r.add(volume, sess, Some(e.addr), FindingKind::Missing, "chunk file missing".into())
+            }
+            (codec, true) => {
+                r.checked += 1;
+                let raw_len = (info.volume_size - e.addr).min(cs) as usize;
+                let path = chunk_store::chunk_path(dir, e.addr);
+                if let Err(why) = verify_chunk(&path, codec, raw_len, &e.hash, plain, stored) {
+                    r.add(volume, sess, Some(e.addr), FindingKind::Corrupt, why);
+                }
+            }
+        }
+    }
+    for a in files {
+        r.add(volume, sess, Some(a), FindingKind::Extra, "chunk file not in the manifest".into());
+    }
+    Ok(())
+}
+
+fn verify_chunk(
+    path: &Path,
+    codec: Codec,
+    raw_len: usize,
+    hash: &[u8; 32],
+    plain: &mut [u8],
+    stored: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    stored.clear();
+    let limit = protocol::frame::MAX_PAYLOAD as u64 - HEADER_LEN as u64;
+    File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(stored))
+        .map_err(|e| format!("unreadable: {e}"))?;
+    if stored.len() as u64 > limit {
+        return Err("chunk file larger than any valid chunk".into());
+    }
+    let data: &[u8] = match codec {
+        Codec::Raw => stored,
+        Codec::Zstd => {
+            let n = zstd::bulk::decompress_to_buffer(stored, &mut plain[..raw_len])
+                .map_err(|e| format!("does not decompress: {e}"))?;
+            &plain[..n]
+        }
+        Codec::Zero => unreachable!("zero chunks have no file"),
+    };
+    if data.len() != raw_len {
+        return Err(format!("holds {} bytes, expected {raw_len}", data.len()));
+    }
+    if Sha256::digest(data).as_slice() != hash {
+        return Err("SHA-256 does not match the manifest".into());
+    }
+    Ok(())
+}
