@@ -94,6 +94,7 @@ impl Backup<'_> {
 
     pub fn run(&mut self, volume: &str) -> Result<Summary> {
         let t0 = Instant::now();
+        crate::prune::settle(self.meta, self.conn, volume)?;
         self.resolve_pending(volume)?;
         let cs = self.meta.params.chunk_size;
         let sessions = self.meta.sessions(volume)?;
@@ -152,33 +153,8 @@ impl Backup<'_> {
                 )
             }
             Plan::Compare { data } => {
-                let mut view = self.meta.view(volume, sessions)?.peekable();
-                let it = (0..chunks).filter_map(move |i| {
-                    let addr = i * cs;
-                    // Advance the previous view to this address.
-                    let mut prev = Prev::Absent;
-                    loop {
-                        match view.peek() {
-                            Some(Ok((_, e))) if e.addr < addr => {
-                                view.next();
-                            }
-                            Some(Ok((_, e))) if e.addr == addr => {
-                                prev = Prev::Entry(e.codec, e.hash);
-                                break;
-                            }
-                            Some(Err(_)) => {
-                                return Some(Err(view
-                                    .next()
-                                    .expect("peeked")
-                                    .expect_err("peeked an error")))
-                            }
-                            _ => break,
-                        }
-                    }
-                    let has_data = data.get(i);
-                    let prev_zero = matches!(prev, Prev::Absent | Prev::Entry(Codec::Zero, _));
-                    (has_data || !prev_zero).then(|| Ok(job_at(i, has_data, prev)))
-                });
+                let view = self.meta.view(volume, sessions)?;
+                let it = compare_jobs(view, size, cs, move |i| data.get(i));
                 (Box::new(it), chunks)
             }
         };
@@ -291,6 +267,50 @@ impl Backup<'_> {
             seconds: t0.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Jobs comparing every chunk of a volume of `size` with `view` (the
+/// previous session): chunks that hold data (`has_data`) are read and
+/// compared; the rest only matter if the view has data there.
+pub fn compare_jobs(
+    view: crate::meta::View,
+    size: u64,
+    cs: u64,
+    has_data: impl Fn(u64) -> bool + Send,
+) -> impl Iterator<Item = Result<Job>> + Send {
+    let mut view = view.peekable();
+    let job_at = move |idx: u64, read: bool, prev: Prev| Job {
+        addr: idx * cs,
+        len: (size - idx * cs).min(cs) as u32,
+        read,
+        prev,
+    };
+    (0..size.div_ceil(cs)).filter_map(move |i| {
+        let addr = i * cs;
+        // Advance the previous view to this address.
+        let mut prev = Prev::Absent;
+        loop {
+            match view.peek() {
+                Some(Ok((_, e))) if e.addr < addr => {
+                    view.next();
+                }
+                Some(Ok((_, e))) if e.addr == addr => {
+                    prev = Prev::Entry(e.codec, e.hash);
+                    break;
+                }
+                Some(Err(_)) => {
+                    return Some(Err(view
+                        .next()
+                        .expect("peeked")
+                        .expect_err("peeked an error")))
+                }
+                _ => break,
+            }
+        }
+        let has_data = has_data(i);
+        let prev_zero = matches!(prev, Prev::Absent | Prev::Entry(Codec::Zero, _));
+        (has_data || !prev_zero).then(|| Ok(job_at(i, has_data, prev)))
+    })
 }
 
 /// Iterates the set bits of a map it owns (so the job iterator is 'static).

@@ -24,6 +24,10 @@ pub struct Config {
     pub volumes: Vec<String>,
     /// Hash/compress threads (default: all cores).
     pub workers: Option<usize>,
+    /// Retention policy `backup --autoprune` applies, e.g. "daily=7,weekly=4".
+    pub keep: Option<String>,
+    /// Seconds a silent receiver is waited for (default 300).
+    pub timeout: Option<u64>,
 }
 
 impl Config {

@@ -1,18 +1,21 @@
 use agent::backup::Backup;
 use agent::config::{Config, DEFAULT_META_DIR};
 use agent::meta::{parse_compression, ArchiveMeta, ArchiveRecord, MetaStore};
+use agent::prune::{self, Selection};
 use agent::restore::{restore, Target};
+use agent::retention::Policy;
 use agent::source::Source;
+use agent::timefmt::{local_offset, parse_local};
 use agent::transport::dest::Dest;
-use agent::transport::{connect, default_receiver, Connection};
+use agent::transport::{connect, default_receiver, is_remote, Connection};
 use agent::units::parse_size;
 use agent::{list, units};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use protocol::message::{ArchiveId, Operation, Reply, Request};
+use protocol::message::{ArchiveId, ErrorCode, Operation, Reply, Request};
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// sparsebak: fast incremental backups of disk-image volumes.
 ///
@@ -45,6 +48,9 @@ struct Cli {
     /// Receiver program to run [default: sparsebak-receiver next to this binary, else on PATH].
     #[arg(long, global = true, value_name = "PROGRAM")]
     remote_receiver: Option<PathBuf>,
+    /// Seconds to wait for a receiver that has stopped sending or reading before giving up [default: 300].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    timeout: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -61,7 +67,41 @@ enum Cmd {
         compression: String,
     },
     /// Back up volumes (the configured ones if none are named): full the first time, incremental after.
-    Backup { volumes: Vec<String> },
+    Backup {
+        volumes: Vec<String>,
+        /// After each successful backup, prune the volume by the `keep` policy in the config.
+        #[arg(long)]
+        autoprune: bool,
+    },
+    /// Remove old sessions of a volume, merging each into the next one.
+    ///
+    /// The volume as of every remaining session stays exactly as it was;
+    /// chunks still needed move to the next session (no data is copied),
+    /// the rest are deleted. The newest session is never pruned. An
+    /// interrupted prune is finished or undone by the next command.
+    ///
+    /// Examples:
+    ///   sparsebak prune disk.img --session S_20261101-020000-000001
+    ///   sparsebak prune disk.img --session S_20261101-020000-000001,S_20261108-020000-000001
+    ///   sparsebak prune disk.img --all-before 2026-10-01
+    ///   sparsebak prune disk.img --keep daily=7,weekly=4,monthly=6
+    #[command(verbatim_doc_comment)]
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["session", "all_before", "keep"])))]
+    Prune {
+        volume: String,
+        /// One session, or an inclusive range OLDER,NEWER.
+        #[arg(long, value_name = "S[,S2]")]
+        session: Option<String>,
+        /// Every session taken before this local date/time (YYYY-MM-DD[ HH:MM[:SS]]).
+        #[arg(long, value_name = "DATE")]
+        all_before: Option<String>,
+        /// Keep policy: last, hourly, daily, weekly, monthly, yearly counts and within=DURATION (36h, 7d, 2w, 1m, 1y); prune the rest.
+        #[arg(long, value_name = "SPEC")]
+        keep: Option<String>,
+        /// Show what would be pruned, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Restore a volume as of a session (default: the newest) into a file or a thin LV.
     ///
     /// With --save-to the volume is written to a file (zero chunks become
@@ -90,7 +130,28 @@ enum Cmd {
         volumes: Vec<String>,
     },
     /// Remove a volume from that set and drop its snapshots (its sessions stay in the archive).
-    Delete { volume: String },
+    Remove { volume: String },
+    /// Delete a volume from the archive and from dom0's metadata: every session, for good.
+    Delete {
+        volume: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rename a volume in the archive and in dom0's metadata (after renaming the LV or image).
+    ///
+    /// The old name's snapshots are dropped, so the next backup of the new
+    /// name reads the volume once and compares it by hash.
+    Rename { volume: String, new_name: String },
+    /// Check the archive: the receiver re-hashes every chunk, dom0 compares every manifest with its own.
+    ///
+    /// Missing, extra and corrupt chunks are reported by volume, session
+    /// and address. Exit status 1 if anything is wrong.
+    ArchCheck { volume: Option<String> },
+    /// Compare the live volume with its newest session and report the chunks that differ.
+    ///
+    /// Reads and hashes the whole volume; exit status 1 if it differs.
+    Diff { volume: String },
     /// Read a session back from the archive and check every chunk, writing nothing.
     Verify {
         volume: String,
@@ -112,6 +173,7 @@ struct Ctx {
     local: Option<PathBuf>,
     meta_dir: PathBuf,
     receiver: PathBuf,
+    timeout: Duration,
 }
 
 impl Ctx {
@@ -146,7 +208,7 @@ impl Ctx {
     }
 
     fn connect(&self, dest: &Dest, meta: &ArchiveMeta, op: Operation) -> Result<Connection> {
-        let conn = connect(dest, &self.receiver, op, Some(meta.params.id))?;
+        let conn = connect(dest, &self.receiver, op, Some(meta.params.id), self.timeout)?;
         match conn.archive {
             Some(p) if p == meta.params => Ok(conn),
             Some(p) => bail!(
@@ -163,6 +225,62 @@ impl Ctx {
 }
 
 impl Ctx {
+    fn workers(&self) -> usize {
+        self.cfg
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    /// Prunes what `sel` picks, oldest first; returns how many.
+    fn prune(
+        &self,
+        meta: &ArchiveMeta,
+        conn: &mut Connection,
+        volume: &str,
+        sel: &Selection,
+        dry_run: bool,
+    ) -> Result<usize> {
+        prune::settle(meta, conn, volume)?;
+        let ours = meta.sessions(volume)?;
+        let theirs = prune::receiver_sessions(conn, volume)?;
+        let names = |v: &[protocol::message::SessionInfo]| {
+            v.iter().map(|s| s.name.clone()).collect::<Vec<_>>()
+        };
+        if names(&ours) != names(&theirs) {
+            bail!("volume '{volume}': dom0 and the archive list different sessions; run arch-check before pruning");
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let picked = prune::select(volume, &ours, sel, now, local_offset(now))?;
+        let t0 = std::time::Instant::now();
+        for (i, s) in picked.iter().enumerate() {
+            if dry_run {
+                println!("would prune {volume} {s}");
+                continue;
+            }
+            let info = prune::prune_one(meta, conn, volume, s)?;
+            println!(
+                "pruned {volume} {s} ({}/{}): merged into {} (now {} data, {} zero chunks)",
+                i + 1,
+                picked.len(),
+                info.name,
+                info.chunks,
+                info.zero_chunks
+            );
+        }
+        if !dry_run && !picked.is_empty() {
+            println!(
+                "prune {volume}: {} sessions pruned, {} remain, {:.2} s",
+                picked.len(),
+                ours.len() - picked.len(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        Ok(picked.len())
+    }
+
     /// Restore or verify: one restore connection, every chunk checked.
     fn read_back(
         &self,
@@ -189,6 +307,22 @@ fn main() {
     }
 }
 
+/// Asks on the terminal; anything but `expect` (or no terminal) refuses.
+fn confirm(question: &str, expect: &str) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing without confirmation: give --force (stdin is not a terminal)");
+    }
+    eprint!("{question}");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim() != expect {
+        bail!("not confirmed; nothing deleted");
+    }
+    Ok(())
+}
+
 fn random_id() -> Result<ArchiveId> {
     let mut id = [0u8; 16];
     std::fs::File::open("/dev/urandom")
@@ -212,6 +346,10 @@ fn run(cli: Cli) -> Result<i32> {
             .clone()
             .or(cfg.remote_receiver.clone())
             .unwrap_or_else(default_receiver),
+        timeout: cli
+            .timeout
+            .or(cfg.timeout)
+            .map_or(agent::transport::DEFAULT_TIMEOUT, Duration::from_secs),
         cfg,
     };
     match cli.cmd {
@@ -238,7 +376,7 @@ fn run(cli: Cli) -> Result<i32> {
                 chunk_size: cs,
                 compression,
             };
-            let mut conn = connect(&dest, &ctx.receiver, Operation::Admin, None)?;
+            let mut conn = connect(&dest, &ctx.receiver, Operation::Admin, None, ctx.timeout)?;
             if let Some(p) = conn.archive {
                 bail!("there is already an archive ({}) at {dest}", p.id.to_hex());
             }
@@ -266,8 +404,13 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Backup { volumes } => {
+        Cmd::Backup { volumes, autoprune } => {
             let (dest, meta) = ctx.archive()?;
+            let policy = match (autoprune, &ctx.cfg.keep) {
+                (false, _) => None,
+                (true, Some(k)) => Some(k.parse::<Policy>().context("`keep` in the config")?),
+                (true, None) => bail!("--autoprune needs a `keep` policy in the config (e.g. keep = \"daily=7,weekly=4\")"),
+            };
             let local = ctx.source(&meta)?;
             let volumes = if !volumes.is_empty() {
                 volumes
@@ -280,11 +423,9 @@ fn run(cli: Cli) -> Result<i32> {
                 bail!("no volumes named and none configured (`sparsebak add VOLUME`, or `volumes` in the config)");
             }
             let mut conn = ctx.connect(&dest, &meta, Operation::Backup)?;
-            let workers = ctx
-                .cfg
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let workers = ctx.workers();
             let mut failed = 0;
+            let mut done = Vec::new();
             for v in &volumes {
                 if let Err(e) = protocol::names::validate_volume_name(v) {
                     eprintln!("sparsebak: error: {e}");
@@ -306,7 +447,10 @@ fn run(cli: Cli) -> Result<i32> {
                     workers,
                 };
                 match b.run(v) {
-                    Ok(s) => println!("{s}"),
+                    Ok(s) => {
+                        println!("{s}");
+                        done.push(v.clone());
+                    }
                     Err(e) => {
                         // The stream may be unusable now: stop here.
                         eprintln!("sparsebak: error: {e:#}");
@@ -315,7 +459,148 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             }
             conn.finish()?;
+            if let Some(p) = policy {
+                let mut admin = ctx.connect(&dest, &meta, Operation::Admin)?;
+                for v in &done {
+                    let sel = Selection::Keep(p.clone());
+                    if let Err(e) = ctx.prune(&meta, &mut admin, v, &sel, false) {
+                        eprintln!("sparsebak: error: autoprune of '{v}': {e:#}");
+                        failed += 1;
+                    }
+                }
+                admin.finish()?;
+            }
             Ok(if failed > 0 { 1 } else { 0 })
+        }
+        Cmd::Prune {
+            volume,
+            session,
+            all_before,
+            keep,
+            dry_run,
+        } => {
+            let sel = match (session, all_before, keep) {
+                (Some(s), _, _) => {
+                    let (from, to) = s.split_once(',').unwrap_or((&s, &s));
+                    Selection::Names {
+                        from: from.to_string(),
+                        to: to.to_string(),
+                    }
+                }
+                (_, Some(d), _) => Selection::Before(parse_local(&d)?),
+                (_, _, Some(k)) => Selection::Keep(k.parse()?),
+                _ => unreachable!("clap requires one"),
+            };
+            let (dest, meta) = ctx.archive()?;
+            let mut conn = ctx.connect(&dest, &meta, Operation::Admin)?;
+            let n = ctx.prune(&meta, &mut conn, &volume, &sel, dry_run)?;
+            conn.finish()?;
+            if n == 0 {
+                println!("prune {volume}: nothing to prune");
+            }
+            Ok(0)
+        }
+        Cmd::Delete { volume, force } => {
+            let (dest, meta) = ctx.archive()?;
+            protocol::names::validate_volume_name(&volume)?;
+            if !force {
+                confirm(&format!(
+                    "delete volume '{volume}' and all {} of its sessions from {dest}? type the volume name to confirm: ",
+                    meta.sessions(&volume)?.len()
+                ), &volume)?;
+            }
+            let mut conn = ctx.connect(&dest, &meta, Operation::Admin)?;
+            match conn.call(&Request::DeleteVolume {
+                volume: volume.clone(),
+            }) {
+                Ok(_) => {}
+                // Already gone from the archive (a repeated delete).
+                Err(e) if is_remote(&e, ErrorCode::NoSuchVolume) => {}
+                Err(e) => return Err(e),
+            }
+            conn.finish()?;
+            meta.delete_volume(&volume)?;
+            let mut meta = meta;
+            if ctx.local.is_some() {
+                ctx.source(&meta)?.forget(&volume)?;
+            }
+            meta.rec.volumes.retain(|v| *v != volume);
+            meta.save()?;
+            println!("deleted volume '{volume}' from {dest} and from dom0's metadata");
+            Ok(0)
+        }
+        Cmd::Rename { volume, new_name } => {
+            let (dest, mut meta) = ctx.archive()?;
+            protocol::names::validate_volume_name(&volume)?;
+            protocol::names::validate_volume_name(&new_name)?;
+            let mut conn = ctx.connect(&dest, &meta, Operation::Admin)?;
+            // Idempotent: a rename interrupted between the two sides is
+            // completed by running it again.
+            let remote = match conn.call(&Request::List { volume: None })? {
+                Reply::Listing(l) => l.into_iter().map(|v| v.name).collect::<Vec<_>>(),
+                other => bail!("unexpected {} reply to list", other.name()),
+            };
+            if remote.contains(&volume) {
+                conn.call(&Request::RenameVolume {
+                    volume: volume.clone(),
+                    new_name: new_name.clone(),
+                })?;
+            } else if !remote.contains(&new_name) {
+                bail!("the archive at {dest} has no volume '{volume}'");
+            }
+            conn.finish()?;
+            if meta.volume_dir(&volume)?.exists() {
+                meta.rename_volume(&volume, &new_name)?;
+            }
+            if ctx.local.is_some() {
+                ctx.source(&meta)?.forget(&volume)?;
+            }
+            if meta.rec.volumes.contains(&volume) {
+                meta.rec.volumes.retain(|v| *v != volume);
+                meta.rec.volumes.push(new_name.clone());
+                meta.rec.volumes.sort();
+                meta.save()?;
+            }
+            println!("renamed volume '{volume}' to '{new_name}'");
+            Ok(0)
+        }
+        Cmd::ArchCheck { volume } => {
+            let (dest, meta) = ctx.archive()?;
+            let mut conn = ctx.connect(&dest, &meta, Operation::Admin)?;
+            let rep = agent::archcheck::check(&meta, &mut conn, volume.as_deref())?;
+            conn.finish()?;
+            print!("{}", agent::archcheck::text(&rep));
+            Ok(if rep.problems.is_empty() && rep.unlisted == 0 {
+                0
+            } else {
+                1
+            })
+        }
+        Cmd::Diff { volume } => {
+            let (_, meta) = ctx.archive()?;
+            let (file, size) = ctx.source(&meta)?.open_live(&volume)?;
+            let r = agent::diff::diff(&meta, &volume, &file, size, ctx.workers())?;
+            let cs = meta.params.chunk_size as u64;
+            for (a, b) in agent::diff::ranges(&r.changed, cs).iter().take(100) {
+                println!("changed {a:#x}-{:#x}", b.min(&r.live_size));
+            }
+            if r.live_size != r.session_size {
+                println!(
+                    "size: {} in session {}, {} now",
+                    r.session_size, r.session, r.live_size
+                );
+            }
+            println!(
+                "diff {volume}: {} of {} chunks differ from session {}",
+                r.changed.len(),
+                r.chunks,
+                r.session
+            );
+            Ok(if r.changed.is_empty() && r.live_size == r.session_size {
+                0
+            } else {
+                1
+            })
         }
         Cmd::Add { volumes } => {
             let (_, mut meta) = ctx.archive()?;
@@ -334,7 +619,7 @@ fn run(cli: Cli) -> Result<i32> {
             println!("configured volumes: {}", meta.rec.volumes.join(" "));
             Ok(0)
         }
-        Cmd::Delete { volume } => {
+        Cmd::Remove { volume } => {
             let (_, mut meta) = ctx.archive()?;
             if !meta.rec.volumes.contains(&volume) {
                 bail!("volume '{volume}' is not in the configured set");

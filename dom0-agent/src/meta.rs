@@ -19,6 +19,20 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 pub const PENDING_PREFIX: &str = ".pending-";
+/// Written while a prune is in flight (see `prune.rs`).
+pub const PRUNE_INTENT: &str = ".prune-intent.toml";
+pub const NEW_MANIFEST: &str = "manifest.new";
+pub const NEW_INFO: &str = "info.toml.new";
+
+/// A prune dom0 has prepared and asked the receiver for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PruneIntent {
+    pub pruned: String,
+    pub into: String,
+    /// Counts of the merged manifest, to check the receiver's answer.
+    pub chunks: u64,
+    pub zero_chunks: u64,
+}
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveRecord {
@@ -233,30 +247,118 @@ impl ArchiveMeta {
         }
     }
 
+    /// One session's manifest, streamed.
+    pub fn manifest(&self, volume: &str, session: &str) -> Result<ManifestIter> {
+        let p = self.session_dir(volume, session)?.join("manifest");
+        self.manifest_at(&p)
+    }
+
+    pub fn manifest_at(&self, p: &Path) -> Result<ManifestIter> {
+        let f =
+            File::open(p).with_context(|| format!("unable to open manifest '{}'", p.display()))?;
+        let r = ManifestReader::new(BufReader::with_capacity(1 << 16, f))
+            .with_context(|| format!("manifest '{}'", p.display()))?;
+        if r.chunk_size() != self.params.chunk_size {
+            bail!(
+                "manifest '{}' has chunk size {}, archive has {}",
+                p.display(),
+                r.chunk_size(),
+                self.params.chunk_size
+            );
+        }
+        let path = p.to_path_buf();
+        Ok(Box::new(r.map(move |e| {
+            e.map_err(|err| anyhow::anyhow!("manifest '{}': {err}", path.display()))
+        })))
+    }
+
+    /// Removes a volume's metadata: one rename, then the files.
+    pub fn delete_volume(&self, volume: &str) -> Result<()> {
+        let dir = self.volume_dir(volume)?;
+        if !dir.exists() {
+            return Ok(());
+        }
+        let gone = self.dir.join("volumes").join(format!(".deleting-{volume}"));
+        fs::rename(&dir, &gone).with_context(|| format!("unable to remove '{}'", dir.display()))?;
+        fsync_dir(&self.dir.join("volumes"))?;
+        fs::remove_dir_all(&gone).with_context(|| format!("unable to remove '{}'", gone.display()))
+    }
+
+    pub fn rename_volume(&self, volume: &str, new_name: &str) -> Result<()> {
+        let from = self.volume_dir(volume)?;
+        let to = self.volume_dir(new_name)?;
+        if to.exists() {
+            bail!("dom0 already has metadata for a volume '{new_name}'");
+        }
+        fs::rename(&from, &to).with_context(|| format!("unable to rename '{}'", from.display()))?;
+        fsync_dir(&self.dir.join("volumes"))
+    }
+
+    pub fn prune_intent(&self, volume: &str) -> Result<Option<PruneIntent>> {
+        let p = self.volume_dir(volume)?.join(PRUNE_INTENT);
+        match fs::read_to_string(&p) {
+            Ok(t) => {
+                Ok(Some(toml::from_str(&t).with_context(|| {
+                    format!("unable to parse '{}'", p.display())
+                })?))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
+        }
+    }
+
+    pub fn write_prune_intent(&self, volume: &str, i: &PruneIntent) -> Result<()> {
+        write_atomic(
+            &self.volume_dir(volume)?.join(PRUNE_INTENT),
+            toml::to_string(i)?.as_bytes(),
+        )
+    }
+
+    /// Drops a prepared prune the receiver never did.
+    pub fn cancel_prune(&self, volume: &str, i: &PruneIntent) -> Result<()> {
+        let q = self.session_dir(volume, &i.into)?;
+        for n in [NEW_MANIFEST, NEW_INFO] {
+            let _ = fs::remove_file(q.join(n));
+        }
+        remove_if_exists(&self.volume_dir(volume)?.join(PRUNE_INTENT))
+    }
+
+    /// Finishes a prune the receiver did: the merged manifest and info
+    /// replace the successor's, the pruned session goes. Idempotent.
+    pub fn finish_prune(&self, volume: &str, i: &PruneIntent, info: &SessionInfo) -> Result<()> {
+        let vdir = self.volume_dir(volume)?;
+        let q = self.session_dir(volume, &i.into)?;
+        let new_m = q.join(NEW_MANIFEST);
+        if new_m.exists() {
+            write_atomic(&q.join(NEW_INFO), toml::to_string(info)?.as_bytes())?;
+            fs::rename(&new_m, q.join("manifest"))
+                .with_context(|| format!("unable to replace '{}'", new_m.display()))?;
+        }
+        let new_i = q.join(NEW_INFO);
+        if new_i.exists() {
+            fs::rename(&new_i, q.join("info.toml"))
+                .with_context(|| format!("unable to replace '{}'", new_i.display()))?;
+        }
+        fsync_dir(&q)?;
+        let p = self.session_dir(volume, &i.pruned)?;
+        if p.exists() {
+            let gone = vdir.join(format!(".pruned-{}", i.pruned));
+            fs::rename(&p, &gone).with_context(|| format!("unable to remove '{}'", p.display()))?;
+            fsync_dir(&vdir)?;
+            fs::remove_dir_all(&gone)
+                .with_context(|| format!("unable to remove '{}'", gone.display()))?;
+        }
+        remove_if_exists(&vdir.join(PRUNE_INTENT))?;
+        fsync_dir(&vdir)
+    }
+
     /// The volume as of `sessions.last()`: merged manifests, streamed.
     pub fn view(&self, volume: &str, sessions: &[SessionInfo]) -> Result<View> {
         let mut srcs = Vec::with_capacity(sessions.len());
         for s in sessions {
-            let p = self.session_dir(volume, &s.name)?.join("manifest");
-            let f = File::open(&p)
-                .with_context(|| format!("unable to open manifest '{}'", p.display()))?;
-            let r = ManifestReader::new(BufReader::with_capacity(1 << 16, f))
-                .with_context(|| format!("manifest '{}'", p.display()))?;
-            if r.chunk_size() != self.params.chunk_size {
-                bail!(
-                    "manifest '{}' has chunk size {}, archive has {}",
-                    p.display(),
-                    r.chunk_size(),
-                    self.params.chunk_size
-                );
-            }
-            let path = p.clone();
-            let it: ManifestIter = Box::new(r.map(move |e| {
-                e.map_err(|err| anyhow::anyhow!("manifest '{}': {err}", path.display()))
-            }));
             srcs.push(ViewSource {
                 volume_size: s.volume_size,
-                entries: it,
+                entries: self.manifest(volume, &s.name)?,
             });
         }
         Ok(merge_view(srcs))
@@ -281,6 +383,15 @@ impl PendingSession {
             &self.dir.join("info.toml"),
             toml::to_string(info)?.as_bytes(),
         )
+    }
+}
+
+fn remove_if_exists(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("unable to remove '{}'", p.display()))
+        }
+        _ => Ok(()),
     }
 }
 

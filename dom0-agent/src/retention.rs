@@ -64,9 +64,7 @@ impl std::str::FromStr for Policy {
 pub fn parse_duration(s: &str) -> Result<u64> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("bad duration '{s}'"))?;
+    let n: u64 = num.parse().with_context(|| format!("bad duration '{s}'"))?;
     let mult = match unit {
         "h" => 3600,
         "d" => 86400,
@@ -95,7 +93,7 @@ fn civil(days: i64) -> (i64, u32) {
 
 #[derive(Clone, Copy)]
 enum Period {
-    /// Each distinct time (`last`).
+    /// Each session (`last`).
     Second,
     Hour,
     Day,
@@ -108,7 +106,7 @@ fn period(p: Period, time: u64, utc_offset: i64) -> i64 {
     let t = time as i64 + utc_offset;
     let days = t.div_euclid(86400);
     match p {
-        Period::Second => t,
+        Period::Second => unreachable!("`last` keys on the session, not its time"),
         Period::Hour => t.div_euclid(3600),
         Period::Day => days,
         // 1970-01-01 was a Thursday: +3 makes weeks start on Monday.
@@ -146,7 +144,11 @@ pub fn select(times: &[u64], policy: &Policy, now: u64, utc_offset: i64) -> Vec<
         let mut last = None;
         let mut kept = 0;
         for i in (0..n).rev() {
-            let k = period(p, times[i], utc_offset);
+            // `last` counts sessions, even ones taken in the same second.
+            let k = match p {
+                Period::Second => i as i64,
+                _ => period(p, times[i], utc_offset),
+            };
             if last == Some(k) {
                 continue;
             }
@@ -207,13 +209,19 @@ mod tests {
         let cases: &[(&[u64], &str, Vec<usize>)] = &[
             // last=N: the N newest.
             (&six_hourly, "last=3", vec![37, 38, 39]),
+            // last counts sessions even when they share a second.
+            (&[NOW, NOW, NOW, NOW], "last=2", vec![2, 3]),
             // daily=3: newest of each of the last 3 days (today 12:00,
             // yesterday 18:00, the day before 18:00).
             (&six_hourly, "daily=3", vec![32, 36, 39]),
             // within=1d keeps 4 sessions newer than 24 h (strictly newer).
             (&six_hourly, "within=1d", vec![36, 37, 38, 39]),
             // within then daily: the days kept by within do not count.
-            (&six_hourly, "within=1d,daily=2", vec![28, 32, 36, 37, 38, 39]),
+            (
+                &six_hourly,
+                "within=1d,daily=2",
+                vec![28, 32, 36, 37, 38, 39],
+            ),
             // 11 calendar days (the oldest, Mon 18:00, is its day's
             // newest): every day's 18:00 session and today's.
             (&six_hourly, "daily=20", {
@@ -261,7 +269,14 @@ mod tests {
 
     #[test]
     fn policy_errors() {
-        for bad in ["", "daily", "daily=x", "hourly=-1", "fortnightly=2", "within=3q"] {
+        for bad in [
+            "",
+            "daily",
+            "daily=x",
+            "hourly=-1",
+            "fortnightly=2",
+            "within=3q",
+        ] {
             assert!(bad.parse::<Policy>().is_err(), "{bad} accepted");
         }
         assert_eq!(

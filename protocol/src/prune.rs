@@ -195,7 +195,11 @@ mod tests {
             .iter()
             .map(|(size, es)| ViewSource {
                 volume_size: *size,
-                entries: es.iter().map(|e| Ok::<_, ()>(*e)).collect::<Vec<_>>().into_iter(),
+                entries: es
+                    .iter()
+                    .map(|e| Ok::<_, ()>(*e))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
             })
             .collect();
         merge_view(srcs)
@@ -264,7 +268,10 @@ mod tests {
     #[test]
     fn mask_range_edges() {
         assert_eq!(mask_range(4 * CS, 10 * CS, 8 * CS, CS), 4 * CS..8 * CS);
-        assert_eq!(mask_range(4 * CS + 1, 10 * CS, 20 * CS, CS), 5 * CS..10 * CS);
+        assert_eq!(
+            mask_range(4 * CS + 1, 10 * CS, 20 * CS, CS),
+            5 * CS..10 * CS
+        );
         assert!(mask_range(10 * CS, 10 * CS, 20 * CS, CS).is_empty());
         assert!(mask_range(4 * CS, 10 * CS, 0, CS).is_empty());
     }

@@ -378,6 +378,8 @@ pub fn require_root_and_loop() {
 pub enum FsKind {
     Xfs,
     Btrfs,
+    /// Small filesystems (XFS needs 300 MiB at least), e.g. to fill up.
+    Ext4,
 }
 
 /// A real filesystem on a loop device, unmounted on drop.
@@ -400,6 +402,7 @@ impl LoopFs {
         let (mkfs, args): (&str, &[&str]) = match kind {
             FsKind::Xfs => ("mkfs.xfs", &["-q", "-f", "-m", "reflink=1"]),
             FsKind::Btrfs => ("mkfs.btrfs", &["-q", "-f"]),
+            FsKind::Ext4 => ("mkfs.ext4", &["-q", "-F"]),
         };
         let o = Command::new(mkfs)
             .args(args)

@@ -210,7 +210,10 @@ fn send_manifest<W: Write>(
     if !dir.is_dir() {
         return Err(Failure::new(
             ErrorCode::NoSuchSession,
-            format!("no session {session} of volume '{volume}' in '{}'", a.root.display()),
+            format!(
+                "no session {session} of volume '{volume}' in '{}'",
+                a.root.display()
+            ),
         ));
     }
     let path = dir.join(crate::archive::session::MANIFEST_FILE);

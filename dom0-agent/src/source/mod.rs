@@ -79,6 +79,26 @@ impl Source {
         }
     }
 
+    /// The live volume, read-only, and its size (for `diff`).
+    pub fn open_live(&self, volume: &str) -> Result<(File, u64)> {
+        use anyhow::Context;
+        use std::io::{Seek, SeekFrom};
+        let path = match self {
+            Source::Dir(d) => d.volume_path(volume)?,
+            Source::Lvm(l) => {
+                protocol::names::validate_volume_name(volume)?;
+                l.dev_path(volume)
+            }
+        };
+        let mut f = File::open(&path)
+            .with_context(|| format!("unable to open volume '{}'", path.display()))?;
+        // Seeking to the end gives the size of block devices too.
+        let size = f
+            .seek(SeekFrom::End(0))
+            .with_context(|| format!("unable to size '{}'", path.display()))?;
+        Ok((f, size))
+    }
+
     /// Drops the snapshots kept for a volume.
     pub fn forget(&self, volume: &str) -> Result<()> {
         match self {

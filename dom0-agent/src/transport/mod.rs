@@ -7,36 +7,81 @@ pub mod dest;
 
 use anyhow::{anyhow, bail, Context, Result};
 use dest::Dest;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use protocol::message::{ArchiveId, ArchiveParams, Hello, HelloBody, Operation, Reply, Request};
 use protocol::names::display_safe;
 use protocol::stream::{FrameReader, FrameWriter, StreamError};
 use std::io::{BufReader, BufWriter};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
 
-/// The receiver's stdin, closable while the writer lives on.
-pub struct PipeOut(Option<ChildStdin>);
+/// How long a silent receiver is waited for before the stream fails.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Waits until `fd` is ready for `events`, at most `timeout`.
+fn wait_ready(fd: BorrowedFd, events: PollFlags, timeout: Option<Duration>) -> std::io::Result<()> {
+    let Some(t) = timeout else { return Ok(()) };
+    let ms = PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::MAX);
+    loop {
+        let mut fds = [PollFd::new(fd, events)];
+        match poll(&mut fds, ms) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the receiver stalled: nothing moved for {} s", t.as_secs()),
+                ))
+            }
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The receiver's stdin, closable while the writer lives on. Writes are
+/// non-blocking underneath so that a receiver that stops reading makes the
+/// write fail after the timeout instead of hanging dom0.
+pub struct PipeOut {
+    pipe: Option<ChildStdin>,
+    timeout: Option<Duration>,
+}
 
 impl std::io::Write for PipeOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut self.0 {
-            Some(p) => p.write(buf),
-            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        let Some(p) = &mut self.pipe else {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        };
+        loop {
+            match p.write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    wait_ready(p.as_fd(), PollFlags::POLLOUT, self.timeout)?
+                }
+                r => return r,
+            }
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.as_mut().map_or(Ok(()), |p| p.flush())
+        Ok(())
     }
 }
 
 /// The receiver's stdout, closable while the reader lives on.
-pub struct PipeIn(Option<ChildStdout>);
+pub struct PipeIn {
+    pipe: Option<ChildStdout>,
+    timeout: Option<Duration>,
+}
 
 impl std::io::Read for PipeIn {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match &mut self.0 {
-            Some(p) => p.read(buf),
+        match &mut self.pipe {
+            Some(p) => {
+                wait_ready(p.as_fd(), PollFlags::POLLIN, self.timeout)?;
+                p.read(buf)
+            }
             None => Ok(0),
         }
     }
@@ -77,6 +122,7 @@ pub fn connect(
     receiver: &Path,
     op: Operation,
     archive_id: Option<ArchiveId>,
+    timeout: Duration,
 ) -> Result<Connection> {
     let mut cmd = match dest {
         Dest::File(path) => {
@@ -100,15 +146,30 @@ pub fn connect(
     // Bigger pipes: a chunk record crosses in one or two wakeups instead of
     // a dozen (best effort; the kernel may cap it).
     {
-        use nix::fcntl::{fcntl, FcntlArg};
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
         use std::os::fd::AsRawFd;
         let _ = fcntl(stdin.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
         let _ = fcntl(stdout.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+        // Our end only: the receiver's end of the pipe stays blocking.
+        fcntl(stdin.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .context("setting the receiver pipe non-blocking")?;
     }
     let mut conn = Connection {
         child,
-        rd: FrameReader::new(BufReader::with_capacity(1 << 20, PipeIn(Some(stdout)))),
-        wr: FrameWriter::new(BufWriter::with_capacity(1 << 20, PipeOut(Some(stdin)))),
+        rd: FrameReader::new(BufReader::with_capacity(
+            1 << 20,
+            PipeIn {
+                pipe: Some(stdout),
+                timeout: Some(timeout),
+            },
+        )),
+        wr: FrameWriter::new(BufWriter::with_capacity(
+            1 << 20,
+            PipeOut {
+                pipe: Some(stdin),
+                timeout: Some(timeout),
+            },
+        )),
         archive: None,
         label: dest.to_string(),
     };
@@ -191,7 +252,14 @@ impl Connection {
     /// Closes the receiver's stdin (it sees end of input). Unflushed bytes
     /// are dropped: on an error path a flush could block on a stuck peer.
     fn close_input(&mut self) {
-        self.wr.get_mut().get_mut().0 = None;
+        self.wr.get_mut().get_mut().pipe = None;
+    }
+
+    /// Changes the stall timeout (None: wait forever, for requests whose
+    /// answer takes long by nature, like an archive check).
+    pub fn set_timeout(&mut self, t: Option<Duration>) {
+        self.wr.get_mut().get_mut().timeout = t;
+        self.rd.get_mut().get_mut().timeout = t;
     }
 
     pub fn kill(&mut self) {
@@ -206,7 +274,7 @@ impl Drop for Connection {
     /// then exits by itself, or is killed if it does not.
     fn drop(&mut self) {
         self.close_input();
-        self.rd.get_mut().get_mut().0 = None;
+        self.rd.get_mut().get_mut().pipe = None;
         for _ in 0..100 {
             match self.child.try_wait() {
                 Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
@@ -217,12 +285,31 @@ impl Drop for Connection {
     }
 }
 
+/// An error the receiver reported; callers may act on the code.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the receiver for {label} reported {code:?}: {}",
+    display_safe(message)
+)]
+pub struct RemoteFailure {
+    pub code: protocol::message::ErrorCode,
+    pub message: String,
+    pub label: String,
+}
+
 pub fn remote_error(re: &protocol::message::RemoteError, label: &str) -> anyhow::Error {
-    anyhow!(
-        "the receiver for {label} reported {:?}: {}",
-        re.code,
-        display_safe(&re.message)
-    )
+    RemoteFailure {
+        code: re.code,
+        message: re.message.clone(),
+        label: label.to_string(),
+    }
+    .into()
+}
+
+/// Whether `e` is the receiver reporting `code`.
+pub fn is_remote(e: &anyhow::Error, code: protocol::message::ErrorCode) -> bool {
+    e.downcast_ref::<RemoteFailure>()
+        .is_some_and(|r| r.code == code)
 }
 
 pub fn check_reply(reply: Reply, label: &str) -> Result<Reply> {

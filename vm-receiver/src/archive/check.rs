@@ -24,7 +24,14 @@ pub struct Report {
 }
 
 impl Report {
-    fn add(&mut self, volume: &str, session: &str, addr: Option<u64>, kind: FindingKind, detail: String) {
+    fn add(
+        &mut self,
+        volume: &str,
+        session: &str,
+        addr: Option<u64>,
+        kind: FindingKind,
+        detail: String,
+    ) {
         if self.findings.len() < MAX_FINDINGS {
             self.findings.push(Finding {
                 volume: volume.to_string(),
@@ -79,7 +86,13 @@ fn chunk_files(volume: &str, sess: &str, dir: &Path, r: &mut Report) -> Result<V
             .and_then(|h| u64::from_str_radix(h, 16).ok());
         let sub = dir.join(&name);
         let Some(fan) = fan.filter(|_| sub.is_dir()) else {
-            r.add(volume, sess, None, FindingKind::Extra, format!("unexpected entry '{}'", sub.display()));
+            r.add(
+                volume,
+                sess,
+                None,
+                FindingKind::Extra,
+                format!("unexpected entry '{}'", sub.display()),
+            );
             continue;
         };
         let mut files: Vec<String> = Vec::new();
@@ -96,7 +109,13 @@ fn chunk_files(volume: &str, sess: &str, dir: &Path, r: &mut Report) -> Result<V
                 .filter(|a| a >> 28 == fan);
             match addr {
                 Some(a) => addrs.push(a),
-                None => r.add(volume, sess, None, FindingKind::Extra, format!("unexpected file '{}'", sub.join(&f).display())),
+                None => r.add(
+                    volume,
+                    sess,
+                    None,
+                    FindingKind::Extra,
+                    format!("unexpected file '{}'", sub.join(&f).display()),
+                ),
             }
         }
     }
@@ -120,24 +139,44 @@ fn check_session(
         let e: Entry = e?;
         while let Some(&a) = files.peek().filter(|&&a| a < e.addr) {
             files.next();
-            r.add(volume, sess, Some(a), FindingKind::Extra, "chunk file not in the manifest".into());
+            r.add(
+                volume,
+                sess,
+                Some(a),
+                FindingKind::Extra,
+                "chunk file not in the manifest".into(),
+            );
         }
         let has_file = files.peek() == Some(&e.addr);
         if has_file {
             files.next();
         }
         if e.addr >= info.volume_size {
-            r.add(volume, sess, Some(e.addr), FindingKind::Corrupt, "entry past the session's volume size".into());
+            r.add(
+                volume,
+                sess,
+                Some(e.addr),
+                FindingKind::Corrupt,
+                "entry past the session's volume size".into(),
+            );
             continue;
         }
         match (e.codec, has_file) {
             (Codec::Zero, false) => {}
-            (Codec::Zero, true) => {
-                r.add(volume, sess, Some(e.addr), FindingKind::Extra, "file for a zero chunk".into())
-            }
-            (_, false) => {
-                r.add(volume, sess, Some(e.addr), FindingKind::Missing, "chunk file missing".into())
-            }
+            (Codec::Zero, true) => r.add(
+                volume,
+                sess,
+                Some(e.addr),
+                FindingKind::Extra,
+                "file for a zero chunk".into(),
+            ),
+            (_, false) => r.add(
+                volume,
+                sess,
+                Some(e.addr),
+                FindingKind::Missing,
+                "chunk file missing".into(),
+            ),
             (codec, true) => {
                 r.checked += 1;
                 let raw_len = (info.volume_size - e.addr).min(cs) as usize;
@@ -149,7 +188,13 @@ fn check_session(
         }
     }
     for a in files {
-        r.add(volume, sess, Some(a), FindingKind::Extra, "chunk file not in the manifest".into());
+        r.add(
+            volume,
+            sess,
+            Some(a),
+            FindingKind::Extra,
+            "chunk file not in the manifest".into(),
+        );
     }
     Ok(())
 }

@@ -8,10 +8,10 @@ pub mod restore;
 pub mod session;
 
 use crate::error::{Failure, Result};
+use nix::fcntl::{Flock, FlockArg};
 use protocol::message::{ArchiveParams, ErrorCode, SessionInfo, VolumeListing};
 use protocol::names::{validate_session_name, validate_volume_name};
 use serde::{Deserialize, Serialize};
-use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -135,7 +135,11 @@ impl Archive {
         let dir = self.root.join(VOLUMES_DIR);
         let rd = fs::read_dir(&dir).map_err(|e| Failure::io("list volumes", &dir, e))?;
         for ent in rd.flatten() {
-            if ent.file_name().to_string_lossy().starts_with(DELETING_PREFIX) {
+            if ent
+                .file_name()
+                .to_string_lossy()
+                .starts_with(DELETING_PREFIX)
+            {
                 let p = ent.path();
                 fs::remove_dir_all(&p).map_err(|e| Failure::io("remove deleted volume", &p, e))?;
             }

@@ -1,19 +1,19 @@
 //! Pruning: merging a session into its successor by renames, journaled.
 //!
 //! Steps for pruned session P with successor Q:
-//! 1. write the merged manifest and info as `Q/manifest.new` and
+//! 1. write the journal `VOL/.prune-journal` (P, Q, not committed), then
+//!    the merged manifest and info as `Q/manifest.new` and
 //!    `Q/session.info.new` (see `protocol::prune`), synced;
-//! 2. write the journal `VOL/.prune-journal` (P, Q) — the commit point;
+//! 2. mark the journal committed — the commit point;
 //! 3. roll forward: move each chunk file of P the merged manifest still
 //!    needs into Q (rename; never a data copy), sync, rename the `.new`
 //!    files over the old, rename P to `.pruned-P` and remove it (its
 //!    superseded chunks go with it), remove the journal.
 //!
-//! Every step of 3 is idempotent, so a journal found later (crash, cut
-//! stream) is finished by [`recover`] before anything else reads the
-//! volume. Without a journal, `.new` files are leftovers of step 1 and are
-//! ignored and replaced. Cost: the manifests of P and Q and one rename per
-//! surviving chunk of P.
+//! Every step of 3 is idempotent, so a committed journal found later
+//! (crash, cut stream) is finished by [`recover`] before anything else
+//! reads the volume; an uncommitted one is undone (the `.new` files go).
+//! Cost: the manifests of P and Q and one rename per surviving chunk of P.
 
 use super::session::{manifest_entries, read_info, write_info, INFO_FILE, MANIFEST_FILE};
 use super::{chunk_store, fsutil, Archive};
@@ -37,6 +37,8 @@ const NEW_INFO: &str = "session.info.new";
 struct Journal {
     pruned: String,
     into: String,
+    /// False while the `.new` files are being written.
+    committed: bool,
 }
 
 /// Merges `session` of `volume` into its successor; returns the merged
@@ -67,6 +69,14 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
     for n in &names[..k] {
         max_before = max_before.max(archive.session_info(volume, n)?.volume_size);
     }
+    let mut journal = Journal {
+        pruned: session.to_string(),
+        into: names[k + 1].clone(),
+        committed: false,
+    };
+    let jpath = archive.volume_dir(volume)?.join(JOURNAL_FILE);
+    let seal = |j: &Journal| protocol::codec::encode_sealed(&JOURNAL_MAGIC, j);
+    fsutil::write_atomic(&jpath, &seal(&journal))?;
     let cs = archive.chunk_size() as u64;
     let mask = mask_range(p.volume_size, q.volume_size, max_before, cs);
     let p_entries = manifest_entries(&p_dir.join(MANIFEST_FILE), archive.chunk_size())?;
@@ -107,14 +117,8 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
     File::open(&new_i)
         .and_then(|f| f.sync_all())
         .map_err(|e| Failure::io("sync", &new_i, e))?;
-    let journal = Journal {
-        pruned: session.to_string(),
-        into: names[k + 1].clone(),
-    };
-    fsutil::write_atomic(
-        &archive.volume_dir(volume)?.join(JOURNAL_FILE),
-        &protocol::codec::encode_sealed(&JOURNAL_MAGIC, &journal),
-    )?;
+    journal.committed = true;
+    fsutil::write_atomic(&jpath, &seal(&journal))?;
     roll_forward(archive, volume, &journal)?;
     Ok(info)
 }
@@ -143,7 +147,11 @@ pub fn recover(archive: &Archive, volume: &str) -> Result<()> {
                         format!("prune journal '{}': {e}", jpath.display()),
                     )
                 })?;
-            roll_forward(archive, volume, &j)?;
+            if j.committed {
+                roll_forward(archive, volume, &j)?;
+            } else {
+                roll_back(archive, volume, &j)?;
+            }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Failure::io("read prune journal", &jpath, e)),
@@ -159,6 +167,23 @@ pub fn recover(archive: &Archive, volume: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn roll_back(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
+    let q_dir = archive.session_dir(volume, &j.into)?;
+    for n in [NEW_MANIFEST, NEW_INFO] {
+        let p = q_dir.join(n);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Failure::io("remove", &p, e))
+            }
+            _ => {}
+        }
+    }
+    let vdir = archive.volume_dir(volume)?;
+    let jpath = vdir.join(JOURNAL_FILE);
+    fs::remove_file(&jpath).map_err(|e| Failure::io("remove prune journal", &jpath, e))?;
+    fsutil::fsync_dir(&vdir)
 }
 
 fn roll_forward(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
@@ -201,7 +226,8 @@ fn move_chunks(
     new_m: &Path,
 ) -> Result<()> {
     let merged = manifest_entries(new_m, archive.chunk_size())?;
-    let mut p_entries = manifest_entries(&p_dir.join(MANIFEST_FILE), archive.chunk_size())?.peekable();
+    let mut p_entries =
+        manifest_entries(&p_dir.join(MANIFEST_FILE), archive.chunk_size())?.peekable();
     let mut made_dir = None;
     for m in merged {
         let m: Entry = m?;

@@ -38,13 +38,15 @@ pub fn manifest_entries(mpath: &Path, chunk_size: u32) -> Result<Entries> {
         )
     };
     let f = File::open(mpath).map_err(|e| Failure::io("open manifest", mpath, e))?;
-    let reader =
-        ManifestReader::new(BufReader::with_capacity(1 << 16, f)).map_err(|e| corrupt(&e, mpath))?;
+    let reader = ManifestReader::new(BufReader::with_capacity(1 << 16, f))
+        .map_err(|e| corrupt(&e, mpath))?;
     if reader.chunk_size() != chunk_size {
         return Err(corrupt(&"wrong chunk size", mpath));
     }
     let p = mpath.to_path_buf();
-    Ok(Box::new(reader.map(move |r| r.map_err(|e| corrupt(&e, &p)))))
+    Ok(Box::new(
+        reader.map(move |r| r.map_err(|e| corrupt(&e, &p))),
+    ))
 }
 
 /// Writes a sealed session info record (not synced: callers sync).
