@@ -595,3 +595,65 @@ fn agent_rejects_hostile_restore_streams() {
         );
     }
 }
+
+/// A receiver that stops talking, or stops reading: the agent gives up
+/// after its timeout with a named error, writes nothing, and exits.
+#[test]
+fn agent_times_out_on_a_stalled_receiver() {
+    let f = Fake::new();
+    let dir = f.s.dir.path();
+    let good: Vec<Vec<u8>> = (0..2).map(|i| f.chunk(i, &f.chunks[i])).collect();
+    let mut ok_reply = FrameWriter::new(Vec::new());
+    ok_reply.reply(&Reply::Ok).unwrap();
+    let ok_reply = std::mem::take(ok_reply.get_mut());
+    let target = dir.join("stalled.img");
+    // Big enough that the chunks cannot all sit in pipe buffers.
+    fs::write(f.s.vol("big.img"), Rng::new(4).bytes(12 << 20)).unwrap();
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "silent after the hello (restore)",
+            f.hello(),
+            vec!["restore", "v.img", "--save-to", target.to_str().unwrap()],
+        ),
+        (
+            "silent in mid-stream (restore)",
+            [f.hello(), good[0].clone(), good[1].clone()].concat(),
+            vec!["restore", "v.img", "--save-to", target.to_str().unwrap()],
+        ),
+        (
+            "silent in mid-stream (verify)",
+            [f.hello(), good[0].clone()].concat(),
+            vec!["verify", "v.img"],
+        ),
+        (
+            "stops reading during a backup",
+            [f.hello(), ok_reply].concat(),
+            vec!["backup", "big.img"],
+        ),
+    ];
+    for (what, stream, args) in cases {
+        let file = dir.join("stall.bin");
+        fs::write(&file, &stream).unwrap();
+        let fake = dir.join("stalling-receiver.sh");
+        // Send the prepared bytes, then neither read nor write nor exit.
+        script(&fake, &format!("cat '{}'\nexec sleep 600", file.display()));
+        let mut c = f.s.cmd(&args);
+        c.arg("--remote-receiver")
+            .arg(&fake)
+            .arg("--timeout")
+            .arg("2");
+        let t0 = std::time::Instant::now();
+        let o = c.output().unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{what}: succeeded");
+        assert!(
+            err.contains("the receiver stalled: nothing moved for 2 s"),
+            "{what}: {err}"
+        );
+        assert!(secs < 15.0, "{what}: took {secs:.1} s");
+        assert!(!target.exists(), "{what}: restore target written");
+    }
+    // Nothing half-done was recorded for the stalled backup.
+    assert!(f.s.sessions("big.img").is_empty());
+}

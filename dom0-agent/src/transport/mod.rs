@@ -286,15 +286,32 @@ impl Drop for Connection {
 }
 
 /// An error the receiver reported; callers may act on the code.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the receiver for {label} reported {code:?}: {}",
-    display_safe(message)
-)]
+#[derive(Debug)]
 pub struct RemoteFailure {
     pub code: protocol::message::ErrorCode,
     pub message: String,
     pub label: String,
+}
+
+impl std::error::Error for RemoteFailure {}
+
+impl std::fmt::Display for RemoteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use protocol::message::ErrorCode;
+        let msg = display_safe(&self.message);
+        match self.code {
+            ErrorCode::NoSpace => write!(
+                f,
+                "the archive at {} is out of space (nothing of this session was kept): {msg}",
+                self.label
+            ),
+            code => write!(
+                f,
+                "the receiver for {} reported {code:?}: {msg}",
+                self.label
+            ),
+        }
+    }
 }
 
 pub fn remote_error(re: &protocol::message::RemoteError, label: &str) -> anyhow::Error {
