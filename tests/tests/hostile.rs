@@ -179,6 +179,92 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
             "volume {vol:?} changed something"
         );
     }
+    // The admin requests with the same names: each refused by name, the
+    // archive untouched.
+    let real = s.archive_sessions("v.img")[0].clone();
+    for vol in [
+        "../evil",
+        "..",
+        "a/b",
+        "/etc",
+        "a\0b",
+        long.as_str(),
+        ".hidden",
+        "-x",
+    ] {
+        let reqs = [
+            Request::Prune {
+                volume: vol.into(),
+                session: real.clone(),
+            },
+            Request::DeleteVolume { volume: vol.into() },
+            Request::RenameVolume {
+                volume: vol.into(),
+                new_name: "x".into(),
+            },
+            Request::RenameVolume {
+                volume: "v.img".into(),
+                new_name: vol.into(),
+            },
+            Request::Check {
+                volume: Some(vol.into()),
+            },
+            Request::GetManifest {
+                volume: vol.into(),
+                session: real.clone(),
+            },
+        ];
+        let mut input = hello(Operation::Admin);
+        for r in &reqs {
+            input.extend(request(r));
+        }
+        input.extend(request(&Request::Bye));
+        let (_, _, replies) = feed(&s, &input);
+        assert_eq!(replies.len(), reqs.len(), "volume {vol:?}: {replies:?}");
+        for (r, rep) in reqs.iter().zip(&replies) {
+            assert!(
+                matches!(rep, Reply::Error(e) if e.message.contains("invalid volume name")),
+                "{} with volume {vol:?}: {rep:?}",
+                r.name()
+            );
+        }
+        assert_eq!(
+            tree_digest(&outside),
+            before,
+            "admin requests with {vol:?} changed something"
+        );
+    }
+    for bad in ["../../x", "S_20300101-000000-000000/..", "x", "."] {
+        let mut input = hello(Operation::Admin);
+        input.extend(request(&Request::Prune {
+            volume: "v.img".into(),
+            session: bad.into(),
+        }));
+        input.extend(request(&Request::GetManifest {
+            volume: "v.img".into(),
+            session: bad.into(),
+        }));
+        let (_, _, replies) = feed(&s, &input);
+        assert!(
+            replies.len() == 2
+                && replies.iter().all(
+                    |r| matches!(r, Reply::Error(e) if e.message.contains("invalid session name"))
+                ),
+            "session {bad:?}: {replies:?}"
+        );
+        assert_eq!(tree_digest(&outside), before);
+    }
+    // Admin requests on a backup connection are refused.
+    let mut input = hello(Operation::Backup);
+    input.extend(request(&Request::DeleteVolume {
+        volume: "v.img".into(),
+    }));
+    let (ok, _, replies) = feed(&s, &input);
+    assert!(
+        !ok && matches!(&replies[..], [Reply::Error(e)] if e.message.contains("unexpected delete-volume request")),
+        "{replies:?}"
+    );
+    assert_eq!(tree_digest(&outside), before);
     for bad_session in ["../../x", "S_20300101-000000-000000/..", "x"] {
         let mut input = hello(Operation::Backup);
         input.extend(request(&Request::BeginSession {

@@ -44,6 +44,7 @@ struct Journal {
 /// Merges `session` of `volume` into its successor; returns the merged
 /// successor's info.
 pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionInfo> {
+    protocol::names::validate_session_name(session)?;
     recover(archive, volume)?;
     let names = archive.session_names(volume)?;
     let k = names.iter().position(|n| n == session).ok_or_else(|| {
