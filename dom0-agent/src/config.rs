@@ -28,6 +28,9 @@ pub struct Config {
     pub keep: Option<String>,
     /// Seconds a silent receiver is waited for (default 300).
     pub timeout: Option<u64>,
+    /// ssh and its options for ssh:// destinations, e.g.
+    /// `["ssh", "-F", "/etc/sparsebak/ssh_config"]` (default `["ssh"]`).
+    pub ssh_command: Option<Vec<String>>,
 }
 
 impl Config {

@@ -7,7 +7,7 @@ use agent::retention::Policy;
 use agent::source::Source;
 use agent::timefmt::{local_offset, parse_local};
 use agent::transport::dest::Dest;
-use agent::transport::{connect, default_receiver, is_remote, Connection};
+use agent::transport::{connect, default_receiver, is_remote, Connection, Reach};
 use agent::units::parse_size;
 use agent::{list, units};
 use anyhow::{bail, Context, Result};
@@ -33,10 +33,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
-    /// Config file (TOML: dest, local, meta_dir, remote_receiver, volumes, workers).
+    /// Config file (TOML: dest, local, meta_dir, remote_receiver, volumes, workers, keep, timeout, ssh_command) [default: /etc/sparsebak/sparsebak.toml].
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Archive destination: file:///path (receiver runs locally).
+    /// Archive destination: file:///path (receiver runs here), qubes://VM[/NAME] (archive NAME in backup qube VM), ssh://user@host[:port]/path, qubes-ssh://VM/user@host[:port]/path (ssh from networked qube VM).
     #[arg(long, global = true, value_name = "URL")]
     dest: Option<String>,
     /// Volume source: a directory of image files (/path; a VOLUME is a file name in it) or an LVM thin pool (VG/POOL; a VOLUME is a thin LV in it).
@@ -45,7 +45,7 @@ struct Cli {
     /// dom0's metadata directory [default: /var/lib/sparsebak].
     #[arg(long, global = true, value_name = "DIR")]
     meta_dir: Option<PathBuf>,
-    /// Receiver program to run [default: sparsebak-receiver next to this binary, else on PATH].
+    /// Receiver program: for file:// the local program [default: sparsebak-receiver next to this binary, else on PATH]; for ssh the program name on the far host [default: sparsebak-receiver].
     #[arg(long, global = true, value_name = "PROGRAM")]
     remote_receiver: Option<PathBuf>,
     /// Seconds to wait for a receiver that has stopped sending or reading before giving up [default: 300].
@@ -172,8 +172,7 @@ struct Ctx {
     dest: Option<String>,
     local: Option<PathBuf>,
     meta_dir: PathBuf,
-    receiver: PathBuf,
-    timeout: Duration,
+    reach: Reach,
 }
 
 impl Ctx {
@@ -208,7 +207,7 @@ impl Ctx {
     }
 
     fn connect(&self, dest: &Dest, meta: &ArchiveMeta, op: Operation) -> Result<Connection> {
-        let conn = connect(dest, &self.receiver, op, Some(meta.params.id), self.timeout)?;
+        let conn = connect(dest, &self.reach, op, Some(meta.params.id))?;
         match conn.archive {
             Some(p) if p == meta.params => Ok(conn),
             Some(p) => bail!(
@@ -341,15 +340,28 @@ fn run(cli: Cli) -> Result<i32> {
             .clone()
             .or(cfg.meta_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_META_DIR)),
-        receiver: cli
-            .remote_receiver
-            .clone()
-            .or(cfg.remote_receiver.clone())
-            .unwrap_or_else(default_receiver),
-        timeout: cli
-            .timeout
-            .or(cfg.timeout)
-            .map_or(agent::transport::DEFAULT_TIMEOUT, Duration::from_secs),
+        reach: Reach {
+            receiver: cli
+                .remote_receiver
+                .clone()
+                .or(cfg.remote_receiver.clone())
+                .unwrap_or_else(default_receiver),
+            remote_receiver: cli
+                .remote_receiver
+                .clone()
+                .or(cfg.remote_receiver.clone())
+                .map_or("sparsebak-receiver".into(), |p| {
+                    p.to_string_lossy().into_owned()
+                }),
+            ssh: cfg
+                .ssh_command
+                .clone()
+                .unwrap_or_else(|| vec!["ssh".into()]),
+            timeout: cli
+                .timeout
+                .or(cfg.timeout)
+                .map_or(agent::transport::DEFAULT_TIMEOUT, Duration::from_secs),
+        },
         cfg,
     };
     match cli.cmd {
@@ -376,7 +388,7 @@ fn run(cli: Cli) -> Result<i32> {
                 chunk_size: cs,
                 compression,
             };
-            let mut conn = connect(&dest, &ctx.receiver, Operation::Admin, None, ctx.timeout)?;
+            let mut conn = connect(&dest, &ctx.reach, Operation::Admin, None)?;
             if let Some(p) = conn.archive {
                 bail!("there is already an archive ({}) at {dest}", p.id.to_hex());
             }

@@ -14,6 +14,7 @@ pub mod merge;
 pub mod message;
 pub mod names;
 pub mod prune;
+pub mod remote;
 pub mod stream;
 
 pub use error::ProtocolError;

@@ -120,9 +120,16 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 /// Makes a peer-supplied string safe to print on a terminal: control
 /// characters and non-ASCII are escaped, and it is cut at 200 characters.
 pub fn display_safe(s: &str) -> String {
+    format!("'{}'", escape_text(s, 200))
+}
+
+/// Text from a peer made safe for a terminal: printable ASCII and spaces
+/// kept, everything else (escape sequences, control characters, non-ASCII)
+/// escaped; cut after `max` characters.
+pub fn escape_text(s: &str, max: usize) -> String {
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i >= 200 {
+        if i >= max {
             out.push('…');
             break;
         }
@@ -132,7 +139,7 @@ pub fn display_safe(s: &str) -> String {
             out.extend(c.escape_default());
         }
     }
-    format!("'{out}'")
+    out
 }
 
 #[cfg(test)]

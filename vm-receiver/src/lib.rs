@@ -3,5 +3,6 @@
 //! trusts nothing the agent sends beyond what `protocol` validates.
 
 pub mod archive;
+pub mod entry;
 pub mod error;
 pub mod serve;

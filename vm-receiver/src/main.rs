@@ -1,6 +1,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use protocol::message::Operation;
+use receiver::entry::{qrexec, relay};
 use receiver::serve::{serve, ServeOptions};
 use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
@@ -11,6 +12,11 @@ use std::path::PathBuf;
 /// by ssh, or by the qrexec services in a backup qube) and speaks the
 /// sparsebak protocol on stdin/stdout. It never needs root and writes only
 /// under its archive directory.
+///
+/// In a backup qube the services /etc/qubes-rpc/sparsebak.{Backup,Restore,Admin}
+/// run `sparsebak-receiver qrexec --op OP`; the archives live under
+/// `archive_root` from /etc/sparsebak/receiver.toml (default ~/sparsebak),
+/// one directory per name given as the service argument.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -32,6 +38,27 @@ enum Cmd {
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         lock_wait: u64,
     },
+    /// Serve one connection started by a qrexec service: the archive is
+    /// QREXEC_SERVICE_ARGUMENT (a name, default "default") under this qube's
+    /// archive root; only --op is offered.
+    Qrexec {
+        #[arg(long)]
+        op: Op,
+        /// Seconds to wait while another connection holds the archive.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        lock_wait: u64,
+    },
+    /// Relay one connection to a receiver on another host over ssh (the
+    /// sparsebak.SshRelay service of a networked qube). The target comes in
+    /// a header line on stdin.
+    SshRelay {
+        /// ssh program [default: `ssh_command` in the receiver config, else ssh].
+        #[arg(long)]
+        ssh: Option<String>,
+        /// Receiver program on the far host.
+        #[arg(long, default_value = "sparsebak-receiver")]
+        remote_receiver: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -48,6 +75,24 @@ impl std::fmt::Display for Op {
             .get_name()
             .fmt(f)
     }
+}
+
+impl Op {
+    fn operation(self) -> Operation {
+        match self {
+            Op::Admin => Operation::Admin,
+            Op::Backup => Operation::Backup,
+            Op::Restore => Operation::Restore,
+        }
+    }
+}
+
+fn serve_stdio(opts: &ServeOptions) -> Result<()> {
+    let stdin = BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+    let stdout = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    serve(opts, stdin, stdout)
+        .with_context(|| format!("archive '{}'", opts.archive_dir.display()))?;
+    Ok(())
 }
 
 fn main() {
@@ -71,24 +116,37 @@ fn run() -> Result<()> {
                     archive.display()
                 );
             }
-            let allowed = allow
-                .into_iter()
-                .map(|o| match o {
-                    Op::Admin => Operation::Admin,
-                    Op::Backup => Operation::Backup,
-                    Op::Restore => Operation::Restore,
-                })
-                .collect();
+            let allowed = allow.into_iter().map(Op::operation).collect();
             let opts = ServeOptions {
                 archive_dir: archive,
                 allowed,
                 lock_wait: std::time::Duration::from_secs(lock_wait),
             };
-            let stdin = BufReader::with_capacity(1 << 20, std::io::stdin().lock());
-            let stdout = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            serve(&opts, stdin, stdout)
-                .with_context(|| format!("archive '{}'", opts.archive_dir.display()))?;
-            Ok(())
+            serve_stdio(&opts)
+        }
+        Cmd::Qrexec { op, lock_wait } => {
+            let cfg = qrexec::load_config()?;
+            let arg = std::env::var("QREXEC_SERVICE_ARGUMENT").ok();
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            let dir = qrexec::archive_dir(&cfg, arg.as_deref(), home.as_deref())?;
+            let opts = ServeOptions {
+                archive_dir: dir,
+                allowed: vec![op.operation()],
+                lock_wait: std::time::Duration::from_secs(lock_wait),
+            };
+            serve_stdio(&opts)
+        }
+        Cmd::SshRelay {
+            ssh,
+            remote_receiver,
+        } => {
+            let ssh = match ssh {
+                Some(s) => vec![s],
+                None => qrexec::load_config()?
+                    .ssh_command
+                    .unwrap_or_else(|| vec!["ssh".into()]),
+            };
+            relay::run(&ssh, &remote_receiver)
         }
     }
 }

@@ -10,8 +10,10 @@ use dest::Dest;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use protocol::message::{ArchiveId, ArchiveParams, Hello, HelloBody, Operation, Reply, Request};
 use protocol::names::display_safe;
+use protocol::remote::{op_word, service_for, SERVICE_SSH_RELAY};
 use protocol::stream::{FrameReader, FrameWriter, StreamError};
 use std::io::{BufReader, BufWriter};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -108,39 +110,128 @@ pub fn default_receiver() -> PathBuf {
     PathBuf::from("sparsebak-receiver")
 }
 
-fn allow_for(op: Operation) -> &'static str {
-    match op {
-        Operation::Admin => "admin",
-        Operation::Backup => "backup",
-        Operation::Restore => "restore",
+/// How to reach receivers: the programs to run.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    /// The receiver program for `file://` (a local path).
+    pub receiver: PathBuf,
+    /// The receiver program's name on ssh hosts.
+    pub remote_receiver: String,
+    /// ssh and its options (e.g. `["ssh", "-F", "/etc/sparsebak/ssh_config"]`).
+    pub ssh: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// Finds `prog` on PATH.
+fn on_path(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file())
+}
+
+/// The Qubes way to start service `svc` in qube `vm`: qvm-run (it starts
+/// the qube if needed, and works from a management qube under policy), or
+/// qrexec-client where qvm-run is absent. Never -t/-T: they rewrite bytes.
+fn qubes_command(vm: &str, svc: &str) -> Command {
+    if let Some(qvm_run) = on_path("qvm-run") {
+        let mut c = Command::new(qvm_run);
+        c.args([
+            "--pass-io",
+            "--no-gui",
+            "--no-filter-escape-chars",
+            "--no-color-output",
+            "--no-color-stderr",
+            "--service",
+            vm,
+            svc,
+        ]);
+        c
+    } else {
+        let mut c = Command::new("qrexec-client");
+        c.args(["-d", vm, &format!("DEFAULT:QUBESRPC {svc} dom0")]);
+        c
     }
+}
+
+/// The command that starts the receiver for `dest`, and bytes to send
+/// before the protocol starts (the ssh relay's header).
+fn receiver_command(dest: &Dest, reach: &Reach, op: Operation) -> Result<(Command, Vec<u8>)> {
+    Ok(match dest {
+        Dest::File(path) => {
+            let mut c = Command::new(&reach.receiver);
+            c.arg("serve")
+                .arg("--archive")
+                .arg(path)
+                .arg("--allow")
+                .arg(op_word(op));
+            (c, Vec::new())
+        }
+        Dest::Qubes { vm, archive } => (
+            qubes_command(vm, &format!("{}+{archive}", service_for(op))),
+            Vec::new(),
+        ),
+        Dest::Ssh(t) => {
+            let (prog, opts) = reach
+                .ssh
+                .split_first()
+                .context("the ssh command is empty")?;
+            let mut c = Command::new(prog);
+            c.args(opts).args(t.ssh_args(&reach.remote_receiver, op));
+            (c, Vec::new())
+        }
+        Dest::QubesSsh { vm, target } => (
+            qubes_command(vm, SERVICE_SSH_RELAY),
+            target.relay_header(op).into_bytes(),
+        ),
+    })
+}
+
+/// Copies the receiver's stderr to ours a line at a time, escaped: it may
+/// come from another qube or host and must not drive dom0's terminal.
+fn forward_stderr(err: std::process::ChildStderr, label: String) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut rd = BufReader::new(err);
+        let mut line = Vec::new();
+        let mut total = 0usize;
+        loop {
+            line.clear();
+            // Bounded line length: a peer cannot make us buffer without end.
+            match (&mut rd).take(4096).read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+            if total > 1 << 20 {
+                continue; // drain silently after 1 MiB
+            }
+            let text = String::from_utf8_lossy(&line);
+            eprintln!(
+                "sparsebak: receiver ({label}): {}",
+                protocol::names::escape_text(text.trim_end_matches('\n'), 4096)
+            );
+        }
+    });
 }
 
 /// Spawns the receiver for `dest` and does the handshake.
 pub fn connect(
     dest: &Dest,
-    receiver: &Path,
+    reach: &Reach,
     op: Operation,
     archive_id: Option<ArchiveId>,
-    timeout: Duration,
 ) -> Result<Connection> {
-    let mut cmd = match dest {
-        Dest::File(path) => {
-            let mut c = Command::new(receiver);
-            c.arg("serve")
-                .arg("--archive")
-                .arg(path)
-                .arg("--allow")
-                .arg(allow_for(op));
-            c
-        }
-    };
+    let timeout = reach.timeout;
+    let (mut cmd, preamble) = receiver_command(dest, reach, op)?;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
+    let prog = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("unable to start receiver '{}'", receiver.display()))?;
+        .with_context(|| format!("unable to start '{prog}' for {dest}"))?;
+    forward_stderr(child.stderr.take().expect("piped"), dest.to_string());
     let stdin = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
     // Bigger pipes: a chunk record crosses in one or two wakeups instead of
@@ -176,7 +267,10 @@ pub fn connect(
     let hello = Hello::new(HelloBody::Agent { archive_id, op });
     let res = conn
         .wr
-        .hello(&hello)
+        .get_mut()
+        .write_all(&preamble)
+        .map_err(StreamError::Io)
+        .and_then(|_| conn.wr.hello(&hello))
         .map_err(anyhow::Error::from)
         .and_then(|_| {
             let h = conn
@@ -193,6 +287,18 @@ pub fn connect(
     match res {
         Ok(a) => conn.archive = a,
         Err(e) => {
+            let e = match conn.exit_code_soon() {
+                // qrexec's and a shell's "command not found".
+                Some(127) => e.context(match dest {
+                    Dest::Qubes { vm, .. } | Dest::QubesSsh { vm, .. } => format!(
+                        "qube '{vm}' has no {} service: install the sparsebak-vm package in its template (and restart the qube)",
+                        match dest { Dest::QubesSsh { .. } => SERVICE_SSH_RELAY, _ => service_for(op) }
+                    ),
+                    Dest::Ssh(t) => format!("'{}' was not found on {}: install sparsebak-receiver there", reach.remote_receiver, t.host),
+                    Dest::File(_) => format!("receiver '{}' not found", reach.receiver.display()),
+                }),
+                _ => e,
+            };
             conn.kill();
             return Err(e.context(format!("handshake with the receiver for {}", conn.label)));
         }
@@ -260,6 +366,19 @@ impl Connection {
     pub fn set_timeout(&mut self, t: Option<Duration>) {
         self.wr.get_mut().get_mut().timeout = t;
         self.rd.get_mut().get_mut().timeout = t;
+    }
+
+    /// The receiver's exit code if it exits within a moment (after a
+    /// failed handshake, to tell "service missing" from other failures).
+    fn exit_code_soon(&mut self) -> Option<i32> {
+        for _ in 0..40 {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return st.code(),
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     pub fn kill(&mut self) {

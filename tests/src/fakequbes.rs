@@ -1,0 +1,156 @@
+//! Stand-ins for Qubes' `qvm-run` and `qrexec-client` (dom0 side), which
+//! cannot exist here. They do for the calls sparsebak makes what Qubes does,
+//! and fail loudly on anything else:
+//!
+//! - a "qube" is a directory `$SBK_FAKE_QUBES/VM/` holding the files the
+//!   packages install there: `etc/qubes-rpc/`, `etc/qubes/rpc-config/`,
+//!   `etc/sparsebak/receiver.toml`, and `home/user/`;
+//! - the service is looked up as qrexec does: `NAME+ARG` first, then `NAME`;
+//!   missing → exit status 127;
+//! - the argument is sanitized as qrexec does (anything outside
+//!   `[A-Za-z0-9_.-]` becomes `_`; a leading `-` is left alone);
+//! - the service runs with `QREXEC_REMOTE_DOMAIN=dom0`,
+//!   `QREXEC_SERVICE_ARGUMENT` (only when there is one),
+//!   `QREXEC_SERVICE_FULL_NAME`, `HOME=VM/home/user`, PATH with the qube's
+//!   programs (`$SBK_FAKE_QUBES_PATH`), and the qube's config paths;
+//! - `force-user='user'` in rpc-config runs it as the unprivileged account
+//!   `$SBK_FAKE_QUBES_USER` (default `nobody`), never as root;
+//! - stdin, stdout, stderr and the exit status pass straight through.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn die(tool: &str, msg: &str) -> ! {
+    eprintln!("{tool} (sparsebak test stand-in): {msg}");
+    std::process::exit(2)
+}
+
+/// qrexec's argument sanitizing.
+pub fn sanitize_arg(arg: &str) -> String {
+    arg.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn rpc_config(root: &Path, names: &[&str]) -> Option<String> {
+    for n in names {
+        if let Ok(t) = std::fs::read_to_string(root.join("etc/qubes/rpc-config").join(n)) {
+            for line in t.lines() {
+                let line = line.trim();
+                if line.starts_with('#') || line.is_empty() {
+                    continue;
+                }
+                let Some((k, v)) = line.split_once('=') else {
+                    die("qrexec", &format!("bad rpc-config line '{line}' in {n}"));
+                };
+                match k.trim() {
+                    "force-user" => {
+                        return Some(v.trim().trim_matches('\'').trim_matches('"').to_string())
+                    }
+                    "wait-for-session" | "skip-service-descriptor" => {}
+                    other => die(
+                        "qrexec",
+                        &format!("unknown rpc-config key '{other}' in {n}"),
+                    ),
+                }
+            }
+        }
+    }
+    None
+}
+
+fn account(name: &str) -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for l in passwd.lines() {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() > 3 && f[0] == name {
+            return (f[2].parse().unwrap(), f[3].parse().unwrap());
+        }
+    }
+    die(
+        "qrexec",
+        &format!("no local account '{name}' to run services as"),
+    )
+}
+
+/// Runs `SERVICE[+ARG]` in qube `vm` from dom0, as qrexec would; never
+/// returns.
+pub fn call(tool: &str, vm: &str, service_and_arg: &str) -> ! {
+    let qubes = std::env::var_os("SBK_FAKE_QUBES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| die(tool, "SBK_FAKE_QUBES is not set"));
+    let root = qubes.join(vm);
+    if vm.contains('/') || !root.is_dir() {
+        eprintln!("{tool}: domain '{vm}' does not exist");
+        std::process::exit(1);
+    }
+    let (service, arg) = match service_and_arg.split_once('+') {
+        Some((s, a)) => (s.to_string(), Some(sanitize_arg(a))),
+        None => (service_and_arg.to_string(), None),
+    };
+    let full = match &arg {
+        Some(a) => format!("{service}+{a}"),
+        None => service.clone(),
+    };
+    let rpc = root.join("etc/qubes-rpc");
+    let file = [rpc.join(&full), rpc.join(&service)]
+        .into_iter()
+        .find(|p| p.is_file());
+    let Some(file) = file else {
+        eprintln!("{tool}: service {full} not found in {vm}");
+        std::process::exit(127);
+    };
+    let home = root.join("home/user");
+    let mut cmd = Command::new(&file);
+    cmd.env_clear()
+        .env(
+            "PATH",
+            std::env::var("SBK_FAKE_QUBES_PATH").unwrap_or_default() + ":/usr/bin:/bin",
+        )
+        .env("HOME", &home)
+        .env("USER", "user")
+        .env("QREXEC_REMOTE_DOMAIN", "dom0")
+        .env("QREXEC_SERVICE_FULL_NAME", &full)
+        .env(
+            "SPARSEBAK_RECEIVER_CONFIG",
+            root.join("etc/sparsebak/receiver.toml"),
+        );
+    if let Some(a) = &arg {
+        cmd.env("QREXEC_SERVICE_ARGUMENT", a);
+    }
+    let names = [full.as_str(), service.as_str()];
+    if let Some(u) = rpc_config(&root, &names) {
+        if u != "user" {
+            die(
+                tool,
+                &format!("force-user='{u}': the stand-in knows only 'user'"),
+            );
+        }
+        let acct = std::env::var("SBK_FAKE_QUBES_USER").unwrap_or_else(|_| "nobody".into());
+        let (uid, gid) = account(&acct);
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(1)
+            != 0
+        {
+            die(
+                tool,
+                "force-user needs root to switch users (run the tests as root)",
+            );
+        }
+        // std drops root's supplementary groups when it switches uid.
+        cmd.uid(uid).gid(gid);
+    }
+    let st = cmd
+        .status()
+        .unwrap_or_else(|e| die(tool, &format!("cannot run {}: {e}", file.display())));
+    std::process::exit(st.code().unwrap_or(128 + 9))
+}

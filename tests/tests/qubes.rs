@@ -1,0 +1,445 @@
+//! The qrexec transport end to end, with the very files under `qubes-rpc/`
+//! installed into stand-in qubes and run by the `qvm-run` / `qrexec-client`
+//! stand-ins the way Qubes runs them (see `sparsebak_tests::fakequbes`),
+//! and a check of the dom0 policy file.
+
+use sparsebak_tests::{bin_dir, require_root_and_loop, semi_compressible, write_at, Rng, Setup};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn nobody() -> (u32, u32) {
+    let p = fs::read_to_string("/etc/passwd").unwrap();
+    let l = p
+        .lines()
+        .find(|l| l.starts_with("nobody:"))
+        .expect("a 'nobody' account");
+    let f: Vec<&str> = l.split(':').collect();
+    (f[2].parse().unwrap(), f[3].parse().unwrap())
+}
+
+/// A stand-in qube with the sparsebak-vm files installed (or not).
+fn make_qube(qubes: &Path, vm: &str, with_package: bool) -> PathBuf {
+    let root = qubes.join(vm);
+    let home = root.join("home/user");
+    fs::create_dir_all(root.join("etc/qubes-rpc")).unwrap();
+    fs::create_dir_all(root.join("etc/qubes/rpc-config")).unwrap();
+    fs::create_dir_all(root.join("etc/sparsebak")).unwrap();
+    fs::create_dir_all(&home).unwrap();
+    let (uid, gid) = nobody();
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    if with_package {
+        for e in fs::read_dir(repo().join("qubes-rpc")).unwrap().flatten() {
+            if e.path().is_file() {
+                fs::copy(e.path(), root.join("etc/qubes-rpc").join(e.file_name())).unwrap();
+            }
+        }
+        for e in fs::read_dir(repo().join("qubes-rpc/rpc-config"))
+            .unwrap()
+            .flatten()
+        {
+            fs::copy(
+                e.path(),
+                root.join("etc/qubes/rpc-config").join(e.file_name()),
+            )
+            .unwrap();
+        }
+    }
+    root
+}
+
+struct Q {
+    s: Setup,
+    qubes: PathBuf,
+    backup_qube: PathBuf,
+    /// PATH for dom0's sparsebak: where qvm-run (or only qrexec-client) is.
+    dom0_path: String,
+}
+
+impl Q {
+    fn new(tag: &str, with_qvm_run: bool) -> Q {
+        require_root_and_loop();
+        let mut s = Setup::new(tag);
+        // sparsebak must reach the receiver only through qrexec here.
+        s.receiver = PathBuf::from("/nonexistent/sparsebak-receiver");
+        let qubes = s.dir.path().join("qubes");
+        let backup_qube = make_qube(&qubes, "backup-qube", true);
+        make_qube(&qubes, "bare-qube", false);
+        let dom0_bin = s.dir.path().join("dom0-bin");
+        fs::create_dir_all(&dom0_bin).unwrap();
+        let tools: &[&str] = if with_qvm_run {
+            &["qvm-run", "qrexec-client"]
+        } else {
+            &["qrexec-client"]
+        };
+        for t in tools {
+            std::os::unix::fs::symlink(bin_dir().join(t), dom0_bin.join(t)).unwrap();
+        }
+        Q {
+            s,
+            qubes,
+            backup_qube,
+            dom0_path: format!("{}:/usr/bin:/bin", dom0_bin.display()),
+        }
+    }
+
+    fn run(&self, dest: &str, args: &[&str]) -> Output {
+        let mut c = self.s.cmd(args);
+        // The last --dest wins.
+        c.arg("--dest").arg(dest);
+        c.env("PATH", &self.dom0_path)
+            .env("SBK_FAKE_QUBES", &self.qubes)
+            .env("SBK_FAKE_QUBES_PATH", bin_dir());
+        c.output().unwrap()
+    }
+
+    fn ok(&self, dest: &str, args: &[&str]) -> String {
+        let o = self.run(dest, args);
+        assert!(
+            o.status.success(),
+            "sparsebak {args:?} to {dest} failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn fails(&self, dest: &str, args: &[&str]) -> String {
+        let o = self.run(dest, args);
+        assert!(
+            !o.status.success(),
+            "sparsebak {args:?} to {dest} succeeded"
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+}
+
+fn session_of(out: &str) -> String {
+    out.split_whitespace()
+        .skip_while(|w| *w != "session")
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+fn round_trip(q: &Q, dest: &str) {
+    let mut rng = Rng::new(21);
+    let v = q.s.vol("disk.img");
+    fs::write(&v, semi_compressible(&mut rng, 3 << 20)).unwrap();
+    q.ok(dest, &["arch-init", "--chunk-size", "64K"]);
+    let c1 = q.s.dir.path().join("c1");
+    fs::copy(&v, &c1).unwrap();
+    let s1 = session_of(&q.ok(dest, &["backup", "disk.img"]));
+    write_at(&v, 70000, &rng.bytes(200_000));
+    let c2 = q.s.dir.path().join("c2");
+    fs::copy(&v, &c2).unwrap();
+    let s2 = session_of(&q.ok(dest, &["backup", "disk.img"]));
+    for (s, c) in [(&s1, &c1), (&s2, &c2)] {
+        let out = q.s.dir.path().join(format!("r-{s}"));
+        q.ok(
+            dest,
+            &[
+                "restore",
+                "disk.img",
+                "--session",
+                s,
+                "--save-to",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            fs::read(&out).unwrap(),
+            fs::read(c).unwrap(),
+            "restore of {s} via {dest}"
+        );
+        q.ok(dest, &["verify", "disk.img", "--session", s]);
+    }
+    q.ok(dest, &["prune", "disk.img", "--session", &s1]);
+    let out = q.ok(dest, &["arch-check"]);
+    assert!(out.contains("no problems"), "{out}");
+}
+
+#[test]
+fn backup_restore_verify_prune_through_qvm_run() {
+    let q = Q::new("qubes-qvmrun", true);
+    round_trip(&q, "qubes://backup-qube/laptop");
+    // The archive is where the qube's config says (its home by default),
+    // written as the unprivileged user, not root (force-user).
+    let arch = q.backup_qube.join("home/user/sparsebak/laptop");
+    assert!(arch.join("sparsebak.archive").is_file());
+    let (uid, _) = nobody();
+    for e in fs::read_dir(arch.join("volumes/disk.img"))
+        .unwrap()
+        .flatten()
+    {
+        assert_eq!(
+            e.metadata().unwrap().uid(),
+            uid,
+            "{:?} not written as the service user",
+            e.path()
+        );
+    }
+}
+
+#[test]
+fn qrexec_client_fallback_and_configured_archive_root() {
+    let q = Q::new("qubes-qrexec-client", false);
+    let root = q.s.dir.path().join("archives-elsewhere");
+    fs::create_dir_all(&root).unwrap();
+    let (uid, gid) = nobody();
+    std::os::unix::fs::chown(&root, Some(uid), Some(gid)).unwrap();
+    fs::write(
+        q.backup_qube.join("etc/sparsebak/receiver.toml"),
+        format!("archive_root = \"{}\"\n", root.display()),
+    )
+    .unwrap();
+    round_trip(&q, "qubes://backup-qube");
+    assert!(root.join("default/sparsebak.archive").is_file());
+}
+
+#[test]
+fn missing_service_and_hostile_arguments() {
+    let q = Q::new("qubes-hostile", true);
+    // A qube without the package: exit 127 becomes a clear hint.
+    let e = q.fails("qubes://bare-qube", &["arch-init"]);
+    assert!(
+        e.contains(
+            "qube 'bare-qube' has no sparsebak.Admin service: install the sparsebak-vm package"
+        ),
+        "{e}"
+    );
+    // Paths and option-like names never leave dom0.
+    for bad in [
+        "qubes://backup-qube/-rf",
+        "qubes://backup-qube/../x",
+        "qubes://backup-qube/home/user/x",
+        "qubes://-x",
+    ] {
+        let e = q.fails(bad, &["arch-init"]);
+        assert!(e.contains("destination"), "{bad}: {e}");
+    }
+    // Called directly with arguments qrexec would deliver (sanitized, or
+    // starting with '-'), the service refuses and writes nothing.
+    let home = q.backup_qube.join("home/user");
+    // ("a/b" would arrive as "a_b": one harmless name inside the root.)
+    for arg in ["-rf", "../../etc", "..", ".hidden", "-", &"x".repeat(65)] {
+        let o = Command::new(bin_dir().join("qvm-run"))
+            .args([
+                "--pass-io",
+                "--no-gui",
+                "--no-filter-escape-chars",
+                "--no-color-output",
+                "--no-color-stderr",
+                "--service",
+                "backup-qube",
+            ])
+            .arg(format!("sparsebak.Admin+{arg}"))
+            .env("SBK_FAKE_QUBES", &q.qubes)
+            .env("SBK_FAKE_QUBES_PATH", bin_dir())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("archive name"),
+            "{arg}: {err}"
+        );
+        let made: Vec<_> = fs::read_dir(home.join("sparsebak"))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(made.is_empty(), "{arg}: created {made:?}");
+    }
+    // The stand-ins refuse what sparsebak never uses (and Qubes would
+    // do differently): -t/-T, other options.
+    let o = Command::new(bin_dir().join("qrexec-client"))
+        .args([
+            "-t",
+            "-d",
+            "backup-qube",
+            "DEFAULT:QUBESRPC sparsebak.Admin dom0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}
+
+#[test]
+fn restore_service_offers_only_restores() {
+    let q = Q::new("qubes-ops", true);
+    round_trip(&q, "qubes://backup-qube/a");
+    // A backup hello sent to sparsebak.Restore is refused by the receiver.
+    use protocol::frame::{encode_frame, FrameKind};
+    use protocol::message::{Hello, HelloBody, Operation};
+    let hello = encode_frame(
+        FrameKind::Hello,
+        &Hello::new(HelloBody::Agent {
+            archive_id: None,
+            op: Operation::Backup,
+        })
+        .encode(),
+    )
+    .unwrap();
+    let mut child = Command::new(bin_dir().join("qvm-run"))
+        .args([
+            "--pass-io",
+            "--no-gui",
+            "--no-filter-escape-chars",
+            "--no-color-output",
+            "--no-color-stderr",
+            "--service",
+            "backup-qube",
+            "sparsebak.Restore+a",
+        ])
+        .env("SBK_FAKE_QUBES", &q.qubes)
+        .env("SBK_FAKE_QUBES_PATH", bin_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&hello).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not offered"));
+}
+
+/// The policy file: every line well-formed, every service denied to any
+/// qube, and with the documented local allow line only the management
+/// qube gets through.
+#[test]
+fn policy_file_is_well_formed_and_denies_other_qubes() {
+    let text = fs::read_to_string(repo().join("qubes-rpc/policy.d/30-sparsebak.policy")).unwrap();
+    let services = [
+        "sparsebak.Backup",
+        "sparsebak.Restore",
+        "sparsebak.Admin",
+        "sparsebak.SshRelay",
+    ];
+    let rules = parse_policy(&text);
+    assert_eq!(rules.len(), 4);
+    for s in services {
+        assert!(
+            rules.iter().any(|r| r.service == s
+                && r.source == "@anyvm"
+                && r.target == "@anyvm"
+                && r.action == "deny"),
+            "{s} has no catch-all deny"
+        );
+        for src in ["work", "backup-qube", "sys-net", "disp1234"] {
+            assert_eq!(
+                evaluate(&rules, s, src, "backup-qube"),
+                "deny",
+                "{s} from {src}"
+            );
+        }
+    }
+    // The local allow lines the comments document, parsed from the comments
+    // themselves, placed before the shipped rules.
+    let local: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("##   sparsebak."))
+        .map(|l| format!("sparsebak.{l}\n"))
+        .collect();
+    assert_eq!(local.lines().count(), 4, "documented allow lines");
+    let with_local = parse_policy(&format!("{local}{text}"));
+    assert_eq!(
+        evaluate(&with_local, "sparsebak.Restore", "mgmt-qube", "backup-qube"),
+        "allow"
+    );
+    assert_eq!(
+        evaluate(&with_local, "sparsebak.Restore", "work", "backup-qube"),
+        "deny"
+    );
+    assert_eq!(
+        evaluate(&with_local, "sparsebak.Restore", "mgmt-qube", "work"),
+        "deny"
+    );
+}
+
+struct Rule {
+    service: String,
+    source: String,
+    target: String,
+    action: String,
+}
+
+/// Qubes policy v5 lines: service argument source target action [options].
+fn parse_policy(text: &str) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert!(f.len() >= 5, "line {}: too few fields: {line}", n + 1);
+        assert!(
+            f[0].chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                && f[0] != "*",
+            "line {}: service {}",
+            n + 1,
+            f[0]
+        );
+        assert!(
+            f[1] == "*" || f[1].starts_with('+'),
+            "line {}: argument {}",
+            n + 1,
+            f[1]
+        );
+        for tok in [f[2], f[3]] {
+            let ok = ["@anyvm", "@adminvm", "@dispvm", "@default"].contains(&tok)
+                || tok.starts_with("@tag:")
+                || tok.starts_with("@type:")
+                || tok.starts_with("@dispvm:")
+                || (tok.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                    && tok
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+            assert!(ok, "line {}: bad qube token {tok}", n + 1);
+        }
+        assert!(
+            ["allow", "deny", "ask"].contains(&f[4]),
+            "line {}: action {}",
+            n + 1,
+            f[4]
+        );
+        for opt in &f[5..] {
+            let (k, _) = opt.split_once('=').unwrap_or((opt, ""));
+            assert!(
+                ["target", "user", "default_target", "notify", "autostart"].contains(&k),
+                "line {}: option {opt}",
+                n + 1
+            );
+            assert!(
+                f[4] != "deny" || k == "notify",
+                "line {}: deny takes only notify",
+                n + 1
+            );
+        }
+        out.push(Rule {
+            service: f[0].into(),
+            source: f[2].into(),
+            target: f[3].into(),
+            action: f[4].into(),
+        });
+    }
+    out
+}
+
+/// First match wins; no match is a deny.
+fn evaluate(rules: &[Rule], service: &str, source: &str, target: &str) -> &'static str {
+    let m = |tok: &str, q: &str| tok == "@anyvm" || tok == q;
+    for r in rules {
+        if r.service == service && m(&r.source, source) && m(&r.target, target) {
+            return if r.action == "allow" { "allow" } else { "deny" };
+        }
+    }
+    "deny"
+}
