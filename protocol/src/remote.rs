@@ -225,7 +225,7 @@ fn hex(s: &str) -> String {
 }
 
 fn unhex(s: &str) -> Result<String, ProtocolError> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad("relay header", "bad hex field"));
     }
     let bytes: Vec<u8> = (0..s.len())
