@@ -154,3 +154,51 @@ pub fn call(tool: &str, vm: &str, service_and_arg: &str) -> ! {
         .unwrap_or_else(|e| die(tool, &format!("cannot run {}: {e}", file.display())));
     std::process::exit(st.code().unwrap_or(128 + 9))
 }
+
+/// The repository root (where `qubes-rpc/` is).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// uid and gid of the `nobody` account (the stand-in's service user).
+pub fn nobody() -> (u32, u32) {
+    let p = std::fs::read_to_string("/etc/passwd").unwrap();
+    let l = p
+        .lines()
+        .find(|l| l.starts_with("nobody:"))
+        .expect("a 'nobody' account");
+    let f: Vec<&str> = l.split(':').collect();
+    (f[2].parse().unwrap(), f[3].parse().unwrap())
+}
+
+/// A stand-in qube, with the sparsebak-vm files from `qubes-rpc/`
+/// installed or not. Its `home/user` belongs to the service user.
+pub fn make_qube(qubes: &Path, vm: &str, with_package: bool) -> PathBuf {
+    use std::fs;
+    let root = qubes.join(vm);
+    let home = root.join("home/user");
+    for d in ["etc/qubes-rpc", "etc/qubes/rpc-config", "etc/sparsebak"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::create_dir_all(&home).unwrap();
+    let (uid, gid) = nobody();
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    if with_package {
+        for e in fs::read_dir(repo().join("qubes-rpc")).unwrap().flatten() {
+            if e.path().is_file() {
+                fs::copy(e.path(), root.join("etc/qubes-rpc").join(e.file_name())).unwrap();
+            }
+        }
+        for e in fs::read_dir(repo().join("qubes-rpc/rpc-config"))
+            .unwrap()
+            .flatten()
+        {
+            fs::copy(
+                e.path(),
+                root.join("etc/qubes/rpc-config").join(e.file_name()),
+            )
+            .unwrap();
+        }
+    }
+    root
+}

@@ -3,55 +3,12 @@
 //! stand-ins the way Qubes runs them (see `sparsebak_tests::fakequbes`),
 //! and a check of the dom0 policy file.
 
+use sparsebak_tests::fakequbes::{make_qube, nobody, repo};
 use sparsebak_tests::{bin_dir, require_root_and_loop, semi_compressible, write_at, Rng, Setup};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn nobody() -> (u32, u32) {
-    let p = fs::read_to_string("/etc/passwd").unwrap();
-    let l = p
-        .lines()
-        .find(|l| l.starts_with("nobody:"))
-        .expect("a 'nobody' account");
-    let f: Vec<&str> = l.split(':').collect();
-    (f[2].parse().unwrap(), f[3].parse().unwrap())
-}
-
-/// A stand-in qube with the sparsebak-vm files installed (or not).
-fn make_qube(qubes: &Path, vm: &str, with_package: bool) -> PathBuf {
-    let root = qubes.join(vm);
-    let home = root.join("home/user");
-    fs::create_dir_all(root.join("etc/qubes-rpc")).unwrap();
-    fs::create_dir_all(root.join("etc/qubes/rpc-config")).unwrap();
-    fs::create_dir_all(root.join("etc/sparsebak")).unwrap();
-    fs::create_dir_all(&home).unwrap();
-    let (uid, gid) = nobody();
-    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
-    if with_package {
-        for e in fs::read_dir(repo().join("qubes-rpc")).unwrap().flatten() {
-            if e.path().is_file() {
-                fs::copy(e.path(), root.join("etc/qubes-rpc").join(e.file_name())).unwrap();
-            }
-        }
-        for e in fs::read_dir(repo().join("qubes-rpc/rpc-config"))
-            .unwrap()
-            .flatten()
-        {
-            fs::copy(
-                e.path(),
-                root.join("etc/qubes/rpc-config").join(e.file_name()),
-            )
-            .unwrap();
-        }
-    }
-    root
-}
 
 struct Q {
     s: Setup,

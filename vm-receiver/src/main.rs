@@ -55,9 +55,9 @@ enum Cmd {
         /// ssh program [default: `ssh_command` in the receiver config, else ssh].
         #[arg(long)]
         ssh: Option<String>,
-        /// Receiver program on the far host.
-        #[arg(long, default_value = "sparsebak-receiver")]
-        remote_receiver: String,
+        /// Receiver program on the far host [default: `ssh_remote_receiver` in the receiver config, else sparsebak-receiver].
+        #[arg(long)]
+        remote_receiver: Option<String>,
     },
 }
 
@@ -140,13 +140,15 @@ fn run() -> Result<()> {
             ssh,
             remote_receiver,
         } => {
+            let cfg = qrexec::load_config()?;
             let ssh = match ssh {
                 Some(s) => vec![s],
-                None => qrexec::load_config()?
-                    .ssh_command
-                    .unwrap_or_else(|| vec!["ssh".into()]),
+                None => cfg.ssh_command.unwrap_or_else(|| vec!["ssh".into()]),
             };
-            relay::run(&ssh, &remote_receiver)
+            let remote = remote_receiver
+                .or(cfg.ssh_remote_receiver)
+                .unwrap_or_else(|| "sparsebak-receiver".into());
+            relay::run(&ssh, &remote)
         }
     }
 }

@@ -18,6 +18,9 @@ pub struct ReceiverConfig {
     pub archive_root: Option<PathBuf>,
     /// For the ssh relay: ssh and its options [default: ["ssh"]].
     pub ssh_command: Option<Vec<String>>,
+    /// For the ssh relay: the receiver program on the far hosts
+    /// [default: sparsebak-receiver].
+    pub ssh_remote_receiver: Option<String>,
 }
 
 pub fn load_config() -> Result<ReceiverConfig> {
@@ -77,7 +80,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!("sbk-qrexec-{}", std::process::id()));
         let cfg = ReceiverConfig {
             archive_root: Some(d.clone()),
-            ssh_command: None,
+            ..Default::default()
         };
         assert_eq!(archive_dir(&cfg, None, None).unwrap(), d.join("default"));
         assert_eq!(

@@ -5,7 +5,6 @@
 
 use anyhow::{bail, Context, Result};
 use protocol::remote::{SshTarget, RELAY_HEADER_MAX};
-use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -13,10 +12,17 @@ use std::process::Command;
 pub fn run(ssh: &[String], receiver: &str) -> Result<()> {
     let (prog, opts) = ssh.split_first().context("empty ssh command")?;
     let mut line = Vec::new();
-    let mut stdin = std::io::stdin().lock();
     let mut b = [0u8; 1];
     loop {
-        if stdin.read(&mut b).context("reading the relay header")? == 0 {
+        // Straight from fd 0, a byte at a time: std's stdin would buffer
+        // stream bytes past the header, and ssh would never see them.
+        let n = loop {
+            match nix::unistd::read(nix::libc::STDIN_FILENO, &mut b) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r.context("reading the relay header")?,
+            }
+        };
+        if n == 0 {
             bail!("the stream ended before the relay header did");
         }
         line.push(b[0]);

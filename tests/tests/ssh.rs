@@ -1,0 +1,185 @@
+//! The ssh transports against a real sshd on 127.0.0.1: `ssh://` from
+//! dom0 directly, and `qubes-ssh://` through the sparsebak.SshRelay service
+//! of a stand-in networked qube (run as its unprivileged user, with its own
+//! ssh config). The archive path has a space, a quote and a `$(...)`: it
+//! reaches the far side as one literal path, never as shell code.
+
+use sparsebak_tests::fakequbes::{make_qube, nobody};
+use sparsebak_tests::sshd::{client_config, Sshd};
+use sparsebak_tests::{bin_dir, receiver_bin, semi_compressible, write_at, Rng, Setup};
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+struct T {
+    s: Setup,
+    cfg: std::path::PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl T {
+    fn run(&self, dest: &str, args: &[&str]) -> Output {
+        let mut c = self.s.cmd(args);
+        c.arg("--dest").arg(dest).arg("--config").arg(&self.cfg);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    fn ok(&self, dest: &str, args: &[&str]) -> String {
+        let o = self.run(dest, args);
+        assert!(
+            o.status.success(),
+            "sparsebak {args:?} to {dest} failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+fn session_of(out: &str) -> String {
+    out.split_whitespace()
+        .skip_while(|w| *w != "session")
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+fn round_trip(t: &T, dest: &str, archive: &Path) {
+    let mut rng = Rng::new(33);
+    let v = t.s.vol("disk.img");
+    fs::write(&v, semi_compressible(&mut rng, 3 << 20)).unwrap();
+    t.ok(dest, &["arch-init", "--chunk-size", "64K"]);
+    assert!(
+        archive.join("sparsebak.archive").is_file(),
+        "archive not at {}",
+        archive.display()
+    );
+    let c1 = t.s.dir.path().join("c1");
+    fs::copy(&v, &c1).unwrap();
+    let s1 = session_of(&t.ok(dest, &["backup", "disk.img"]));
+    write_at(&v, 123_456, &rng.bytes(100_000));
+    let c2 = t.s.dir.path().join("c2");
+    fs::copy(&v, &c2).unwrap();
+    let s2 = session_of(&t.ok(dest, &["backup", "disk.img"]));
+    for (s, c) in [(&s1, &c1), (&s2, &c2)] {
+        let out = t.s.dir.path().join(format!("r-{s}"));
+        t.ok(
+            dest,
+            &[
+                "restore",
+                "disk.img",
+                "--session",
+                s,
+                "--save-to",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            fs::read(&out).unwrap(),
+            fs::read(c).unwrap(),
+            "restore of {s} via {dest}"
+        );
+    }
+    t.ok(dest, &["verify", "disk.img"]);
+    let out = t.ok(dest, &["arch-check"]);
+    assert!(out.contains("no problems"), "{out}");
+}
+
+const NASTY: &str = "arch ive's $(touch PWNED)";
+
+#[test]
+fn ssh_transport_to_a_real_sshd() {
+    let sshd = Sshd::start();
+    let s = Setup::new("ssh");
+    let cfg = s.dir.path().join("sparsebak.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "ssh_command = [\"ssh\", \"-F\", \"{}\"]\n",
+            sshd.client_config.display()
+        ),
+    )
+    .unwrap();
+    let archive = s.dir.path().join(NASTY);
+    let dest = format!("ssh://root@127.0.0.1:{}{}", sshd.port, archive.display());
+    let t = T {
+        s,
+        cfg,
+        env: vec![],
+    };
+    // The far side runs the receiver named by --remote-receiver (an
+    // absolute path here; `sparsebak-receiver` on PATH by default).
+    round_trip(&t, &dest, &archive);
+    assert!(!Path::new("/root/PWNED").exists() && !t.s.dir.path().join("PWNED").exists());
+
+    // A missing receiver on the far side is named.
+    let mut c = t.s.cmd(&["arch-check"]);
+    c.arg("--dest").arg(&dest).arg("--config").arg(&t.cfg);
+    c.arg("--remote-receiver")
+        .arg("/nonexistent/sparsebak-receiver");
+    let o = c.output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("was not found on 127.0.0.1: install sparsebak-receiver there"),
+        "{e}"
+    );
+}
+
+#[test]
+fn qubes_ssh_through_the_relay_service() {
+    let sshd = Sshd::start();
+    let s = Setup::new("qubes-ssh");
+    let qubes = s.dir.path().join("qubes");
+    let net = make_qube(&qubes, "net-qube", true);
+    // The networked qube's own ssh setup, readable by its user only.
+    let home = net.join("home/user");
+    let key = home.join("id_backup");
+    fs::copy(&sshd.key, &key).unwrap();
+    let ssh_cfg = home.join("ssh_config");
+    client_config(&ssh_cfg, sshd.port, &key);
+    let (uid, gid) = nobody();
+    for p in [&key, &ssh_cfg] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    }
+    fs::write(
+        net.join("etc/sparsebak/receiver.toml"),
+        format!(
+            "ssh_command = [\"ssh\", \"-F\", \"{}\"]\nssh_remote_receiver = \"{}\"\n",
+            ssh_cfg.display(),
+            receiver_bin().display()
+        ),
+    )
+    .unwrap();
+    let dom0_bin = s.dir.path().join("dom0-bin");
+    fs::create_dir_all(&dom0_bin).unwrap();
+    std::os::unix::fs::symlink(bin_dir().join("qvm-run"), dom0_bin.join("qvm-run")).unwrap();
+    let cfg = s.dir.path().join("sparsebak.toml");
+    fs::write(&cfg, "").unwrap();
+    let archive = s.dir.path().join(NASTY);
+    let dest = format!(
+        "qubes-ssh://net-qube/root@127.0.0.1:{}{}",
+        sshd.port,
+        archive.display()
+    );
+    let t = T {
+        s,
+        cfg,
+        env: vec![
+            (
+                "PATH".into(),
+                format!("{}:/usr/bin:/bin", dom0_bin.display()),
+            ),
+            ("SBK_FAKE_QUBES".into(), qubes.display().to_string()),
+            (
+                "SBK_FAKE_QUBES_PATH".into(),
+                bin_dir().display().to_string(),
+            ),
+        ],
+    };
+    round_trip(&t, &dest, &archive);
+    assert!(!t.s.dir.path().join("PWNED").exists());
+}
