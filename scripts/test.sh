@@ -1,14 +1,16 @@
 #!/bin/bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this).
 # Installs what the tests need (xfsprogs, btrfs-progs, thin tools, strace for
-# fault injection, qemu for the dm-thin VM), checks format and lints, builds
+# fault injection, openssh-server for the ssh transport, rpm for rpmbuild,
+# qemu for the dm-thin VM), checks format and lints, builds
 # once in release mode, runs every test, then every fuzz target for a
 # bounded time. Tests that mount loop filesystems need root and fail with a
 # clear message without it.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_cargo
 need_pkgs mkfs.xfs xfsprogs mkfs.btrfs btrfs-progs thin_restore thin-provisioning-tools \
-    strace strace mkfs.ext4 e2fsprogs
+    strace strace mkfs.ext4 e2fsprogs /usr/sbin/sshd openssh-server ssh openssh-client \
+    rpmbuild rpm cpio cpio
 if ! command -v qemu-system-x86_64 >/dev/null; then
     # qemu-system-x86 and qemu-utils must come from the same release: a newer
     # preinstalled qemu-utils is brought to qemu-system-x86's version.
