@@ -25,7 +25,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// SHA-256 manifests kept here in dom0 before writing a byte.
 ///
 /// Settings come from /etc/sparsebak/sparsebak.toml (or --config); flags
-/// override them. Example:
+/// override them. On Qubes OS (receiver in the backup qube sys-backup):
+///
+///   sparsebak --dest qubes://sys-backup --local qubes_dom0/vm-pool arch-init
+///   sparsebak --dest qubes://sys-backup --local qubes_dom0/vm-pool add vm-work-private
+///   sparsebak --dest qubes://sys-backup --local qubes_dom0/vm-pool backup
+///   sparsebak --dest qubes://sys-backup list
+///   sparsebak --dest qubes://sys-backup --local qubes_dom0/vm-pool restore vm-work-private --to-lv vm-work-restored
+///
+/// With image files and a local archive:
 ///
 ///   sparsebak --dest file:///backup --local /var/images arch-init
 ///   sparsebak --dest file:///backup --local /var/images backup disk.img
@@ -73,7 +81,7 @@ enum Cmd {
         #[arg(long)]
         autoprune: bool,
     },
-    /// Remove old sessions of a volume, merging each into the next one.
+    /// Remove old sessions of a volume, merging each into the next one
     ///
     /// The volume as of every remaining session stays exactly as it was;
     /// chunks still needed move to the next session (no data is copied),
