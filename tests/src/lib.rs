@@ -13,14 +13,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The directory holding the built binaries (same profile as this test).
+/// The directory holding the built binaries (same profile as this test or
+/// bench binary: tests run from `target/<profile>/deps/`, bins from
+/// `target/<profile>/`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf();
+    let parent = exe.parent().expect("exe has a directory");
+    let dir = if parent.join("sparsebak").is_file() {
+        parent.to_path_buf()
+    } else {
+        parent
+            .parent()
+            .expect("target/<profile>/deps/<test>")
+            .to_path_buf()
+    };
     for b in ["sparsebak", "sparsebak-receiver"] {
         assert!(
             dir.join(b).is_file(),

@@ -74,6 +74,8 @@ impl Sshd {
             .arg(&cfg)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            // Its log (the readiness probe shows up there) stays in its dir.
+            .stderr(fs::File::create(d.join("sshd.log")).unwrap())
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
