@@ -282,6 +282,7 @@ fn kill_prune_at_each(syscall: &str, tag: &str, victim_idx: usize) -> u32 {
         }
         assert!(n < 200, "{syscall}: the prune never got through");
     }
+    eprintln!("prune killed at {syscall}: {killed} kills, each settled and checked");
     killed
 }
 
@@ -339,6 +340,7 @@ fn prune_reply_cut_is_settled_by_the_next_command() {
         );
     }
     h.assert_intact("after the cuts");
+    eprintln!("prune reply cuts: {settled_forward} after the prune, {cut_before} before, {passed} passed");
     assert!(
         settled_forward > 0 && cut_before > 0 && passed > 0,
         "cuts: {settled_forward} after the prune, {cut_before} before, {passed} passed"
