@@ -215,12 +215,17 @@ enum Out<'a> {
 
 impl Out<'_> {
     fn write_at(&self, data: &[u8], at: u64) -> Result<()> {
-        let (f, what) = match self {
-            Out::File(o) => (&o.file, o.tmp.display().to_string()),
-            Out::Lv(o) => (&o.file, o.tmp.clone()),
+        let f = match self {
+            Out::File(o) => &o.file,
+            Out::Lv(o) => &o.file,
         };
-        f.write_all_at(data, at)
-            .with_context(|| format!("unable to write '{what}'"))
+        f.write_all_at(data, at).with_context(|| {
+            let what = match self {
+                Out::File(o) => o.tmp.display().to_string(),
+                Out::Lv(o) => o.tmp.clone(),
+            };
+            format!("unable to write '{what}'")
+        })
     }
 
     fn finish(self) -> Result<()> {

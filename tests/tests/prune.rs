@@ -340,7 +340,9 @@ fn prune_reply_cut_is_settled_by_the_next_command() {
         );
     }
     h.assert_intact("after the cuts");
-    eprintln!("prune reply cuts: {settled_forward} after the prune, {cut_before} before, {passed} passed");
+    eprintln!(
+        "prune reply cuts: {settled_forward} after the prune, {cut_before} before, {passed} passed"
+    );
     assert!(
         settled_forward > 0 && cut_before > 0 && passed > 0,
         "cuts: {settled_forward} after the prune, {cut_before} before, {passed} passed"
