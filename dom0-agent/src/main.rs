@@ -223,10 +223,16 @@ impl Ctx {
                 p.id.to_hex(),
                 meta.params.id.to_hex()
             ),
-            None => bail!(
-                "there is no archive at {dest} (dom0 expected {})",
-                meta.params.id.to_hex()
-            ),
+            None => {
+                // The receiver's own reason (busy, unreadable, missing)
+                // comes with the first request.
+                let mut conn = conn;
+                conn.call(&Request::List { volume: None })?;
+                bail!(
+                    "there is no archive at {dest} (dom0 expected {})",
+                    meta.params.id.to_hex()
+                )
+            }
         }
     }
 }

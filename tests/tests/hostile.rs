@@ -743,3 +743,67 @@ fn agent_times_out_on_a_stalled_receiver() {
     // Nothing half-done was recorded for the stalled backup.
     assert!(f.s.sessions("big.img").is_empty());
 }
+
+/// Whatever a receiver prints on stderr reaches dom0's terminal escaped:
+/// no escape sequence or control byte of the peer's gets through.
+#[test]
+fn receiver_stderr_is_escaped_on_dom0s_terminal() {
+    let s = archive_with_one_session("stderr-escape");
+    let fake = s.dir.path().join("noisy-receiver.sh");
+    script(
+        &fake,
+        "printf '\\033]0;owned\\007\\033[2J\\033[31mred\\rover\\n' >&2\nexit 3",
+    );
+    let mut c = s.cmd(&["verify", "v.img"]);
+    c.arg("--remote-receiver").arg(&fake);
+    let o = c.output().unwrap();
+    assert!(!o.status.success());
+    let err = o.stderr;
+    assert!(
+        !err.contains(&0x1b) && !err.contains(&0x07) && !err.contains(&b'\r'),
+        "{err:?}"
+    );
+    let text = String::from_utf8_lossy(&err);
+    assert!(text.contains("sparsebak: receiver ("), "{text}");
+    assert!(text.contains("\\u{1b}[31mred\\rover"), "{text}");
+}
+
+/// Two connections to one archive never interleave: while another holds
+/// the archive, the receiver waits (here 1 s), then answers Busy and
+/// changes nothing.
+#[test]
+fn a_busy_archive_is_refused_not_shared() {
+    let s = archive_with_one_session("busy");
+    let before = (tree_digest(&s.arch), tree_digest(&s.meta));
+    let mut holder = Command::new("flock")
+        .arg(&s.arch)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let wrap = s.dir.path().join("impatient-receiver.sh");
+    script(
+        &wrap,
+        &format!("exec {} \"$@\" --lock-wait 1", receiver_bin().display()),
+    );
+    fs::write(s.vol("v.img"), Rng::new(6).bytes(4 * CS)).unwrap();
+    let mut c = s.cmd(&["backup", "v.img"]);
+    c.arg("--remote-receiver").arg(&wrap);
+    let o = c.output().unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("Busy")
+            && err.contains("in use by another sparsebak connection"),
+        "{err}"
+    );
+    fs::write(s.vol("v.img"), Rng::new(5).bytes(4 * CS)).unwrap();
+    assert_eq!(
+        (tree_digest(&s.arch), tree_digest(&s.meta)),
+        before,
+        "a refused backup changed something"
+    );
+    s.ok(&["backup", "v.img"]);
+}
