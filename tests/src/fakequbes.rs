@@ -21,6 +21,28 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The options sparsebak passes to qvm-run before `VM SERVICE`, exactly.
+pub const QVM_RUN_OPTS: [&str; 6] = [
+    "--pass-io",
+    "--no-gui",
+    "--no-filter-escape-chars",
+    "--no-color-output",
+    "--no-color-stderr",
+    "--service",
+];
+
+/// The qvm-run stand-in called the way sparsebak calls it, on the stand-in
+/// qubes under `qubes`.
+pub fn qvm_run(qubes: &Path, vm: &str, service: &str) -> Command {
+    let mut c = Command::new(crate::bin_dir().join("qvm-run"));
+    c.args(QVM_RUN_OPTS)
+        .arg(vm)
+        .arg(service)
+        .env("SBK_FAKE_QUBES", qubes)
+        .env("SBK_FAKE_QUBES_PATH", crate::bin_dir());
+    c
+}
+
 pub fn die(tool: &str, msg: &str) -> ! {
     eprintln!("{tool} (sparsebak test stand-in): {msg}");
     std::process::exit(2)

@@ -3,8 +3,8 @@
 //! stand-ins the way Qubes runs them (see `sparsebak_tests::fakequbes`),
 //! and a check of the dom0 policy file.
 
-use sparsebak_tests::fakequbes::{make_qube, nobody, repo};
-use sparsebak_tests::{bin_dir, require_root_and_loop, semi_compressible, write_at, Rng, Setup};
+use sparsebak_tests::fakequbes::{make_qube, nobody, qvm_run, repo};
+use sparsebak_tests::{bin_dir, require_root_and_loop, transport_round_trip, Setup};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -76,49 +76,8 @@ impl Q {
     }
 }
 
-fn session_of(out: &str) -> String {
-    out.split_whitespace()
-        .skip_while(|w| *w != "session")
-        .nth(1)
-        .unwrap()
-        .to_string()
-}
-
 fn round_trip(q: &Q, dest: &str) {
-    let mut rng = Rng::new(21);
-    let v = q.s.vol("disk.img");
-    fs::write(&v, semi_compressible(&mut rng, 3 << 20)).unwrap();
-    q.ok(dest, &["arch-init", "--chunk-size", "64K"]);
-    let c1 = q.s.dir.path().join("c1");
-    fs::copy(&v, &c1).unwrap();
-    let s1 = session_of(&q.ok(dest, &["backup", "disk.img"]));
-    write_at(&v, 70000, &rng.bytes(200_000));
-    let c2 = q.s.dir.path().join("c2");
-    fs::copy(&v, &c2).unwrap();
-    let s2 = session_of(&q.ok(dest, &["backup", "disk.img"]));
-    for (s, c) in [(&s1, &c1), (&s2, &c2)] {
-        let out = q.s.dir.path().join(format!("r-{s}"));
-        q.ok(
-            dest,
-            &[
-                "restore",
-                "disk.img",
-                "--session",
-                s,
-                "--save-to",
-                out.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(
-            fs::read(&out).unwrap(),
-            fs::read(c).unwrap(),
-            "restore of {s} via {dest}"
-        );
-        q.ok(dest, &["verify", "disk.img", "--session", s]);
-    }
-    q.ok(dest, &["prune", "disk.img", "--session", &s1]);
-    let out = q.ok(dest, &["arch-check"]);
-    assert!(out.contains("no problems"), "{out}");
+    transport_round_trip(&q.s, &|args: &[&str]| q.ok(dest, args));
 }
 
 #[test]
@@ -185,19 +144,7 @@ fn missing_service_and_hostile_arguments() {
     let home = q.backup_qube.join("home/user");
     // ("a/b" would arrive as "a_b": one harmless name inside the root.)
     for arg in ["-rf", "../../etc", "..", ".hidden", "-", &"x".repeat(65)] {
-        let o = Command::new(bin_dir().join("qvm-run"))
-            .args([
-                "--pass-io",
-                "--no-gui",
-                "--no-filter-escape-chars",
-                "--no-color-output",
-                "--no-color-stderr",
-                "--service",
-                "backup-qube",
-            ])
-            .arg(format!("sparsebak.Admin+{arg}"))
-            .env("SBK_FAKE_QUBES", &q.qubes)
-            .env("SBK_FAKE_QUBES_PATH", bin_dir())
+        let o = qvm_run(&q.qubes, "backup-qube", &format!("sparsebak.Admin+{arg}"))
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
@@ -241,19 +188,7 @@ fn restore_service_offers_only_restores() {
         .encode(),
     )
     .unwrap();
-    let mut child = Command::new(bin_dir().join("qvm-run"))
-        .args([
-            "--pass-io",
-            "--no-gui",
-            "--no-filter-escape-chars",
-            "--no-color-output",
-            "--no-color-stderr",
-            "--service",
-            "backup-qube",
-            "sparsebak.Restore+a",
-        ])
-        .env("SBK_FAKE_QUBES", &q.qubes)
-        .env("SBK_FAKE_QUBES_PATH", bin_dir())
+    let mut child = qvm_run(&q.qubes, "backup-qube", "sparsebak.Restore+a")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -6,7 +6,7 @@
 
 use sparsebak_tests::fakequbes::{make_qube, nobody};
 use sparsebak_tests::sshd::{client_config, Sshd};
-use sparsebak_tests::{bin_dir, receiver_bin, semi_compressible, write_at, Rng, Setup};
+use sparsebak_tests::{bin_dir, receiver_bin, transport_round_trip, Setup};
 use std::fs;
 use std::path::Path;
 use std::process::Output;
@@ -39,53 +39,13 @@ impl T {
     }
 }
 
-fn session_of(out: &str) -> String {
-    out.split_whitespace()
-        .skip_while(|w| *w != "session")
-        .nth(1)
-        .unwrap()
-        .to_string()
-}
-
 fn round_trip(t: &T, dest: &str, archive: &Path) {
-    let mut rng = Rng::new(33);
-    let v = t.s.vol("disk.img");
-    fs::write(&v, semi_compressible(&mut rng, 3 << 20)).unwrap();
-    t.ok(dest, &["arch-init", "--chunk-size", "64K"]);
+    transport_round_trip(&t.s, &|args: &[&str]| t.ok(dest, args));
     assert!(
         archive.join("sparsebak.archive").is_file(),
         "archive not at {}",
         archive.display()
     );
-    let c1 = t.s.dir.path().join("c1");
-    fs::copy(&v, &c1).unwrap();
-    let s1 = session_of(&t.ok(dest, &["backup", "disk.img"]));
-    write_at(&v, 123_456, &rng.bytes(100_000));
-    let c2 = t.s.dir.path().join("c2");
-    fs::copy(&v, &c2).unwrap();
-    let s2 = session_of(&t.ok(dest, &["backup", "disk.img"]));
-    for (s, c) in [(&s1, &c1), (&s2, &c2)] {
-        let out = t.s.dir.path().join(format!("r-{s}"));
-        t.ok(
-            dest,
-            &[
-                "restore",
-                "disk.img",
-                "--session",
-                s,
-                "--save-to",
-                out.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(
-            fs::read(&out).unwrap(),
-            fs::read(c).unwrap(),
-            "restore of {s} via {dest}"
-        );
-    }
-    t.ok(dest, &["verify", "disk.img"]);
-    let out = t.ok(dest, &["arch-check"]);
-    assert!(out.contains("no problems"), "{out}");
 }
 
 const NASTY: &str = "arch ive's $(touch PWNED)";

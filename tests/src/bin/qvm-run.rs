@@ -3,14 +3,7 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let want = [
-        "--pass-io",
-        "--no-gui",
-        "--no-filter-escape-chars",
-        "--no-color-output",
-        "--no-color-stderr",
-        "--service",
-    ];
+    let want = sparsebak_tests::fakequbes::QVM_RUN_OPTS;
     let (opts, rest) = args.split_at(args.len().saturating_sub(2));
     for o in opts {
         if !want.contains(&o.as_str()) {

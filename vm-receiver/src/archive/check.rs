@@ -134,18 +134,16 @@ fn check_session(
     let info = session::read_info(dir)?;
     let files = chunk_files(volume, sess, dir, r)?;
     let mut files = files.into_iter().peekable();
+    let unnamed = |r: &mut Report, a: u64| {
+        let why = "chunk file not in the manifest".to_string();
+        r.add(volume, sess, Some(a), FindingKind::Extra, why);
+    };
     let cs = archive.chunk_size() as u64;
     for e in manifest_entries(&dir.join(MANIFEST_FILE), archive.chunk_size())? {
         let e: Entry = e?;
         while let Some(&a) = files.peek().filter(|&&a| a < e.addr) {
             files.next();
-            r.add(
-                volume,
-                sess,
-                Some(a),
-                FindingKind::Extra,
-                "chunk file not in the manifest".into(),
-            );
+            unnamed(r, a);
         }
         let has_file = files.peek() == Some(&e.addr);
         if has_file {
@@ -188,13 +186,7 @@ fn check_session(
         }
     }
     for a in files {
-        r.add(
-            volume,
-            sess,
-            Some(a),
-            FindingKind::Extra,
-            "chunk file not in the manifest".into(),
-        );
+        unnamed(r, a);
     }
     Ok(())
 }
