@@ -13,12 +13,20 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum StreamError {
-    #[error("{0}")]
+    #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    // Not `#[source]`: the message already carries the error, and anyhow
+    // would print it twice.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("the peer closed the stream")]
     Eof,
+}
+
+impl From<std::io::Error> for StreamError {
+    fn from(e: std::io::Error) -> Self {
+        StreamError::Io(e)
+    }
 }
 
 /// One decoded frame. Chunk data borrows the reader's buffer.

@@ -91,6 +91,9 @@ impl std::io::Read for PipeIn {
 
 pub struct Connection {
     child: Child,
+    /// Copies the receiver's stderr; joined at the end so its last words
+    /// (often the reason it failed) are printed before we exit.
+    stderr_fwd: Option<std::thread::JoinHandle<()>>,
     pub rd: FrameReader<BufReader<PipeIn>>,
     pub wr: FrameWriter<BufWriter<PipeOut>>,
     /// What the receiver reported in its hello.
@@ -190,7 +193,7 @@ fn receiver_command(dest: &Dest, reach: &Reach, op: Operation) -> Result<(Comman
 
 /// Copies the receiver's stderr to ours a line at a time, escaped: it may
 /// come from another qube or host and must not drive dom0's terminal.
-fn forward_stderr(err: std::process::ChildStderr, label: String) {
+fn forward_stderr(err: std::process::ChildStderr, label: String) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         use std::io::BufRead;
         let mut rd = BufReader::new(err);
@@ -212,7 +215,7 @@ fn forward_stderr(err: std::process::ChildStderr, label: String) {
                 protocol::names::escape_text(text.trim_end_matches('\n'), 4096)
             );
         }
-    });
+    })
 }
 
 /// Spawns the receiver for `dest` and does the handshake.
@@ -231,7 +234,10 @@ pub fn connect(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("unable to start '{prog}' for {dest}"))?;
-    forward_stderr(child.stderr.take().expect("piped"), dest.to_string());
+    let stderr_fwd = Some(forward_stderr(
+        child.stderr.take().expect("piped"),
+        dest.to_string(),
+    ));
     let stdin = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
     // Bigger pipes: a chunk record crosses in one or two wakeups instead of
@@ -247,6 +253,7 @@ pub fn connect(
     }
     let mut conn = Connection {
         child,
+        stderr_fwd,
         rd: FrameReader::new(BufReader::with_capacity(
             1 << 20,
             PipeIn {
@@ -349,6 +356,7 @@ impl Connection {
         let _ = self.wr.request(&Request::Bye).and_then(|_| self.wr.flush());
         self.close_input();
         let status = self.child.wait().context("waiting for the receiver")?;
+        self.join_stderr();
         if !status.success() {
             bail!("the receiver for {} exited with {status}", self.label);
         }
@@ -384,6 +392,21 @@ impl Connection {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.join_stderr();
+    }
+
+    /// Waits (briefly: a grandchild may hold the pipe) for the stderr
+    /// copier to reach the end of the receiver's output.
+    fn join_stderr(&mut self) {
+        if let Some(h) = self.stderr_fwd.take() {
+            for _ in 0..40 {
+                if h.is_finished() {
+                    let _ = h.join();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
     }
 }
 
@@ -397,7 +420,7 @@ impl Drop for Connection {
         for _ in 0..100 {
             match self.child.try_wait() {
                 Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
-                _ => return,
+                _ => return self.join_stderr(),
             }
         }
         self.kill();
