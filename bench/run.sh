@@ -47,6 +47,21 @@ warm "$VOLS/img"; T_BFULL=$(timed borg create --chunker-params fixed,262144 --co
 warm "$VOLS/img"; T_INC=$(timed "${SB[@]}" backup img)
 warm "$VOLS/img"; T_BINC=$(timed borg create --chunker-params fixed,262144 --compression zstd,3 ::inc "$VOLS/img")
 
+# The same full backups with archive and repository in RAM (tmpfs): the
+# pipeline-bound figure, apart from the archive disk's write speed, which
+# is measured too.
+SHM=$(mktemp -d /dev/shm/sparsebak-bench.XXXXXX)
+trap 'rm -rf "$SHM"; cleanup' EXIT
+SBM=("$BIN/sparsebak" --dest "file://$SHM/archive" --meta-dir "$SHM/meta" --local "$VOLS")
+"${SBM[@]}" arch-init --chunk-size 256K --compression zstd:3 >/dev/null
+borg init -e none "$SHM/borg" >/dev/null
+rm -rf "$VOLS/.sparsebak"   # no base snapshot: the RAM archive's first backup is full
+warm "$VOLS/img"; T_FULL_RAM=$(timed "${SBM[@]}" backup img)
+warm "$VOLS/img"; T_BFULL_RAM=$(timed borg create --chunker-params fixed,262144 --compression zstd,3 "$SHM/borg::full" "$VOLS/img")
+rm -rf "$SHM"/* "$VOLS/.sparsebak"
+"${SB[@]}" backup img >/dev/null   # re-base the XFS archive's snapshot
+T_DISK=$(timed dd if=/dev/zero of="$MNT/ddtest" bs=1M count=512 conv=fsync status=none); rm -f "$MNT/ddtest"
+
 R=$W/restore; mkdir -p "$R"
 T_REST=$(timed "${SB[@]}" restore img --save-to "$R/img")
 rm -f "$R/img"; sync
@@ -76,14 +91,18 @@ printf '%-44s %9s\n' "machine limit: SHA-256 + zstd-3, all cores" "$T_LIMIT" \
     "sparsebak full backup" "$T_FULL" "borg create (full)" "$T_BFULL" \
     "sparsebak incremental (1 %, reflink XFS)" "$T_INC" "borg create (incremental)" "$T_BINC" \
     "sparsebak incremental, 16 GiB sparse volume" "$T_BIG" \
-    "sparsebak restore" "$T_REST" "borg extract" "$T_BREST" "sparsebak verify" "$T_VER"
+    "sparsebak restore" "$T_REST" "borg extract" "$T_BREST" "sparsebak verify" "$T_VER" \
+    "sparsebak full backup, archive in RAM" "$T_FULL_RAM" "borg create (full), repository in RAM" "$T_BFULL_RAM" \
+    "archive disk: write 512 MiB + fsync (dd)" "$T_DISK"
 printf '\n%-52s %7s %s\n' "ratio" "value" "target"
 printf '%-52s %7s %s\n' "full / machine limit" "$(ratio "$T_FULL" "$T_LIMIT")" "<= 1.3" \
     "borg full / sparsebak full" "$(ratio "$T_BFULL" "$T_FULL")" ">= 1.8" \
     "borg incremental / sparsebak incremental" "$(ratio "$T_BINC" "$T_INC")" ">= 10" \
     "16 GiB incremental / ${SIZE_MIB} MiB incremental" "$(ratio "$T_BIG" "$T_INC")" "<= 1.5" \
     "borg extract / sparsebak restore" "$(ratio "$T_BREST" "$T_REST")" ">= 1.5" \
-    "sparsebak verify / sparsebak restore" "$(ratio "$T_VER" "$T_REST")" "< 1"
+    "sparsebak verify / sparsebak restore" "$(ratio "$T_VER" "$T_REST")" "< 1" \
+    "full in RAM / machine limit (pipeline-bound)" "$(ratio "$T_FULL_RAM" "$T_LIMIT")" "(<= 1.3)" \
+    "borg full / sparsebak full, both in RAM" "$(ratio "$T_BFULL_RAM" "$T_FULL_RAM")" "(>= 1.8)"
 printf '\n%-52s %7s\n' "peak RSS (MiB)" ""
 printf '%-52s %7s\n' "backup, ${SIZE_MIB} MiB image (no change)" "$((RSS_B / 1024))" "verify, ${SIZE_MIB} MiB image" "$((RSS_R / 1024))" \
     "backup, 1 TiB sparse volume, 4 MiB delta" "$((RSS_HB / 1024))" "verify, 1 TiB sparse volume" "$((RSS_HR / 1024))"
