@@ -807,3 +807,66 @@ fn a_busy_archive_is_refused_not_shared() {
     );
     s.ok(&["backup", "v.img"]);
 }
+
+/// An agent that goes silent mid-session: the receiver gives up after its
+/// idle timeout, drops the session (nothing committed, no leftovers) and
+/// releases the archive.
+#[test]
+fn receiver_gives_up_on_a_silent_agent() {
+    let s = archive_with_one_session("idle");
+    let before = tree_digest(&s.arch);
+    let prev = s.archive_sessions("v.img").last().cloned();
+    let mut input = hello(Operation::Backup);
+    input.extend(request(&Request::BeginSession {
+        volume: "v.img".into(),
+        session: "S_20300101-000000-000000".into(),
+        prev,
+        volume_size: 4 * CS as u64,
+        time: 0,
+    }));
+    let data = vec![3u8; CS];
+    let mut w = FrameWriter::new(Vec::new());
+    w.chunk(
+        &ChunkHeader {
+            addr: 0,
+            codec: Codec::Raw,
+            raw_len: CS as u32,
+            hash: Sha256::digest(&data).into(),
+        },
+        &data,
+    )
+    .unwrap();
+    input.extend(std::mem::take(w.get_mut()));
+    let mut child = Command::new(receiver_bin())
+        .args(["serve", "--idle-timeout", "1", "--archive"])
+        .arg(&s.arch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Send the start of a session, then keep the pipe open and say nothing.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&input).unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "the receiver waited forever");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(stdin);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        !status.success() && err.contains("no data from the agent for 1 s"),
+        "{err}"
+    );
+    assert_eq!(
+        tree_digest(&s.arch),
+        before,
+        "the abandoned session left something"
+    );
+    s.ok(&["backup", "v.img"]);
+}

@@ -37,6 +37,10 @@ enum Cmd {
         /// Seconds to wait while another connection holds the archive.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         lock_wait: u64,
+        /// Seconds without a byte from the agent before giving up (and
+        /// releasing the archive).
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        idle_timeout: u64,
     },
     /// Serve one connection started by a qrexec service: the archive is
     /// QREXEC_SERVICE_ARGUMENT (a name, default "default") under this qube's
@@ -47,6 +51,9 @@ enum Cmd {
         /// Seconds to wait while another connection holds the archive.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         lock_wait: u64,
+        /// Seconds without a byte from the agent before giving up.
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        idle_timeout: u64,
     },
     /// Relay one connection to a receiver on another host over ssh (the
     /// sparsebak.SshRelay service of a networked qube). The target comes in
@@ -87,12 +94,52 @@ impl Op {
     }
 }
 
-fn serve_stdio(opts: &ServeOptions) -> Result<()> {
-    let stdin = BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+fn serve_stdio(opts: &ServeOptions, idle_timeout: u64) -> Result<()> {
+    let stdin = BufReader::with_capacity(
+        1 << 20,
+        IdleIn {
+            // fd 0 unbuffered: std's stdin buffer could hold bytes that
+            // poll() on the descriptor would not see.
+            inner: std::fs::File::from(
+                std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned()?,
+            ),
+            timeout_secs: idle_timeout,
+        },
+    );
     let stdout = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     serve(opts, stdin, stdout)
         .with_context(|| format!("archive '{}'", opts.archive_dir.display()))?;
     Ok(())
+}
+
+/// stdin that fails after `timeout_secs` without a byte, so a hung agent
+/// cannot hold the archive (and its lock) forever; the session in progress
+/// is then dropped like any cut stream.
+struct IdleIn<R> {
+    inner: R,
+    timeout_secs: u64,
+}
+
+impl<R: std::io::Read + std::os::fd::AsFd> std::io::Read for IdleIn<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let ms = (self.timeout_secs.saturating_mul(1000)).min(i32::MAX as u64) as i32;
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        loop {
+            let mut fds = [PollFd::new(self.inner.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no data from the agent for {} s", self.timeout_secs),
+                    ))
+                }
+                Ok(_) => return self.inner.read(buf),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 fn main() {
@@ -109,6 +156,7 @@ fn run() -> Result<()> {
             archive,
             allow,
             lock_wait,
+            idle_timeout,
         } => {
             if archive.as_os_str().is_empty() || !archive.is_absolute() {
                 bail!(
@@ -122,9 +170,13 @@ fn run() -> Result<()> {
                 allowed,
                 lock_wait: std::time::Duration::from_secs(lock_wait),
             };
-            serve_stdio(&opts)
+            serve_stdio(&opts, idle_timeout)
         }
-        Cmd::Qrexec { op, lock_wait } => {
+        Cmd::Qrexec {
+            op,
+            lock_wait,
+            idle_timeout,
+        } => {
             let cfg = qrexec::load_config()?;
             let arg = std::env::var("QREXEC_SERVICE_ARGUMENT").ok();
             let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -134,7 +186,7 @@ fn run() -> Result<()> {
                 allowed: vec![op.operation()],
                 lock_wait: std::time::Duration::from_secs(lock_wait),
             };
-            serve_stdio(&opts)
+            serve_stdio(&opts, idle_timeout)
         }
         Cmd::SshRelay {
             ssh,
