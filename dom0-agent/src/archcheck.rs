@@ -53,11 +53,12 @@ pub fn check(
 ) -> Result<CheckReport> {
     let mut rep = CheckReport::default();
     // Hashing a whole archive takes as long as it takes: no stall timeout.
+    let timeout = conn.timeout();
     conn.set_timeout(None);
     let reply = conn.call(&Request::Check {
         volume: volume.map(str::to_string),
     });
-    conn.set_timeout(Some(crate::transport::DEFAULT_TIMEOUT));
+    conn.set_timeout(timeout);
     match reply? {
         Reply::CheckReport {
             checked,

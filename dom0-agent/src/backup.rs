@@ -67,15 +67,10 @@ impl Backup<'_> {
         }
         // Ask for every volume: one the receiver has never seen is simply
         // absent from the listing, no error code to interpret.
-        let on_receiver = match self.conn.call(&Request::List { volume: None })? {
-            Reply::Listing(l) => l
-                .into_iter()
-                .filter(|v| v.name == volume)
-                .flat_map(|v| v.sessions)
-                .map(|s| s.name)
-                .collect::<Vec<_>>(),
-            other => bail!("unexpected {} reply to list", other.name()),
-        };
+        let on_receiver: Vec<String> = crate::prune::receiver_sessions(self.conn, volume)?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
         for s in pending {
             let complete = read_info(&self.meta.pending_dir(volume, &s)?).is_ok();
             if complete && on_receiver.contains(&s) {

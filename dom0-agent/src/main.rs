@@ -346,6 +346,9 @@ fn random_id() -> Result<ArchiveId> {
 
 fn run(cli: Cli) -> Result<i32> {
     let cfg = Config::load(cli.config.as_deref())?;
+    // One flag names the receiver: a local program for file://, the
+    // program's name on the far host for ssh.
+    let receiver = cli.remote_receiver.clone().or(cfg.remote_receiver.clone());
     let ctx = Ctx {
         dest: cli.dest.clone().or(cfg.dest.clone()),
         local: cli.local.clone().or(cfg.local.clone()),
@@ -355,18 +358,10 @@ fn run(cli: Cli) -> Result<i32> {
             .or(cfg.meta_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_META_DIR)),
         reach: Reach {
-            receiver: cli
-                .remote_receiver
-                .clone()
-                .or(cfg.remote_receiver.clone())
-                .unwrap_or_else(default_receiver),
-            remote_receiver: cli
-                .remote_receiver
-                .clone()
-                .or(cfg.remote_receiver.clone())
-                .map_or("sparsebak-receiver".into(), |p| {
-                    p.to_string_lossy().into_owned()
-                }),
+            receiver: receiver.clone().unwrap_or_else(default_receiver),
+            remote_receiver: receiver.map_or("sparsebak-receiver".into(), |p| {
+                p.to_string_lossy().into_owned()
+            }),
             ssh: cfg
                 .ssh_command
                 .clone()

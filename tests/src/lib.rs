@@ -228,15 +228,7 @@ impl Setup {
 
     /// Runs and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "sparsebak {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        expect_success(self.run(args), &format!("sparsebak {args:?}"))
     }
 
     /// Runs and asserts failure; returns stderr.
@@ -358,6 +350,18 @@ impl Setup {
         }
         fs::remove_file(&out).unwrap();
     }
+}
+
+/// Asserts a command succeeded (showing its output if not); its stdout.
+pub fn expect_success(o: Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The session name in a backup summary line.

@@ -40,6 +40,14 @@ pub fn client_config(path: &Path, port: u16, key: &Path) {
     .unwrap();
 }
 
+/// The sparsebak config line making ssh use `client_config`.
+pub fn ssh_command_setting(client_config: &Path) -> String {
+    format!(
+        "ssh_command = [\"ssh\", \"-F\", \"{}\"]\n",
+        client_config.display()
+    )
+}
+
 impl Sshd {
     pub fn start() -> Sshd {
         crate::require_root_and_loop();

@@ -149,7 +149,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
     let before = tree_digest(&outside);
     let sess = "S_20300101-000000-000000".to_string();
     let long = "a".repeat(256);
-    for vol in [
+    let bad_volumes = [
         "../evil",
         "..",
         "a/b",
@@ -158,7 +158,8 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
         long.as_str(),
         ".hidden",
         "-x",
-    ] {
+    ];
+    for vol in bad_volumes {
         let mut input = hello(Operation::Backup);
         input.extend(request(&Request::BeginSession {
             volume: vol.into(),
@@ -182,16 +183,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
     // The admin requests with the same names: each refused by name, the
     // archive untouched.
     let real = s.archive_sessions("v.img")[0].clone();
-    for vol in [
-        "../evil",
-        "..",
-        "a/b",
-        "/etc",
-        "a\0b",
-        long.as_str(),
-        ".hidden",
-        "-x",
-    ] {
+    for vol in bad_volumes {
         let reqs = [
             Request::Prune {
                 volume: vol.into(),

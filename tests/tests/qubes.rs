@@ -4,7 +4,9 @@
 //! and a check of the dom0 policy file.
 
 use sparsebak_tests::fakequbes::{make_qube, nobody, qvm_run, repo};
-use sparsebak_tests::{bin_dir, require_root_and_loop, transport_round_trip, Setup};
+use sparsebak_tests::{
+    bin_dir, expect_success, require_root_and_loop, transport_round_trip, Setup,
+};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -56,14 +58,10 @@ impl Q {
     }
 
     fn ok(&self, dest: &str, args: &[&str]) -> String {
-        let o = self.run(dest, args);
-        assert!(
-            o.status.success(),
-            "sparsebak {args:?} to {dest} failed:\n{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        expect_success(
+            self.run(dest, args),
+            &format!("sparsebak {args:?} to {dest}"),
+        )
     }
 
     fn fails(&self, dest: &str, args: &[&str]) -> String {

@@ -5,8 +5,8 @@
 //! reaches the far side as one literal path, never as shell code.
 
 use sparsebak_tests::fakequbes::{make_qube, nobody};
-use sparsebak_tests::sshd::{client_config, Sshd};
-use sparsebak_tests::{bin_dir, receiver_bin, transport_round_trip, Setup};
+use sparsebak_tests::sshd::{client_config, ssh_command_setting, Sshd};
+use sparsebak_tests::{bin_dir, expect_success, receiver_bin, transport_round_trip, Setup};
 use std::fs;
 use std::path::Path;
 use std::process::Output;
@@ -28,14 +28,10 @@ impl T {
     }
 
     fn ok(&self, dest: &str, args: &[&str]) -> String {
-        let o = self.run(dest, args);
-        assert!(
-            o.status.success(),
-            "sparsebak {args:?} to {dest} failed:\n{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        expect_success(
+            self.run(dest, args),
+            &format!("sparsebak {args:?} to {dest}"),
+        )
     }
 }
 
@@ -55,14 +51,7 @@ fn ssh_transport_to_a_real_sshd() {
     let sshd = Sshd::start();
     let s = Setup::new("ssh");
     let cfg = s.dir.path().join("sparsebak.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "ssh_command = [\"ssh\", \"-F\", \"{}\"]\n",
-            sshd.client_config.display()
-        ),
-    )
-    .unwrap();
+    fs::write(&cfg, ssh_command_setting(&sshd.client_config)).unwrap();
     let archive = s.dir.path().join(NASTY);
     let dest = format!("ssh://root@127.0.0.1:{}{}", sshd.port, archive.display());
     let t = T {
@@ -108,8 +97,8 @@ fn qubes_ssh_through_the_relay_service() {
     fs::write(
         net.join("etc/sparsebak/receiver.toml"),
         format!(
-            "ssh_command = [\"ssh\", \"-F\", \"{}\"]\nssh_remote_receiver = \"{}\"\n",
-            ssh_cfg.display(),
+            "{}ssh_remote_receiver = \"{}\"\n",
+            ssh_command_setting(&ssh_cfg),
             receiver_bin().display()
         ),
     )

@@ -371,6 +371,10 @@ impl Connection {
 
     /// Changes the stall timeout (None: wait forever, for requests whose
     /// answer takes long by nature, like an archive check).
+    pub fn timeout(&mut self) -> Option<Duration> {
+        self.rd.get_mut().get_mut().timeout
+    }
+
     pub fn set_timeout(&mut self, t: Option<Duration>) {
         self.wr.get_mut().get_mut().timeout = t;
         self.rd.get_mut().get_mut().timeout = t;

@@ -6,7 +6,7 @@
 //! ratio to file://. A benchmark: it asserts only that each run succeeded.
 
 use sparsebak_tests::fakequbes::make_qube;
-use sparsebak_tests::sshd::Sshd;
+use sparsebak_tests::sshd::{ssh_command_setting, Sshd};
 use sparsebak_tests::{bin_dir, Setup};
 use std::fs;
 use std::process::Command;
@@ -33,14 +33,7 @@ fn main() {
     fs::create_dir_all(&dom0_bin).unwrap();
     std::os::unix::fs::symlink(bin_dir().join("qvm-run"), dom0_bin.join("qvm-run")).unwrap();
     let cfg = s.dir.path().join("sparsebak.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "ssh_command = [\"ssh\", \"-F\", \"{}\"]\n",
-            sshd.client_config.display()
-        ),
-    )
-    .unwrap();
+    fs::write(&cfg, ssh_command_setting(&sshd.client_config)).unwrap();
     let dests = [
         (
             "file://",
