@@ -36,3 +36,18 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .with_context(|| format!("unable to sync directory '{}'", dir.display()))
 }
+
+/// `f` opened a second time with `O_DIRECT` (via /proc, so block devices
+/// and files alike, without the caller's path), for reading or writing
+/// without a copy through dom0's page cache. None where the filesystem
+/// refuses direct I/O (tmpfs, some FUSE); callers then use `f` itself.
+pub fn reopen_direct(f: &File, write: bool) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .ok()
+}

@@ -1,16 +1,95 @@
 //! The backup pipeline: one reader, N hash+compress workers, one ordered
 //! sink. Buffers circulate through a fixed pool, which bounds memory and
 //! gives back-pressure: the reader waits when the sink falls behind.
+//!
+//! The source is read with `O_DIRECT` where the kernel allows it: the data
+//! goes from the device straight into the pool's buffers, without a copy
+//! through dom0's page cache (which also stays free for dom0's own use: a
+//! backup reads every changed byte once and never again).
 
 use anyhow::{anyhow, Context, Result};
+use protocol::aligned::{AlignedBuf, DIRECT_ALIGN};
 use protocol::chunk::{Codec, Hash};
 use protocol::message::Compression;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
+
+/// The source, read directly where possible and through the page cache
+/// otherwise (tmpfs, some FUSE filesystems, or a read the device refuses
+/// for its alignment).
+struct Reader<'a> {
+    buffered: &'a File,
+    direct: Option<File>,
+    direct_failed: AtomicBool,
+}
+
+impl<'a> Reader<'a> {
+    fn new(file: &'a File, chunk_size: usize) -> Self {
+        let direct = if chunk_size.is_multiple_of(DIRECT_ALIGN) {
+            crate::fsutil::reopen_direct(file, false)
+        } else {
+            None
+        };
+        Reader {
+            buffered: file,
+            direct,
+            direct_failed: AtomicBool::new(false),
+        }
+    }
+
+    fn read(&self, buf: &mut AlignedBuf, addr: u64, len: usize) -> std::io::Result<()> {
+        if let Some(d) = &self.direct {
+            if !self.direct_failed.load(Ordering::Relaxed) {
+                // The length rounded up to the alignment: the last chunk of
+                // a file ends at EOF, which direct reads may cross.
+                let want = len.next_multiple_of(DIRECT_ALIGN);
+                match read_upto(d, &mut buf.whole_mut()[..want], addr) {
+                    Ok(n) if n >= len => {
+                        buf.fill(len);
+                        return Ok(());
+                    }
+                    Ok(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the source ended early",
+                        ))
+                    }
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                        self.direct_failed.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.buffered.read_exact_at(buf.fill(len), addr)
+    }
+}
+
+/// Direct reads until `buf` is full or the file ends; returns the bytes
+/// read (a count that is not whole blocks means the end: reading on from
+/// an unaligned offset would be refused).
+fn read_upto(f: &File, buf: &mut [u8], addr: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], addr + done as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                if !done.is_multiple_of(DIRECT_ALIGN) {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
 
 /// What the previous session had at a chunk's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +119,7 @@ pub enum Outcome {
 }
 
 pub struct Slot {
-    raw: Vec<u8>,
+    raw: AlignedBuf,
     out: Vec<u8>,
 }
 
@@ -49,7 +128,7 @@ impl Slot {
     pub fn stored(&self, codec: Codec) -> &[u8] {
         match codec {
             Codec::Zstd => &self.out,
-            _ => &self.raw,
+            _ => self.raw.as_slice(),
         }
     }
 }
@@ -71,11 +150,12 @@ where
     let slots = workers * 4;
     let cs = settings.chunk_size as usize;
     let out_cap = zstd::zstd_safe::compress_bound(cs);
+    let reader = Reader::new(file, cs);
     let (pool_tx, pool_rx) = sync_channel::<Slot>(slots);
     for _ in 0..slots {
         pool_tx
             .send(Slot {
-                raw: Vec::with_capacity(cs),
+                raw: AlignedBuf::new(cs.next_multiple_of(DIRECT_ALIGN)),
                 out: Vec::with_capacity(out_cap),
             })
             .expect("pool has room");
@@ -89,7 +169,7 @@ where
     std::thread::scope(|scope| -> Result<()> {
         for _ in 0..workers {
             let tx = res_tx.clone();
-            let (pool_rx, jobs) = (&pool_rx, &jobs);
+            let (pool_rx, jobs, reader) = (&pool_rx, &jobs, &reader);
             let compression = settings.compression;
             scope.spawn(move || {
                 let mut comp = match compression {
@@ -110,13 +190,15 @@ where
                         return;
                     };
                     let r = job.and_then(|job| {
-                        slot.raw.clear();
-                        slot.raw.resize(job.len as usize, 0);
                         if job.read {
-                            file.read_exact_at(&mut slot.raw, job.addr)
+                            reader
+                                .read(&mut slot.raw, job.addr, job.len as usize)
                                 .with_context(|| {
                                     format!("unable to read chunk at {:#x}", job.addr)
                                 })?;
+                        } else {
+                            // A known hole: its content is never looked at.
+                            slot.raw.fill(0);
                         }
                         let o = process(&job, &mut slot, comp.as_mut())?;
                         Ok((seq as u64, job, o, slot))
@@ -156,14 +238,14 @@ fn process(
     slot: &mut Slot,
     comp: Option<&mut zstd::bulk::Compressor<'static>>,
 ) -> Result<Outcome> {
-    let zero = !job.read || is_zero(&slot.raw);
+    let zero = !job.read || is_zero(slot.raw.as_slice());
     if zero {
         return Ok(match job.prev {
             Prev::Absent | Prev::Entry(Codec::Zero, _) => Outcome::Unchanged,
             _ => Outcome::Zero,
         });
     }
-    let hash: Hash = Sha256::digest(&slot.raw).into();
+    let hash: Hash = Sha256::digest(slot.raw.as_slice()).into();
     if let Prev::Entry(c, h) = job.prev {
         if c != Codec::Zero && h == hash {
             return Ok(Outcome::Unchanged);
@@ -173,9 +255,9 @@ fn process(
         Some(c) => {
             slot.out.clear();
             let n = c
-                .compress_to_buffer(&slot.raw, &mut slot.out)
+                .compress_to_buffer(slot.raw.as_slice(), &mut slot.out)
                 .context("zstd compression")?;
-            if n < slot.raw.len() {
+            if n < slot.raw.as_slice().len() {
                 Codec::Zstd
             } else {
                 Codec::Raw
