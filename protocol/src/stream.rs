@@ -8,7 +8,7 @@ use crate::message::{
     decode_reply, decode_request, encode_reply, encode_request, Hello, Reply, Request,
 };
 use crate::ProtocolError;
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -68,6 +68,41 @@ impl<R: Read> FrameReader<R> {
     /// Reads one frame. A clean end of stream between frames is `Eof`; an
     /// end inside a frame is `Truncated`.
     pub fn read_frame(&mut self) -> Result<(FrameKind, &[u8]), StreamError> {
+        let hdr = self.read_header()?;
+        let total = hdr.len as usize + TRAILER_LEN;
+        // The cap was checked with the header, before the buffer grows.
+        self.buf.resize(total, 0);
+        let payload = read_body(&mut self.inner, hdr, &mut self.buf[..total])?;
+        self.offset += (HEADER_LEN + total) as u64;
+        Ok((hdr.kind, payload))
+    }
+
+    /// Reads and decodes one frame.
+    pub fn next_frame(&mut self) -> Result<Incoming<'_>, StreamError> {
+        let (kind, payload) = self.read_frame()?;
+        decode_incoming(kind, payload)
+    }
+
+    /// Reads and decodes one frame into `dst` instead of the reader's own
+    /// buffer: the caller chooses where chunk data lands (on a page
+    /// boundary for direct I/O, say) and can hand the buffer on. A frame
+    /// longer than `dst` holds is `FrameTooLong`, before anything is read.
+    pub fn next_frame_into<'b>(&mut self, dst: &'b mut [u8]) -> Result<Incoming<'b>, StreamError> {
+        let hdr = self.read_header()?;
+        let total = hdr.len as usize + TRAILER_LEN;
+        if total > dst.len() {
+            return Err(ProtocolError::FrameTooLong {
+                len: hdr.len,
+                cap: dst.len().saturating_sub(TRAILER_LEN) as u32,
+            }
+            .into());
+        }
+        let payload = read_body(&mut self.inner, hdr, &mut dst[..total])?;
+        self.offset += (HEADER_LEN + total) as u64;
+        decode_incoming(hdr.kind, payload)
+    }
+
+    fn read_header(&mut self) -> Result<frame::FrameHeader, StreamError> {
         let mut h = [0u8; HEADER_LEN];
         let n = read_full(&mut self.inner, &mut h)?;
         if n == 0 {
@@ -76,31 +111,7 @@ impl<R: Read> FrameReader<R> {
         if n < HEADER_LEN {
             return Err(ProtocolError::Truncated("header").into());
         }
-        // The cap is checked here, before the buffer grows.
-        let hdr = frame::decode_header(&h)?;
-        let total = hdr.len as usize + TRAILER_LEN;
-        self.buf.resize(total, 0);
-        if read_full(&mut self.inner, &mut self.buf[..total])? != total {
-            return Err(ProtocolError::Truncated("payload").into());
-        }
-        let (payload, trailer) = self.buf.split_at(hdr.len as usize);
-        frame::check_crc(hdr.kind, payload, trailer.try_into().expect("4 bytes"))?;
-        self.offset += (HEADER_LEN + total) as u64;
-        Ok((hdr.kind, payload))
-    }
-
-    /// Reads and decodes one frame.
-    pub fn next_frame(&mut self) -> Result<Incoming<'_>, StreamError> {
-        let (kind, payload) = self.read_frame()?;
-        Ok(match kind {
-            FrameKind::Hello => Incoming::Hello(Hello::decode(payload)?),
-            FrameKind::Request => Incoming::Request(decode_request(payload)?),
-            FrameKind::Reply => Incoming::Reply(decode_reply(payload)?),
-            FrameKind::Chunk => {
-                let (h, data) = decode_chunk_payload(payload)?;
-                Incoming::Chunk(h, data)
-            }
-        })
+        Ok(frame::decode_header(&h)?)
     }
 
     pub fn read_hello(&mut self) -> Result<Hello, StreamError> {
@@ -133,6 +144,33 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// Reads payload and trailer into `buf` (exactly their length) and checks
+/// the CRC; returns the payload.
+fn read_body<'b, R: Read>(
+    inner: &mut R,
+    hdr: frame::FrameHeader,
+    buf: &'b mut [u8],
+) -> Result<&'b [u8], StreamError> {
+    if read_full(inner, buf)? != buf.len() {
+        return Err(ProtocolError::Truncated("payload").into());
+    }
+    let (payload, trailer) = buf.split_at(hdr.len as usize);
+    frame::check_crc(hdr.kind, payload, trailer.try_into().expect("4 bytes"))?;
+    Ok(payload)
+}
+
+fn decode_incoming(kind: FrameKind, payload: &[u8]) -> Result<Incoming<'_>, StreamError> {
+    Ok(match kind {
+        FrameKind::Hello => Incoming::Hello(Hello::decode(payload)?),
+        FrameKind::Request => Incoming::Request(decode_request(payload)?),
+        FrameKind::Reply => Incoming::Reply(decode_reply(payload)?),
+        FrameKind::Chunk => {
+            let (h, data) = decode_chunk_payload(payload)?;
+            Incoming::Chunk(h, data)
+        }
+    })
+}
+
 pub fn unexpected(expected: &'static str, got: &Incoming<'_>) -> StreamError {
     ProtocolError::UnexpectedFrame {
         expected,
@@ -151,15 +189,38 @@ impl<W: Write> FrameWriter<W> {
     }
 
     /// Writes one frame whose payload is the concatenation of `parts`,
-    /// without copying them together.
+    /// without copying them together: header, parts and trailer go out as
+    /// one vectored write, so a buffered writer can pass a large frame
+    /// straight to the pipe instead of copying it into its buffer.
     pub fn write_frame(&mut self, kind: FrameKind, parts: &[&[u8]]) -> Result<(), StreamError> {
+        const MAX_PARTS: usize = 4;
         let len = parts.iter().map(|p| p.len()).sum();
-        self.inner.write_all(&frame::encode_header(kind, len)?)?;
-        for p in parts {
-            self.inner.write_all(p)?;
+        let header = frame::encode_header(kind, len)?;
+        let trailer = frame::checksum(kind, parts).to_le_bytes();
+        if parts.len() > MAX_PARTS {
+            self.inner.write_all(&header)?;
+            for p in parts {
+                self.inner.write_all(p)?;
+            }
+            self.inner.write_all(&trailer)?;
+            return Ok(());
         }
-        self.inner
-            .write_all(&frame::checksum(kind, parts).to_le_bytes())?;
+        // A fixed array, not a Vec: no allocation per frame.
+        let mut slices = [IoSlice::new(&[]); MAX_PARTS + 2];
+        slices[0] = IoSlice::new(&header);
+        for (s, p) in slices[1..].iter_mut().zip(parts) {
+            *s = IoSlice::new(p);
+        }
+        slices[parts.len() + 1] = IoSlice::new(&trailer);
+        let mut rest = &mut slices[..parts.len() + 2];
+        while !rest.is_empty() {
+            match self.inner.write_vectored(rest) {
+                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 
@@ -226,6 +287,61 @@ mod tests {
             FrameReader::new(&bytes[..]).read_reply(),
             Err(StreamError::Protocol(ProtocolError::UnexpectedFrame { .. }))
         ));
+    }
+
+    /// A writer that takes at most 3 bytes per call, vectored or not.
+    struct Trickle(Vec<u8>);
+
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = b.len().min(3);
+            self.0.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn vectored_frames_survive_short_writes_and_read_into_a_given_buffer() {
+        let h = ChunkHeader {
+            addr: 0x40000,
+            codec: Codec::Raw,
+            raw_len: 1000,
+            hash: [7; 32],
+        };
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 31) as u8).collect();
+        let mut whole = FrameWriter::new(Vec::new());
+        whole.chunk(&h, &data).unwrap();
+        whole.request(&Request::Abort).unwrap();
+        let mut short = FrameWriter::new(Trickle(Vec::new()));
+        short.chunk(&h, &data).unwrap();
+        short.request(&Request::Abort).unwrap();
+        assert_eq!(short.get_mut().0, *whole.get_mut());
+
+        let bytes = whole.get_mut().clone();
+        let mut r = FrameReader::new(&bytes[..]);
+        let mut dst = vec![0u8; 2000];
+        let base = dst.as_ptr() as usize;
+        match r.next_frame_into(&mut dst).unwrap() {
+            Incoming::Chunk(hh, d) => {
+                assert_eq!((hh, d), (h, &data[..]));
+                // The data sits right after the chunk header, in `dst`.
+                assert_eq!(d.as_ptr() as usize - base, crate::chunk::HEADER_LEN);
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(r.read_request().unwrap(), Request::Abort);
+        // A frame longer than the given buffer: refused, nothing read past
+        // its header.
+        let mut r = FrameReader::new(&bytes[..]);
+        let mut small = vec![0u8; 500];
+        assert!(matches!(
+            r.next_frame_into(&mut small),
+            Err(StreamError::Protocol(ProtocolError::FrameTooLong { .. }))
+        ));
+        assert_eq!(r.offset, 0);
     }
 
     #[test]

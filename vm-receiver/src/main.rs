@@ -95,8 +95,10 @@ impl Op {
 }
 
 fn serve_stdio(opts: &ServeOptions, idle_timeout: u64) -> Result<()> {
+    // Small buffers on purpose: a chunk frame larger than the buffer is
+    // read straight into the frame reader's (one copy less).
     let stdin = BufReader::with_capacity(
-        1 << 20,
+        16 << 10,
         IdleIn {
             // fd 0 unbuffered: std's stdin buffer could hold bytes that
             // poll() on the descriptor would not see.
@@ -106,7 +108,12 @@ fn serve_stdio(opts: &ServeOptions, idle_timeout: u64) -> Result<()> {
             timeout_secs: idle_timeout,
         },
     );
-    let stdout = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    // fd 1 raw: std's stdout is line-buffered, which would cut binary
+    // frames at every newline byte.
+    let stdout = BufWriter::with_capacity(
+        16 << 10,
+        std::fs::File::from(std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?),
+    );
     serve(opts, stdin, stdout)
         .with_context(|| format!("archive '{}'", opts.archive_dir.display()))?;
     Ok(())

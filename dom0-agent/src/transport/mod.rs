@@ -22,6 +22,9 @@ use std::time::Duration;
 /// How long a silent receiver is waited for before the stream fails.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Buffer size of both stream directions.
+const STREAM_BUF: usize = 16 << 10;
+
 /// Waits until `fd` is ready for `events`, at most `timeout`.
 fn wait_ready(fd: BorrowedFd, events: PollFlags, timeout: Option<Duration>) -> std::io::Result<()> {
     let Some(t) = timeout else { return Ok(()) };
@@ -58,6 +61,20 @@ impl std::io::Write for PipeOut {
         };
         loop {
             match p.write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    wait_ready(p.as_fd(), PollFlags::POLLOUT, self.timeout)?
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let Some(p) = &mut self.pipe else {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        };
+        loop {
+            match p.write_vectored(bufs) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     wait_ready(p.as_fd(), PollFlags::POLLOUT, self.timeout)?
                 }
@@ -254,15 +271,17 @@ pub fn connect(
     let mut conn = Connection {
         child,
         stderr_fwd,
+        // Small buffers on purpose: requests and replies are small, and a
+        // chunk frame larger than the buffer bypasses it (one copy less).
         rd: FrameReader::new(BufReader::with_capacity(
-            1 << 20,
+            STREAM_BUF,
             PipeIn {
                 pipe: Some(stdout),
                 timeout: Some(timeout),
             },
         )),
         wr: FrameWriter::new(BufWriter::with_capacity(
-            1 << 20,
+            STREAM_BUF,
             PipeOut {
                 pipe: Some(stdin),
                 timeout: Some(timeout),
