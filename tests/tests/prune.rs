@@ -442,8 +442,8 @@ fn diff_reports_changed_chunks() {
 }
 
 /// Kills the receiver at the Nth call of a syscall during a backup — in
-/// chunk writing (openat/write), manifest and info writing, syncfs and the
-/// commit rename. Afterwards both sides agree and everything restores.
+/// chunk writing (openat; pwrite64 from the chunk writer threads), manifest
+/// and info writing (write), syncfs and the commit rename. Afterwards both sides agree and everything restores.
 #[test]
 fn backup_killed_at_each_receiver_step() {
     let mut h = Hist::new("kill-backup");
@@ -454,6 +454,7 @@ fn backup_killed_at_each_receiver_step() {
     for (sc, ns) in [
         ("openat", &[1u32, 3, 8, 15, 20][..]),
         ("write", &[1, 2, 5, 10, 14, 20][..]),
+        ("pwrite64", &[1, 4, 9, 16][..]),
         ("syncfs", &[1][..]),
         ("rename", &[1][..]),
         ("fsync", &[1, 2][..]),
@@ -482,5 +483,5 @@ fn backup_killed_at_each_receiver_step() {
             h.assert_intact(&format!("backup killed at {sc} #{n}"));
         }
     }
-    assert_eq!(cases, 15);
+    assert_eq!(cases, 19);
 }

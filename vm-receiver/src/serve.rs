@@ -240,14 +240,22 @@ fn receive_session<R: Read, W: Write>(
     mut w: SessionWriter,
 ) -> Result<(), ServeError> {
     loop {
-        let frame = match rd.next_frame() {
+        // Each frame is read straight into a writer buffer, where its data
+        // stays until written to its chunk file.
+        let mut buf = match w.buffer() {
+            Ok(b) => b,
+            Err(f) => return Err(fail(wr, f)),
+        };
+        let base = buf.whole().as_ptr() as usize;
+        let frame = match rd.next_frame_into(SessionWriter::frame_space(&mut buf)) {
             Ok(f) => f,
             // A cut stream: `w` is dropped and the session leaves no trace.
             Err(e) => return Err(fail_stream(wr, e)),
         };
         match frame {
             Incoming::Chunk(h, data) => {
-                if let Err(f) = w.add_chunk(&h, data) {
+                let (start, len) = (data.as_ptr() as usize - base, data.len());
+                if let Err(f) = w.add_chunk(&h, buf, start, len) {
                     return Err(fail(wr, f));
                 }
             }

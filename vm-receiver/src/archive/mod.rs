@@ -1,7 +1,9 @@
 //! The sparse-bundle archive on disk (see `vm-receiver/FORMAT.md`).
 
 pub mod check;
+pub mod chunk_reader;
 pub mod chunk_store;
+pub mod chunk_writer;
 pub mod fsutil;
 pub mod prune;
 pub mod restore;

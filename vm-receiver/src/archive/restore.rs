@@ -1,13 +1,12 @@
 //! Serving a session back: the volume as of a session is the merge of that
 //! session's and all earlier sessions' manifests (see `protocol::merge`).
 
+use super::chunk_reader::{read_in_order, ReadFailure};
 use super::{chunk_store, session, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::{ChunkHeader, Codec};
 use protocol::merge::{merge_view, ViewSource};
 use protocol::message::ErrorCode;
-use std::fs::File;
-use std::io::Read;
 use std::path::PathBuf;
 
 /// Calls `send` for every non-zero chunk of `volume` as of `session`, in
@@ -47,16 +46,17 @@ pub fn stream_view(
         dirs.push(dir);
     }
     let cs = archive.chunk_size() as u64;
-    let mut buf = Vec::with_capacity(cs as usize + 4096);
     let mut sent = 0;
-    for item in merge_view(sources) {
-        let (idx, e) = item?;
-        if e.codec == Codec::Zero {
-            continue;
-        }
-        let path = chunk_store::chunk_path(&dirs[idx], e.addr);
-        let f = File::open(&path).map_err(|err| {
-            Failure::new(
+    let items = merge_view(sources).filter_map(|item| match item {
+        Ok((_, e)) if e.codec == Codec::Zero => None,
+        Ok((idx, e)) => Some(Ok((chunk_store::chunk_path(&dirs[idx], e.addr), (idx, e)))),
+        Err(f) => Some(Err(f)),
+    });
+    // A chunk file longer than a chunk is corrupt; the reader says so by
+    // returning one byte more.
+    read_in_order(items, cs as usize, |(idx, e), path, data| {
+        let data = data.map_err(|err| match err {
+            ReadFailure::Open(err) => Failure::new(
                 ErrorCode::Corrupt,
                 format!(
                     "volume '{volume}' session {}: chunk {:#x} unreadable at '{}': {err}",
@@ -64,14 +64,9 @@ pub fn stream_view(
                     e.addr,
                     path.display()
                 ),
-            )
+            ),
+            ReadFailure::Read(err) => Failure::io("read chunk", &path, err),
         })?;
-        buf.clear();
-        // Bounded read: a chunk file larger than any valid record is corrupt.
-        let limit = protocol::frame::MAX_PAYLOAD as u64 - protocol::chunk::HEADER_LEN as u64;
-        f.take(limit + 1)
-            .read_to_end(&mut buf)
-            .map_err(|err| Failure::io("read chunk", &path, err))?;
         let raw_len = (target_size - e.addr).min(cs) as u32;
         let h = ChunkHeader {
             addr: e.addr,
@@ -79,18 +74,20 @@ pub fn stream_view(
             raw_len,
             hash: e.hash,
         };
-        h.validate(archive.chunk_size(), buf.len()).map_err(|err| {
-            Failure::new(
-                ErrorCode::Corrupt,
-                format!(
-                    "volume '{volume}' session {}: chunk file '{}': {err}",
-                    names[idx],
-                    path.display()
-                ),
-            )
-        })?;
-        send(&h, &buf)?;
+        h.validate(archive.chunk_size(), data.len())
+            .map_err(|err| {
+                Failure::new(
+                    ErrorCode::Corrupt,
+                    format!(
+                        "volume '{volume}' session {}: chunk file '{}': {err}",
+                        names[idx],
+                        path.display()
+                    ),
+                )
+            })?;
+        send(&h, data)?;
         sent += 1;
-    }
+        Ok(())
+    })?;
     Ok(sent)
 }

@@ -1,9 +1,12 @@
 //! Writing one session: chunks and manifest go to `.incoming-NAME/`, which
 //! is renamed to `NAME/` only at commit, after everything is on disk.
 
+use super::chunk_writer::ChunkWriter;
 use super::{chunk_store, fsutil, Archive};
 use crate::error::{Failure, Result};
-use protocol::chunk::{ChunkHeader, Codec};
+use protocol::aligned::{AlignedBuf, DIRECT_ALIGN};
+use protocol::chunk::{self, ChunkHeader, Codec};
+use protocol::frame::TRAILER_LEN;
 use protocol::manifest::{Entry, ManifestReader, ManifestWriter};
 use protocol::message::{ErrorCode, SessionInfo};
 use std::fs::{self, File};
@@ -85,7 +88,14 @@ pub struct SessionWriter {
     manifest: Option<ManifestWriter<BufWriter<File>>>,
     last_fanout: Option<u64>,
     committed: bool,
+    /// Taken from `writer` but not used (a frame that was no chunk).
+    spare: Option<AlignedBuf>,
+    writer: Option<ChunkWriter>,
 }
+
+/// Where a chunk frame starts in a writer buffer: so that its data, after
+/// the chunk header, starts on a page boundary (for direct I/O).
+const FRAME_AT: usize = DIRECT_ALIGN - chunk::HEADER_LEN;
 
 impl SessionWriter {
     /// Starts a session. `prev` must name the volume's newest session (None
@@ -142,6 +152,10 @@ impl SessionWriter {
             manifest: None,
             last_fanout: None,
             committed: false,
+            spare: None,
+            writer: Some(ChunkWriter::new(
+                FRAME_AT + chunk::HEADER_LEN + archive.chunk_size() as usize + TRAILER_LEN,
+            )),
         };
         let f = File::create(&mpath).map_err(|e| Failure::io("create manifest", &mpath, e))?;
         w.manifest = Some(
@@ -151,10 +165,60 @@ impl SessionWriter {
         Ok(w)
     }
 
-    /// Stores one chunk record (data written to its file, entry appended to
-    /// the manifest). Records must come in ascending address order.
-    pub fn add_chunk(&mut self, h: &ChunkHeader, data: &[u8]) -> Result<()> {
-        h.validate(self.chunk_size, data.len())?;
+    /// A buffer for the next frame (waits while the writers are behind).
+    /// Reports a chunk write that failed since the last call.
+    pub fn buffer(&mut self) -> Result<AlignedBuf> {
+        match self.spare.take() {
+            Some(b) => Ok(b),
+            None => self.writer.as_mut().expect("open until commit").buffer(),
+        }
+    }
+
+    /// The part of `buf` to read one frame into: a chunk frame of the
+    /// archive's chunk size fits exactly, with its data page-aligned.
+    pub fn frame_space(buf: &mut AlignedBuf) -> &mut [u8] {
+        &mut buf.whole_mut()[FRAME_AT..]
+    }
+
+    /// Keeps a buffer that held no chunk data for the next frame.
+    fn give_back(&mut self, buf: AlignedBuf) {
+        self.spare = Some(buf);
+    }
+
+    /// Stores one chunk record: its data, `len` bytes at `start` in `buf`,
+    /// goes to its file (written in the background; a failure surfaces at
+    /// the next call or at commit), its entry to the manifest. Records must
+    /// come in ascending address order.
+    pub fn add_chunk(
+        &mut self,
+        h: &ChunkHeader,
+        buf: AlignedBuf,
+        start: usize,
+        len: usize,
+    ) -> Result<()> {
+        let r = self.check_chunk(h, len);
+        if r.is_err() || h.codec == Codec::Zero {
+            self.give_back(buf);
+            return r;
+        }
+        let fan = h.addr >> 28;
+        let dir = self.incoming.join(chunk_store::fanout_dir_name(h.addr));
+        if self.last_fanout != Some(fan) {
+            // Addresses ascend, so each fan-out directory is created once.
+            fs::create_dir_all(&dir).map_err(|e| Failure::io("create directory", &dir, e))?;
+            self.last_fanout = Some(fan);
+        }
+        let path = dir.join(chunk_store::chunk_file_name(h.addr));
+        let w = self.writer.as_mut().expect("open until commit");
+        w.write(path, buf, start, len)?;
+        self.info.chunks += 1;
+        self.info.stored_bytes += len as u64;
+        Ok(())
+    }
+
+    /// Validates a record and appends its manifest entry.
+    fn check_chunk(&mut self, h: &ChunkHeader, len: usize) -> Result<()> {
+        h.validate(self.chunk_size, len)?;
         if h.addr >= self.info.volume_size {
             return Err(Failure::new(
                 ErrorCode::BadRequest,
@@ -188,27 +252,15 @@ impl SessionWriter {
         })?;
         if h.codec == Codec::Zero {
             self.info.zero_chunks += 1;
-            return Ok(());
         }
-        let fan = h.addr >> 28;
-        let dir = self.incoming.join(chunk_store::fanout_dir_name(h.addr));
-        if self.last_fanout != Some(fan) {
-            // Addresses ascend, so each fan-out directory is created once.
-            fs::create_dir_all(&dir).map_err(|e| Failure::io("create directory", &dir, e))?;
-            self.last_fanout = Some(fan);
-        }
-        let path = dir.join(chunk_store::chunk_file_name(h.addr));
-        let mut f = File::create(&path).map_err(|e| Failure::io("create chunk", &path, e))?;
-        f.write_all(data)
-            .map_err(|e| Failure::io("write chunk", &path, e))?;
-        self.info.chunks += 1;
-        self.info.stored_bytes += data.len() as u64;
         Ok(())
     }
 
     /// Makes the session visible: manifest and info written, everything
     /// synced, then one rename.
     pub fn commit(mut self, chunks: u64, zero_chunks: u64) -> Result<SessionInfo> {
+        // Every chunk file written (or the first failure) before counting.
+        self.writer.take().expect("open until commit").finish()?;
         if (chunks, zero_chunks) != (self.info.chunks, self.info.zero_chunks) {
             return Err(Failure::new(
                 ErrorCode::BadRequest,
@@ -240,6 +292,8 @@ impl Drop for SessionWriter {
     /// An uncommitted session (abort, error, cut stream) leaves nothing.
     fn drop(&mut self) {
         if !self.committed {
+            // Writers stopped first: none may create a file after removal.
+            self.writer = None;
             self.manifest = None;
             let _ = fs::remove_dir_all(&self.incoming);
         }

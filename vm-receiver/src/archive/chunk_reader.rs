@@ -1,0 +1,247 @@
+//! Chunk files read by a few threads ahead of the stream, handed out in
+//! order.
+//!
+//! Why: a restore or verify reads thousands of small files that are
+//! usually not cached (written days ago, with direct I/O). One at a time,
+//! each costs a full disk round trip for its inode and its data; a few
+//! readers keep several in flight. Reads use `O_DIRECT` where the
+//! filesystem takes it, so no copy goes through the qube's page cache.
+
+use protocol::aligned::{AlignedBuf, DIRECT_ALIGN};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::Mutex;
+
+const READERS: usize = 4;
+/// Files requested ahead of the one being sent (each holds a buffer).
+const DEPTH: usize = 12;
+
+/// Why a file could not be read.
+pub enum ReadFailure {
+    Open(std::io::Error),
+    Read(std::io::Error),
+}
+
+/// Reads each item's file (at most `limit` bytes; a longer file comes back
+/// with `limit + 1` bytes so the caller sees it is too long) and calls
+/// `each` with the item and the bytes, in the items' order. Stops at the
+/// first error from `items`, a read or `each`.
+pub fn read_in_order<T, E, I, F>(mut items: I, limit: usize, mut each: F) -> Result<(), E>
+where
+    T: Send,
+    I: Iterator<Item = Result<(PathBuf, T), E>>,
+    F: FnMut(T, PathBuf, Result<&[u8], ReadFailure>) -> Result<(), E>,
+{
+    let cap = (limit + 1).next_multiple_of(DIRECT_ALIGN);
+    let direct = AtomicBool::new(true);
+    let (job_tx, job_rx) = sync_channel::<(u64, PathBuf, T, AlignedBuf)>(DEPTH);
+    let job_rx = Mutex::new(job_rx);
+    type Done<T> = (u64, PathBuf, T, AlignedBuf, Result<(), ReadFailure>);
+    let (done_tx, done_rx) = channel::<Done<T>>();
+    std::thread::scope(|scope| {
+        for _ in 0..READERS {
+            let (job_rx, done_tx, direct) = (&job_rx, done_tx.clone(), &direct);
+            scope.spawn(move || loop {
+                let Ok((seq, path, tag, mut buf)) = job_rx.lock().expect("jobs lock").recv() else {
+                    return;
+                };
+                let r = read_file(&path, &mut buf, limit + 1, direct);
+                if done_tx.send((seq, path, tag, buf, r)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+        let mut free: Vec<AlignedBuf> = (0..DEPTH).map(|_| AlignedBuf::new(cap)).collect();
+        let mut held: BTreeMap<u64, Done<T>> = BTreeMap::new();
+        let (mut queued, mut next) = (0u64, 0u64);
+        // An error from `items` stops the feeding; what was queued before
+        // it is still handed out in order, then the error.
+        let mut stopped: Option<E> = None;
+        let res = loop {
+            // Keep DEPTH files in flight.
+            while stopped.is_none() {
+                let Some(buf) = free.pop() else { break };
+                match items.next() {
+                    Some(Ok((path, tag))) => {
+                        job_tx
+                            .send((queued, path, tag, buf))
+                            .expect("readers live while jobs are sent");
+                        queued += 1;
+                    }
+                    Some(Err(e)) => {
+                        free.push(buf);
+                        stopped = Some(e);
+                    }
+                    None => {
+                        free.push(buf);
+                        break;
+                    }
+                }
+            }
+            if next == queued {
+                break stopped.map_or(Ok(()), Err);
+            }
+            while !held.contains_key(&next) {
+                let d = done_rx.recv().expect("readers live while jobs are out");
+                held.insert(d.0, d);
+            }
+            let (_, path, tag, buf, r) = held.remove(&next).expect("just seen");
+            next += 1;
+            let r = each(tag, path, r.map(|()| buf.as_slice()));
+            free.push(buf);
+            if let Err(e) = r {
+                break Err(e);
+            }
+        };
+        drop(job_tx);
+        res
+    })
+}
+
+/// Reads up to `max` bytes of `path` into `buf` (its length is set to what
+/// was read).
+fn read_file(
+    path: &PathBuf,
+    buf: &mut AlignedBuf,
+    max: usize,
+    direct: &AtomicBool,
+) -> Result<(), ReadFailure> {
+    if direct.load(Ordering::Relaxed) {
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => {
+                let want = max.next_multiple_of(DIRECT_ALIGN);
+                match read_upto(&f, &mut buf.whole_mut()[..want]) {
+                    Ok(n) => {
+                        buf.fill(n.min(max));
+                        return Ok(());
+                    }
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                        direct.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(ReadFailure::Read(e)),
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                direct.store(false, Ordering::Relaxed);
+            }
+            Err(e) => return Err(ReadFailure::Open(e)),
+        }
+    }
+    let f = File::open(path).map_err(ReadFailure::Open)?;
+    let mut n = 0;
+    let dst = buf.whole_mut();
+    let mut r = f.take(max as u64);
+    loop {
+        match r.read(&mut dst[n..max]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadFailure::Read(e)),
+        }
+    }
+    buf.fill(n);
+    Ok(())
+}
+
+/// Direct reads from 0 until `buf` is full or the file ends (a count
+/// that is not whole blocks means the end: reading on from an unaligned
+/// offset would be refused).
+fn read_upto(f: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                if !n.is_multiple_of(DIRECT_ALIGN) {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_bounded_and_failures_named() {
+        let dir = std::env::temp_dir().join(format!("sbk-cr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Lengths around the block size and the limit; more files than DEPTH.
+        let limit = 3 * DIRECT_ALIGN;
+        let lens: Vec<usize> = (0..40)
+            .map(|i| [1, 4095, 4096, 4097, limit, limit + 1][i % 6] + i / 6)
+            .collect();
+        let paths: Vec<PathBuf> = (0..lens.len()).map(|i| dir.join(format!("f{i}"))).collect();
+        for (i, (p, &len)) in paths.iter().zip(&lens).enumerate() {
+            std::fs::write(p, (0..len).map(|k| (k + i) as u8).collect::<Vec<_>>()).unwrap();
+        }
+        let mut seen = Vec::new();
+        let items = paths
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, p)| Ok::<_, String>((p, i)));
+        read_in_order(items, limit, |i, _, data| {
+            let data = data.map_err(|_| format!("f{i} unreadable"))?;
+            let want: Vec<u8> = (0..lens[i].min(limit + 1)).map(|k| (k + i) as u8).collect();
+            assert_eq!(data, &want[..], "file {i}");
+            seen.push(i);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
+
+        // A missing file: reported as an open failure, in its place.
+        let mut with_gap = paths.clone();
+        with_gap[5] = dir.join("missing");
+        let mut n = 0;
+        let items = with_gap
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Ok::<_, String>((p, i)));
+        let e = read_in_order(items, limit, |i, p, data| {
+            n += 1;
+            match data {
+                Ok(_) => Ok(()),
+                Err(ReadFailure::Open(e)) => Err(format!("{i} {} {e}", p.display())),
+                Err(ReadFailure::Read(e)) => Err(format!("read {e}")),
+            }
+        })
+        .unwrap_err();
+        assert!(e.starts_with("5 ") && e.contains("missing"), "{e}");
+        assert_eq!(n, 6);
+
+        // An error from the items after three good ones: those three first.
+        let mut got = 0;
+        let items = paths.iter().cloned().enumerate().map(|(i, p)| {
+            if i == 3 {
+                Err("manifest broken".to_string())
+            } else {
+                Ok((p, i))
+            }
+        });
+        let e = read_in_order(items, limit, |_, _, _| {
+            got += 1;
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!((e.as_str(), got), ("manifest broken", 3));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
