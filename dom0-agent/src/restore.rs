@@ -6,12 +6,14 @@
 //! A file target is built under a temporary name and renamed into place
 //! only when everything verified, so a failed restore changes nothing.
 
+use crate::fsutil;
 use crate::meta::ArchiveMeta;
 use crate::progress::Progress;
 use crate::source::lvm::LvmPool;
 use crate::transport::{remote_error, Connection};
 use crate::units::human;
 use anyhow::{bail, Context, Result};
+use protocol::aligned::{AlignedBuf, DIRECT_ALIGN};
 use protocol::chunk::{Codec, Hash};
 use protocol::message::{Reply, Request};
 use protocol::stream::Incoming;
@@ -19,6 +21,7 @@ use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -213,13 +216,50 @@ enum Out<'a> {
     Lv(LvOut<'a>),
 }
 
+/// The target again with `O_DIRECT`: restored data goes from the worker's
+/// buffer to the disk without a copy through dom0's page cache, and the
+/// disk works during the stream instead of all at the final fsync.
+struct Direct {
+    file: Option<File>,
+    ok: AtomicBool,
+}
+
 impl Out<'_> {
-    fn write_at(&self, data: &[u8], at: u64) -> Result<()> {
-        let f = match self {
+    fn file(&self) -> &File {
+        match self {
             Out::File(o) => &o.file,
             Out::Lv(o) => &o.file,
+        }
+    }
+
+    fn direct(&self) -> Direct {
+        Direct {
+            file: fsutil::reopen_direct(self.file(), true),
+            ok: AtomicBool::new(true),
+        }
+    }
+
+    /// Writes `data` at `at`: its whole blocks directly when `data` and
+    /// `at` are aligned and the target takes it, the rest buffered.
+    fn write_at(&self, direct: &Direct, data: &[u8], at: u64) -> Result<()> {
+        let f = self.file();
+        let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+        let aligned = (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+            && at.is_multiple_of(DIRECT_ALIGN as u64);
+        let r = match &direct.file {
+            Some(d) if whole > 0 && aligned && direct.ok.load(Ordering::Relaxed) => {
+                match d.write_all_at(&data[..whole], at) {
+                    Ok(()) => f.write_all_at(&data[whole..], at + whole as u64),
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                        direct.ok.store(false, Ordering::Relaxed);
+                        f.write_all_at(data, at)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => f.write_all_at(data, at),
         };
-        f.write_all_at(data, at).with_context(|| {
+        r.with_context(|| {
             let what = match self {
                 Out::File(o) => o.tmp.display().to_string(),
                 Out::Lv(o) => o.tmp.clone(),
@@ -288,9 +328,13 @@ pub fn restore(
     // Frames are read and their order checked here; decompression, hashing
     // and positioned writes run on all cores. The target is only renamed
     // into place once everything checked, so a late failure changes nothing.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Two more workers than cores: a worker waiting for its direct write
+    // leaves its core to another.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
     let names: Vec<&str> = chosen.iter().map(|s| s.name.as_str()).collect();
     let out_ref = out.as_ref();
+    let direct = out_ref.map(Out::direct);
+    let direct = direct.as_ref();
     let (work_tx, work_rx) = sync_channel::<Work>(workers * 2);
     let work_rx = Mutex::new(work_rx);
     let streamed: Result<()> = std::thread::scope(|scope| {
@@ -301,17 +345,15 @@ pub fn restore(
                 let (work_rx, pool_tx, err_tx, names) =
                     (&work_rx, pool_tx.clone(), err_tx.clone(), &names);
                 scope.spawn(move || {
-                    let mut plain = vec![0u8; cs as usize];
+                    let mut plain = AlignedBuf::new(cs as usize);
                     loop {
                         let Ok(w) = work_rx.lock().expect("work lock").recv() else {
                             return;
                         };
-                        let r =
-                            check_chunk(&w, &mut plain, volume, names[w.session]).and_then(|p| {
-                                match out_ref {
-                                    Some(o) => o.write_at(p, w.addr),
-                                    None => Ok(()),
-                                }
+                        let r = check_chunk(&w, plain.whole_mut(), volume, names[w.session])
+                            .and_then(|p| match (out_ref, direct) {
+                                (Some(o), Some(d)) => o.write_at(d, p, w.addr),
+                                _ => Ok(()),
                             });
                         if let Err(e) = r {
                             let _ = err_tx.send(e);
