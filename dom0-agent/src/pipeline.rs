@@ -8,7 +8,7 @@
 //! backup reads every changed byte once and never again).
 
 use anyhow::{anyhow, Context, Result};
-use protocol::aligned::{AlignedBuf, DIRECT_ALIGN};
+use protocol::aligned::{read_direct, AlignedBuf, DIRECT_ALIGN};
 use protocol::chunk::{Codec, Hash};
 use protocol::message::Compression;
 use sha2::{Digest, Sha256};
@@ -48,7 +48,7 @@ impl<'a> Reader<'a> {
                 // The length rounded up to the alignment: the last chunk of
                 // a file ends at EOF, which direct reads may cross.
                 let want = len.next_multiple_of(DIRECT_ALIGN);
-                match read_upto(d, &mut buf.whole_mut()[..want], addr) {
+                match read_direct(|b, at| d.read_at(b, at), &mut buf.whole_mut()[..want], addr) {
                     Ok(n) if n >= len => {
                         buf.fill(len);
                         return Ok(());
@@ -68,27 +68,6 @@ impl<'a> Reader<'a> {
         }
         self.buffered.read_exact_at(buf.fill(len), addr)
     }
-}
-
-/// Direct reads until `buf` is full or the file ends; returns the bytes
-/// read (a count that is not whole blocks means the end: reading on from
-/// an unaligned offset would be refused).
-fn read_upto(f: &File, buf: &mut [u8], addr: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], addr + done as u64) {
-            Ok(0) => break,
-            Ok(n) => {
-                done += n;
-                if !done.is_multiple_of(DIRECT_ALIGN) {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 /// What the previous session had at a chunk's address.

@@ -50,6 +50,32 @@ impl AlignedBuf {
     }
 }
 
+/// Fills `buf` from positioned reads starting at `at` until it is full or
+/// the source ends; returns the bytes read. For direct I/O: a count that
+/// is not whole blocks means the end, because reading on from an unaligned
+/// offset would be refused. `read_at` does the I/O (the caller's file).
+pub fn read_direct(
+    mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<usize>,
+    buf: &mut [u8],
+    at: u64,
+) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match read_at(&mut buf[n..], at + n as u64) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                if !n.is_multiple_of(DIRECT_ALIGN) {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +92,28 @@ mod tests {
         }
         let r = std::panic::catch_unwind(|| AlignedBuf::new(8).fill(9).len());
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn direct_reads_stop_at_an_unaligned_end() {
+        let src: Vec<u8> = (0..3 * DIRECT_ALIGN + 100).map(|i| i as u8).collect();
+        // A source that returns at most one block per call, and fails
+        // (like O_DIRECT) when asked at an unaligned offset.
+        let mut calls = 0;
+        let read = |b: &mut [u8], at: u64| {
+            calls += 1;
+            assert!(
+                at.is_multiple_of(DIRECT_ALIGN as u64),
+                "unaligned read at {at}"
+            );
+            let at = (at as usize).min(src.len());
+            let n = b.len().min(DIRECT_ALIGN).min(src.len() - at);
+            b[..n].copy_from_slice(&src[at..at + n]);
+            Ok(n)
+        };
+        let mut buf = vec![0u8; 4 * DIRECT_ALIGN];
+        let n = read_direct(read, &mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], &src[..]);
+        assert_eq!(calls, 4);
     }
 }

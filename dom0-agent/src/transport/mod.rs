@@ -54,13 +54,18 @@ pub struct PipeOut {
     timeout: Option<Duration>,
 }
 
-impl std::io::Write for PipeOut {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+impl PipeOut {
+    /// Runs a non-blocking write, waiting (up to the timeout) while the
+    /// pipe is full.
+    fn retry(
+        &mut self,
+        mut op: impl FnMut(&mut ChildStdin) -> std::io::Result<usize>,
+    ) -> std::io::Result<usize> {
         let Some(p) = &mut self.pipe else {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         };
         loop {
-            match p.write(buf) {
+            match op(p) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     wait_ready(p.as_fd(), PollFlags::POLLOUT, self.timeout)?
                 }
@@ -68,19 +73,15 @@ impl std::io::Write for PipeOut {
             }
         }
     }
+}
+
+impl std::io::Write for PipeOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.retry(|p| p.write(buf))
+    }
 
     fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-        let Some(p) = &mut self.pipe else {
-            return Err(std::io::ErrorKind::BrokenPipe.into());
-        };
-        loop {
-            match p.write_vectored(bufs) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    wait_ready(p.as_fd(), PollFlags::POLLOUT, self.timeout)?
-                }
-                r => return r,
-            }
-        }
+        self.retry(|p| p.write_vectored(bufs))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

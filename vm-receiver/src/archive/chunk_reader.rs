@@ -7,7 +7,7 @@
 //! readers keep several in flight. Reads use `O_DIRECT` where the
 //! filesystem takes it, so no copy goes through the qube's page cache.
 
-use protocol::aligned::{AlignedBuf, DIRECT_ALIGN};
+use protocol::aligned::{read_direct, AlignedBuf, DIRECT_ALIGN};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -120,7 +120,7 @@ fn read_file(
         {
             Ok(f) => {
                 let want = max.next_multiple_of(DIRECT_ALIGN);
-                match read_upto(&f, &mut buf.whole_mut()[..want]) {
+                match read_direct(|b, at| f.read_at(b, at), &mut buf.whole_mut()[..want], 0) {
                     Ok(n) => {
                         buf.fill(n.min(max));
                         return Ok(());
@@ -151,27 +151,6 @@ fn read_file(
     }
     buf.fill(n);
     Ok(())
-}
-
-/// Direct reads from 0 until `buf` is full or the file ends (a count
-/// that is not whole blocks means the end: reading on from an unaligned
-/// offset would be refused).
-fn read_upto(f: &File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], n as u64) {
-            Ok(0) => break,
-            Ok(k) => {
-                n += k;
-                if !n.is_multiple_of(DIRECT_ALIGN) {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
