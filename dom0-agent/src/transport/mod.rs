@@ -46,6 +46,25 @@ fn wait_ready(fd: BorrowedFd, events: PollFlags, timeout: Option<Duration>) -> s
     }
 }
 
+/// Polls `done` until it holds or `limit` has passed; whether it held.
+/// Sleeps 1 ms at first, doubling up to 50 ms: an answer that comes at
+/// once (the usual exit of a receiver) costs a millisecond, not a tick of
+/// a fixed 50 ms period.
+fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    let mut nap = Duration::from_millis(1);
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// The receiver's stdin, closable while the writer lives on. Writes are
 /// non-blocking underneath so that a receiver that stops reading makes the
 /// write fail after the timeout instead of hanging dom0.
@@ -403,14 +422,16 @@ impl Connection {
     /// The receiver's exit code if it exits within a moment (after a
     /// failed handshake, to tell "service missing" from other failures).
     fn exit_code_soon(&mut self) -> Option<i32> {
-        for _ in 0..40 {
-            match self.child.try_wait() {
-                Ok(Some(st)) => return st.code(),
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                Err(_) => return None,
+        let mut code = None;
+        poll_until(Duration::from_secs(2), || match self.child.try_wait() {
+            Ok(Some(st)) => {
+                code = st.code();
+                true
             }
-        }
-        None
+            Ok(None) => false,
+            Err(_) => true,
+        });
+        code
     }
 
     pub fn kill(&mut self) {
@@ -423,12 +444,8 @@ impl Connection {
     /// copier to reach the end of the receiver's output.
     fn join_stderr(&mut self) {
         if let Some(h) = self.stderr_fwd.take() {
-            for _ in 0..40 {
-                if h.is_finished() {
-                    let _ = h.join();
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(25));
+            if poll_until(Duration::from_secs(1), || h.is_finished()) {
+                let _ = h.join();
             }
         }
     }
@@ -441,11 +458,10 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.close_input();
         self.rd.get_mut().get_mut().pipe = None;
-        for _ in 0..100 {
-            match self.child.try_wait() {
-                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
-                _ => return self.join_stderr(),
-            }
+        if poll_until(Duration::from_secs(5), || {
+            !matches!(self.child.try_wait(), Ok(None))
+        }) {
+            return self.join_stderr();
         }
         self.kill();
     }
