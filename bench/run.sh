@@ -45,19 +45,40 @@ cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 command -v /usr/bin/time >/dev/null || need_pkgs /usr/bin/time time
 
-echo "== data: ${SIZE_MIB} MiB semi-compressible image, $(nproc) cores"
+# This VM's speed drifts by a third within minutes: every figure is the
+# best of ROUNDS runs, each from the same starting state.
+ROUNDS=${ROUNDS:-3}
+best() { local r; for r in $(seq "$ROUNDS"); do "$@"; echo; done | awk 'NF && (m == "" || $1 < m) { m = $1 } END { printf "%.3f", m }'; }
+BORG_OPTS=(--chunker-params fixed,262144 --compression zstd,3)
+
+echo "== data: ${SIZE_MIB} MiB semi-compressible image, $(nproc) cores, best of $ROUNDS"
 "$BIN/gen-image" create "$VOLS/img" "$SIZE_MIB" 1
-warm "$VOLS/img"
-T_LIMIT=$("$BIN/bench-limit" "$VOLS/img" 262144 3)
+limit() { warm "$VOLS/img"; "$BIN/bench-limit" "$VOLS/img" 262144 3; }
+T_LIMIT=$(best limit)
 
-"${SB[@]}" arch-init --chunk-size 256K --compression zstd:3 >/dev/null
-borg init -e none >/dev/null
-warm "$VOLS/img"; T_FULL=$(timed "${SB[@]}" backup img)
-warm "$VOLS/img"; T_BFULL=$(timed borg create --chunker-params fixed,262144 --compression zstd,3 ::full "$VOLS/img")
+# Full backups, each into a new archive / repository.
+sb_full() {
+    rm -rf "$ARCH/archive" "$MNT/meta" "$VOLS/.sparsebak"
+    "${SB[@]}" arch-init --chunk-size 256K --compression zstd:3 >/dev/null
+    warm "$VOLS/img"; timed "${SB[@]}" backup img
+}
+borg_full() {
+    rm -rf "$ARCH/borg"; borg init -e none >/dev/null
+    warm "$VOLS/img"; timed borg create "${BORG_OPTS[@]}" ::full "$VOLS/img"
+}
+T_FULL=$(best sb_full); T_BFULL=$(best borg_full)
 
-"$BIN/gen-image" rewrite "$VOLS/img" 1 2 >/dev/null
-warm "$VOLS/img"; T_INC=$(timed "${SB[@]}" backup img)
-warm "$VOLS/img"; T_BINC=$(timed borg create --chunker-params fixed,262144 --compression zstd,3 ::inc "$VOLS/img")
+# Incrementals: each round rewrites 1 % of the image (64 KiB blocks), then
+# both tools back it up.
+INC=$W/inc; : >"$INC"
+for r in $(seq "$ROUNDS"); do
+    "$BIN/gen-image" rewrite "$VOLS/img" 1 $((r + 1)) >/dev/null
+    warm "$VOLS/img"; a=$(timed "${SB[@]}" backup img)
+    warm "$VOLS/img"; b=$(timed borg create "${BORG_OPTS[@]}" "::inc$r" "$VOLS/img")
+    echo "$a $b" >>"$INC"
+done
+T_INC=$(awk 'NR == 1 || $1 < m { m = $1 } END { printf "%.3f", m }' "$INC")
+T_BINC=$(awk 'NR == 1 || $2 < m { m = $2 } END { printf "%.3f", m }' "$INC")
 
 # The same full backups with archive and repository in RAM (tmpfs): the
 # pipeline-bound figure, apart from the archive disk's write speed, which
@@ -65,25 +86,32 @@ warm "$VOLS/img"; T_BINC=$(timed borg create --chunker-params fixed,262144 --com
 SHM=$(mktemp -d /dev/shm/sparsebak-bench.XXXXXX)
 trap 'rm -rf "$SHM"; cleanup' EXIT
 SBM=("$BIN/sparsebak" --dest "file://$SHM/archive" --meta-dir "$SHM/meta" --local "$VOLS")
-"${SBM[@]}" arch-init --chunk-size 256K --compression zstd:3 >/dev/null
-borg init -e none "$SHM/borg" >/dev/null
-rm -rf "$VOLS/.sparsebak"   # no base snapshot: the RAM archive's first backup is full
-warm "$VOLS/img"; T_FULL_RAM=$(timed "${SBM[@]}" backup img)
-warm "$VOLS/img"; T_BFULL_RAM=$(timed borg create --chunker-params fixed,262144 --compression zstd,3 "$SHM/borg::full" "$VOLS/img")
+sb_full_ram() {
+    rm -rf "$SHM/archive" "$SHM/meta" "$VOLS/.sparsebak"
+    "${SBM[@]}" arch-init --chunk-size 256K --compression zstd:3 >/dev/null
+    warm "$VOLS/img"; timed "${SBM[@]}" backup img
+}
+borg_full_ram() {
+    rm -rf "$SHM/borg"; borg init -e none "$SHM/borg" >/dev/null
+    warm "$VOLS/img"; timed borg create "${BORG_OPTS[@]}" "$SHM/borg::full" "$VOLS/img"
+}
+T_FULL_RAM=$(best sb_full_ram); T_BFULL_RAM=$(best borg_full_ram)
 rm -rf "$SHM"/* "$VOLS/.sparsebak"
-"${SB[@]}" backup img >/dev/null   # re-base the XFS archive's snapshot
-T_DISK=$(timed dd if=/dev/zero of="$ARCH/ddtest" bs=1M count=512 oflag=direct conv=fsync status=none); rm -f "$ARCH/ddtest"
+"${SB[@]}" backup img >/dev/null   # re-base the disk archive's snapshot
+disk() { timed dd if=/dev/zero of="$ARCH/ddtest" bs=1M count=512 oflag=direct conv=fsync status=none; rm -f "$ARCH/ddtest"; }
+T_DISK=$(best disk)
 
-# Restores go to the scratch dir's own disk; borg extract does not fsync
-# what it wrote, sparsebak's restore does (so it is timed with a sync too).
+# Restores go to the scratch dir's own disk, caches dropped first; borg
+# extract does not fsync what it wrote, sparsebak's restore does (so borg
+# is also timed followed by sync).
 R=$W/restore; mkdir -p "$R"
-cold; T_REST=$(timed "${SB[@]}" restore img --save-to "$R/img")
-rm -f "$R/img"
-cold; T_BREST=$(cd "$R" && timed borg extract ::inc)
-rm -rf "$R"/*
-cold; T_BRESTS=$(cd "$R" && timed sh -c 'borg extract ::inc && sync')
-rm -rf "$R"/*
-cold; T_VER=$(timed "${SB[@]}" verify img)
+sb_restore() { rm -f "$R/img"; cold; timed "${SB[@]}" restore img --save-to "$R/img"; }
+borg_extract() { rm -rf "${R:?}"/*; cold; (cd "$R" && timed borg extract "::inc$ROUNDS"); }
+borg_extract_sync() { rm -rf "${R:?}"/*; cold; (cd "$R" && timed sh -c "borg extract ::inc$ROUNDS && sync"); }
+sb_verify() { cold; timed "${SB[@]}" verify img; }
+T_REST=$(best sb_restore); rm -f "$R/img"
+T_BREST=$(best borg_extract); T_BRESTS=$(best borg_extract_sync); rm -rf "${R:?}"/*
+T_VER=$(best sb_verify)
 RSS_B=$(rss "${SB[@]}" backup img); RSS_R=$(rss "${SB[@]}" verify img)
 
 # 16 GiB sparse volume with the same absolute change
@@ -101,7 +129,7 @@ truncate -s 1T "$VOLS/huge"; dd if=/dev/urandom of="$VOLS/huge" bs=1M count=16 c
 dd if=/dev/urandom of="$VOLS/huge" bs=1M seek=500000 count=4 conv=notrunc 2>/dev/null
 RSS_HB=$(rss "${SB[@]}" backup huge); RSS_HR=$(rss "${SB[@]}" verify huge)
 
-printf '\n== sparsebak benchmark (%s MiB image, %s cores)\n' "$SIZE_MIB" "$(nproc)"
+printf '\n== sparsebak benchmark (%s MiB image, %s cores, best of %s)\n' "$SIZE_MIB" "$(nproc)" "$ROUNDS"
 printf '%-44s %9s\n' "what" "seconds"
 printf '%-44s %9s\n' "machine limit: SHA-256 + zstd-3, all cores" "$T_LIMIT" \
     "sparsebak full backup" "$T_FULL" "borg create (full)" "$T_BFULL" \
