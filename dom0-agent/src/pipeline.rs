@@ -7,6 +7,7 @@
 //! through dom0's page cache (which also stays free for dom0's own use: a
 //! backup reads every changed byte once and never again).
 
+use crate::fsutil::Direct;
 use anyhow::{anyhow, Context, Result};
 use protocol::aligned::{read_direct, AlignedBuf, DIRECT_ALIGN};
 use protocol::chunk::{Codec, Hash};
@@ -15,58 +16,36 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
 
 /// The source, read directly where possible and through the page cache
-/// otherwise (tmpfs, some FUSE filesystems, or a read the device refuses
-/// for its alignment).
+/// otherwise (see `fsutil::Direct`).
 struct Reader<'a> {
     buffered: &'a File,
-    direct: Option<File>,
-    direct_failed: AtomicBool,
+    direct: Direct,
 }
 
-impl<'a> Reader<'a> {
-    fn new(file: &'a File, chunk_size: usize) -> Self {
-        let direct = if chunk_size.is_multiple_of(DIRECT_ALIGN) {
-            crate::fsutil::reopen_direct(file, false)
-        } else {
-            None
-        };
-        Reader {
-            buffered: file,
-            direct,
-            direct_failed: AtomicBool::new(false),
-        }
-    }
-
+impl Reader<'_> {
     fn read(&self, buf: &mut AlignedBuf, addr: u64, len: usize) -> std::io::Result<()> {
-        if let Some(d) = &self.direct {
-            if !self.direct_failed.load(Ordering::Relaxed) {
-                // The length rounded up to the alignment: the last chunk of
-                // a file ends at EOF, which direct reads may cross.
-                let want = len.next_multiple_of(DIRECT_ALIGN);
-                match read_direct(|b, at| d.read_at(b, at), &mut buf.whole_mut()[..want], addr) {
-                    Ok(n) if n >= len => {
-                        buf.fill(len);
-                        return Ok(());
-                    }
-                    Ok(_) => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "the source ended early",
-                        ))
-                    }
-                    Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
-                        self.direct_failed.store(true, Ordering::Relaxed);
-                    }
-                    Err(e) => return Err(e),
-                }
+        // The length rounded up to the alignment: the last chunk of a file
+        // ends at EOF, which direct reads may cross.
+        let want = len.next_multiple_of(DIRECT_ALIGN);
+        let direct = self
+            .direct
+            .try_io(|d| read_direct(|b, at| d.read_at(b, at), &mut buf.whole_mut()[..want], addr));
+        match direct {
+            Some(Ok(n)) if n >= len => {
+                buf.fill(len);
+                Ok(())
             }
+            Some(Ok(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the source ended early",
+            )),
+            Some(Err(e)) => Err(e),
+            None => self.buffered.read_exact_at(buf.fill(len), addr),
         }
-        self.buffered.read_exact_at(buf.fill(len), addr)
     }
 }
 
@@ -129,7 +108,10 @@ where
     let slots = workers * 4;
     let cs = settings.chunk_size as usize;
     let out_cap = zstd::zstd_safe::compress_bound(cs);
-    let reader = Reader::new(file, cs);
+    let reader = Reader {
+        buffered: file,
+        direct: Direct::reopen(file, false),
+    };
     let (pool_tx, pool_rx) = sync_channel::<Slot>(slots);
     for _ in 0..slots {
         pool_tx

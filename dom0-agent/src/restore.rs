@@ -6,7 +6,7 @@
 //! A file target is built under a temporary name and renamed into place
 //! only when everything verified, so a failed restore changes nothing.
 
-use crate::fsutil;
+use crate::fsutil::Direct;
 use crate::meta::ArchiveMeta;
 use crate::progress::Progress;
 use crate::source::lvm::LvmPool;
@@ -21,7 +21,6 @@ use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -216,14 +215,6 @@ enum Out<'a> {
     Lv(LvOut<'a>),
 }
 
-/// The target again with `O_DIRECT`: restored data goes from the worker's
-/// buffer to the disk without a copy through dom0's page cache, and the
-/// disk works during the stream instead of all at the final fsync.
-struct Direct {
-    file: Option<File>,
-    ok: AtomicBool,
-}
-
 impl Out<'_> {
     fn file(&self) -> &File {
         match self {
@@ -232,32 +223,21 @@ impl Out<'_> {
         }
     }
 
-    fn direct(&self) -> Direct {
-        Direct {
-            file: fsutil::reopen_direct(self.file(), true),
-            ok: AtomicBool::new(true),
-        }
-    }
-
-    /// Writes `data` at `at`: its whole blocks directly when `data` and
-    /// `at` are aligned and the target takes it, the rest buffered.
+    /// Writes `data` at `at`: its whole blocks directly (from the worker's
+    /// buffer to the disk, no copy through dom0's page cache, and the disk
+    /// busy during the stream rather than at the final fsync) when `data`
+    /// and `at` are aligned and the target takes it, the rest buffered.
     fn write_at(&self, direct: &Direct, data: &[u8], at: u64) -> Result<()> {
         let f = self.file();
         let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
         let aligned = (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
             && at.is_multiple_of(DIRECT_ALIGN as u64);
-        let r = match &direct.file {
-            Some(d) if whole > 0 && aligned && direct.ok.load(Ordering::Relaxed) => {
-                match d.write_all_at(&data[..whole], at) {
-                    Ok(()) => f.write_all_at(&data[whole..], at + whole as u64),
-                    Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
-                        direct.ok.store(false, Ordering::Relaxed);
-                        f.write_all_at(data, at)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            _ => f.write_all_at(data, at),
+        let direct = (whole > 0 && aligned)
+            .then(|| direct.try_io(|d| d.write_all_at(&data[..whole], at)))
+            .flatten();
+        let r = match direct {
+            Some(r) => r.and_then(|()| f.write_all_at(&data[whole..], at + whole as u64)),
+            None => f.write_all_at(data, at),
         };
         r.with_context(|| {
             let what = match self {
@@ -332,9 +312,8 @@ pub fn restore(
     // leaves its core to another.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
     let names: Vec<&str> = chosen.iter().map(|s| s.name.as_str()).collect();
-    let out_ref = out.as_ref();
-    let direct = out_ref.map(Out::direct);
-    let direct = direct.as_ref();
+    let target = out.as_ref().map(|o| (o, Direct::reopen(o.file(), true)));
+    let target = target.as_ref();
     let (work_tx, work_rx) = sync_channel::<Work>(workers * 2);
     let work_rx = Mutex::new(work_rx);
     let streamed: Result<()> = std::thread::scope(|scope| {
@@ -351,9 +330,9 @@ pub fn restore(
                             return;
                         };
                         let r = check_chunk(&w, plain.whole_mut(), volume, names[w.session])
-                            .and_then(|p| match (out_ref, direct) {
-                                (Some(o), Some(d)) => o.write_at(d, p, w.addr),
-                                _ => Ok(()),
+                            .and_then(|p| match target {
+                                Some((o, d)) => o.write_at(d, p, w.addr),
+                                None => Ok(()),
                             });
                         if let Err(e) = r {
                             let _ = err_tx.send(e);
