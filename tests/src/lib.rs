@@ -465,11 +465,7 @@ impl LoopFs {
             .arg(&img)
             .output()
             .unwrap_or_else(|e| panic!("{mkfs} not runnable ({e}): install xfsprogs/btrfs-progs"));
-        assert!(
-            o.status.success(),
-            "{mkfs} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        expect_success(o, mkfs);
         let o = Command::new("mount")
             .arg("-o")
             .arg("loop")
@@ -477,11 +473,7 @@ impl LoopFs {
             .arg(&mnt)
             .output()
             .unwrap();
-        assert!(
-            o.status.success(),
-            "mount -o loop failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        expect_success(o, "mount -o loop");
         LoopFs { mnt, _dir: dir }
     }
 }

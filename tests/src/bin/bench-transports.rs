@@ -7,7 +7,7 @@
 
 use sparsebak_tests::fakequbes::make_qube;
 use sparsebak_tests::sshd::{ssh_command_setting, Sshd};
-use sparsebak_tests::{bin_dir, Setup};
+use sparsebak_tests::{bin_dir, expect_success, Setup};
 use std::fs;
 use std::process::Command;
 use std::time::Instant;
@@ -79,11 +79,7 @@ fn main() {
                 .env("SBK_FAKE_QUBES_PATH", bin_dir())
                 .output()
                 .unwrap();
-            assert!(
-                o.status.success(),
-                "{label} {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            expect_success(o, &format!("{label} {args:?}"));
             t.elapsed().as_secs_f64()
         };
         run(&["arch-init"]);
