@@ -39,6 +39,16 @@ SB=("$BIN/sparsebak" --dest "file://$ARCH/archive" --meta-dir "$MNT/meta" --loca
 export BORG_REPO=$ARCH/borg BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 now() { date +%s.%N; }
 timed() { local t; t=$(now); "$@" >/dev/null; awk -v a="$t" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+# What a run costs beside how long it takes: busy CPU-seconds of the whole
+# machine (every process and kernel thread: the receiver, loop and
+# writeback workers too) and the time the hypervisor stole, from /proc/stat.
+ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
+costed() {
+    local b w; b=$(ticks); w=$("$@")
+    awk -v w="$w" -v b="$b" -v a="$(ticks)" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(b, x, " "); split(a, y, " ")
+        printf "%s %.2f %.2f", w, (y[1] - x[1]) / hz, (y[2] - x[2]) / hz }'
+}
 rss() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -1; }   # peak RSS, KiB
 warm() { cat "$@" >/dev/null; sync; }
 cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
@@ -48,25 +58,27 @@ command -v /usr/bin/time >/dev/null || need_pkgs /usr/bin/time time
 # This VM's speed drifts by a third within minutes: every figure is the
 # best of ROUNDS runs, each from the same starting state.
 ROUNDS=${ROUNDS:-3}
-best() { local r; for r in $(seq "$ROUNDS"); do "$@"; echo; done | awk 'NF && (m == "" || $1 < m) { m = $1 } END { printf "%.3f", m }'; }
+# The fastest run's line (its time and, where costed, its CPU figures).
+best() { local r; for r in $(seq "$ROUNDS"); do "$@"; echo; done | awk 'NF && (m == "" || $1 < m) { m = $1; l = $0 } END { printf "%s", l }'; }
 BORG_OPTS=(--chunker-params fixed,262144 --compression zstd,3)
 
 echo "== data: ${SIZE_MIB} MiB semi-compressible image, $(nproc) cores, best of $ROUNDS"
 "$BIN/gen-image" create "$VOLS/img" "$SIZE_MIB" 1
-limit() { warm "$VOLS/img"; "$BIN/bench-limit" "$VOLS/img" 262144 3; }
-T_LIMIT=$(best limit)
+limit() { warm "$VOLS/img"; costed "$BIN/bench-limit" "$VOLS/img" 262144 3; }
+read -r T_LIMIT C_LIMIT S_LIMIT <<<"$(best limit)"
 
 # Full backups, each into a new archive / repository.
 sb_full() {
     rm -rf "$ARCH/archive" "$MNT/meta" "$VOLS/.sparsebak"
     "${SB[@]}" arch-init --chunk-size 256K --compression zstd:3 >/dev/null
-    warm "$VOLS/img"; timed "${SB[@]}" backup img
+    warm "$VOLS/img"; costed timed "${SB[@]}" backup img
 }
 borg_full() {
     rm -rf "$ARCH/borg"; borg init -e none >/dev/null
-    warm "$VOLS/img"; timed borg create "${BORG_OPTS[@]}" ::full "$VOLS/img"
+    warm "$VOLS/img"; costed timed borg create "${BORG_OPTS[@]}" ::full "$VOLS/img"
 }
-T_FULL=$(best sb_full); T_BFULL=$(best borg_full)
+read -r T_FULL C_FULL S_FULL <<<"$(best sb_full)"
+read -r T_BFULL C_BFULL S_BFULL <<<"$(best borg_full)"
 
 # Incrementals: each round rewrites 1 % of the image (64 KiB blocks), then
 # both tools back it up.
@@ -89,13 +101,14 @@ SBM=("$BIN/sparsebak" --dest "file://$SHM/archive" --meta-dir "$SHM/meta" --loca
 sb_full_ram() {
     rm -rf "$SHM/archive" "$SHM/meta" "$VOLS/.sparsebak"
     "${SBM[@]}" arch-init --chunk-size 256K --compression zstd:3 >/dev/null
-    warm "$VOLS/img"; timed "${SBM[@]}" backup img
+    warm "$VOLS/img"; costed timed "${SBM[@]}" backup img
 }
 borg_full_ram() {
     rm -rf "$SHM/borg"; borg init -e none "$SHM/borg" >/dev/null
-    warm "$VOLS/img"; timed borg create "${BORG_OPTS[@]}" "$SHM/borg::full" "$VOLS/img"
+    warm "$VOLS/img"; costed timed borg create "${BORG_OPTS[@]}" "$SHM/borg::full" "$VOLS/img"
 }
-T_FULL_RAM=$(best sb_full_ram); T_BFULL_RAM=$(best borg_full_ram)
+read -r T_FULL_RAM C_FULL_RAM S_FULL_RAM <<<"$(best sb_full_ram)"
+read -r T_BFULL_RAM C_BFULL_RAM S_BFULL_RAM <<<"$(best borg_full_ram)"
 rm -rf "$SHM"/* "$VOLS/.sparsebak"
 "${SB[@]}" backup img >/dev/null   # re-base the disk archive's snapshot
 disk() { timed dd if=/dev/zero of="$ARCH/ddtest" bs=1M count=512 oflag=direct conv=fsync status=none; rm -f "$ARCH/ddtest"; }
@@ -149,6 +162,12 @@ printf '%-52s %7s %s\n' "full / machine limit" "$(ratio "$T_FULL" "$T_LIMIT")" "
     "sparsebak verify / sparsebak restore" "$(ratio "$T_VER" "$T_REST")" "< 1" \
     "full in RAM / machine limit (pipeline-bound)" "$(ratio "$T_FULL_RAM" "$T_LIMIT")" "(<= 1.3)" \
     "borg full / sparsebak full, both in RAM" "$(ratio "$T_BFULL_RAM" "$T_FULL_RAM")" "(>= 1.8)"
+printf '\n%-44s %9s %10s %9s\n' "CPU cost (whole machine, $(nproc) cores)" "seconds" "busy CPU-s" "stolen"
+printf '%-44s %9s %10s %9s\n' "machine limit" "$T_LIMIT" "$C_LIMIT" "$S_LIMIT" \
+    "sparsebak full backup" "$T_FULL" "$C_FULL" "$S_FULL" \
+    "borg create (full)" "$T_BFULL" "$C_BFULL" "$S_BFULL" \
+    "sparsebak full backup, archive in RAM" "$T_FULL_RAM" "$C_FULL_RAM" "$S_FULL_RAM" \
+    "borg create (full), repository in RAM" "$T_BFULL_RAM" "$C_BFULL_RAM" "$S_BFULL_RAM"
 printf '\n%-52s %7s\n' "peak RSS (MiB)" ""
 printf '%-52s %7s\n' "backup, ${SIZE_MIB} MiB image (no change)" "$((RSS_B / 1024))" "verify, ${SIZE_MIB} MiB image" "$((RSS_R / 1024))" \
     "backup, 1 TiB sparse volume, 4 MiB delta" "$((RSS_HB / 1024))" "verify, 1 TiB sparse volume" "$((RSS_HR / 1024))"
