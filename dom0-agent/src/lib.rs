@@ -15,6 +15,7 @@ pub mod progress;
 pub mod prune;
 pub mod restore;
 pub mod retention;
+pub mod sched;
 pub mod source;
 pub mod timefmt;
 pub mod transport;
