@@ -88,7 +88,8 @@ pub struct SessionWriter {
     manifest: Option<ManifestWriter<BufWriter<File>>>,
     last_fanout: Option<u64>,
     committed: bool,
-    /// Taken from `writer` but not used (a frame that was no chunk).
+    /// Taken from `writer` for a zero chunk, which has no data to write:
+    /// the next frame is read into it.
     spare: Option<AlignedBuf>,
     writer: Option<ChunkWriter>,
 }
@@ -180,11 +181,6 @@ impl SessionWriter {
         &mut buf.whole_mut()[FRAME_AT..]
     }
 
-    /// Keeps a buffer that held no chunk data for the next frame.
-    fn give_back(&mut self, buf: AlignedBuf) {
-        self.spare = Some(buf);
-    }
-
     /// Stores one chunk record: its data, `len` bytes at `start` in `buf`,
     /// goes to its file (written in the background; a failure surfaces at
     /// the next call or at commit), its entry to the manifest. Records must
@@ -196,10 +192,11 @@ impl SessionWriter {
         start: usize,
         len: usize,
     ) -> Result<()> {
-        let r = self.check_chunk(h, len);
-        if r.is_err() || h.codec == Codec::Zero {
-            self.give_back(buf);
-            return r;
+        // A failed record ends the session, so its buffer is not needed.
+        self.check_chunk(h, len)?;
+        if h.codec == Codec::Zero {
+            self.spare = Some(buf);
+            return Ok(());
         }
         let fan = h.addr >> 28;
         let dir = self.incoming.join(chunk_store::fanout_dir_name(h.addr));
