@@ -1,6 +1,7 @@
-//! The backup pipeline: one reader, N hash+compress workers, one ordered
-//! sink. Buffers circulate through a fixed pool, which bounds memory and
-//! gives back-pressure: the reader waits when the sink falls behind.
+//! The backup pipeline: N workers that each read, hash and compress a
+//! chunk, one ordered sink. Buffers circulate through a fixed pool, which
+//! bounds memory and gives back-pressure: the workers wait when the sink
+//! falls behind.
 //!
 //! The source is read with `O_DIRECT` where the kernel allows it: the data
 //! goes from the device straight into the pool's buffers, without a copy
