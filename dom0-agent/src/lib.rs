@@ -7,7 +7,6 @@ pub mod backup;
 pub mod chunkmap;
 pub mod config;
 pub mod diff;
-pub mod fsutil;
 pub mod list;
 pub mod meta;
 pub mod pipeline;

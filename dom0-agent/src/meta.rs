@@ -7,7 +7,6 @@
 //! and `archives/ID/volumes/VOL/.pending-SESSION/` while a session is being
 //! committed (see `backup.rs` for how a pending session is resolved).
 
-use crate::fsutil::{fsync_dir, write_atomic};
 use anyhow::{bail, Context, Result};
 use protocol::manifest::{ManifestReader, ManifestWriter};
 use protocol::merge::{merge_view, MergeView, ViewSource};
@@ -401,4 +400,16 @@ pub fn read_info(dir: &Path) -> Result<SessionInfo> {
     let text =
         fs::read_to_string(&p).with_context(|| format!("unable to read '{}'", p.display()))?;
     toml::from_str(&text).with_context(|| format!("unable to parse '{}'", p.display()))
+}
+
+/// sysio's atomic replacement, with the file named in the error.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    sysio::atomic::write_atomic(path, bytes)
+        .with_context(|| format!("unable to write '{}'", path.display()))
+}
+
+/// sysio's directory sync, with the directory named in the error.
+fn fsync_dir(dir: &Path) -> Result<()> {
+    sysio::atomic::fsync_dir(dir)
+        .with_context(|| format!("unable to sync directory '{}'", dir.display()))
 }

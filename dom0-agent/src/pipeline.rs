@@ -8,9 +8,7 @@
 //! through dom0's page cache (which also stays free for dom0's own use: a
 //! backup reads every changed byte once and never again).
 
-use crate::fsutil::Direct;
 use anyhow::{anyhow, Context, Result};
-use protocol::aligned::{read_direct, AlignedBuf, DIRECT_ALIGN};
 use protocol::chunk::{Codec, Hash};
 use protocol::message::Compression;
 use sha2::{Digest, Sha256};
@@ -19,9 +17,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
+use sysio::aligned::{read_direct, AlignedBuf, DIRECT_ALIGN};
+use sysio::direct::Direct;
 
 /// The source, read directly where possible and through the page cache
-/// otherwise (see `fsutil::Direct`).
+/// otherwise (see `sysio::direct::Direct`).
 struct Reader<'a> {
     buffered: &'a File,
     direct: Direct,

@@ -6,14 +6,12 @@
 //! A file target is built under a temporary name and renamed into place
 //! only when everything verified, so a failed restore changes nothing.
 
-use crate::fsutil::Direct;
 use crate::meta::ArchiveMeta;
 use crate::progress::Progress;
 use crate::source::lvm::LvmPool;
 use crate::transport::{remote_error, Connection};
 use crate::units::human;
 use anyhow::{bail, Context, Result};
-use protocol::aligned::{AlignedBuf, DIRECT_ALIGN};
 use protocol::chunk::{Codec, Hash};
 use protocol::message::{Reply, Request};
 use protocol::stream::Incoming;
@@ -24,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
 use std::time::Instant;
+use sysio::aligned::{AlignedBuf, DIRECT_ALIGN};
+use sysio::direct::Direct;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -137,13 +137,7 @@ impl FileOut {
         fs::rename(&self.tmp, &self.path)
             .with_context(|| format!("unable to rename into '{}'", self.path.display()))?;
         self.done = true;
-        if let Some(dir) = self.path.parent() {
-            let _ = crate::fsutil::fsync_dir(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            });
-        }
+        let _ = sysio::atomic::fsync_dir(sysio::atomic::parent(&self.path));
         Ok(())
     }
 }

@@ -5,7 +5,6 @@
 //! whatever `Read`/`Write` the caller hands them (pipes, files, or memory in
 //! tests and fuzzers). See `FORMAT.md` for the byte layout.
 
-pub mod aligned;
 pub mod chunk;
 pub mod codec;
 pub mod error;

@@ -5,6 +5,7 @@ use receiver::entry::{qrexec, relay};
 use receiver::serve::{serve, ServeOptions};
 use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
+use sysio::timed::TimedRead;
 
 /// sparsebak-receiver: the archive side of sparsebak.
 ///
@@ -99,13 +100,17 @@ fn serve_stdio(opts: &ServeOptions, idle_timeout: u64) -> Result<()> {
     // read straight into the frame reader's (one copy less).
     let stdin = BufReader::with_capacity(
         16 << 10,
-        IdleIn {
+        // Fails after `idle_timeout` without a byte, so a hung agent cannot
+        // hold the archive (and its lock) forever; the session in progress
+        // is then dropped like any cut stream.
+        TimedRead {
             // fd 0 unbuffered: std's stdin buffer could hold bytes that
             // poll() on the descriptor would not see.
             inner: std::fs::File::from(
                 std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned()?,
             ),
-            timeout_secs: idle_timeout,
+            timeout: Some(std::time::Duration::from_secs(idle_timeout)),
+            stalled: |t| format!("no data from the agent for {} s", t.as_secs()),
         },
     );
     // fd 1 raw: std's stdout is line-buffered, which would cut binary
@@ -117,36 +122,6 @@ fn serve_stdio(opts: &ServeOptions, idle_timeout: u64) -> Result<()> {
     serve(opts, stdin, stdout)
         .with_context(|| format!("archive '{}'", opts.archive_dir.display()))?;
     Ok(())
-}
-
-/// stdin that fails after `timeout_secs` without a byte, so a hung agent
-/// cannot hold the archive (and its lock) forever; the session in progress
-/// is then dropped like any cut stream.
-struct IdleIn<R> {
-    inner: R,
-    timeout_secs: u64,
-}
-
-impl<R: std::io::Read + std::os::fd::AsFd> std::io::Read for IdleIn<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let ms = (self.timeout_secs.saturating_mul(1000)).min(i32::MAX as u64) as i32;
-        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-        loop {
-            let mut fds = [PollFd::new(self.inner.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(0) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no data from the agent for {} s", self.timeout_secs),
-                    ))
-                }
-                Ok(_) => return self.inner.read(buf),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
 }
 
 fn main() {

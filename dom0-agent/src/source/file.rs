@@ -8,7 +8,6 @@
 
 use super::{fiemap, reflink, Plan, Snapshot};
 use crate::chunkmap::ChunkMap;
-use crate::fsutil::fsync_dir;
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::unistd::{lseek, Whence};
@@ -153,7 +152,8 @@ impl LocalDir {
                 let _ = fs::remove_file(ent.path());
             }
         }
-        fsync_dir(&self.snap_dir)
+        sysio::atomic::fsync_dir(&self.snap_dir)
+            .with_context(|| format!("unable to sync directory '{}'", self.snap_dir.display()))
     }
 
     /// Drops every snapshot of a volume.

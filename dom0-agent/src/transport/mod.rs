@@ -7,7 +7,7 @@ pub mod dest;
 
 use anyhow::{anyhow, bail, Context, Result};
 use dest::Dest;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::PollFlags;
 use protocol::message::{ArchiveId, ArchiveParams, Hello, HelloBody, Operation, Reply, Request};
 use protocol::names::display_safe;
 use protocol::remote::{op_word, service_for, SERVICE_SSH_RELAY};
@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
+use sysio::timed::poll_until;
 
 /// How long a silent receiver is waited for before the stream fails.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -25,44 +26,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Buffer size of both stream directions.
 const STREAM_BUF: usize = 16 << 10;
 
-/// Waits until `fd` is ready for `events`, at most `timeout`.
-fn wait_ready(fd: BorrowedFd, events: PollFlags, timeout: Option<Duration>) -> std::io::Result<()> {
-    let Some(t) = timeout else { return Ok(()) };
-    let ms = PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
-        .unwrap_or(PollTimeout::MAX);
-    loop {
-        let mut fds = [PollFd::new(fd, events)];
-        match poll(&mut fds, ms) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the receiver stalled: nothing moved for {} s", t.as_secs()),
-                ))
-            }
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+/// What a stalled receiver's error says.
+fn stalled(t: Duration) -> String {
+    format!("the receiver stalled: nothing moved for {} s", t.as_secs())
 }
 
-/// Polls `done` until it holds or `limit` has passed; whether it held.
-/// Sleeps 1 ms at first, doubling up to 50 ms: an answer that comes at
-/// once (the usual exit of a receiver) costs a millisecond, not a tick of
-/// a fixed 50 ms period.
-fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    let mut nap = Duration::from_millis(1);
-    loop {
-        if done() {
-            return true;
-        }
-        if start.elapsed() >= limit {
-            return false;
-        }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(50));
-    }
+fn wait_ready(fd: BorrowedFd, events: PollFlags, timeout: Option<Duration>) -> std::io::Result<()> {
+    sysio::timed::wait_ready(fd, events, timeout, stalled)
 }
 
 /// The receiver's stdin, closable while the writer lives on. Writes are

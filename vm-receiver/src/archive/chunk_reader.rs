@@ -7,7 +7,6 @@
 //! readers keep several in flight. Reads use `O_DIRECT` where the
 //! filesystem takes it, so no copy goes through the qube's page cache.
 
-use protocol::aligned::{read_direct, AlignedBuf, DIRECT_ALIGN};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -16,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
+use sysio::aligned::{read_direct, AlignedBuf, DIRECT_ALIGN};
 
 const READERS: usize = 4;
 /// Files requested ahead of the one being sent (each holds a buffer).
@@ -125,13 +125,13 @@ fn read_file(
                         buf.fill(n.min(max));
                         return Ok(());
                     }
-                    Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                    Err(e) if sysio::direct::refused(&e) => {
                         direct.store(false, Ordering::Relaxed);
                     }
                     Err(e) => return Err(ReadFailure::Read(e)),
                 }
             }
-            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+            Err(e) if sysio::direct::refused(&e) => {
                 direct.store(false, Ordering::Relaxed);
             }
             Err(e) => return Err(ReadFailure::Open(e)),

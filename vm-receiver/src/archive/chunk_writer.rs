@@ -15,7 +15,6 @@
 
 use crate::error::{Failure, Result};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use protocol::aligned::{AlignedBuf, DIRECT_ALIGN};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -24,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use sysio::aligned::{AlignedBuf, DIRECT_ALIGN};
 
 /// Writer threads: they mostly wait for the disk, and disks (virtual ones
 /// above all) need several writes in flight to reach their speed.
@@ -172,14 +172,14 @@ fn write_chunk_file(path: &Path, data: &[u8], direct: &AtomicBool) -> std::io::R
                     }
                     return Ok(());
                 }
-                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                Err(e) if sysio::direct::refused(&e) => {
                     direct.store(false, Ordering::Relaxed);
                     clear_direct(&f)?;
                     return f.write_all_at(data, 0);
                 }
                 Err(e) => return Err(e),
             },
-            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+            Err(e) if sysio::direct::refused(&e) => {
                 direct.store(false, Ordering::Relaxed);
             }
             Err(e) => return Err(e),

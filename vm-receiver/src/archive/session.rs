@@ -4,7 +4,6 @@
 use super::chunk_writer::ChunkWriter;
 use super::{chunk_store, fsutil, Archive};
 use crate::error::{Failure, Result};
-use protocol::aligned::{AlignedBuf, DIRECT_ALIGN};
 use protocol::chunk::{self, ChunkHeader, Codec};
 use protocol::frame::TRAILER_LEN;
 use protocol::manifest::{Entry, ManifestReader, ManifestWriter};
@@ -12,6 +11,7 @@ use protocol::message::{ErrorCode, SessionInfo};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use sysio::aligned::{AlignedBuf, DIRECT_ALIGN};
 
 pub const SESSION_MAGIC: [u8; 8] = *b"SBKSES01";
 pub const INFO_FILE: &str = "session.info";

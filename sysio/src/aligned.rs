@@ -1,5 +1,5 @@
-//! A buffer for chunk data whose first byte sits on a page boundary, as
-//! direct I/O (`O_DIRECT`) wants on both sides. Pure memory: no I/O here.
+//! Page-aligned buffers for chunk data, as direct I/O (`O_DIRECT`) wants
+//! on both sides, and the read loop that direct reads need.
 
 /// Alignment of direct-I/O buffers, offsets and lengths: the largest
 /// logical block size in use (4Kn disks); 512-byte devices accept it too.

@@ -1,46 +1,13 @@
-//! Crash-safe writes for dom0's own metadata.
+//! A file reopened with `O_DIRECT`, for transfers that should not pass
+//! through the page cache (data read or written once: a backup's source,
+//! a restore's target), with the fallback every caller needs.
 
-use anyhow::{Context, Result};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Replaces `path` with `bytes`: temp file, fsync, rename, fsync directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("path without a parent")?;
-    let tmp = dir.join(format!(
-        ".tmp-{}",
-        path.file_name()
-            .context("path without a name")?
-            .to_string_lossy()
-    ));
-    let res = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("unable to write '{}'", path.display()));
-    }
-    fsync_dir(dir)
-}
-
-pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("unable to sync directory '{}'", dir.display()))
-}
 
 /// `f` opened a second time with `O_DIRECT` (via /proc, so block devices
 /// and files alike, without the caller's path), for reading or writing
-/// without a copy through dom0's page cache. Absent where the filesystem
+/// without a copy through the page cache. Absent where the filesystem
 /// refuses direct I/O (tmpfs, some FUSE), and given up for good the first
 /// time a transfer is refused (`EINVAL`: an alignment the device does not
 /// take); callers then use `f` itself.
@@ -77,11 +44,16 @@ impl Direct {
             return None;
         }
         match op(f) {
-            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+            Err(e) if refused(&e) => {
                 self.refused.store(true, Ordering::Relaxed);
                 None
             }
             r => Some(r),
         }
     }
+}
+
+/// Whether an error means "this file or device refuses direct I/O here".
+pub fn refused(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(nix::libc::EINVAL)
 }
