@@ -10,8 +10,8 @@
 
 use anyhow::{anyhow, Context, Result};
 use protocol::chunk::{Codec, Hash};
+use protocol::envelope::{self, Sealer};
 use protocol::message::Compression;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -108,7 +108,7 @@ where
     let workers = settings.workers.max(1);
     let slots = workers * 4;
     let cs = settings.chunk_size as usize;
-    let out_cap = zstd::zstd_safe::compress_bound(cs);
+    let out_cap = envelope::sealed_bound(cs);
     let reader = Reader {
         buffered: file,
         direct: Direct::reopen(file, false),
@@ -134,15 +134,16 @@ where
             let (pool_rx, jobs, reader) = (&pool_rx, &jobs, &reader);
             let compression = settings.compression;
             scope.spawn(move || {
-                let mut comp = match compression {
-                    Compression::Zstd { level } => match zstd::bulk::Compressor::new(level) {
-                        Ok(c) => Some(c),
-                        Err(e) => {
-                            let _ = tx.send(Err(anyhow!("zstd: {e}")));
-                            return;
-                        }
-                    },
+                let level = match compression {
+                    Compression::Zstd { level } => Some(level),
                     Compression::None => None,
+                };
+                let mut sealer = match Sealer::new(level) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow!("zstd: {e}")));
+                        return;
+                    }
                 };
                 loop {
                     let Ok(mut slot) = pool_rx.lock().expect("pool lock").recv() else {
@@ -162,7 +163,7 @@ where
                             // A known hole: its content is never looked at.
                             slot.raw.fill(0);
                         }
-                        let o = process(&job, &mut slot, comp.as_mut())?;
+                        let o = process(&job, &mut slot, &mut sealer)?;
                         Ok((seq as u64, job, o, slot))
                     });
                     let failed = r.is_err();
@@ -195,11 +196,7 @@ where
     })
 }
 
-fn process(
-    job: &Job,
-    slot: &mut Slot,
-    comp: Option<&mut zstd::bulk::Compressor<'static>>,
-) -> Result<Outcome> {
+fn process(job: &Job, slot: &mut Slot, sealer: &mut Sealer) -> Result<Outcome> {
     let zero = !job.read || is_zero(slot.raw.as_slice());
     if zero {
         return Ok(match job.prev {
@@ -207,26 +204,15 @@ fn process(
             _ => Outcome::Zero,
         });
     }
-    let hash: Hash = Sha256::digest(slot.raw.as_slice()).into();
     if let Prev::Entry(c, h) = job.prev {
-        if c != Codec::Zero && h == hash {
+        // Compared before sealing: an unchanged chunk costs a hash only.
+        if c != Codec::Zero && h == envelope::hash(slot.raw.as_slice()) {
             return Ok(Outcome::Unchanged);
         }
     }
-    let codec = match comp {
-        Some(c) => {
-            slot.out.clear();
-            let n = c
-                .compress_to_buffer(slot.raw.as_slice(), &mut slot.out)
-                .context("zstd compression")?;
-            if n < slot.raw.as_slice().len() {
-                Codec::Zstd
-            } else {
-                Codec::Raw
-            }
-        }
-        None => Codec::Raw,
-    };
+    let (codec, hash) = sealer
+        .seal(slot.raw.as_slice(), &mut slot.out)
+        .context("sealing a chunk")?;
     Ok(Outcome::Data { codec, hash })
 }
 

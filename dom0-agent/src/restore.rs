@@ -13,9 +13,9 @@ use crate::transport::{remote_error, Connection};
 use crate::units::human;
 use anyhow::{bail, Context, Result};
 use protocol::chunk::{Codec, Hash};
+use protocol::envelope::{self, OpenError};
 use protocol::message::{Reply, Request};
 use protocol::stream::Incoming;
-use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -466,7 +466,7 @@ struct Work {
     data: Vec<u8>,
 }
 
-/// Decompresses (bounded) and hashes a chunk; returns its plain bytes if
+/// Opens a chunk (see `protocol::envelope`); returns its plain bytes if
 /// they match dom0's manifest.
 fn check_chunk<'a>(
     w: &'a Work,
@@ -474,44 +474,22 @@ fn check_chunk<'a>(
     volume: &str,
     session: &str,
 ) -> Result<&'a [u8]> {
-    let bad = |detail: String| VerifyError::BadChunk {
-        volume: volume.into(),
-        session: session.into(),
-        addr: w.addr,
-        detail,
-    };
-    let bytes: &[u8] = match w.codec {
-        Codec::Raw if w.data.len() == w.raw_len => &w.data,
-        Codec::Zstd => {
-            // Bounded: output larger than the chunk is an error, not an allocation.
-            let n = zstd::bulk::decompress_to_buffer(&w.data, &mut plain[..w.raw_len])
-                .map_err(|err| bad(format!("does not decompress: {err}")))?;
-            if n != w.raw_len {
-                return Err(
-                    bad(format!("decompresses to {n} bytes, expected {}", w.raw_len)).into(),
-                );
-            }
-            &plain[..w.raw_len]
+    envelope::open(w.codec, &w.data, w.raw_len, &w.hash, plain).map_err(|err| {
+        match err {
+            OpenError::Hash => VerifyError::HashMismatch {
+                volume: volume.into(),
+                session: session.into(),
+                addr: w.addr,
+            },
+            detail => VerifyError::BadChunk {
+                volume: volume.into(),
+                session: session.into(),
+                addr: w.addr,
+                detail: detail.to_string(),
+            },
         }
-        c => {
-            return Err(bad(format!(
-                "{c:?} record of {} bytes for a chunk of {} bytes",
-                w.data.len(),
-                w.raw_len
-            ))
-            .into())
-        }
-    };
-    let hash: Hash = Sha256::digest(bytes).into();
-    if hash != w.hash {
-        return Err(VerifyError::HashMismatch {
-            volume: volume.into(),
-            session: session.into(),
-            addr: w.addr,
-        }
-        .into());
-    }
-    Ok(bytes)
+        .into()
+    })
 }
 
 impl std::fmt::Display for Summary {

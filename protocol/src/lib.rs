@@ -7,6 +7,7 @@
 
 pub mod chunk;
 pub mod codec;
+pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod manifest;

@@ -11,7 +11,6 @@ use crate::error::{Failure, Result};
 use protocol::chunk::{Codec, HEADER_LEN};
 use protocol::manifest::Entry;
 use protocol::message::{Finding, FindingKind, MAX_FINDINGS};
-use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::Path;
@@ -207,20 +206,7 @@ fn verify_chunk(
     if stored.len() as u64 > limit {
         return Err("chunk file larger than any valid chunk".into());
     }
-    let data: &[u8] = match codec {
-        Codec::Raw => stored,
-        Codec::Zstd => {
-            let n = zstd::bulk::decompress_to_buffer(stored, &mut plain[..raw_len])
-                .map_err(|e| format!("does not decompress: {e}"))?;
-            &plain[..n]
-        }
-        Codec::Zero => unreachable!("zero chunks have no file"),
-    };
-    if data.len() != raw_len {
-        return Err(format!("holds {} bytes, expected {raw_len}", data.len()));
-    }
-    if Sha256::digest(data).as_slice() != hash {
-        return Err("SHA-256 does not match the manifest".into());
-    }
-    Ok(())
+    protocol::envelope::open(codec, stored, raw_len, hash, plain)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
