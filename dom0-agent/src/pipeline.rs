@@ -8,6 +8,7 @@
 //! through dom0's page cache (which also stays free for dom0's own use: a
 //! backup reads every changed byte once and never again).
 
+use crate::meta::View;
 use anyhow::{anyhow, Context, Result};
 use protocol::chunk::{Codec, Hash};
 use protocol::envelope::{self, Sealer};
@@ -228,6 +229,60 @@ pub fn is_zero(buf: &[u8]) -> bool {
         }
     }
     blocks.remainder().iter().all(|&b| b == 0)
+}
+
+/// Jobs comparing every chunk of a volume of `size` with `view` (the
+/// previous session): chunks that hold data (`has_data`) are read and
+/// compared; the rest only matter if the view has data there.
+pub fn compare_jobs(
+    view: View,
+    size: u64,
+    cs: u64,
+    has_data: impl Fn(u64) -> bool + Send,
+) -> impl Iterator<Item = Result<Job>> + Send {
+    let mut view = view.peekable();
+    let job_at = move |idx: u64, read: bool, prev: Prev| Job {
+        addr: idx * cs,
+        len: (size - idx * cs).min(cs) as u32,
+        read,
+        prev,
+    };
+    (0..size.div_ceil(cs)).filter_map(move |i| {
+        let addr = i * cs;
+        // Advance the previous view to this address.
+        let mut prev = Prev::Absent;
+        loop {
+            match view.peek() {
+                Some(Ok((_, e))) if e.addr < addr => {
+                    view.next();
+                }
+                Some(Ok((_, e))) if e.addr == addr => {
+                    prev = Prev::Entry(e.codec, e.hash);
+                    break;
+                }
+                Some(Err(_)) => {
+                    return Some(Err(view
+                        .next()
+                        .expect("peeked")
+                        .expect_err("peeked an error")))
+                }
+                _ => break,
+            }
+        }
+        let has_data = has_data(i);
+        let prev_zero = matches!(prev, Prev::Absent | Prev::Entry(Codec::Zero, _));
+        (has_data || !prev_zero).then(|| Ok(job_at(i, has_data, prev)))
+    })
+}
+
+/// Iterates the set bits of a map it owns (so the job iterator is 'static).
+pub fn owned_iter(map: crate::chunkmap::ChunkMap) -> impl Iterator<Item = u64> + Send {
+    let mut from = 0u64;
+    std::iter::from_fn(move || {
+        let i = map.next_set(from)?;
+        from = i + 1;
+        Some(i)
+    })
 }
 
 #[cfg(test)]

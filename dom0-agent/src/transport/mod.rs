@@ -1,7 +1,13 @@
 //! Reaching the receiver: a spawned command whose stdin/stdout carry the
 //! stream. Every destination kind goes through the same [`Connection`], so
 //! the local `file://` path exercises exactly the protocol code the remote
-//! ones use.
+//! ones use. A connection can also run over any pipe pair with the peer in
+//! a thread of this process ([`Connection::in_process`]), so agent logic
+//! is testable without spawning processes.
+//!
+//! Only `crate::client` sends requests and reads replies on a connection;
+//! this module moves bytes, bounds the time a silent peer can cost, and
+//! ends the peer.
 
 pub mod dest;
 
@@ -15,8 +21,10 @@ use protocol::stream::{FrameReader, FrameWriter, StreamError};
 use std::io::{BufReader, BufWriter};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use sysio::timed::poll_until;
 
@@ -35,36 +43,47 @@ fn wait_ready(fd: BorrowedFd, events: PollFlags, timeout: Option<Duration>) -> s
     sysio::timed::wait_ready(fd, events, timeout, stalled)
 }
 
-/// The receiver's stdin, closable while the writer lives on. Writes are
-/// non-blocking underneath so that a receiver that stops reading makes the
-/// write fail after the timeout instead of hanging dom0.
-pub struct PipeOut {
-    pipe: Option<ChildStdin>,
-    timeout: Option<Duration>,
+/// The stall timeout shared by both directions of a connection, in
+/// milliseconds (`NO_TIMEOUT`: wait forever).
+type SharedTimeout = Arc<AtomicU64>;
+const NO_TIMEOUT: u64 = u64::MAX;
+
+fn timeout_of(t: &SharedTimeout) -> Option<Duration> {
+    match t.load(Ordering::Relaxed) {
+        NO_TIMEOUT => None,
+        ms => Some(Duration::from_millis(ms)),
+    }
 }
 
-impl PipeOut {
+/// The receiver's stdin. Writes are non-blocking underneath so that a
+/// receiver that stops reading makes the write fail after the timeout
+/// instead of hanging dom0.
+struct PipeOut<P> {
+    pipe: P,
+    timeout: SharedTimeout,
+}
+
+impl<P: Write + AsFd> PipeOut<P> {
     /// Runs a non-blocking write, waiting (up to the timeout) while the
     /// pipe is full.
     fn retry(
         &mut self,
-        mut op: impl FnMut(&mut ChildStdin) -> std::io::Result<usize>,
+        mut op: impl FnMut(&mut P) -> std::io::Result<usize>,
     ) -> std::io::Result<usize> {
-        let Some(p) = &mut self.pipe else {
-            return Err(std::io::ErrorKind::BrokenPipe.into());
-        };
         loop {
-            match op(p) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    wait_ready(p.as_fd(), PollFlags::POLLOUT, self.timeout)?
-                }
+            match op(&mut self.pipe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_ready(
+                    self.pipe.as_fd(),
+                    PollFlags::POLLOUT,
+                    timeout_of(&self.timeout),
+                )?,
                 r => return r,
             }
         }
     }
 }
 
-impl std::io::Write for PipeOut {
+impl<P: Write + AsFd> Write for PipeOut<P> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.retry(|p| p.write(buf))
     }
@@ -78,31 +97,62 @@ impl std::io::Write for PipeOut {
     }
 }
 
-/// The receiver's stdout, closable while the reader lives on.
-pub struct PipeIn {
-    pipe: Option<ChildStdout>,
-    timeout: Option<Duration>,
+/// The receiver's stdout: reads wait at most the timeout for a byte.
+struct PipeIn<P> {
+    pipe: P,
+    timeout: SharedTimeout,
 }
 
-impl std::io::Read for PipeIn {
+impl<P: Read + AsFd> Read for PipeIn<P> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match &mut self.pipe {
-            Some(p) => {
-                wait_ready(p.as_fd(), PollFlags::POLLIN, self.timeout)?;
-                p.read(buf)
-            }
-            None => Ok(0),
-        }
+        wait_ready(
+            self.pipe.as_fd(),
+            PollFlags::POLLIN,
+            timeout_of(&self.timeout),
+        )?;
+        self.pipe.read(buf)
     }
 }
 
+/// What stands in for a closed direction: writes fail, reads see the end.
+struct Closed;
+
+impl Write for Closed {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for Closed {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Ok(0)
+    }
+}
+
+pub type StreamIn = FrameReader<BufReader<Box<dyn Read + Send>>>;
+pub type StreamOut = FrameWriter<BufWriter<Box<dyn Write + Send>>>;
+
+/// The other end: a receiver process, or a thread of this process.
+enum Peer {
+    Process {
+        child: Child,
+        /// Copies the receiver's stderr; joined at the end so its last
+        /// words (often the reason it failed) are printed before we exit.
+        stderr_fwd: Option<std::thread::JoinHandle<()>>,
+    },
+    /// `serve` in a thread; true when it ended cleanly.
+    Thread(Option<std::thread::JoinHandle<bool>>),
+}
+
 pub struct Connection {
-    child: Child,
-    /// Copies the receiver's stderr; joined at the end so its last words
-    /// (often the reason it failed) are printed before we exit.
-    stderr_fwd: Option<std::thread::JoinHandle<()>>,
-    pub rd: FrameReader<BufReader<PipeIn>>,
-    pub wr: FrameWriter<BufWriter<PipeOut>>,
+    peer: Peer,
+    pub(crate) rd: StreamIn,
+    pub(crate) wr: StreamOut,
+    timeout: SharedTimeout,
     /// What the receiver reported in its hello.
     pub archive: Option<ArchiveParams>,
     pub label: String,
@@ -225,6 +275,18 @@ fn forward_stderr(err: std::process::ChildStderr, label: String) -> std::thread:
     })
 }
 
+/// Small buffers on purpose: requests and replies are small, and a chunk
+/// frame larger than the buffer bypasses it (one copy less).
+fn streams(
+    input: Box<dyn Read + Send>,
+    output: Box<dyn Write + Send>,
+) -> (StreamIn, StreamOut) {
+    (
+        FrameReader::new(BufReader::with_capacity(STREAM_BUF, input)),
+        FrameWriter::new(BufWriter::with_capacity(STREAM_BUF, output)),
+    )
+}
+
 /// Spawns the receiver for `dest` and does the handshake.
 pub fn connect(
     dest: &Dest,
@@ -232,7 +294,6 @@ pub fn connect(
     op: Operation,
     archive_id: Option<ArchiveId>,
 ) -> Result<Connection> {
-    let timeout = reach.timeout;
     let (mut cmd, preamble) = receiver_command(dest, reach, op)?;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -258,71 +319,118 @@ pub fn connect(
         fcntl(stdin.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
             .context("setting the receiver pipe non-blocking")?;
     }
+    let timeout: SharedTimeout = Arc::new(AtomicU64::new(reach.timeout.as_millis() as u64));
+    let (rd, wr) = streams(
+        Box::new(PipeIn {
+            pipe: stdout,
+            timeout: timeout.clone(),
+        }),
+        Box::new(PipeOut {
+            pipe: stdin,
+            timeout: timeout.clone(),
+        }),
+    );
     let mut conn = Connection {
-        child,
-        stderr_fwd,
-        // Small buffers on purpose: requests and replies are small, and a
-        // chunk frame larger than the buffer bypasses it (one copy less).
-        rd: FrameReader::new(BufReader::with_capacity(
-            STREAM_BUF,
-            PipeIn {
-                pipe: Some(stdout),
-                timeout: Some(timeout),
-            },
-        )),
-        wr: FrameWriter::new(BufWriter::with_capacity(
-            STREAM_BUF,
-            PipeOut {
-                pipe: Some(stdin),
-                timeout: Some(timeout),
-            },
-        )),
+        peer: Peer::Process { child, stderr_fwd },
+        rd,
+        wr,
+        timeout,
         archive: None,
         label: dest.to_string(),
     };
-    let hello = Hello::new(HelloBody::Agent { archive_id, op });
-    let res = conn
-        .wr
-        .get_mut()
-        .write_all(&preamble)
-        .map_err(StreamError::Io)
-        .and_then(|_| conn.wr.hello(&hello))
-        .map_err(anyhow::Error::from)
-        .and_then(|_| {
-            let h = conn
-                .rd
-                .read_hello()
-                .map_err(|e| conn.stream_error(e, "handshake"))?;
-            match h.body {
-                HelloBody::Receiver { archive } => Ok(archive),
-                HelloBody::Agent { .. } => {
-                    bail!("receiver at {} answered with an agent hello", conn.label)
-                }
-            }
-        });
-    match res {
-        Ok(a) => conn.archive = a,
-        Err(e) => {
-            let e = match conn.exit_code_soon() {
-                // qrexec's and a shell's "command not found".
-                Some(127) => e.context(match dest {
-                    Dest::Qubes { vm, .. } | Dest::QubesSsh { vm, .. } => format!(
-                        "qube '{vm}' has no {} service: install the sparsebak-vm package in its template (and restart the qube)",
-                        match dest { Dest::QubesSsh { .. } => SERVICE_SSH_RELAY, _ => service_for(op) }
-                    ),
-                    Dest::Ssh(t) => format!("'{}' was not found on {}: install sparsebak-receiver there", reach.remote_receiver, t.host),
-                    Dest::File(_) => format!("receiver '{}' not found", reach.receiver.display()),
-                }),
-                _ => e,
-            };
-            conn.kill();
-            return Err(e.context(format!("handshake with the receiver for {}", conn.label)));
-        }
+    if let Err(e) = conn.handshake(&preamble, archive_id, op) {
+        let e = match conn.exit_code_soon() {
+            // qrexec's and a shell's "command not found".
+            Some(127) => e.context(match dest {
+                Dest::Qubes { vm, .. } | Dest::QubesSsh { vm, .. } => format!(
+                    "qube '{vm}' has no {} service: install the sparsebak-vm package in its template (and restart the qube)",
+                    match dest { Dest::QubesSsh { .. } => SERVICE_SSH_RELAY, _ => service_for(op) }
+                ),
+                Dest::Ssh(t) => format!("'{}' was not found on {}: install sparsebak-receiver there", reach.remote_receiver, t.host),
+                Dest::File(_) => format!("receiver '{}' not found", reach.receiver.display()),
+            }),
+            _ => e,
+        };
+        conn.kill();
+        return Err(e.context(format!("handshake with the receiver for {}", conn.label)));
     }
     Ok(conn)
 }
 
 impl Connection {
+    /// A connection to a peer that `serve` runs in a thread of this
+    /// process over two pipes (`serve(input, output)` gets the far ends,
+    /// and returns whether it ended cleanly). The same stream code, stall
+    /// timeouts and handshake as a spawned receiver: for tests of agent
+    /// logic without processes.
+    pub fn in_process(
+        label: &str,
+        timeout: Duration,
+        op: Operation,
+        archive_id: Option<ArchiveId>,
+        serve: impl FnOnce(std::io::PipeReader, std::io::PipeWriter) -> bool + Send + 'static,
+    ) -> Result<Connection> {
+        let (their_in, our_out) = std::io::pipe().context("creating a pipe")?;
+        let (our_in, their_out) = std::io::pipe().context("creating a pipe")?;
+        {
+            use nix::fcntl::{fcntl, FcntlArg, OFlag};
+            use std::os::fd::AsRawFd;
+            fcntl(our_out.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+                .context("setting the pipe non-blocking")?;
+        }
+        let handle = std::thread::spawn(move || serve(their_in, their_out));
+        let timeout: SharedTimeout = Arc::new(AtomicU64::new(timeout.as_millis() as u64));
+        let (rd, wr) = streams(
+            Box::new(PipeIn {
+                pipe: our_in,
+                timeout: timeout.clone(),
+            }),
+            Box::new(PipeOut {
+                pipe: our_out,
+                timeout: timeout.clone(),
+            }),
+        );
+        let mut conn = Connection {
+            peer: Peer::Thread(Some(handle)),
+            rd,
+            wr,
+            timeout,
+            archive: None,
+            label: label.to_string(),
+        };
+        conn.handshake(&[], archive_id, op)
+            .with_context(|| format!("handshake with the receiver for {label}"))?;
+        Ok(conn)
+    }
+
+    /// Sends `preamble` and our hello; reads the receiver's hello.
+    fn handshake(
+        &mut self,
+        preamble: &[u8],
+        archive_id: Option<ArchiveId>,
+        op: Operation,
+    ) -> Result<()> {
+        let hello = Hello::new(HelloBody::Agent { archive_id, op });
+        self.wr
+            .get_mut()
+            .write_all(preamble)
+            .map_err(StreamError::Io)
+            .and_then(|_| self.wr.hello(&hello))?;
+        let h = self
+            .rd
+            .read_hello()
+            .map_err(|e| self.stream_error(e, "handshake"))?;
+        match h.body {
+            HelloBody::Receiver { archive } => {
+                self.archive = archive;
+                Ok(())
+            }
+            HelloBody::Agent { .. } => {
+                bail!("receiver at {} answered with an agent hello", self.label)
+            }
+        }
+    }
+
     /// Turns a stream error into a message; a cut stream says so.
     pub fn stream_error(&mut self, e: StreamError, during: &str) -> anyhow::Error {
         match e {
@@ -337,21 +445,6 @@ impl Connection {
         }
     }
 
-    /// Sends a request (flushing) and reads its reply; a receiver error
-    /// becomes an error naming the destination.
-    pub fn call(&mut self, r: &Request) -> Result<Reply> {
-        let sent = self.wr.request(r).and_then(|_| self.wr.flush());
-        if let Err(e) = sent {
-            // The receiver may have said why before it went away.
-            return Err(self.read_error_after(e, r.name()));
-        }
-        let reply = self
-            .rd
-            .read_reply()
-            .map_err(|e| self.stream_error(e, r.name()))?;
-        check_reply(reply, &self.label)
-    }
-
     /// After a failed write: read one reply for the receiver's reason.
     pub fn read_error_after(&mut self, e: StreamError, during: &str) -> anyhow::Error {
         match self.rd.read_reply() {
@@ -364,36 +457,49 @@ impl Connection {
     pub fn finish(mut self) -> Result<()> {
         let _ = self.wr.request(&Request::Bye).and_then(|_| self.wr.flush());
         self.close_input();
-        let status = self.child.wait().context("waiting for the receiver")?;
-        self.join_stderr();
-        if !status.success() {
-            bail!("the receiver for {} exited with {status}", self.label);
+        match &mut self.peer {
+            Peer::Process { child, .. } => {
+                let status = child.wait().context("waiting for the receiver")?;
+                self.join_stderr();
+                if !status.success() {
+                    bail!("the receiver for {} exited with {status}", self.label);
+                }
+            }
+            Peer::Thread(h) => {
+                let ok = h.take().is_some_and(|h| h.join().unwrap_or(false));
+                if !ok {
+                    bail!("the receiver for {} ended with an error", self.label);
+                }
+            }
         }
         Ok(())
     }
 
-    /// Closes the receiver's stdin (it sees end of input). Unflushed bytes
+    /// Closes the receiver's input (it sees end of input). Unflushed bytes
     /// are dropped: on an error path a flush could block on a stuck peer.
     fn close_input(&mut self) {
-        self.wr.get_mut().get_mut().pipe = None;
+        *self.wr.get_mut().get_mut() = Box::new(Closed);
     }
 
-    /// Changes the stall timeout (None: wait forever, for requests whose
-    /// answer takes long by nature, like an archive check).
-    pub fn timeout(&mut self) -> Option<Duration> {
-        self.rd.get_mut().get_mut().timeout
+    /// The stall timeout (None: wait forever, for requests whose answer
+    /// takes long by nature, like an archive check).
+    pub fn timeout(&self) -> Option<Duration> {
+        timeout_of(&self.timeout)
     }
 
     pub fn set_timeout(&mut self, t: Option<Duration>) {
-        self.wr.get_mut().get_mut().timeout = t;
-        self.rd.get_mut().get_mut().timeout = t;
+        let ms = t.map_or(NO_TIMEOUT, |t| (t.as_millis() as u64).min(NO_TIMEOUT - 1));
+        self.timeout.store(ms, Ordering::Relaxed);
     }
 
     /// The receiver's exit code if it exits within a moment (after a
     /// failed handshake, to tell "service missing" from other failures).
     fn exit_code_soon(&mut self) -> Option<i32> {
+        let Peer::Process { child, .. } = &mut self.peer else {
+            return None;
+        };
         let mut code = None;
-        poll_until(Duration::from_secs(2), || match self.child.try_wait() {
+        poll_until(Duration::from_secs(2), || match child.try_wait() {
             Ok(Some(st)) => {
                 code = st.code();
                 true
@@ -405,17 +511,21 @@ impl Connection {
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Peer::Process { child, .. } = &mut self.peer {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         self.join_stderr();
     }
 
     /// Waits (briefly: a grandchild may hold the pipe) for the stderr
     /// copier to reach the end of the receiver's output.
     fn join_stderr(&mut self) {
-        if let Some(h) = self.stderr_fwd.take() {
-            if poll_until(Duration::from_secs(1), || h.is_finished()) {
-                let _ = h.join();
+        if let Peer::Process { stderr_fwd, .. } = &mut self.peer {
+            if let Some(h) = stderr_fwd.take() {
+                if poll_until(Duration::from_secs(1), || h.is_finished()) {
+                    let _ = h.join();
+                }
             }
         }
     }
@@ -427,13 +537,19 @@ impl Drop for Connection {
     /// then exits by itself, or is killed if it does not.
     fn drop(&mut self) {
         self.close_input();
-        self.rd.get_mut().get_mut().pipe = None;
-        if poll_until(Duration::from_secs(5), || {
-            !matches!(self.child.try_wait(), Ok(None))
-        }) {
-            return self.join_stderr();
+        *self.rd.get_mut().get_mut() = Box::new(Closed);
+        match &mut self.peer {
+            Peer::Process { child, .. } => {
+                if poll_until(Duration::from_secs(5), || {
+                    !matches!(child.try_wait(), Ok(None))
+                }) {
+                    return self.join_stderr();
+                }
+                self.kill();
+            }
+            // A thread cannot be killed; with both pipes closed it ends.
+            Peer::Thread(h) => drop(h.take()),
         }
-        self.kill();
     }
 }
 

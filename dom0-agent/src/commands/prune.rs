@@ -5,20 +5,23 @@
 //! its merged manifest beside Q (`manifest.new`) and a *prune intent*; then
 //! the receiver prunes (journaled on its side); on its answer dom0 checks
 //! the merged counts agree, replaces Q's manifest and info, removes P and
-//! the intent. If the answer is lost, the next command that lists the
-//! archive settles the intent: P still in the archive → dom0 drops its
-//! prepared files; P gone → dom0 finishes with Q's info from the listing.
+//! the intent. If the answer is lost, the next command that changes the
+//! volume settles the intent (`crate::reconcile`).
 
+use crate::client::Client;
+use crate::context::Ctx;
 use crate::meta::{ArchiveMeta, PruneIntent, NEW_MANIFEST};
+use crate::reconcile::{check_merged, settle_prune};
 use crate::retention::{self, Policy};
-use crate::transport::Connection;
+use crate::timefmt::{local_offset, parse_local};
 use anyhow::{bail, Context, Result};
 use protocol::chunk::Codec;
 use protocol::manifest::ManifestWriter;
-use protocol::message::{Reply, Request, SessionInfo};
+use protocol::message::{Operation, SessionInfo};
 use protocol::prune::{mask_range, merge_into};
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Which sessions to prune.
 #[derive(Debug, Clone)]
@@ -81,56 +84,10 @@ pub fn select(
     Ok(picked)
 }
 
-/// The receiver's sessions of `volume` (empty if it has none).
-pub fn receiver_sessions(conn: &mut Connection, volume: &str) -> Result<Vec<SessionInfo>> {
-    match conn.call(&Request::List { volume: None })? {
-        Reply::Listing(l) => Ok(l
-            .into_iter()
-            .filter(|v| v.name == volume)
-            .flat_map(|v| v.sessions)
-            .collect()),
-        other => bail!("unexpected {} reply to list", other.name()),
-    }
-}
-
-/// Settles a prune left in flight by an interrupted run (see module doc).
-pub fn settle(meta: &ArchiveMeta, conn: &mut Connection, volume: &str) -> Result<()> {
-    let Some(intent) = meta.prune_intent(volume)? else {
-        return Ok(());
-    };
-    let remote = receiver_sessions(conn, volume)?;
-    if remote.iter().any(|s| s.name == intent.pruned) {
-        return meta.cancel_prune(volume, &intent);
-    }
-    let Some(q) = remote.iter().find(|s| s.name == intent.into) else {
-        bail!(
-            "volume '{volume}': an interrupted prune of {} into {} cannot be settled: the archive has neither (run arch-check)",
-            intent.pruned,
-            intent.into
-        );
-    };
-    check_merged(volume, &intent, q)?;
-    eprintln!(
-        "sparsebak: {volume}: the receiver finished pruning {}; recording it",
-        intent.pruned
-    );
-    meta.finish_prune(volume, &intent, q)
-}
-
-fn check_merged(volume: &str, intent: &PruneIntent, q: &SessionInfo) -> Result<()> {
-    if q.name != intent.into || q.chunks != intent.chunks || q.zero_chunks != intent.zero_chunks {
-        bail!(
-            "volume '{volume}': the receiver's merge of {} into {} has {} data and {} zero chunks, dom0's has {} and {}: refusing to record it (run arch-check)",
-            intent.pruned, intent.into, q.chunks, q.zero_chunks, intent.chunks, intent.zero_chunks
-        );
-    }
-    Ok(())
-}
-
 /// Prunes one session (merging it into its successor) on both sides.
 pub fn prune_one(
     meta: &ArchiveMeta,
-    conn: &mut Connection,
+    client: &mut Client,
     volume: &str,
     session: &str,
 ) -> Result<SessionInfo> {
@@ -182,26 +139,102 @@ pub fn prune_one(
         zero_chunks: zeros,
     };
     meta.write_prune_intent(volume, &intent)?;
-    let reply = conn.call(&Request::Prune {
-        volume: volume.to_string(),
-        session: p.name.clone(),
-    });
-    match reply {
-        Ok(Reply::Pruned(info)) if info.prev == p.prev => {
+    match client.prune(volume, &p.name) {
+        Ok(info) if info.prev == p.prev => {
             check_merged(volume, &intent, &info)?;
             meta.finish_prune(volume, &intent, &info)?;
             Ok(info)
         }
-        Ok(other) => bail!(
-            "volume '{volume}': unexpected {} reply to prune of {}",
-            other.name(),
-            p.name
+        Ok(info) => bail!(
+            "volume '{volume}': the receiver's merge of {} into {} names {:?} as its predecessor, dom0 expects {:?}",
+            p.name,
+            info.name,
+            info.prev,
+            p.prev
         ),
         Err(e) => {
             // The receiver may have journaled the prune before failing: ask
             // it what exists now, and settle accordingly.
-            let _ = settle(meta, conn, volume);
+            let _ = settle_prune(meta, client, volume);
             Err(e.context(format!("volume '{volume}': prune of {}", p.name)))
         }
     }
+}
+
+/// Prunes what `sel` picks, oldest first; returns how many.
+pub fn prune_volume(
+    meta: &ArchiveMeta,
+    client: &mut Client,
+    volume: &str,
+    sel: &Selection,
+    dry_run: bool,
+) -> Result<usize> {
+    settle_prune(meta, client, volume)?;
+    let ours = meta.sessions(volume)?;
+    let theirs = client.sessions(volume)?;
+    let names = |v: &[SessionInfo]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    if names(&ours) != names(&theirs) {
+        bail!("volume '{volume}': dom0 and the archive list different sessions; run arch-check before pruning");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let picked = select(volume, &ours, sel, now, local_offset(now))?;
+    let t0 = std::time::Instant::now();
+    for (i, s) in picked.iter().enumerate() {
+        if dry_run {
+            println!("would prune {volume} {s}");
+            continue;
+        }
+        let info = prune_one(meta, client, volume, s)?;
+        println!(
+            "pruned {volume} {s} ({}/{}): merged into {} (now {} data, {} zero chunks)",
+            i + 1,
+            picked.len(),
+            info.name,
+            info.chunks,
+            info.zero_chunks
+        );
+    }
+    if !dry_run && !picked.is_empty() {
+        println!(
+            "prune {volume}: {} sessions pruned, {} remain, {:.2} s",
+            picked.len(),
+            ours.len() - picked.len(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(picked.len())
+}
+
+/// `sparsebak prune`: the CLI's selection (exactly one of the three).
+pub fn run(
+    ctx: &Ctx,
+    volume: &str,
+    session: Option<String>,
+    all_before: Option<String>,
+    keep: Option<String>,
+    dry_run: bool,
+) -> Result<i32> {
+    let sel = match (session, all_before, keep) {
+        (Some(s), _, _) => {
+            let (from, to) = s.split_once(',').unwrap_or((&s, &s));
+            Selection::Names {
+                from: from.to_string(),
+                to: to.to_string(),
+            }
+        }
+        (_, Some(d), _) => Selection::Before(parse_local(&d)?),
+        (_, _, Some(k)) => Selection::Keep(k.parse()?),
+        _ => bail!("give --session, --all-before or --keep"),
+    };
+    let (dest, meta) = ctx.archive()?;
+    let mut client = ctx.connect(&dest, &meta, Operation::Admin)?;
+    let n = prune_volume(&meta, &mut client, volume, &sel, dry_run)?;
+    client.finish()?;
+    if n == 0 {
+        println!("prune {volume}: nothing to prune");
+    }
+    Ok(0)
 }

@@ -1,5 +1,6 @@
 //! `list`: dom0's record of the archive (the sessions it can verify).
 
+use crate::context::Ctx;
 use crate::meta::ArchiveMeta;
 use crate::units::human;
 use anyhow::Result;
@@ -133,4 +134,34 @@ pub fn json(meta: &ArchiveMeta, vols: &[(String, Vec<SessionInfo>)], cfg: &Confi
     }
     s.push_str("]}");
     s
+}
+
+/// `sparsebak list`: dom0's records, as text or JSON.
+pub fn run(ctx: &Ctx, volume: Option<&str>, json_out: bool) -> Result<i32> {
+    let (_, meta) = ctx.archive()?;
+    let vols = volumes_and_sessions(&meta, volume)?;
+    let missing = match &ctx.local {
+        Some(_) => {
+            let src = ctx.source(&meta)?;
+            Some(
+                meta.rec
+                    .volumes
+                    .iter()
+                    .filter(|v| !src.exists(v))
+                    .cloned()
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    let cfg = Configured {
+        volumes: &meta.rec.volumes,
+        missing,
+    };
+    if json_out {
+        println!("{}", json(&meta, &vols, &cfg));
+    } else {
+        print!("{}", text(&meta, &vols, &cfg));
+    }
+    Ok(0)
 }

@@ -6,23 +6,22 @@
 //! A file target is built under a temporary name and renamed into place
 //! only when everything verified, so a failed restore changes nothing.
 
+use crate::client::{Client, RestoreFrame};
+use crate::context::Ctx;
 use crate::meta::ArchiveMeta;
 use crate::progress::Progress;
-use crate::source::lvm::LvmPool;
-use crate::transport::{remote_error, Connection};
+use crate::source::Source;
+use crate::target::{Out, Target};
 use crate::units::human;
 use anyhow::{bail, Context, Result};
 use protocol::chunk::{Codec, Hash};
 use protocol::envelope::{self, OpenError};
-use protocol::message::{Reply, Request};
-use protocol::stream::Incoming;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use protocol::message::Operation;
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
 use std::time::Instant;
-use sysio::aligned::{AlignedBuf, DIRECT_ALIGN};
+use sysio::aligned::AlignedBuf;
 use sysio::direct::Direct;
 use thiserror::Error;
 
@@ -64,19 +63,6 @@ pub enum VerifyError {
     },
 }
 
-pub enum Target<'a> {
-    /// Verify only.
-    Nothing,
-    /// Write a file (a new one, or replace an existing one with `force`).
-    File { path: PathBuf, force: bool },
-    /// Write a thin LV in the pool (a new one, or replace one with `force`).
-    Lv {
-        pool: &'a LvmPool,
-        name: String,
-        force: bool,
-    },
-}
-
 pub struct Summary {
     pub volume: String,
     pub session: String,
@@ -86,181 +72,9 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// A file being restored: a temp file beside the target, renamed at the end.
-struct FileOut {
-    tmp: PathBuf,
-    path: PathBuf,
-    file: File,
-    done: bool,
-}
-
-impl FileOut {
-    fn create(path: &Path, force: bool, size: u64) -> Result<Self> {
-        match fs::symlink_metadata(path) {
-            Ok(m) if !force => bail!(
-                "'{}' exists ({}); use --force to replace it",
-                path.display(),
-                if m.is_file() {
-                    "a file"
-                } else {
-                    "not a regular file"
-                }
-            ),
-            Ok(m) if !m.is_file() => bail!("'{}' exists and is not a regular file", path.display()),
-            _ => {}
-        }
-        let name = path
-            .file_name()
-            .with_context(|| format!("'{}' has no file name", path.display()))?;
-        let tmp = path.with_file_name(format!(".{}.sparsebak-partial", name.to_string_lossy()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .with_context(|| format!("unable to create '{}'", tmp.display()))?;
-        // Zero chunks stay holes: the file starts all hole.
-        file.set_len(size)
-            .with_context(|| format!("unable to size '{}'", tmp.display()))?;
-        Ok(FileOut {
-            tmp,
-            path: path.to_path_buf(),
-            file,
-            done: false,
-        })
-    }
-
-    fn finish(mut self) -> Result<()> {
-        self.file
-            .sync_all()
-            .with_context(|| format!("unable to sync '{}'", self.tmp.display()))?;
-        fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("unable to rename into '{}'", self.path.display()))?;
-        self.done = true;
-        let _ = sysio::atomic::fsync_dir(sysio::atomic::parent(&self.path));
-        Ok(())
-    }
-}
-
-/// An LV being restored: a new thin LV (all unmapped, so zero chunks need
-/// neither writes nor discards), renamed over the target at the end.
-struct LvOut<'a> {
-    pool: &'a LvmPool,
-    name: String,
-    tmp: String,
-    file: File,
-    done: bool,
-}
-
-impl<'a> LvOut<'a> {
-    fn create(pool: &'a LvmPool, name: &str, force: bool, size: u64) -> Result<Self> {
-        protocol::names::validate_volume_name(name)?;
-        if pool.exists(name) && !force {
-            bail!("LV {}/{name} exists; use --force to replace it", pool.vg);
-        }
-        let tmp = format!("{name}.sbk-restore");
-        if pool.exists(&tmp) {
-            pool.remove_volume(&tmp)?;
-        }
-        pool.create_volume(&tmp, size)?;
-        let dev = pool.dev_path(&tmp);
-        let file = match OpenOptions::new().write(true).open(&dev) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = pool.remove_volume(&tmp);
-                return Err(e).with_context(|| format!("unable to open '{}'", dev.display()));
-            }
-        };
-        Ok(LvOut {
-            pool,
-            name: name.to_string(),
-            tmp,
-            file,
-            done: false,
-        })
-    }
-
-    fn finish(mut self) -> Result<()> {
-        self.file.sync_all().context("syncing the restored LV")?;
-        let old = format!("{}.sbk-old", self.name);
-        let replacing = self.pool.exists(&self.name);
-        if replacing {
-            self.pool.rename_volume(&self.name, &old)?;
-        }
-        self.pool.rename_volume(&self.tmp, &self.name)?;
-        self.done = true;
-        if replacing {
-            self.pool.remove_volume(&old)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for LvOut<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.pool.remove_volume(&self.tmp);
-        }
-    }
-}
-
-enum Out<'a> {
-    File(FileOut),
-    Lv(LvOut<'a>),
-}
-
-impl Out<'_> {
-    fn file(&self) -> &File {
-        match self {
-            Out::File(o) => &o.file,
-            Out::Lv(o) => &o.file,
-        }
-    }
-
-    /// Writes `data` at `at`: its whole blocks directly (from the worker's
-    /// buffer to the disk, no copy through dom0's page cache, and the disk
-    /// busy during the stream rather than at the final fsync) when `data`
-    /// and `at` are aligned and the target takes it, the rest buffered.
-    fn write_at(&self, direct: &Direct, data: &[u8], at: u64) -> Result<()> {
-        let f = self.file();
-        let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-        let aligned = (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
-            && at.is_multiple_of(DIRECT_ALIGN as u64);
-        let direct = (whole > 0 && aligned)
-            .then(|| direct.try_io(|d| d.write_all_at(&data[..whole], at)))
-            .flatten();
-        let r = match direct {
-            Some(r) => r.and_then(|()| f.write_all_at(&data[whole..], at + whole as u64)),
-            None => f.write_all_at(data, at),
-        };
-        r.with_context(|| {
-            let what = match self {
-                Out::File(o) => o.tmp.display().to_string(),
-                Out::Lv(o) => o.tmp.clone(),
-            };
-            format!("unable to write '{what}'")
-        })
-    }
-
-    fn finish(self) -> Result<()> {
-        match self {
-            Out::File(o) => o.finish(),
-            Out::Lv(o) => o.finish(),
-        }
-    }
-}
-
-impl Drop for FileOut {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
-
 pub fn restore(
     meta: &ArchiveMeta,
-    conn: &mut Connection,
+    client: &mut Client,
     volume: &str,
     session: Option<&str>,
     target: Target,
@@ -284,19 +98,9 @@ pub fn restore(
     let info = &chosen[upto];
     let size = info.volume_size;
     let cs = meta.params.chunk_size as u64;
-    let mut out = match &target {
-        Target::Nothing => None,
-        Target::File { path, force } => Some(Out::File(FileOut::create(path, *force, size)?)),
-        Target::Lv { pool, name, force } => Some(Out::Lv(LvOut::create(pool, name, *force, size)?)),
-    };
+    let mut out = Out::open(&target, size)?;
     let view = meta.view(volume, chosen)?;
-    conn.wr
-        .request(&Request::Restore {
-            volume: volume.to_string(),
-            session: info.name.clone(),
-        })
-        .and_then(|_| conn.wr.flush())
-        .map_err(|e| conn.read_error_after(e, "restore"))?;
+    client.restore(volume, &info.name)?;
     let mut progress = Progress::new(volume, size.div_ceil(cs));
     let (mut chunks, mut bytes) = (0u64, 0u64);
     // Frames are read and their order checked here; decompression, hashing
@@ -348,22 +152,15 @@ pub fn restore(
                 }
                 let from = &chosen[idx].name;
                 let raw_len = (size - e.addr).min(cs) as usize;
-                let frame = conn
-                    .rd
-                    .next_frame()
-                    .map_err(|err| anyhow::anyhow!("{err}"))
-                    .with_context(|| {
-                        format!(
-                            "volume '{volume}': reading the restore stream at chunk {:#x}",
-                            e.addr
-                        )
-                    })?;
+                let frame = client.restore_frame().with_context(|| {
+                    format!(
+                        "volume '{volume}': reading the restore stream at chunk {:#x}",
+                        e.addr
+                    )
+                })?;
                 let (h, data) = match frame {
-                    Incoming::Chunk(h, data) => (h, data),
-                    Incoming::Reply(Reply::Error(re)) => {
-                        return Err(remote_error(&re, &conn.label))
-                    }
-                    Incoming::Reply(Reply::StreamEnd { .. }) => {
+                    RestoreFrame::Chunk(h, data) => (h, data),
+                    RestoreFrame::End(_) => {
                         return Err(VerifyError::MissingChunk {
                             volume: volume.into(),
                             session: from.clone(),
@@ -371,10 +168,6 @@ pub fn restore(
                         }
                         .into())
                     }
-                    other => bail!(
-                        "volume '{volume}': unexpected {} frame in the restore stream",
-                        other.name()
-                    ),
                 };
                 if h.addr != e.addr {
                     return Err(VerifyError::WrongChunk {
@@ -418,17 +211,15 @@ pub fn restore(
     });
     streamed?;
     progress.finish();
-    match conn
-        .rd
-        .next_frame()
-        .map_err(|err| anyhow::anyhow!("{err}"))
+    match client
+        .restore_frame()
         .with_context(|| format!("volume '{volume}': reading the end of the restore stream"))?
     {
-        Incoming::Reply(Reply::StreamEnd { chunks: n }) if n == chunks => {}
-        Incoming::Reply(Reply::StreamEnd { chunks: n }) => {
+        RestoreFrame::End(n) if n == chunks => {}
+        RestoreFrame::End(n) => {
             bail!("volume '{volume}': the receiver claims {n} chunks, {chunks} were expected")
         }
-        Incoming::Chunk(h, _) => {
+        RestoreFrame::Chunk(h, _) => {
             return Err(VerifyError::ExtraChunk {
                 volume: volume.into(),
                 session: info.name.clone(),
@@ -436,11 +227,6 @@ pub fn restore(
             }
             .into())
         }
-        Incoming::Reply(Reply::Error(re)) => return Err(remote_error(&re, &conn.label)),
-        other => bail!(
-            "volume '{volume}': unexpected {} frame at the end of the restore stream",
-            other.name()
-        ),
     }
     if let Some(o) = out.take() {
         o.finish()?;
@@ -505,4 +291,52 @@ impl std::fmt::Display for Summary {
             self.seconds
         )
     }
+}
+
+/// Restore or verify: one restore connection, every chunk checked.
+pub fn read_back(
+    ctx: &Ctx,
+    volume: &str,
+    session: Option<&str>,
+    target: Target,
+) -> Result<Summary> {
+    let (dest, meta) = ctx.archive()?;
+    let mut client = ctx.connect(&dest, &meta, Operation::Restore)?;
+    let s = restore(&meta, &mut client, volume, session, target)?;
+    client.finish()?;
+    Ok(s)
+}
+
+/// `sparsebak restore`: into a file (`--save-to`) or a thin LV.
+pub fn run(
+    ctx: &Ctx,
+    volume: &str,
+    session: Option<&str>,
+    save_to: Option<PathBuf>,
+    to_lv: Option<String>,
+    force: bool,
+) -> Result<i32> {
+    let (_, meta) = ctx.archive()?;
+    let source = match (&save_to, &ctx.local) {
+        (None, Some(_)) => Some(ctx.source(&meta)?),
+        _ => None,
+    };
+    let (target, label) = match (save_to, &source) {
+        (Some(path), _) => (
+            Target::File {
+                path: path.clone(),
+                force,
+            },
+            format!("'{}'", path.display()),
+        ),
+        (None, Some(Source::Lvm(pool))) => {
+            let name = to_lv.unwrap_or_else(|| volume.to_string());
+            let label = format!("LV {}/{name}", pool.vg);
+            (Target::Lv { pool, name, force }, label)
+        }
+        _ => bail!("give --save-to PATH (or a thin pool as --local to restore into an LV)"),
+    };
+    let s = read_back(ctx, volume, session, target)?;
+    println!("restored {s} to {label}");
+    Ok(0)
 }

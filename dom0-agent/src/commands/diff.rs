@@ -3,9 +3,9 @@
 //! the whole volume (data ranges only where the source can tell); writes
 //! nothing.
 
-use crate::backup::compare_jobs;
+use crate::context::Ctx;
 use crate::meta::ArchiveMeta;
-use crate::pipeline::{self, Outcome, Settings};
+use crate::pipeline::{self, compare_jobs, Outcome, Settings};
 use crate::progress::Progress;
 use anyhow::{bail, Result};
 use protocol::message::Compression;
@@ -72,6 +72,34 @@ pub fn ranges(addrs: &[u64], cs: u64) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// `sparsebak diff`: exit status 1 if the volume differs.
+pub fn run(ctx: &Ctx, volume: &str) -> Result<i32> {
+    let (_, meta) = ctx.archive()?;
+    let (file, size) = ctx.source(&meta)?.open_live(volume)?;
+    let r = diff(&meta, volume, &file, size, ctx.workers())?;
+    let cs = meta.params.chunk_size as u64;
+    for (a, b) in ranges(&r.changed, cs).iter().take(100) {
+        println!("changed {a:#x}-{:#x}", b.min(&r.live_size));
+    }
+    if r.live_size != r.session_size {
+        println!(
+            "size: {} in session {}, {} now",
+            r.session_size, r.session, r.live_size
+        );
+    }
+    println!(
+        "diff {volume}: {} of {} chunks differ from session {}",
+        r.changed.len(),
+        r.chunks,
+        r.session
+    );
+    Ok(if r.changed.is_empty() && r.live_size == r.session_size {
+        0
+    } else {
+        1
+    })
 }
 
 #[cfg(test)]

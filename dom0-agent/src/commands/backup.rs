@@ -6,19 +6,23 @@
 //! becomes the session and the new snapshot becomes the delta base. If the
 //! acknowledgement is lost (stream cut, crash), the next run asks the
 //! receiver whether the pending session exists and either finishes or drops
-//! it, so dom0 and the archive never disagree about which sessions exist.
+//! it (`crate::reconcile`), so dom0 and the archive never disagree about
+//! which sessions exist.
 
-use crate::chunkmap::ChunkMap;
-use crate::meta::{read_info, ArchiveMeta};
-use crate::pipeline::{self, Job, Outcome, Prev, Settings};
+use super::prune::{prune_volume, Selection};
+use crate::client::Client;
+use crate::context::Ctx;
+use crate::meta::ArchiveMeta;
+use crate::pipeline::{self, compare_jobs, owned_iter, Job, Outcome, Prev, Settings};
 use crate::progress::Progress;
+use crate::reconcile;
+use crate::retention::Policy;
 use crate::source::{Plan, Source};
-use crate::transport::Connection;
 use crate::units::human;
 use anyhow::{bail, Context, Result};
 use protocol::chunk::{ChunkHeader, Codec};
 use protocol::manifest::Entry;
-use protocol::message::{Reply, Request, SessionInfo};
+use protocol::message::{Operation, SessionInfo};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub struct Summary {
@@ -54,43 +58,14 @@ impl std::fmt::Display for Summary {
 pub struct Backup<'a> {
     pub meta: &'a ArchiveMeta,
     pub local: &'a Source,
-    pub conn: &'a mut Connection,
+    pub client: &'a mut Client,
     pub workers: usize,
 }
 
 impl Backup<'_> {
-    /// Settles a session left pending by an interrupted run.
-    pub fn resolve_pending(&mut self, volume: &str) -> Result<()> {
-        let pending = self.meta.pending(volume)?;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        // Ask for every volume: one the receiver has never seen is simply
-        // absent from the listing, no error code to interpret.
-        let on_receiver: Vec<String> = crate::prune::receiver_sessions(self.conn, volume)?
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        for s in pending {
-            let complete = read_info(&self.meta.pending_dir(volume, &s)?).is_ok();
-            if complete && on_receiver.contains(&s) {
-                eprintln!(
-                    "sparsebak: {volume}: session {s} was committed by the receiver; recording it"
-                );
-                self.meta.promote_pending(volume, &s)?;
-                self.local.rotate(volume, &s)?;
-            } else {
-                self.meta.drop_pending(volume, &s)?;
-                self.local.discard_new(volume);
-            }
-        }
-        Ok(())
-    }
-
     pub fn run(&mut self, volume: &str) -> Result<Summary> {
         let t0 = Instant::now();
-        crate::prune::settle(self.meta, self.conn, volume)?;
-        self.resolve_pending(volume)?;
+        reconcile::settle(self.meta, self.local, self.client, volume)?;
         let cs = self.meta.params.chunk_size;
         let sessions = self.meta.sessions(volume)?;
         let prev = sessions.last().map(|s| s.name.clone());
@@ -117,13 +92,8 @@ impl Backup<'_> {
         let session =
             protocol::names::session_name(now.as_secs(), now.subsec_micros(), prev.as_deref());
         let size = snap.size;
-        self.conn.call(&Request::BeginSession {
-            volume: volume.to_string(),
-            session: session.clone(),
-            prev: prev.clone(),
-            volume_size: size,
-            time: now.as_secs(),
-        })?;
+        self.client
+            .begin_session(volume, &session, prev.as_deref(), size, now.as_secs())?;
         let mut pending = self.meta.begin_pending(volume, &session)?;
         let chunks = size.div_ceil(cs);
         let job_at = |idx: u64, read: bool, prev: Prev| Job {
@@ -160,7 +130,7 @@ impl Backup<'_> {
             compression: self.meta.params.compression,
             workers: self.workers,
         };
-        let conn = &mut *self.conn;
+        let client = &mut *self.client;
         let mut stream_err = None;
         let run = pipeline::run(&snap.file, jobs, &settings, |job, outcome, slot| {
             done += 1;
@@ -183,7 +153,7 @@ impl Backup<'_> {
                 raw_len: job.len,
                 hash,
             };
-            if let Err(e) = conn.wr.chunk(&h, data) {
+            if let Err(e) = client.send_chunk(&h, data) {
                 stream_err = Some(e);
                 bail!("stream to the receiver failed");
             }
@@ -210,12 +180,12 @@ impl Backup<'_> {
             Err(e)
         };
         if let Some(e) = stream_err {
-            let err = self.conn.read_error_after(e, "backup");
+            let err = self.client.lost(e, "backup");
             return fail(self, err.context(format!("volume '{volume}'")));
         }
         if let Err(e) = run {
             // A local failure: tell the receiver to drop the session.
-            let _ = self.conn.call(&Request::Abort);
+            let _ = self.client.abort();
             return fail(self, e.context(format!("volume '{volume}'")));
         }
         let info = SessionInfo {
@@ -228,23 +198,13 @@ impl Backup<'_> {
             prev,
         };
         if let Err(e) = pending.finish(&info) {
-            let _ = self.conn.call(&Request::Abort);
+            let _ = self.client.abort();
             return fail(self, e);
         }
-        let reply = match self.conn.call(&Request::Commit {
-            chunks: n_data,
-            zero_chunks: n_zero,
-        }) {
-            Ok(r) => r,
+        if let Err(e) = self.client.commit(&session, n_data, n_zero) {
             // The pending session stays: the next run learns whether the
             // receiver committed it.
-            Err(e) => {
-                return Err(e.context(format!("volume '{volume}': commit of session {session}")))
-            }
-        };
-        match reply {
-            Reply::Committed(ci) if ci.name == session && ci.chunks == n_data && ci.zero_chunks == n_zero => {}
-            other => bail!("volume '{volume}': receiver answered commit of {session} with an unexpected {} reply", other.name()),
+            return Err(e.context(format!("volume '{volume}': commit of session {session}")));
         }
         self.meta.promote_pending(volume, &session)?;
         self.local
@@ -264,56 +224,75 @@ impl Backup<'_> {
     }
 }
 
-/// Jobs comparing every chunk of a volume of `size` with `view` (the
-/// previous session): chunks that hold data (`has_data`) are read and
-/// compared; the rest only matter if the view has data there.
-pub fn compare_jobs(
-    view: crate::meta::View,
-    size: u64,
-    cs: u64,
-    has_data: impl Fn(u64) -> bool + Send,
-) -> impl Iterator<Item = Result<Job>> + Send {
-    let mut view = view.peekable();
-    let job_at = move |idx: u64, read: bool, prev: Prev| Job {
-        addr: idx * cs,
-        len: (size - idx * cs).min(cs) as u32,
-        read,
-        prev,
+
+/// `sparsebak backup`: the named volumes, else the config's, else the
+/// configured set; one connection for all of them, then the optional
+/// autoprune on an admin connection.
+pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool) -> Result<i32> {
+    let (dest, meta) = ctx.archive()?;
+    let policy = match (autoprune, &ctx.cfg.keep) {
+        (false, _) => None,
+        (true, Some(k)) => Some(k.parse::<Policy>().context("`keep` in the config")?),
+        (true, None) => bail!("--autoprune needs a `keep` policy in the config (e.g. keep = \"daily=7,weekly=4\")"),
     };
-    (0..size.div_ceil(cs)).filter_map(move |i| {
-        let addr = i * cs;
-        // Advance the previous view to this address.
-        let mut prev = Prev::Absent;
-        loop {
-            match view.peek() {
-                Some(Ok((_, e))) if e.addr < addr => {
-                    view.next();
-                }
-                Some(Ok((_, e))) if e.addr == addr => {
-                    prev = Prev::Entry(e.codec, e.hash);
-                    break;
-                }
-                Some(Err(_)) => {
-                    return Some(Err(view
-                        .next()
-                        .expect("peeked")
-                        .expect_err("peeked an error")))
-                }
-                _ => break,
+    let local = ctx.source(&meta)?;
+    let volumes = if !volumes.is_empty() {
+        volumes
+    } else if !ctx.cfg.volumes.is_empty() {
+        ctx.cfg.volumes.clone()
+    } else {
+        meta.rec.volumes.clone()
+    };
+    if volumes.is_empty() {
+        bail!("no volumes named and none configured (`sparsebak add VOLUME`, or `volumes` in the config)");
+    }
+    let mut client = ctx.connect(&dest, &meta, Operation::Backup)?;
+    let workers = ctx.workers();
+    let mut failed = 0;
+    let mut done = Vec::new();
+    for v in &volumes {
+        if let Err(e) = protocol::names::validate_volume_name(v) {
+            eprintln!("sparsebak: error: {e}");
+            failed += 1;
+            continue;
+        }
+        if !local.exists(v) {
+            eprintln!(
+                "sparsebak: error: volume '{v}' not found in {}",
+                ctx.local_label()
+            );
+            failed += 1;
+            continue;
+        }
+        let mut b = Backup {
+            meta: &meta,
+            local: &local,
+            client: &mut client,
+            workers,
+        };
+        match b.run(v) {
+            Ok(s) => {
+                println!("{s}");
+                done.push(v.clone());
+            }
+            Err(e) => {
+                // The stream may be unusable now: stop here.
+                eprintln!("sparsebak: error: {e:#}");
+                return Ok(1);
             }
         }
-        let has_data = has_data(i);
-        let prev_zero = matches!(prev, Prev::Absent | Prev::Entry(Codec::Zero, _));
-        (has_data || !prev_zero).then(|| Ok(job_at(i, has_data, prev)))
-    })
-}
-
-/// Iterates the set bits of a map it owns (so the job iterator is 'static).
-fn owned_iter(map: ChunkMap) -> impl Iterator<Item = u64> + Send {
-    let mut from = 0u64;
-    std::iter::from_fn(move || {
-        let i = map.next_set(from)?;
-        from = i + 1;
-        Some(i)
-    })
+    }
+    client.finish()?;
+    if let Some(p) = policy {
+        let mut admin = ctx.connect(&dest, &meta, Operation::Admin)?;
+        for v in &done {
+            let sel = Selection::Keep(p.clone());
+            if let Err(e) = prune_volume(&meta, &mut admin, v, &sel, false) {
+                eprintln!("sparsebak: error: autoprune of '{v}': {e:#}");
+                failed += 1;
+            }
+        }
+        admin.finish()?;
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
 }

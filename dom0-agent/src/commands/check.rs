@@ -3,11 +3,12 @@
 //! manifests with its own, entry by entry. Every problem is reported by
 //! volume, session and address.
 
+use crate::client::Client;
+use crate::context::Ctx;
 use crate::meta::{ArchiveMeta, ManifestIter};
-use crate::transport::Connection;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use protocol::manifest::{Entry, ManifestReader};
-use protocol::message::{Finding, FindingKind, Reply, Request, SessionInfo};
+use protocol::message::{Finding, FindingKind, Operation, SessionInfo};
 use protocol::names::display_safe;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -48,42 +49,24 @@ fn describe(f: &Finding) -> String {
 
 pub fn check(
     meta: &ArchiveMeta,
-    conn: &mut Connection,
+    client: &mut Client,
     volume: Option<&str>,
 ) -> Result<CheckReport> {
     let mut rep = CheckReport::default();
-    // Hashing a whole archive takes as long as it takes: no stall timeout.
-    let timeout = conn.timeout();
-    conn.set_timeout(None);
-    let reply = conn.call(&Request::Check {
-        volume: volume.map(str::to_string),
-    });
-    conn.set_timeout(timeout);
-    match reply? {
-        Reply::CheckReport {
-            checked,
-            findings,
-            more,
-        } => {
-            rep.chunks_hashed = checked;
-            let mut per: std::collections::HashMap<(&str, &str), usize> = Default::default();
-            for f in &findings {
-                let n = per.entry((&f.volume, &f.session)).or_default();
-                *n += 1;
-                if *n <= PER_SESSION {
-                    rep.add(describe(f));
-                } else {
-                    rep.unlisted += 1;
-                }
-            }
-            rep.unlisted += more;
+    let remote = client.check(volume)?;
+    rep.chunks_hashed = remote.checked;
+    let mut per: std::collections::HashMap<(&str, &str), usize> = Default::default();
+    for f in &remote.findings {
+        let n = per.entry((&f.volume, &f.session)).or_default();
+        *n += 1;
+        if *n <= PER_SESSION {
+            rep.add(describe(f));
+        } else {
+            rep.unlisted += 1;
         }
-        other => bail!("unexpected {} reply to check", other.name()),
     }
-    let listing = match conn.call(&Request::List { volume: None })? {
-        Reply::Listing(l) => l,
-        other => bail!("unexpected {} reply to list", other.name()),
-    };
+    rep.unlisted += remote.more;
+    let listing = client.list(None)?;
     let mut vols: BTreeSet<String> = meta.volumes()?.into_iter().collect();
     vols.extend(listing.iter().map(|v| v.name.clone()));
     if let Some(v) = volume {
@@ -122,7 +105,7 @@ pub fn check(
                     s.name, t.volume_size, s.volume_size, t.chunks, s.chunks, t.zero_chunks, s.zero_chunks, t.prev, s.prev
                 ));
             }
-            compare_manifest(meta, conn, v, &s.name, &mut rep)?;
+            compare_manifest(meta, client, v, &s.name, &mut rep)?;
         }
     }
     Ok(rep)
@@ -132,23 +115,12 @@ pub fn check(
 /// compares it with dom0's, entry by entry.
 fn compare_manifest(
     meta: &ArchiveMeta,
-    conn: &mut Connection,
+    client: &mut Client,
     volume: &str,
     session: &str,
     rep: &mut CheckReport,
 ) -> Result<()> {
-    conn.wr.request(&Request::GetManifest {
-        volume: volume.to_string(),
-        session: session.to_string(),
-    })?;
-    conn.wr.flush()?;
-    let mut stream = RemoteFile {
-        conn,
-        buf: Vec::new(),
-        pos: 0,
-        parts: 0,
-        done: false,
-    };
+    let mut stream = client.manifest(volume, session)?;
     let label = format!("volume '{volume}' session {session}");
     let theirs: Vec<String> = {
         let reader = ManifestReader::new(&mut stream);
@@ -233,62 +205,6 @@ fn diff_manifests(
     }
 }
 
-/// `Reply::Data` parts as a byte stream, ending at `StreamEnd`.
-struct RemoteFile<'a> {
-    conn: &'a mut Connection,
-    buf: Vec<u8>,
-    pos: usize,
-    parts: u64,
-    done: bool,
-}
-
-impl RemoteFile<'_> {
-    fn fill(&mut self) -> Result<()> {
-        // Whatever happens next, this stream has nothing more to give.
-        self.done = true;
-        let r = self
-            .conn
-            .rd
-            .read_reply()
-            .map_err(|e| self.conn.stream_error(e, "get-manifest"))?;
-        match r {
-            Reply::Data(b) => {
-                self.done = false;
-                self.parts += 1;
-                self.buf = b;
-                self.pos = 0;
-            }
-            Reply::StreamEnd { chunks } if chunks == self.parts => {}
-            Reply::StreamEnd { chunks } => bail!(
-                "the receiver announced {chunks} manifest parts but sent {}",
-                self.parts
-            ),
-            Reply::Error(e) => return Err(crate::transport::remote_error(&e, &self.conn.label)),
-            other => bail!("unexpected {} reply while reading a manifest", other.name()),
-        }
-        Ok(())
-    }
-
-    fn drain(&mut self) -> Result<()> {
-        while !self.done {
-            self.fill()?;
-        }
-        Ok(())
-    }
-}
-
-impl std::io::Read for RemoteFile<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.buf.len() && !self.done {
-            self.fill().map_err(std::io::Error::other)?;
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// The report as text, one problem a line, then a summary.
 pub fn text(rep: &CheckReport) -> String {
     let mut s = String::new();
@@ -311,4 +227,18 @@ pub fn text(rep: &CheckReport) -> String {
         }
     );
     s
+}
+
+/// `sparsebak arch-check`: exit status 1 if anything is wrong.
+pub fn run(ctx: &Ctx, volume: Option<&str>) -> Result<i32> {
+    let (dest, meta) = ctx.archive()?;
+    let mut client = ctx.connect(&dest, &meta, Operation::Admin)?;
+    let rep = check(&meta, &mut client, volume)?;
+    client.finish()?;
+    print!("{}", text(&rep));
+    Ok(if rep.problems.is_empty() && rep.unlisted == 0 {
+        0
+    } else {
+        1
+    })
 }

@@ -1,0 +1,164 @@
+//! The command line: every verb, option and help text, in one place.
+//! `commands::run` takes what this parses.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// sparsebak: fast incremental backups of disk-image volumes.
+///
+/// The first backup of a volume is full; later ones send only the chunks
+/// that changed, found from the volume's reflink snapshot (Btrfs, XFS) or by
+/// hash comparison. Every restore and verify checks each chunk against the
+/// SHA-256 manifests kept here in dom0 before writing a byte.
+///
+/// Settings come from /etc/sparsebak/sparsebak.toml (or --config); flags
+/// override them. On Qubes OS (receiver in the backup qube sys-backup):
+///
+///   sparsebak --dest qubes://sys-backup --local qubes_dom0/vm-pool arch-init
+///   sparsebak --dest qubes://sys-backup --local qubes_dom0/vm-pool add vm-work-private
+///   sparsebak --dest qubes://sys-backup --local qubes_dom0/vm-pool backup
+///   sparsebak --dest qubes://sys-backup list
+///   sparsebak --dest qubes://sys-backup --local qubes_dom0/vm-pool restore vm-work-private --to-lv vm-work-restored
+///
+/// With image files and a local archive:
+///
+///   sparsebak --dest file:///backup --local /var/images arch-init
+///   sparsebak --dest file:///backup --local /var/images backup disk.img
+///   sparsebak --dest file:///backup restore disk.img --save-to /tmp/disk.img
+#[derive(Parser)]
+#[command(version, about, long_about, verbatim_doc_comment)]
+pub struct Cli {
+    /// Config file (TOML: dest, local, meta_dir, remote_receiver, volumes, workers, keep, timeout, ssh_command) [default: /etc/sparsebak/sparsebak.toml].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Archive destination: file:///path (receiver runs here), qubes://VM[/NAME] (archive NAME in backup qube VM), ssh://user@host[:port]/path, qubes-ssh://VM/user@host[:port]/path (ssh from networked qube VM).
+    #[arg(long, global = true, value_name = "URL")]
+    pub dest: Option<String>,
+    /// Volume source: a directory of image files (/path; a VOLUME is a file name in it) or an LVM thin pool (VG/POOL; a VOLUME is a thin LV in it).
+    #[arg(long, global = true, value_name = "SOURCE")]
+    pub local: Option<PathBuf>,
+    /// dom0's metadata directory [default: /var/lib/sparsebak].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub meta_dir: Option<PathBuf>,
+    /// Receiver program: for file:// the local program [default: sparsebak-receiver next to this binary, else on PATH]; for ssh the program name on the far host [default: sparsebak-receiver].
+    #[arg(long, global = true, value_name = "PROGRAM")]
+    pub remote_receiver: Option<PathBuf>,
+    /// Seconds to wait for a receiver that has stopped sending or reading before giving up [default: 300].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Create a new archive at --dest.
+    ArchInit {
+        /// Chunk size, a power of two from 64K to 2M.
+        #[arg(long, default_value = "256K", value_name = "SIZE")]
+        chunk_size: String,
+        /// Compression: zstd:LEVEL (1-19) or none.
+        #[arg(long, default_value = "zstd:3", value_name = "zstd:LEVEL")]
+        compression: String,
+    },
+    /// Back up volumes (the configured ones if none are named): full the first time, incremental after.
+    Backup {
+        volumes: Vec<String>,
+        /// After each successful backup, prune the volume by the `keep` policy in the config.
+        #[arg(long)]
+        autoprune: bool,
+    },
+    /// Remove old sessions of a volume, merging each into the next one
+    ///
+    /// The volume as of every remaining session stays exactly as it was;
+    /// chunks still needed move to the next session (no data is copied),
+    /// the rest are deleted. The newest session is never pruned. An
+    /// interrupted prune is finished or undone by the next command.
+    ///
+    /// Examples:
+    ///   sparsebak prune disk.img --session S_20261101-020000-000001
+    ///   sparsebak prune disk.img --session S_20261101-020000-000001,S_20261108-020000-000001
+    ///   sparsebak prune disk.img --all-before 2026-10-01
+    ///   sparsebak prune disk.img --keep daily=7,weekly=4,monthly=6
+    #[command(verbatim_doc_comment)]
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["session", "all_before", "keep"])))]
+    Prune {
+        volume: String,
+        /// One session, or an inclusive range OLDER,NEWER.
+        #[arg(long, value_name = "S[,S2]")]
+        session: Option<String>,
+        /// Every session taken before this local date/time (YYYY-MM-DD[ HH:MM[:SS]]).
+        #[arg(long, value_name = "DATE")]
+        all_before: Option<String>,
+        /// Keep policy: last, hourly, daily, weekly, monthly, yearly counts and within=DURATION (36h, 7d, 2w, 1m, 1y); prune the rest.
+        #[arg(long, value_name = "SPEC")]
+        keep: Option<String>,
+        /// Show what would be pruned, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restore a volume as of a session (default: the newest) into a file or a thin LV.
+    ///
+    /// With --save-to the volume is written to a file (zero chunks become
+    /// holes). With a thin pool as --local and no --save-to, it is written
+    /// to a new thin LV (--to-lv NAME, default: the volume's own name),
+    /// which replaces an existing LV only with --force. Either way the
+    /// target appears only once every chunk has been verified.
+    Restore {
+        volume: String,
+        /// Session name, as shown by `list`.
+        #[arg(long)]
+        session: Option<String>,
+        /// File to write.
+        #[arg(long, value_name = "PATH", conflicts_with = "to_lv")]
+        save_to: Option<PathBuf>,
+        /// LV to write in the --local thin pool.
+        #[arg(long, value_name = "NAME")]
+        to_lv: Option<String>,
+        /// Replace the target if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Add volumes to the set `backup` takes when none are named.
+    Add {
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove a volume from that set and drop its snapshots (its sessions stay in the archive).
+    Remove { volume: String },
+    /// Delete a volume from the archive and from dom0's metadata: every session, for good.
+    Delete {
+        volume: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rename a volume in the archive and in dom0's metadata (after renaming the LV or image).
+    ///
+    /// The old name's snapshots are dropped, so the next backup of the new
+    /// name reads the volume once and compares it by hash.
+    Rename { volume: String, new_name: String },
+    /// Check the archive: the receiver re-hashes every chunk, dom0 compares every manifest with its own.
+    ///
+    /// Missing, extra and corrupt chunks are reported by volume, session
+    /// and address. Exit status 1 if anything is wrong.
+    ArchCheck { volume: Option<String> },
+    /// Compare the live volume with its newest session and report the chunks that differ.
+    ///
+    /// Reads and hashes the whole volume; exit status 1 if it differs.
+    Diff { volume: String },
+    /// Read a session back from the archive and check every chunk, writing nothing.
+    Verify {
+        volume: String,
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// List volumes and sessions this dom0 knows for the archive at --dest.
+    List {
+        volume: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+

@@ -1,0 +1,368 @@
+//! The typed client of the receiver: the one place in dom0 that sends
+//! requests and checks what comes back. Every reply the receiver may give
+//! is matched here; anything else is "an unexpected X reply to Y", named
+//! once. Callers get Rust values, never raw frames.
+//!
+//! Everything read here is hostile input (the backup qube may lie): the
+//! frame decoder caps lengths before allocating, and a reply of the wrong
+//! kind ends the operation with an error naming the receiver.
+
+use crate::meta::ArchiveMeta;
+use crate::transport::dest::Dest;
+use crate::transport::{self, remote_error, Connection, Reach};
+use anyhow::{anyhow, bail, Result};
+use protocol::chunk::ChunkHeader;
+use protocol::message::{
+    ArchiveParams, ErrorCode, Finding, Operation, Reply, Request, SessionInfo, VolumeListing,
+};
+use protocol::stream::{Incoming, StreamError};
+
+pub struct Client {
+    conn: Connection,
+}
+
+/// What the receiver's archive check found.
+pub struct RemoteCheck {
+    pub checked: u64,
+    pub findings: Vec<Finding>,
+    /// Findings beyond those listed, counted only.
+    pub more: u64,
+}
+
+/// One frame of a restore stream.
+pub enum RestoreFrame<'a> {
+    Chunk(ChunkHeader, &'a [u8]),
+    /// The receiver's end of the stream, with the chunk count it claims.
+    End(u64),
+}
+
+impl Client {
+    /// Connects for `op` to the archive dom0 knows as `meta`, refusing a
+    /// receiver that holds another archive (or none).
+    pub fn connect(dest: &Dest, reach: &Reach, meta: &ArchiveMeta, op: Operation) -> Result<Self> {
+        let conn = transport::connect(dest, reach, op, Some(meta.params.id))?;
+        Client::over(conn, dest, &meta.params)
+    }
+
+    /// Wraps a connection made elsewhere (in-process tests), with the same
+    /// check of the archive it serves.
+    pub fn over(conn: Connection, dest: impl std::fmt::Display, expect: &ArchiveParams) -> Result<Self> {
+        let mut c = Client { conn };
+        match c.conn.archive {
+            Some(p) if p == *expect => Ok(c),
+            Some(p) => bail!(
+                "the archive at {dest} is {} but dom0 expects {} for it: refusing to continue",
+                describe(&p),
+                describe(expect)
+            ),
+            None => {
+                // The receiver's own reason (busy, unreadable, missing)
+                // comes with the first request.
+                c.call(&Request::List { volume: None })?;
+                bail!(
+                    "there is no archive at {dest} (dom0 expected {})",
+                    expect.id.to_hex()
+                )
+            }
+        }
+    }
+
+    /// Connects to create a new archive: there must be none at `dest`.
+    pub fn connect_new(dest: &Dest, reach: &Reach) -> Result<Self> {
+        let conn = transport::connect(dest, reach, Operation::Admin, None)?;
+        if let Some(p) = conn.archive {
+            bail!("there is already an archive ({}) at {dest}", p.id.to_hex());
+        }
+        Ok(Client { conn })
+    }
+
+    /// The destination, for messages.
+    pub fn label(&self) -> &str {
+        &self.conn.label
+    }
+
+    /// Ends the connection cleanly.
+    pub fn finish(self) -> Result<()> {
+        self.conn.finish()
+    }
+
+    /// Sends a request (flushing) and reads its reply; a receiver error
+    /// becomes an error naming the destination.
+    fn call(&mut self, r: &Request) -> Result<Reply> {
+        let sent = self.conn.wr.request(r).and_then(|_| self.conn.wr.flush());
+        if let Err(e) = sent {
+            // The receiver may have said why before it went away.
+            return Err(self.conn.read_error_after(e, r.name()));
+        }
+        let reply = self
+            .conn
+            .rd
+            .read_reply()
+            .map_err(|e| self.conn.stream_error(e, r.name()))?;
+        transport::check_reply(reply, &self.conn.label)
+    }
+
+    fn unexpected(&self, reply: &Reply, to: &str) -> anyhow::Error {
+        anyhow!(
+            "the receiver for {} gave an unexpected {} reply to {to}",
+            self.conn.label,
+            reply.name()
+        )
+    }
+
+    /// Sends `r` and expects `Ok`.
+    fn call_ok(&mut self, r: &Request) -> Result<()> {
+        match self.call(r)? {
+            Reply::Ok => Ok(()),
+            other => Err(self.unexpected(&other, r.name())),
+        }
+    }
+
+    pub fn init(&mut self, params: ArchiveParams) -> Result<()> {
+        self.call_ok(&Request::Init { params })
+    }
+
+    /// Every volume and its sessions (or one volume's).
+    pub fn list(&mut self, volume: Option<&str>) -> Result<Vec<VolumeListing>> {
+        let r = Request::List {
+            volume: volume.map(str::to_string),
+        };
+        match self.call(&r)? {
+            Reply::Listing(l) => Ok(l),
+            other => Err(self.unexpected(&other, "list")),
+        }
+    }
+
+    /// The receiver's sessions of `volume`, oldest first (empty if it has
+    /// none). Asks for every volume: one the receiver has never seen is
+    /// simply absent, no error code to interpret.
+    pub fn sessions(&mut self, volume: &str) -> Result<Vec<SessionInfo>> {
+        Ok(self
+            .list(None)?
+            .into_iter()
+            .filter(|v| v.name == volume)
+            .flat_map(|v| v.sessions)
+            .collect())
+    }
+
+    /// Deletes a volume; false if the archive had no such volume (a
+    /// repeated delete).
+    pub fn delete_volume(&mut self, volume: &str) -> Result<bool> {
+        let r = Request::DeleteVolume {
+            volume: volume.to_string(),
+        };
+        match self.call_ok(&r) {
+            Ok(()) => Ok(true),
+            Err(e) if transport::is_remote(&e, ErrorCode::NoSuchVolume) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn rename_volume(&mut self, volume: &str, new_name: &str) -> Result<()> {
+        self.call_ok(&Request::RenameVolume {
+            volume: volume.to_string(),
+            new_name: new_name.to_string(),
+        })
+    }
+
+    /// Prunes `session`; the receiver answers with the merged successor.
+    pub fn prune(&mut self, volume: &str, session: &str) -> Result<SessionInfo> {
+        let r = Request::Prune {
+            volume: volume.to_string(),
+            session: session.to_string(),
+        };
+        match self.call(&r)? {
+            Reply::Pruned(info) => Ok(info),
+            other => Err(self.unexpected(&other, "prune")),
+        }
+    }
+
+    /// The receiver's re-hash of every chunk. Hashing a whole archive
+    /// takes as long as it takes: no stall timeout while it runs.
+    pub fn check(&mut self, volume: Option<&str>) -> Result<RemoteCheck> {
+        let timeout = self.conn.timeout();
+        self.conn.set_timeout(None);
+        let reply = self.call(&Request::Check {
+            volume: volume.map(str::to_string),
+        });
+        self.conn.set_timeout(timeout);
+        match reply? {
+            Reply::CheckReport {
+                checked,
+                findings,
+                more,
+            } => Ok(RemoteCheck {
+                checked,
+                findings,
+                more,
+            }),
+            other => Err(self.unexpected(&other, "check")),
+        }
+    }
+
+    /// The archive's manifest file of a session, as a byte stream. Read
+    /// it, then [`ManifestStream::drain`] it to keep the connection usable.
+    pub fn manifest(&mut self, volume: &str, session: &str) -> Result<ManifestStream<'_>> {
+        let r = Request::GetManifest {
+            volume: volume.to_string(),
+            session: session.to_string(),
+        };
+        self.conn
+            .wr
+            .request(&r)
+            .and_then(|_| self.conn.wr.flush())
+            .map_err(|e| self.conn.read_error_after(e, "get-manifest"))?;
+        Ok(ManifestStream {
+            conn: &mut self.conn,
+            buf: Vec::new(),
+            pos: 0,
+            parts: 0,
+            done: false,
+        })
+    }
+
+    /// Starts a backup session; chunks follow with [`Client::send_chunk`].
+    pub fn begin_session(
+        &mut self,
+        volume: &str,
+        session: &str,
+        prev: Option<&str>,
+        volume_size: u64,
+        time: u64,
+    ) -> Result<()> {
+        self.call_ok(&Request::BeginSession {
+            volume: volume.to_string(),
+            session: session.to_string(),
+            prev: prev.map(str::to_string),
+            volume_size,
+            time,
+        })
+    }
+
+    /// One chunk record of the session in progress (not flushed: the
+    /// commit flushes). A failure leaves the stream unusable; turn it into
+    /// the receiver's reason with [`Client::lost`].
+    pub fn send_chunk(&mut self, h: &ChunkHeader, data: &[u8]) -> Result<(), StreamError> {
+        self.conn.wr.chunk(h, data)
+    }
+
+    /// After a failed send: the receiver's reason, if it gave one.
+    pub fn lost(&mut self, e: StreamError, during: &str) -> anyhow::Error {
+        self.conn.read_error_after(e, during)
+    }
+
+    /// Drops the session in progress on the receiver's side.
+    pub fn abort(&mut self) -> Result<()> {
+        self.call_ok(&Request::Abort)
+    }
+
+    /// Commits the session in progress; the receiver answers with what it
+    /// stored, which must be what was sent.
+    pub fn commit(&mut self, session: &str, chunks: u64, zero_chunks: u64) -> Result<SessionInfo> {
+        match self.call(&Request::Commit {
+            chunks,
+            zero_chunks,
+        })? {
+            Reply::Committed(ci)
+                if ci.name == session && ci.chunks == chunks && ci.zero_chunks == zero_chunks =>
+            {
+                Ok(ci)
+            }
+            other => Err(self.unexpected(&other, "commit")),
+        }
+    }
+
+    /// Asks for the chunks of `volume` as of `session`; read them with
+    /// [`Client::restore_frame`].
+    pub fn restore(&mut self, volume: &str, session: &str) -> Result<()> {
+        let r = Request::Restore {
+            volume: volume.to_string(),
+            session: session.to_string(),
+        };
+        self.conn
+            .wr
+            .request(&r)
+            .and_then(|_| self.conn.wr.flush())
+            .map_err(|e| self.conn.read_error_after(e, "restore"))
+    }
+
+    /// The next frame of a restore stream: a chunk or the end. A receiver
+    /// error and any other frame are errors.
+    pub fn restore_frame(&mut self) -> Result<RestoreFrame<'_>> {
+        let label = self.conn.label.clone();
+        match self.conn.rd.next_frame().map_err(|e| anyhow!("{e}"))? {
+            Incoming::Chunk(h, data) => Ok(RestoreFrame::Chunk(h, data)),
+            Incoming::Reply(Reply::StreamEnd { chunks }) => Ok(RestoreFrame::End(chunks)),
+            Incoming::Reply(Reply::Error(re)) => Err(remote_error(&re, &label)),
+            other => bail!("unexpected {} frame in the restore stream", other.name()),
+        }
+    }
+}
+
+/// An archive's identity for messages: its id, and the chunk size and
+/// compression when the id is the same.
+fn describe(p: &ArchiveParams) -> String {
+    format!(
+        "{} (chunk size {}, {})",
+        p.id.to_hex(),
+        crate::units::human(p.chunk_size as u64),
+        p.compression
+    )
+}
+
+/// `Reply::Data` parts as a byte stream, ending at `StreamEnd`.
+pub struct ManifestStream<'a> {
+    conn: &'a mut Connection,
+    buf: Vec<u8>,
+    pos: usize,
+    parts: u64,
+    done: bool,
+}
+
+impl ManifestStream<'_> {
+    fn fill(&mut self) -> Result<()> {
+        // Whatever happens next, this stream has nothing more to give.
+        self.done = true;
+        let r = self
+            .conn
+            .rd
+            .read_reply()
+            .map_err(|e| self.conn.stream_error(e, "get-manifest"))?;
+        match r {
+            Reply::Data(b) => {
+                self.done = false;
+                self.parts += 1;
+                self.buf = b;
+                self.pos = 0;
+            }
+            Reply::StreamEnd { chunks } if chunks == self.parts => {}
+            Reply::StreamEnd { chunks } => bail!(
+                "the receiver announced {chunks} manifest parts but sent {}",
+                self.parts
+            ),
+            Reply::Error(e) => return Err(remote_error(&e, &self.conn.label)),
+            other => bail!("unexpected {} reply while reading a manifest", other.name()),
+        }
+        Ok(())
+    }
+
+    /// Reads to the end of the stream so the connection stays usable.
+    pub fn drain(&mut self) -> Result<()> {
+        while !self.done {
+            self.fill()?;
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Read for ManifestStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() && !self.done {
+            self.fill().map_err(std::io::Error::other)?;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,51 @@
+//! One file per verb. Each takes the context and its own arguments, does
+//! its work through the typed client (`crate::client`) and dom0's records
+//! (`crate::meta`), prints what it did, and returns the exit status.
+
+pub mod backup;
+pub mod check;
+pub mod diff;
+pub mod init;
+pub mod list;
+pub mod prune;
+pub mod restore;
+pub mod verify;
+pub mod volumes;
+
+use crate::cli::{Cli, Cmd};
+use crate::context::Ctx;
+use anyhow::Result;
+
+/// Runs the command `cli` names; the process exit status.
+pub fn run(cli: Cli) -> Result<i32> {
+    let ctx = Ctx::new(&cli)?;
+    match cli.cmd {
+        Cmd::ArchInit {
+            chunk_size,
+            compression,
+        } => init::run(&ctx, &chunk_size, &compression),
+        Cmd::Backup { volumes, autoprune } => backup::run(&ctx, volumes, autoprune),
+        Cmd::Prune {
+            volume,
+            session,
+            all_before,
+            keep,
+            dry_run,
+        } => prune::run(&ctx, &volume, session, all_before, keep, dry_run),
+        Cmd::Delete { volume, force } => volumes::delete(&ctx, &volume, force),
+        Cmd::Rename { volume, new_name } => volumes::rename(&ctx, &volume, &new_name),
+        Cmd::Add { volumes } => volumes::add(&ctx, &volumes),
+        Cmd::Remove { volume } => volumes::remove(&ctx, &volume),
+        Cmd::ArchCheck { volume } => check::run(&ctx, volume.as_deref()),
+        Cmd::Diff { volume } => diff::run(&ctx, &volume),
+        Cmd::Restore {
+            volume,
+            session,
+            save_to,
+            to_lv,
+            force,
+        } => restore::run(&ctx, &volume, session.as_deref(), save_to, to_lv, force),
+        Cmd::Verify { volume, session } => verify::run(&ctx, &volume, session.as_deref()),
+        Cmd::List { volume, json } => list::run(&ctx, volume.as_deref(), json),
+    }
+}

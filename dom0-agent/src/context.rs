@@ -1,0 +1,110 @@
+//! What every command needs: the config file merged with the flags (flags
+//! win), and from it the destination, dom0's record of its archive, the
+//! volume source and connections to the receiver.
+
+use crate::cli::Cli;
+use crate::client::Client;
+use crate::config::{Config, DEFAULT_META_DIR};
+use crate::meta::{ArchiveMeta, MetaStore};
+use crate::source::Source;
+use crate::transport::dest::Dest;
+use crate::transport::{default_receiver, Reach, DEFAULT_TIMEOUT};
+use anyhow::{Context, Result};
+use protocol::message::Operation;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct Ctx {
+    pub cfg: Config,
+    pub dest: Option<String>,
+    pub local: Option<PathBuf>,
+    pub meta_dir: PathBuf,
+    pub reach: Reach,
+}
+
+impl Ctx {
+    /// Loads the config (`--config` or the default path) and applies the flags.
+    pub fn new(cli: &Cli) -> Result<Self> {
+        let cfg = Config::load(cli.config.as_deref())?;
+        // One flag names the receiver: a local program for file://, the
+        // program's name on the far host for ssh.
+        let receiver = cli.remote_receiver.clone().or(cfg.remote_receiver.clone());
+        Ok(Ctx {
+            dest: cli.dest.clone().or(cfg.dest.clone()),
+            local: cli.local.clone().or(cfg.local.clone()),
+            meta_dir: cli
+                .meta_dir
+                .clone()
+                .or(cfg.meta_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_META_DIR)),
+            reach: Reach {
+                receiver: receiver.clone().unwrap_or_else(default_receiver),
+                remote_receiver: receiver.map_or("sparsebak-receiver".into(), |p| {
+                    p.to_string_lossy().into_owned()
+                }),
+                ssh: cfg
+                    .ssh_command
+                    .clone()
+                    .unwrap_or_else(|| vec!["ssh".into()]),
+                timeout: cli
+                    .timeout
+                    .or(cfg.timeout)
+                    .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
+            },
+            cfg,
+        })
+    }
+
+    pub fn dest(&self) -> Result<Dest> {
+        let d = self
+            .dest
+            .as_deref()
+            .context("no destination: give --dest URL or set `dest` in the config")?;
+        Dest::parse(d)
+    }
+
+    pub fn meta_store(&self) -> MetaStore {
+        MetaStore::new(&self.meta_dir)
+    }
+
+    /// The destination and dom0's record of the archive there.
+    pub fn archive(&self) -> Result<(Dest, ArchiveMeta)> {
+        let dest = self.dest()?;
+        let meta = self.meta_store().find_by_dest(&dest.canonical())?.with_context(|| {
+            format!("no archive for {dest} in dom0 metadata '{}' (run arch-init, or give the right --meta-dir)", self.meta_dir.display())
+        })?;
+        Ok((dest, meta))
+    }
+
+    pub fn source(&self, meta: &ArchiveMeta) -> Result<Source> {
+        let l = self.local.as_deref().context(
+            "no volume source: give --local DIR or VG/POOL, or set `local` in the config",
+        )?;
+        Source::open(l, &meta.rec.id)
+    }
+
+    /// Drops a volume's snapshots, where a source is configured.
+    pub fn forget_snapshots(&self, meta: &ArchiveMeta, volume: &str) -> Result<()> {
+        if self.local.is_some() {
+            self.source(meta)?.forget(volume)?;
+        }
+        Ok(())
+    }
+
+    pub fn local_label(&self) -> String {
+        self.local
+            .as_deref()
+            .map_or("(no --local)".into(), |p| p.display().to_string())
+    }
+
+    /// A client for `op` on the archive dom0 knows as `meta`.
+    pub fn connect(&self, dest: &Dest, meta: &ArchiveMeta, op: Operation) -> Result<Client> {
+        Client::connect(dest, &self.reach, meta, op)
+    }
+
+    pub fn workers(&self) -> usize {
+        self.cfg
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+}

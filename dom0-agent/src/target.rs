@@ -1,0 +1,211 @@
+//! Where a restore writes: a file or a new thin LV, built under a
+//! temporary name and put in place only by `finish`, after every chunk
+//! verified. Dropping an unfinished target removes it, so a failed restore
+//! changes nothing.
+
+use crate::source::lvm::LvmPool;
+use anyhow::{bail, Context, Result};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use sysio::aligned::DIRECT_ALIGN;
+use sysio::direct::Direct;
+
+/// What the user asked to restore into.
+pub enum Target<'a> {
+    /// Verify only.
+    Nothing,
+    /// Write a file (a new one, or replace an existing one with `force`).
+    File { path: PathBuf, force: bool },
+    /// Write a thin LV in the pool (a new one, or replace one with `force`).
+    Lv {
+        pool: &'a LvmPool,
+        name: String,
+        force: bool,
+    },
+}
+
+/// A file being restored: a temp file beside the target, renamed at the end.
+pub struct FileOut {
+    tmp: PathBuf,
+    path: PathBuf,
+    file: File,
+    done: bool,
+}
+
+impl FileOut {
+    fn create(path: &Path, force: bool, size: u64) -> Result<Self> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if !force => bail!(
+                "'{}' exists ({}); use --force to replace it",
+                path.display(),
+                if m.is_file() {
+                    "a file"
+                } else {
+                    "not a regular file"
+                }
+            ),
+            Ok(m) if !m.is_file() => bail!("'{}' exists and is not a regular file", path.display()),
+            _ => {}
+        }
+        let name = path
+            .file_name()
+            .with_context(|| format!("'{}' has no file name", path.display()))?;
+        let tmp = path.with_file_name(format!(".{}.sparsebak-partial", name.to_string_lossy()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("unable to create '{}'", tmp.display()))?;
+        // Zero chunks stay holes: the file starts all hole.
+        file.set_len(size)
+            .with_context(|| format!("unable to size '{}'", tmp.display()))?;
+        Ok(FileOut {
+            tmp,
+            path: path.to_path_buf(),
+            file,
+            done: false,
+        })
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("unable to sync '{}'", self.tmp.display()))?;
+        fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("unable to rename into '{}'", self.path.display()))?;
+        self.done = true;
+        let _ = sysio::atomic::fsync_dir(sysio::atomic::parent(&self.path));
+        Ok(())
+    }
+}
+
+/// An LV being restored: a new thin LV (all unmapped, so zero chunks need
+/// neither writes nor discards), renamed over the target at the end.
+pub struct LvOut<'a> {
+    pool: &'a LvmPool,
+    name: String,
+    tmp: String,
+    file: File,
+    done: bool,
+}
+
+impl<'a> LvOut<'a> {
+    fn create(pool: &'a LvmPool, name: &str, force: bool, size: u64) -> Result<Self> {
+        protocol::names::validate_volume_name(name)?;
+        if pool.exists(name) && !force {
+            bail!("LV {}/{name} exists; use --force to replace it", pool.vg);
+        }
+        let tmp = format!("{name}.sbk-restore");
+        if pool.exists(&tmp) {
+            pool.remove_volume(&tmp)?;
+        }
+        pool.create_volume(&tmp, size)?;
+        let dev = pool.dev_path(&tmp);
+        let file = match OpenOptions::new().write(true).open(&dev) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = pool.remove_volume(&tmp);
+                return Err(e).with_context(|| format!("unable to open '{}'", dev.display()));
+            }
+        };
+        Ok(LvOut {
+            pool,
+            name: name.to_string(),
+            tmp,
+            file,
+            done: false,
+        })
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.file.sync_all().context("syncing the restored LV")?;
+        let old = format!("{}.sbk-old", self.name);
+        let replacing = self.pool.exists(&self.name);
+        if replacing {
+            self.pool.rename_volume(&self.name, &old)?;
+        }
+        self.pool.rename_volume(&self.tmp, &self.name)?;
+        self.done = true;
+        if replacing {
+            self.pool.remove_volume(&old)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LvOut<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.pool.remove_volume(&self.tmp);
+        }
+    }
+}
+
+/// An open target.
+pub enum Out<'a> {
+    File(FileOut),
+    Lv(LvOut<'a>),
+}
+
+impl Out<'_> {
+    pub fn file(&self) -> &File {
+        match self {
+            Out::File(o) => &o.file,
+            Out::Lv(o) => &o.file,
+        }
+    }
+
+    /// Writes `data` at `at`: its whole blocks directly (from the worker's
+    /// buffer to the disk, no copy through dom0's page cache, and the disk
+    /// busy during the stream rather than at the final fsync) when `data`
+    /// and `at` are aligned and the target takes it, the rest buffered.
+    pub fn write_at(&self, direct: &Direct, data: &[u8], at: u64) -> Result<()> {
+        let f = self.file();
+        let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+        let aligned = (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+            && at.is_multiple_of(DIRECT_ALIGN as u64);
+        let direct = (whole > 0 && aligned)
+            .then(|| direct.try_io(|d| d.write_all_at(&data[..whole], at)))
+            .flatten();
+        let r = match direct {
+            Some(r) => r.and_then(|()| f.write_all_at(&data[whole..], at + whole as u64)),
+            None => f.write_all_at(data, at),
+        };
+        r.with_context(|| {
+            let what = match self {
+                Out::File(o) => o.tmp.display().to_string(),
+                Out::Lv(o) => o.tmp.clone(),
+            };
+            format!("unable to write '{what}'")
+        })
+    }
+
+    pub fn finish(self) -> Result<()> {
+        match self {
+            Out::File(o) => o.finish(),
+            Out::Lv(o) => o.finish(),
+        }
+    }
+}
+
+impl Drop for FileOut {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+
+impl<'a> Out<'a> {
+    /// Opens the target `t` for a volume of `size` bytes (None: verify only).
+    pub fn open(t: &Target<'a>, size: u64) -> Result<Option<Self>> {
+        Ok(match t {
+            Target::Nothing => None,
+            Target::File { path, force } => Some(Out::File(FileOut::create(path, *force, size)?)),
+            Target::Lv { pool, name, force } => Some(Out::Lv(LvOut::create(pool, name, *force, size)?)),
+        })
+    }
+}
