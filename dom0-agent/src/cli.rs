@@ -161,4 +161,3 @@ pub enum Cmd {
         json: bool,
     },
 }
-

@@ -46,7 +46,11 @@ impl Client {
 
     /// Wraps a connection made elsewhere (in-process tests), with the same
     /// check of the archive it serves.
-    pub fn over(conn: Connection, dest: impl std::fmt::Display, expect: &ArchiveParams) -> Result<Self> {
+    pub fn over(
+        conn: Connection,
+        dest: impl std::fmt::Display,
+        expect: &ArchiveParams,
+    ) -> Result<Self> {
         let mut c = Client { conn };
         match c.conn.archive {
             Some(p) if p == *expect => Ok(c),

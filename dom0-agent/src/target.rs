@@ -198,14 +198,15 @@ impl Drop for FileOut {
     }
 }
 
-
 impl<'a> Out<'a> {
     /// Opens the target `t` for a volume of `size` bytes (None: verify only).
     pub fn open(t: &Target<'a>, size: u64) -> Result<Option<Self>> {
         Ok(match t {
             Target::Nothing => None,
             Target::File { path, force } => Some(Out::File(FileOut::create(path, *force, size)?)),
-            Target::Lv { pool, name, force } => Some(Out::Lv(LvOut::create(pool, name, *force, size)?)),
+            Target::Lv { pool, name, force } => {
+                Some(Out::Lv(LvOut::create(pool, name, *force, size)?))
+            }
         })
     }
 }

@@ -224,7 +224,6 @@ impl Backup<'_> {
     }
 }
 
-
 /// `sparsebak backup`: the named volumes, else the config's, else the
 /// configured set; one connection for all of them, then the optional
 /// autoprune on an admin connection.
@@ -233,7 +232,9 @@ pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool) -> Result<i32> {
     let policy = match (autoprune, &ctx.cfg.keep) {
         (false, _) => None,
         (true, Some(k)) => Some(k.parse::<Policy>().context("`keep` in the config")?),
-        (true, None) => bail!("--autoprune needs a `keep` policy in the config (e.g. keep = \"daily=7,weekly=4\")"),
+        (true, None) => bail!(
+            "--autoprune needs a `keep` policy in the config (e.g. keep = \"daily=7,weekly=4\")"
+        ),
     };
     let local = ctx.source(&meta)?;
     let volumes = if !volumes.is_empty() {

@@ -47,11 +47,7 @@ fn describe(f: &Finding) -> String {
     )
 }
 
-pub fn check(
-    meta: &ArchiveMeta,
-    client: &mut Client,
-    volume: Option<&str>,
-) -> Result<CheckReport> {
+pub fn check(meta: &ArchiveMeta, client: &mut Client, volume: Option<&str>) -> Result<CheckReport> {
     let mut rep = CheckReport::default();
     let remote = client.check(volume)?;
     rep.chunks_hashed = remote.checked;

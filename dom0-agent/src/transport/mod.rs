@@ -21,10 +21,10 @@ use protocol::stream::{FrameReader, FrameWriter, StreamError};
 use std::io::{BufReader, BufWriter};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use sysio::timed::poll_until;
 
@@ -277,10 +277,7 @@ fn forward_stderr(err: std::process::ChildStderr, label: String) -> std::thread:
 
 /// Small buffers on purpose: requests and replies are small, and a chunk
 /// frame larger than the buffer bypasses it (one copy less).
-fn streams(
-    input: Box<dyn Read + Send>,
-    output: Box<dyn Write + Send>,
-) -> (StreamIn, StreamOut) {
+fn streams(input: Box<dyn Read + Send>, output: Box<dyn Write + Send>) -> (StreamIn, StreamOut) {
     (
         FrameReader::new(BufReader::with_capacity(STREAM_BUF, input)),
         FrameWriter::new(BufWriter::with_capacity(STREAM_BUF, output)),
