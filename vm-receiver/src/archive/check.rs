@@ -6,12 +6,12 @@
 //! size.
 
 use super::session::{self, manifest_entries, INFO_FILE, MANIFEST_FILE};
-use super::{chunk_store, Archive};
+use super::Archive;
 use crate::error::{Failure, Result};
 use protocol::chunk::{Codec, HEADER_LEN};
 use protocol::manifest::Entry;
 use protocol::message::{Finding, FindingKind, MAX_FINDINGS};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -67,58 +67,32 @@ pub fn check(archive: &Archive, volume: Option<&str>) -> Result<Report> {
 
 /// Chunk files of a session in address order, with anything that is not a
 /// chunk file reported as extra.
-fn chunk_files(volume: &str, sess: &str, dir: &Path, r: &mut Report) -> Result<Vec<u64>> {
-    let mut addrs = Vec::new();
-    let mut top: Vec<String> = Vec::new();
-    for ent in fs::read_dir(dir).map_err(|e| Failure::io("list session", dir, e))? {
-        let ent = ent.map_err(|e| Failure::io("list session", dir, e))?;
-        top.push(ent.file_name().to_string_lossy().into_owned());
-    }
-    top.sort();
-    for name in top {
-        if name == MANIFEST_FILE || name == INFO_FILE {
-            continue;
-        }
-        let fan = name
-            .strip_prefix('c')
-            .filter(|h| h.len() >= 7)
-            .and_then(|h| u64::from_str_radix(h, 16).ok());
-        let sub = dir.join(&name);
-        let Some(fan) = fan.filter(|_| sub.is_dir()) else {
-            r.add(
-                volume,
-                sess,
-                None,
-                FindingKind::Extra,
-                format!("unexpected entry '{}'", sub.display()),
-            );
-            continue;
+fn chunk_files(
+    archive: &Archive,
+    volume: &str,
+    sess: &str,
+    dir: &Path,
+    r: &mut Report,
+) -> Result<Vec<u64>> {
+    let stored = archive
+        .store
+        .list(dir, &[MANIFEST_FILE, INFO_FILE])
+        .map_err(|e| Failure::io("list session", dir, e))?;
+    for f in stored.foreign {
+        let what = if f.parent() == Some(dir) {
+            "entry"
+        } else {
+            "file"
         };
-        let mut files: Vec<String> = Vec::new();
-        for ent in fs::read_dir(&sub).map_err(|e| Failure::io("list session", &sub, e))? {
-            let ent = ent.map_err(|e| Failure::io("list session", &sub, e))?;
-            files.push(ent.file_name().to_string_lossy().into_owned());
-        }
-        files.sort();
-        for f in files {
-            let addr = f
-                .strip_prefix('x')
-                .filter(|h| h.len() == 16)
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-                .filter(|a| a >> 28 == fan);
-            match addr {
-                Some(a) => addrs.push(a),
-                None => r.add(
-                    volume,
-                    sess,
-                    None,
-                    FindingKind::Extra,
-                    format!("unexpected file '{}'", sub.join(&f).display()),
-                ),
-            }
-        }
+        r.add(
+            volume,
+            sess,
+            None,
+            FindingKind::Extra,
+            format!("unexpected {what} '{}'", f.display()),
+        );
     }
-    Ok(addrs)
+    Ok(stored.addrs)
 }
 
 fn check_session(
@@ -131,7 +105,7 @@ fn check_session(
     stored: &mut Vec<u8>,
 ) -> Result<()> {
     let info = session::read_info(dir)?;
-    let files = chunk_files(volume, sess, dir, r)?;
+    let files = chunk_files(archive, volume, sess, dir, r)?;
     let mut files = files.into_iter().peekable();
     let unnamed = |r: &mut Report, a: u64| {
         let why = "chunk file not in the manifest".to_string();
@@ -177,7 +151,7 @@ fn check_session(
             (codec, true) => {
                 r.checked += 1;
                 let raw_len = (info.volume_size - e.addr).min(cs) as usize;
-                let path = chunk_store::chunk_path(dir, e.addr);
+                let path = archive.store.chunk_path(dir, e.addr);
                 if let Err(why) = verify_chunk(&path, codec, raw_len, &e.hash, plain, stored) {
                     r.add(volume, sess, Some(e.addr), FindingKind::Corrupt, why);
                 }

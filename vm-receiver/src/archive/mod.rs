@@ -2,12 +2,12 @@
 
 pub mod check;
 pub mod chunk_reader;
-pub mod chunk_store;
 pub mod chunk_writer;
 pub mod fsutil;
 pub mod prune;
 pub mod restore;
 pub mod session;
+pub mod store;
 
 use crate::error::{Failure, Result};
 use nix::fcntl::{Flock, FlockArg};
@@ -16,6 +16,9 @@ use protocol::names::{validate_session_name, validate_volume_name};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use store::fs::FsStore;
+use store::ChunkStore;
 
 /// Archive info file magic; the last two bytes are the format version.
 pub const ARCHIVE_MAGIC: [u8; 8] = *b"SBKARC01";
@@ -34,6 +37,8 @@ struct ArchiveFile {
 pub struct Archive {
     pub root: PathBuf,
     pub params: ArchiveParams,
+    /// Where the sessions' chunks live.
+    pub store: Arc<dyn ChunkStore>,
 }
 
 impl Archive {
@@ -66,6 +71,7 @@ impl Archive {
         Ok(Some(Archive {
             root: root.to_path_buf(),
             params,
+            store: Arc::new(FsStore),
         }))
     }
 
@@ -92,6 +98,7 @@ impl Archive {
         Ok(Archive {
             root: root.to_path_buf(),
             params,
+            store: Arc::new(FsStore),
         })
     }
 

@@ -16,7 +16,7 @@
 //! Cost: the manifests of P and Q and one rename per surviving chunk of P.
 
 use super::session::{manifest_entries, read_info, write_info, INFO_FILE, MANIFEST_FILE};
-use super::{chunk_store, fsutil, Archive};
+use super::{fsutil, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::Codec;
 use protocol::manifest::{Entry, ManifestWriter};
@@ -98,7 +98,7 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
         }
         chunks += 1;
         if origin == Origin::Older {
-            let src = chunk_store::chunk_path(&p_dir, e.addr);
+            let src = archive.store.chunk_path(&p_dir, e.addr);
             let len = fs::metadata(&src)
                 .map_err(|err| missing_chunk(volume, session, e.addr, &src, err))?
                 .len();
@@ -229,7 +229,6 @@ fn move_chunks(
     let merged = manifest_entries(new_m, archive.chunk_size())?;
     let mut p_entries =
         manifest_entries(&p_dir.join(MANIFEST_FILE), archive.chunk_size())?.peekable();
-    let mut made_dir = None;
     for m in merged {
         let m: Entry = m?;
         let mut from_p = false;
@@ -248,18 +247,14 @@ fn move_chunks(
         if !from_p || m.codec == Codec::Zero {
             continue;
         }
-        let dst = chunk_store::chunk_path(q_dir, m.addr);
-        if dst.exists() {
-            continue; // Q's own chunk (same data), or moved before a crash.
-        }
-        let fan = m.addr >> 28;
-        if made_dir != Some(fan) {
-            let d = dst.parent().expect("chunk paths have a parent");
-            fs::create_dir_all(d).map_err(|e| Failure::io("create directory", d, e))?;
-            made_dir = Some(fan);
-        }
-        let src = chunk_store::chunk_path(p_dir, m.addr);
-        fs::rename(&src, &dst).map_err(|e| missing_chunk(volume, &j.pruned, m.addr, &src, e))?;
+        // False: Q's own chunk (same data), or moved before a crash.
+        archive
+            .store
+            .move_chunk(p_dir, q_dir, m.addr)
+            .map_err(|e| {
+                let src = archive.store.chunk_path(p_dir, m.addr);
+                missing_chunk(volume, &j.pruned, m.addr, &src, e)
+            })?;
     }
     Ok(())
 }

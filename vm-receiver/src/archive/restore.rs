@@ -2,7 +2,7 @@
 //! session's and all earlier sessions' manifests (see `protocol::merge`).
 
 use super::chunk_reader::{read_in_order, ReadFailure};
-use super::{chunk_store, session, Archive};
+use super::{session, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::{ChunkHeader, Codec};
 use protocol::merge::{merge_view, ViewSource};
@@ -49,7 +49,7 @@ pub fn stream_view(
     let mut sent = 0;
     let items = merge_view(sources).filter_map(|item| match item {
         Ok((_, e)) if e.codec == Codec::Zero => None,
-        Ok((idx, e)) => Some(Ok((chunk_store::chunk_path(&dirs[idx], e.addr), (idx, e)))),
+        Ok((idx, e)) => Some(Ok((archive.store.chunk_path(&dirs[idx], e.addr), (idx, e)))),
         Err(f) => Some(Err(f)),
     });
     // A chunk file longer than a chunk is corrupt; the reader says so by

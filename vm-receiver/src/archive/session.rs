@@ -2,7 +2,8 @@
 //! is renamed to `NAME/` only at commit, after everything is on disk.
 
 use super::chunk_writer::ChunkWriter;
-use super::{chunk_store, fsutil, Archive};
+use super::store::ChunkStore;
+use super::{fsutil, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::{self, ChunkHeader, Codec};
 use protocol::frame::TRAILER_LEN;
@@ -86,7 +87,9 @@ pub struct SessionWriter {
     final_dir: PathBuf,
     chunk_size: u32,
     manifest: Option<ManifestWriter<BufWriter<File>>>,
-    last_fanout: Option<u64>,
+    store: std::sync::Arc<dyn ChunkStore>,
+    /// The store's last group made room for (see `ChunkStore::make_room`).
+    last_room: Option<u64>,
     committed: bool,
     /// Taken from `writer` for a zero chunk, which has no data to write:
     /// the next frame is read into it.
@@ -151,7 +154,8 @@ impl SessionWriter {
             final_dir,
             chunk_size: archive.chunk_size(),
             manifest: None,
-            last_fanout: None,
+            store: archive.store.clone(),
+            last_room: None,
             committed: false,
             spare: None,
             writer: Some(ChunkWriter::new(
@@ -198,14 +202,10 @@ impl SessionWriter {
             self.spare = Some(buf);
             return Ok(());
         }
-        let fan = h.addr >> 28;
-        let dir = self.incoming.join(chunk_store::fanout_dir_name(h.addr));
-        if self.last_fanout != Some(fan) {
-            // Addresses ascend, so each fan-out directory is created once.
-            fs::create_dir_all(&dir).map_err(|e| Failure::io("create directory", &dir, e))?;
-            self.last_fanout = Some(fan);
-        }
-        let path = dir.join(chunk_store::chunk_file_name(h.addr));
+        self.store
+            .make_room(&self.incoming, h.addr, &mut self.last_room)
+            .map_err(|e| Failure::io("create directory for chunk", &self.incoming, e))?;
+        let path = self.store.chunk_path(&self.incoming, h.addr);
         let w = self.writer.as_mut().expect("open until commit");
         w.write(path, buf, start, len)?;
         self.info.chunks += 1;

@@ -1,0 +1,296 @@
+//! The byte strings in `protocol/FORMAT.md` decode to the values the
+//! document says, with the crate's own decoders: the contract and the code
+//! cannot drift apart. A removed or renamed example fails too.
+
+use protocol::chunk::{decode_chunk_payload, ChunkHeader, Codec};
+use protocol::frame::{FrameKind, HEADER_LEN};
+use protocol::message::*;
+use protocol::stream::{FrameReader, Incoming};
+
+/// The ```wire blocks of FORMAT.md: (name, bytes).
+fn examples() -> Vec<(String, Vec<u8>)> {
+    let doc = include_str!("../FORMAT.md");
+    let mut out = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() != "```wire" {
+            continue;
+        }
+        let name = lines.next().expect("example name").trim().to_string();
+        let mut bytes = Vec::new();
+        for l in lines.by_ref() {
+            if l.trim() == "```" {
+                break;
+            }
+            for h in l.split_whitespace() {
+                let b = u8::from_str_radix(h, 16);
+                bytes.push(b.unwrap_or_else(|_| panic!("{name}: bad hex {h}")));
+            }
+        }
+        out.push((name, bytes));
+    }
+    out
+}
+
+/// The one frame in `b`, which must be all of `b`.
+fn frame(b: &[u8]) -> Incoming<'static> {
+    let mut r = FrameReader::new(std::io::Cursor::new(b.to_vec()));
+    let f = match r.next_frame().expect("frame decodes") {
+        Incoming::Hello(h) => Incoming::Hello(h),
+        Incoming::Request(q) => Incoming::Request(q),
+        Incoming::Reply(p) => Incoming::Reply(p),
+        Incoming::Chunk(..) => panic!("no chunk frame examples"),
+    };
+    assert_eq!(r.offset, b.len() as u64, "frame is the whole example");
+    f
+}
+
+fn session() -> SessionInfo {
+    SessionInfo {
+        name: "S_20261129-201000-000001".into(),
+        time: 0x6789abcd,
+        volume_size: 0x40000,
+        chunks: 1,
+        zero_chunks: 0,
+        stored_bytes: 100,
+        prev: None,
+    }
+}
+
+#[test]
+fn every_example_in_format_md_decodes_as_documented() {
+    let mut seen = Vec::new();
+    for (name, b) in examples() {
+        match name.as_str() {
+            "request-bye" => assert_eq!(decode_request(&b).unwrap(), Request::Bye),
+            "request-list-all" => {
+                assert_eq!(decode_request(&b).unwrap(), Request::List { volume: None })
+            }
+            "request-list-one" => assert_eq!(
+                decode_request(&b).unwrap(),
+                Request::List {
+                    volume: Some("vm-a".into())
+                }
+            ),
+            "request-commit" => assert_eq!(
+                decode_request(&b).unwrap(),
+                Request::Commit {
+                    chunks: 3,
+                    zero_chunks: 1
+                }
+            ),
+            "reply-ok" => assert_eq!(decode_reply(&b).unwrap(), Reply::Ok),
+            "reply-stream-end" => {
+                assert_eq!(decode_reply(&b).unwrap(), Reply::StreamEnd { chunks: 2 })
+            }
+            "reply-error" => assert_eq!(
+                decode_reply(&b).unwrap(),
+                Reply::Error(RemoteError {
+                    code: ErrorCode::Busy,
+                    message: "busy".into()
+                })
+            ),
+            "reply-listing" => assert_eq!(
+                decode_reply(&b).unwrap(),
+                Reply::Listing(vec![VolumeListing {
+                    name: "v".into(),
+                    sessions: vec![session()]
+                }])
+            ),
+            "reply-check-report" => assert_eq!(
+                decode_reply(&b).unwrap(),
+                Reply::CheckReport {
+                    checked: 5,
+                    findings: vec![Finding {
+                        volume: "v".into(),
+                        session: "s".into(),
+                        addr: Some(0x10000),
+                        kind: FindingKind::Corrupt,
+                        detail: "x".into()
+                    }],
+                    more: 0
+                }
+            ),
+            "frame-request-bye" => {
+                assert_eq!(b[4], FrameKind::Request as u8);
+                assert!(matches!(frame(&b), Incoming::Request(Request::Bye)));
+                // One flipped bit after the length fails the frame.
+                for i in 4..b.len() {
+                    let mut bad = b.clone();
+                    bad[i] ^= 1;
+                    let mut r = FrameReader::new(std::io::Cursor::new(bad));
+                    assert!(r.next_frame().is_err(), "flip at {i} accepted");
+                }
+                assert_eq!(HEADER_LEN, 5);
+            }
+            "hello-agent" => match frame(&b) {
+                Incoming::Hello(h) => assert_eq!(
+                    h.body,
+                    HelloBody::Agent {
+                        archive_id: Some(ArchiveId([0xab; 16])),
+                        op: Operation::Backup
+                    }
+                ),
+                other => panic!("{name}: {}", other.name()),
+            },
+            "hello-receiver" => match frame(&b) {
+                Incoming::Hello(h) => assert_eq!(
+                    h.body,
+                    HelloBody::Receiver {
+                        archive: Some(ArchiveParams {
+                            id: ArchiveId([0x11; 16]),
+                            chunk_size: 0x40000,
+                            compression: Compression::Zstd { level: 3 }
+                        })
+                    }
+                ),
+                other => panic!("{name}: {}", other.name()),
+            },
+            "chunk-header" => {
+                let (h, data) = decode_chunk_payload(&b).unwrap();
+                assert_eq!(
+                    h,
+                    ChunkHeader {
+                        addr: 0x40000,
+                        codec: Codec::Zstd,
+                        raw_len: 0x40000,
+                        hash: [0x5a; 32]
+                    }
+                );
+                assert!(data.is_empty());
+            }
+            other => panic!("FORMAT.md has an example this test does not know: {other}"),
+        }
+        seen.push(name);
+    }
+    for want in [
+        "request-bye",
+        "frame-request-bye",
+        "request-list-all",
+        "request-list-one",
+        "request-commit",
+        "reply-ok",
+        "reply-stream-end",
+        "reply-error",
+        "reply-listing",
+        "reply-check-report",
+        "hello-agent",
+        "hello-receiver",
+        "chunk-header",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == want),
+            "example {want} missing from FORMAT.md"
+        );
+    }
+}
+
+/// The first four bytes of an encoded enum value: its variant index.
+fn index(b: Vec<u8>) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+#[test]
+fn enum_indexes_match_the_table() {
+    let codes = [
+        ErrorCode::NoArchive,
+        ErrorCode::ArchiveExists,
+        ErrorCode::ArchiveMismatch,
+        ErrorCode::NoSuchVolume,
+        ErrorCode::NoSuchSession,
+        ErrorCode::BadRequest,
+        ErrorCode::SessionOrder,
+        ErrorCode::Io,
+        ErrorCode::NoSpace,
+        ErrorCode::Corrupt,
+        ErrorCode::Busy,
+    ];
+    for (i, code) in codes.into_iter().enumerate() {
+        assert_eq!(index(protocol::codec::encode(&code)), i as u32, "{code:?}");
+    }
+    let replies = [
+        Reply::Ok,
+        Reply::Listing(vec![]),
+        Reply::Committed(session()),
+        Reply::StreamEnd { chunks: 0 },
+        Reply::Error(RemoteError {
+            code: ErrorCode::Io,
+            message: String::new(),
+        }),
+        Reply::Pruned(session()),
+        Reply::CheckReport {
+            checked: 0,
+            findings: vec![],
+            more: 0,
+        },
+        Reply::Data(vec![]),
+    ];
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(index(encode_reply(r)), i as u32, "{}", r.name());
+    }
+    let s = || String::new();
+    let requests = [
+        Request::Init {
+            params: ArchiveParams {
+                id: ArchiveId([0; 16]),
+                chunk_size: 1 << 16,
+                compression: Compression::None,
+            },
+        },
+        Request::List { volume: None },
+        Request::BeginSession {
+            volume: s(),
+            session: s(),
+            prev: None,
+            volume_size: 0,
+            time: 0,
+        },
+        Request::Commit {
+            chunks: 0,
+            zero_chunks: 0,
+        },
+        Request::Abort,
+        Request::Restore {
+            volume: s(),
+            session: s(),
+        },
+        Request::Bye,
+        Request::Prune {
+            volume: s(),
+            session: s(),
+        },
+        Request::DeleteVolume { volume: s() },
+        Request::RenameVolume {
+            volume: s(),
+            new_name: s(),
+        },
+        Request::Check { volume: None },
+        Request::GetManifest {
+            volume: s(),
+            session: s(),
+        },
+    ];
+    for (i, r) in requests.iter().enumerate() {
+        assert_eq!(index(encode_request(r)), i as u32, "{}", r.name());
+    }
+    let kinds = [
+        FindingKind::Missing,
+        FindingKind::Corrupt,
+        FindingKind::Extra,
+        FindingKind::BadSession,
+    ];
+    for (i, k) in kinds.into_iter().enumerate() {
+        assert_eq!(index(protocol::codec::encode(&k)), i as u32, "{k:?}");
+    }
+    for (i, op) in [Operation::Admin, Operation::Backup, Operation::Restore]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(index(protocol::codec::encode(&op)), i as u32, "{op:?}");
+    }
+    assert_eq!(index(protocol::codec::encode(&Compression::None)), 0);
+    assert_eq!(
+        index(protocol::codec::encode(&Compression::Zstd { level: 3 })),
+        1
+    );
+}

@@ -1,0 +1,41 @@
+//! Where chunk files live, behind one trait: the archive's code (sessions,
+//! prune, check, restore) asks the store for a chunk of a session by
+//! address and never builds a chunk's location itself. The filesystem store
+//! ([`fs::FsStore`]) fans chunks out into directories by address; a second
+//! store (an object store, say) implements the same trait with keys under
+//! the session's prefix.
+//!
+//! A session is named by its directory (for an object store: its prefix);
+//! the store owns everything below it except the manifest and info files.
+
+pub mod fs;
+
+use std::path::{Path, PathBuf};
+
+/// What a session holds besides its records: its chunks, and anything
+/// else (which a check reports as extra).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StoredChunks {
+    /// Chunk addresses, ascending.
+    pub addrs: Vec<u64>,
+    /// Locations that are not chunks of this session.
+    pub foreign: Vec<PathBuf>,
+}
+
+pub trait ChunkStore: Send + Sync {
+    /// Where the chunk at `addr` of the session at `session` lives.
+    fn chunk_path(&self, session: &Path, addr: u64) -> PathBuf;
+
+    /// Makes room for a chunk at `addr` (its directory, for a store that
+    /// has them). Called in ascending address order while a session is
+    /// written, so a store can do it once per group.
+    fn make_room(&self, session: &Path, addr: u64, last: &mut Option<u64>) -> std::io::Result<()>;
+
+    /// Moves the chunk at `addr` from one session to another (a rename,
+    /// never a data copy). False if `to` already has a chunk there (its
+    /// own, or one moved before a crash).
+    fn move_chunk(&self, from: &Path, to: &Path, addr: u64) -> std::io::Result<bool>;
+
+    /// Every chunk of a session, and whatever else is there.
+    fn list(&self, session: &Path, records: &[&str]) -> std::io::Result<StoredChunks>;
+}
