@@ -6,13 +6,16 @@
 //! size.
 
 use super::session::{self, manifest_entries, INFO_FILE, MANIFEST_FILE};
+use super::store::ReadFailure;
 use super::Archive;
 use crate::error::{Failure, Result};
 use protocol::chunk::{Codec, HEADER_LEN};
 use protocol::manifest::Entry;
 use protocol::message::{Finding, FindingKind, MAX_FINDINGS};
-use std::fs::File;
-use std::io::Read;
+use sysio::aligned::{AlignedBuf, DIRECT_ALIGN};
+
+/// The most a stored chunk can hold: a chunk record's data at most.
+const STORED_LIMIT: usize = protocol::frame::MAX_PAYLOAD as usize - HEADER_LEN;
 use std::path::Path;
 
 #[derive(Default)]
@@ -52,7 +55,7 @@ pub fn check(archive: &Archive, volume: Option<&str>) -> Result<Report> {
     };
     let mut r = Report::default();
     let mut plain = vec![0u8; archive.chunk_size() as usize];
-    let mut stored = Vec::with_capacity(archive.chunk_size() as usize + 4096);
+    let mut stored = AlignedBuf::new((STORED_LIMIT + 1).next_multiple_of(DIRECT_ALIGN));
     for v in &vols {
         super::prune::recover(archive, v)?;
         for s in archive.session_names(v)? {
@@ -102,7 +105,7 @@ fn check_session(
     dir: &Path,
     r: &mut Report,
     plain: &mut [u8],
-    stored: &mut Vec<u8>,
+    stored: &mut AlignedBuf,
 ) -> Result<()> {
     let info = session::read_info(dir)?;
     let files = chunk_files(archive, volume, sess, dir, r)?;
@@ -151,8 +154,9 @@ fn check_session(
             (codec, true) => {
                 r.checked += 1;
                 let raw_len = (info.volume_size - e.addr).min(cs) as usize;
-                let path = archive.store.chunk_path(dir, e.addr);
-                if let Err(why) = verify_chunk(&path, codec, raw_len, &e.hash, plain, stored) {
+                if let Err(why) =
+                    verify_chunk(archive, dir, e.addr, codec, raw_len, &e.hash, plain, stored)
+                {
                     r.add(volume, sess, Some(e.addr), FindingKind::Corrupt, why);
                 }
             }
@@ -164,23 +168,28 @@ fn check_session(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn verify_chunk(
-    path: &Path,
+    archive: &Archive,
+    dir: &Path,
+    addr: u64,
     codec: Codec,
     raw_len: usize,
     hash: &[u8; 32],
     plain: &mut [u8],
-    stored: &mut Vec<u8>,
+    stored: &mut AlignedBuf,
 ) -> std::result::Result<(), String> {
-    stored.clear();
-    let limit = protocol::frame::MAX_PAYLOAD as u64 - HEADER_LEN as u64;
-    File::open(path)
-        .and_then(|f| f.take(limit + 1).read_to_end(stored))
-        .map_err(|e| format!("unreadable: {e}"))?;
-    if stored.len() as u64 > limit {
+    let limit = STORED_LIMIT;
+    archive
+        .store
+        .read(dir, addr, stored, limit + 1)
+        .map_err(|e| match e {
+            ReadFailure::Open(e) | ReadFailure::Read(e) => format!("unreadable: {e}"),
+        })?;
+    if stored.as_slice().len() > limit {
         return Err("chunk file larger than any valid chunk".into());
     }
-    protocol::envelope::open(codec, stored, raw_len, hash, plain)
+    protocol::envelope::open(codec, stored.as_slice(), raw_len, hash, plain)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }

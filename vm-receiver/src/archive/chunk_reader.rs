@@ -1,57 +1,56 @@
-//! Chunk files read by a few threads ahead of the stream, handed out in
-//! order.
+//! Chunks read through the archive's store by a few threads ahead of the
+//! stream, handed out in order.
 //!
-//! Why: a restore or verify reads thousands of small files that are
+//! Why: a restore or verify reads thousands of small chunks that are
 //! usually not cached (written days ago, with direct I/O). One at a time,
 //! each costs a full disk round trip for its inode and its data; a few
-//! readers keep several in flight. Reads use `O_DIRECT` where the
-//! filesystem takes it, so no copy goes through the qube's page cache.
+//! readers keep several in flight.
 
+use super::store::ChunkStore;
+pub use super::store::ReadFailure;
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Read;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
-use sysio::aligned::{read_direct, AlignedBuf, DIRECT_ALIGN};
+use sysio::aligned::{AlignedBuf, DIRECT_ALIGN};
 
 const READERS: usize = 4;
 /// Files requested ahead of the one being sent (each holds a buffer).
 const DEPTH: usize = 12;
 
-/// Why a file could not be read.
-pub enum ReadFailure {
-    Open(std::io::Error),
-    Read(std::io::Error),
-}
+/// A chunk to read: its session (as the store names it) and address.
+pub type ChunkRef = (PathBuf, u64);
 
-/// Reads each item's file (at most `limit` bytes; a longer file comes back
-/// with `limit + 1` bytes so the caller sees it is too long) and calls
-/// `each` with the item and the bytes, in the items' order. Stops at the
-/// first error from `items`, a read or `each`.
-pub fn read_in_order<T, E, I, F>(mut items: I, limit: usize, mut each: F) -> Result<(), E>
+/// Reads each item's chunk from `store` (at most `limit` bytes; a longer
+/// chunk comes back with `limit + 1` bytes so the caller sees it is too
+/// long) and calls `each` with the item, the chunk's location (for
+/// messages) and the bytes, in the items' order. Stops at the first error
+/// from `items`, a read or `each`.
+pub fn read_in_order<T, E, I, F>(
+    store: &dyn ChunkStore,
+    mut items: I,
+    limit: usize,
+    mut each: F,
+) -> Result<(), E>
 where
     T: Send,
-    I: Iterator<Item = Result<(PathBuf, T), E>>,
+    I: Iterator<Item = Result<(ChunkRef, T), E>>,
     F: FnMut(T, PathBuf, Result<&[u8], ReadFailure>) -> Result<(), E>,
 {
     let cap = (limit + 1).next_multiple_of(DIRECT_ALIGN);
-    let direct = AtomicBool::new(true);
-    let (job_tx, job_rx) = sync_channel::<(u64, PathBuf, T, AlignedBuf)>(DEPTH);
+    let (job_tx, job_rx) = sync_channel::<(u64, ChunkRef, T, AlignedBuf)>(DEPTH);
     let job_rx = Mutex::new(job_rx);
-    type Done<T> = (u64, PathBuf, T, AlignedBuf, Result<(), ReadFailure>);
+    type Done<T> = (u64, ChunkRef, T, AlignedBuf, Result<(), ReadFailure>);
     let (done_tx, done_rx) = channel::<Done<T>>();
     std::thread::scope(|scope| {
         for _ in 0..READERS {
-            let (job_rx, done_tx, direct) = (&job_rx, done_tx.clone(), &direct);
+            let (job_rx, done_tx) = (&job_rx, done_tx.clone());
             scope.spawn(move || loop {
-                let Ok((seq, path, tag, mut buf)) = job_rx.lock().expect("jobs lock").recv() else {
+                let Ok((seq, at, tag, mut buf)) = job_rx.lock().expect("jobs lock").recv() else {
                     return;
                 };
-                let r = read_file(&path, &mut buf, limit + 1, direct);
-                if done_tx.send((seq, path, tag, buf, r)).is_err() {
+                let r = store.read(&at.0, at.1, &mut buf, limit + 1);
+                if done_tx.send((seq, at, tag, buf, r)).is_err() {
                     return;
                 }
             });
@@ -91,9 +90,13 @@ where
                 let d = done_rx.recv().expect("readers live while jobs are out");
                 held.insert(d.0, d);
             }
-            let (_, path, tag, buf, r) = held.remove(&next).expect("just seen");
+            let (_, at, tag, buf, r) = held.remove(&next).expect("just seen");
             next += 1;
-            let r = each(tag, path, r.map(|()| buf.as_slice()));
+            let r = each(
+                tag,
+                store.chunk_path(&at.0, at.1),
+                r.map(|()| buf.as_slice()),
+            );
             free.push(buf);
             if let Err(e) = r {
                 break Err(e);
@@ -104,58 +107,10 @@ where
     })
 }
 
-/// Reads up to `max` bytes of `path` into `buf` (its length is set to what
-/// was read).
-fn read_file(
-    path: &PathBuf,
-    buf: &mut AlignedBuf,
-    max: usize,
-    direct: &AtomicBool,
-) -> Result<(), ReadFailure> {
-    if direct.load(Ordering::Relaxed) {
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_DIRECT)
-            .open(path)
-        {
-            Ok(f) => {
-                let want = max.next_multiple_of(DIRECT_ALIGN);
-                match read_direct(|b, at| f.read_at(b, at), &mut buf.whole_mut()[..want], 0) {
-                    Ok(n) => {
-                        buf.fill(n.min(max));
-                        return Ok(());
-                    }
-                    Err(e) if sysio::direct::refused(&e) => {
-                        direct.store(false, Ordering::Relaxed);
-                    }
-                    Err(e) => return Err(ReadFailure::Read(e)),
-                }
-            }
-            Err(e) if sysio::direct::refused(&e) => {
-                direct.store(false, Ordering::Relaxed);
-            }
-            Err(e) => return Err(ReadFailure::Open(e)),
-        }
-    }
-    let f = File::open(path).map_err(ReadFailure::Open)?;
-    let mut n = 0;
-    let dst = buf.whole_mut();
-    let mut r = f.take(max as u64);
-    loop {
-        match r.read(&mut dst[n..max]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ReadFailure::Read(e)),
-        }
-    }
-    buf.fill(n);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::store::fs::FsStore;
 
     #[test]
     fn in_order_bounded_and_failures_named() {
@@ -166,9 +121,13 @@ mod tests {
         let lens: Vec<usize> = (0..40)
             .map(|i| [1, 4095, 4096, 4097, limit, limit + 1][i % 6] + i / 6)
             .collect();
-        let paths: Vec<PathBuf> = (0..lens.len()).map(|i| dir.join(format!("f{i}"))).collect();
+        let store = FsStore::default();
+        let mut last = None;
+        store.make_room(&dir, 0, &mut last).unwrap();
+        let paths: Vec<ChunkRef> = (0..lens.len()).map(|i| (dir.clone(), i as u64)).collect();
         for (i, (p, &len)) in paths.iter().zip(&lens).enumerate() {
-            std::fs::write(p, (0..len).map(|k| (k + i) as u8).collect::<Vec<_>>()).unwrap();
+            let data: Vec<u8> = (0..len).map(|k| (k + i) as u8).collect();
+            store.write(&p.0, p.1, &data).unwrap();
         }
         let mut seen = Vec::new();
         let items = paths
@@ -176,7 +135,7 @@ mod tests {
             .cloned()
             .enumerate()
             .map(|(i, p)| Ok::<_, String>((p, i)));
-        read_in_order(items, limit, |i, _, data| {
+        read_in_order(&store, items, limit, |i, _, data| {
             let data = data.map_err(|_| format!("f{i} unreadable"))?;
             let want: Vec<u8> = (0..lens[i].min(limit + 1)).map(|k| (k + i) as u8).collect();
             assert_eq!(data, &want[..], "file {i}");
@@ -188,13 +147,13 @@ mod tests {
 
         // A missing file: reported as an open failure, in its place.
         let mut with_gap = paths.clone();
-        with_gap[5] = dir.join("missing");
+        with_gap[5] = (dir.clone(), 0x1000);
         let mut n = 0;
         let items = with_gap
             .into_iter()
             .enumerate()
             .map(|(i, p)| Ok::<_, String>((p, i)));
-        let e = read_in_order(items, limit, |i, p, data| {
+        let e = read_in_order(&store, items, limit, |i, p, data| {
             n += 1;
             match data {
                 Ok(_) => Ok(()),
@@ -203,7 +162,10 @@ mod tests {
             }
         })
         .unwrap_err();
-        assert!(e.starts_with("5 ") && e.contains("missing"), "{e}");
+        assert!(
+            e.starts_with("5 ") && e.contains("x0000000000001000"),
+            "{e}"
+        );
         assert_eq!(n, 6);
 
         // An error from the items after three good ones: those three first.
@@ -215,7 +177,7 @@ mod tests {
                 Ok((p, i))
             }
         });
-        let e = read_in_order(items, limit, |_, _, _| {
+        let e = read_in_order(&store, items, limit, |_, _, _| {
             got += 1;
             Ok(())
         })

@@ -71,7 +71,7 @@ impl Archive {
         Ok(Some(Archive {
             root: root.to_path_buf(),
             params,
-            store: Arc::new(FsStore),
+            store: Arc::new(FsStore::default()),
         }))
     }
 
@@ -98,7 +98,7 @@ impl Archive {
         Ok(Archive {
             root: root.to_path_buf(),
             params,
-            store: Arc::new(FsStore),
+            store: Arc::new(FsStore::default()),
         })
     }
 

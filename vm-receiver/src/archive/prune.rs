@@ -98,10 +98,10 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
         }
         chunks += 1;
         if origin == Origin::Older {
-            let src = archive.store.chunk_path(&p_dir, e.addr);
-            let len = fs::metadata(&src)
-                .map_err(|err| missing_chunk(volume, session, e.addr, &src, err))?
-                .len();
+            let len = archive.store.chunk_len(&p_dir, e.addr).map_err(|err| {
+                let src = archive.store.chunk_path(&p_dir, e.addr);
+                missing_chunk(volume, session, e.addr, &src, err)
+            })?;
             stored += len;
         }
     }

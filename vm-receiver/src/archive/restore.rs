@@ -49,45 +49,50 @@ pub fn stream_view(
     let mut sent = 0;
     let items = merge_view(sources).filter_map(|item| match item {
         Ok((_, e)) if e.codec == Codec::Zero => None,
-        Ok((idx, e)) => Some(Ok((archive.store.chunk_path(&dirs[idx], e.addr), (idx, e)))),
+        Ok((idx, e)) => Some(Ok(((dirs[idx].clone(), e.addr), (idx, e)))),
         Err(f) => Some(Err(f)),
     });
     // A chunk file longer than a chunk is corrupt; the reader says so by
     // returning one byte more.
-    read_in_order(items, cs as usize, |(idx, e), path, data| {
-        let data = data.map_err(|err| match err {
-            ReadFailure::Open(err) => Failure::new(
-                ErrorCode::Corrupt,
-                format!(
-                    "volume '{volume}' session {}: chunk {:#x} unreadable at '{}': {err}",
-                    names[idx],
-                    e.addr,
-                    path.display()
-                ),
-            ),
-            ReadFailure::Read(err) => Failure::io("read chunk", &path, err),
-        })?;
-        let raw_len = (target_size - e.addr).min(cs) as u32;
-        let h = ChunkHeader {
-            addr: e.addr,
-            codec: e.codec,
-            raw_len,
-            hash: e.hash,
-        };
-        h.validate(archive.chunk_size(), data.len())
-            .map_err(|err| {
-                Failure::new(
+    read_in_order(
+        archive.store.as_ref(),
+        items,
+        cs as usize,
+        |(idx, e), path, data| {
+            let data = data.map_err(|err| match err {
+                ReadFailure::Open(err) => Failure::new(
                     ErrorCode::Corrupt,
                     format!(
-                        "volume '{volume}' session {}: chunk file '{}': {err}",
+                        "volume '{volume}' session {}: chunk {:#x} unreadable at '{}': {err}",
                         names[idx],
+                        e.addr,
                         path.display()
                     ),
-                )
+                ),
+                ReadFailure::Read(err) => Failure::io("read chunk", &path, err),
             })?;
-        send(&h, data)?;
-        sent += 1;
-        Ok(())
-    })?;
+            let raw_len = (target_size - e.addr).min(cs) as u32;
+            let h = ChunkHeader {
+                addr: e.addr,
+                codec: e.codec,
+                raw_len,
+                hash: e.hash,
+            };
+            h.validate(archive.chunk_size(), data.len())
+                .map_err(|err| {
+                    Failure::new(
+                        ErrorCode::Corrupt,
+                        format!(
+                            "volume '{volume}' session {}: chunk file '{}': {err}",
+                            names[idx],
+                            path.display()
+                        ),
+                    )
+                })?;
+            send(&h, data)?;
+            sent += 1;
+            Ok(())
+        },
+    )?;
     Ok(sent)
 }

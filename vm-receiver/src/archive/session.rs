@@ -158,10 +158,13 @@ impl SessionWriter {
             last_room: None,
             committed: false,
             spare: None,
-            writer: Some(ChunkWriter::new(
-                FRAME_AT + chunk::HEADER_LEN + archive.chunk_size() as usize + TRAILER_LEN,
-            )),
+            writer: None,
         };
+        w.writer = Some(ChunkWriter::new(
+            archive.store.clone(),
+            w.incoming.clone(),
+            FRAME_AT + chunk::HEADER_LEN + archive.chunk_size() as usize + TRAILER_LEN,
+        ));
         let f = File::create(&mpath).map_err(|e| Failure::io("create manifest", &mpath, e))?;
         w.manifest = Some(
             ManifestWriter::new(BufWriter::with_capacity(1 << 16, f), w.chunk_size)
@@ -205,9 +208,8 @@ impl SessionWriter {
         self.store
             .make_room(&self.incoming, h.addr, &mut self.last_room)
             .map_err(|e| Failure::io("create directory for chunk", &self.incoming, e))?;
-        let path = self.store.chunk_path(&self.incoming, h.addr);
         let w = self.writer.as_mut().expect("open until commit");
-        w.write(path, buf, start, len)?;
+        w.write(h.addr, buf, start, len)?;
         self.info.chunks += 1;
         self.info.stored_bytes += len as u64;
         Ok(())

@@ -11,6 +11,7 @@
 pub mod fs;
 
 use std::path::{Path, PathBuf};
+use sysio::aligned::AlignedBuf;
 
 /// What a session holds besides its records: its chunks, and anything
 /// else (which a check reports as extra).
@@ -22,9 +23,38 @@ pub struct StoredChunks {
     pub foreign: Vec<PathBuf>,
 }
 
+/// Why a chunk could not be read.
+#[derive(Debug)]
+pub enum ReadFailure {
+    /// It does not exist or cannot be opened.
+    Open(std::io::Error),
+    /// It exists but reading it failed.
+    Read(std::io::Error),
+}
+
 pub trait ChunkStore: Send + Sync {
-    /// Where the chunk at `addr` of the session at `session` lives.
+    /// Where the chunk at `addr` of the session at `session` lives (a
+    /// path here, a key for a store without files): for messages.
     fn chunk_path(&self, session: &Path, addr: u64) -> PathBuf;
+
+    /// Creates the chunk at `addr` holding `data`. A store that can write
+    /// without a copy does so when `data` starts page-aligned.
+    fn write(&self, session: &Path, addr: u64, data: &[u8]) -> std::io::Result<()>;
+
+    /// Reads at most `max` bytes of the chunk at `addr` into `buf` (whose
+    /// length is set to what was read; it must hold `max` rounded up to
+    /// `DIRECT_ALIGN`). A chunk longer than `max` is cut there: pass one
+    /// more than the longest valid chunk to tell a too-long one.
+    fn read(
+        &self,
+        session: &Path,
+        addr: u64,
+        buf: &mut AlignedBuf,
+        max: usize,
+    ) -> Result<(), ReadFailure>;
+
+    /// The stored length of the chunk at `addr`.
+    fn chunk_len(&self, session: &Path, addr: u64) -> std::io::Result<u64>;
 
     /// Makes room for a chunk at `addr` (its directory, for a store that
     /// has them). Called in ascending address order while a session is
