@@ -3,6 +3,7 @@
 //! trusts nothing the agent sends beyond what `protocol` validates.
 
 pub mod archive;
+pub mod cli;
 pub mod entry;
 pub mod error;
 pub mod serve;
