@@ -90,14 +90,20 @@ impl Client {
         self.conn.finish()
     }
 
-    /// Sends a request (flushing) and reads its reply; a receiver error
-    /// becomes an error naming the destination.
+    /// Sends a request (flushing). If that fails, the receiver may have
+    /// said why before it went away: its reason is the error.
+    fn send(&mut self, r: &Request) -> Result<()> {
+        self.conn
+            .wr
+            .request(r)
+            .and_then(|_| self.conn.wr.flush())
+            .map_err(|e| self.conn.read_error_after(e, r.name()))
+    }
+
+    /// Sends a request and reads its reply; a receiver error becomes an
+    /// error naming the destination.
     fn call(&mut self, r: &Request) -> Result<Reply> {
-        let sent = self.conn.wr.request(r).and_then(|_| self.conn.wr.flush());
-        if let Err(e) = sent {
-            // The receiver may have said why before it went away.
-            return Err(self.conn.read_error_after(e, r.name()));
-        }
+        self.send(r)?;
         let reply = self
             .conn
             .rd
@@ -207,15 +213,10 @@ impl Client {
     /// The archive's manifest file of a session, as a byte stream. Read
     /// it, then [`ManifestStream::drain`] it to keep the connection usable.
     pub fn manifest(&mut self, volume: &str, session: &str) -> Result<ManifestStream<'_>> {
-        let r = Request::GetManifest {
+        self.send(&Request::GetManifest {
             volume: volume.to_string(),
             session: session.to_string(),
-        };
-        self.conn
-            .wr
-            .request(&r)
-            .and_then(|_| self.conn.wr.flush())
-            .map_err(|e| self.conn.read_error_after(e, "get-manifest"))?;
+        })?;
         Ok(ManifestStream {
             conn: &mut self.conn,
             buf: Vec::new(),
@@ -279,15 +280,10 @@ impl Client {
     /// Asks for the chunks of `volume` as of `session`; read them with
     /// [`Client::restore_frame`].
     pub fn restore(&mut self, volume: &str, session: &str) -> Result<()> {
-        let r = Request::Restore {
+        self.send(&Request::Restore {
             volume: volume.to_string(),
             session: session.to_string(),
-        };
-        self.conn
-            .wr
-            .request(&r)
-            .and_then(|_| self.conn.wr.flush())
-            .map_err(|e| self.conn.read_error_after(e, "restore"))
+        })
     }
 
     /// The next frame of a restore stream: a chunk or the end. A receiver
