@@ -132,7 +132,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip_and_any_flip_fails(
+        fn round_trip_and_no_flip_opens_wrong(
             plain in prop::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 1..4096),
             level in prop_oneof![Just(None), Just(Some(3))],
             flip in any::<prop::sample::Index>(),
@@ -144,7 +144,13 @@ mod tests {
             let mut bad = stored.clone();
             let i = flip.index(bad.len());
             bad[i] ^= 1 << bit;
-            prop_assert!(open(c, &bad, plain.len(), &h, &mut buf).is_err());
+            // A flip fails to open, or (in a zstd field that does not
+            // change the output, like the window size) opens to exactly
+            // the original: never to a wrong byte.
+            if let Ok(p) = open(c, &bad, plain.len(), &h, &mut buf) {
+                prop_assert_eq!(p, &plain[..]);
+                prop_assert_eq!(c, Codec::Zstd);
+            }
         }
     }
 
