@@ -67,10 +67,11 @@ impl Backup<'_> {
         let t0 = Instant::now();
         reconcile::settle(self.meta, self.local, self.client, volume)?;
         let cs = self.meta.params.chunk_size;
-        let sessions = self.meta.sessions(volume)?;
-        let prev = sessions.last().map(|s| s.name.clone());
+        // Only the newest name: reading every session's record would make a
+        // backup's cost grow with the number of sessions.
+        let prev = self.meta.session_names(volume)?.pop();
         let snap = self.local.prepare(volume, prev.as_deref(), cs as u64)?;
-        let res = self.send_session(volume, &sessions, prev, snap, t0);
+        let res = self.send_session(volume, prev, snap, t0);
         if res.is_err() {
             self.local.discard_new(volume);
         }
@@ -80,7 +81,6 @@ impl Backup<'_> {
     fn send_session(
         &mut self,
         volume: &str,
-        sessions: &[SessionInfo],
         prev: Option<String>,
         snap: crate::source::Snapshot,
         t0: Instant,
@@ -118,7 +118,9 @@ impl Backup<'_> {
                 )
             }
             Plan::Compare { data } => {
-                let view = self.meta.view(volume, sessions)?;
+                // Comparing needs the whole view: every session's manifest.
+                let sessions = self.meta.sessions(volume)?;
+                let view = self.meta.view(volume, &sessions)?;
                 let it = compare_jobs(view, size, cs, move |i| data.get(i));
                 (Box::new(it), chunks)
             }

@@ -7,7 +7,7 @@
 //! 2. mark the journal committed — the commit point;
 //! 3. roll forward: move each chunk file of P the merged manifest still
 //!    needs into Q (rename; never a data copy), sync, rename the `.new`
-//!    files over the old, rename P to `.pruned-P` and remove it (its
+//!    files over the old, rename P to `.pruned` and remove it (its
 //!    superseded chunks go with it), remove the journal.
 //!
 //! Every step of 3 is idempotent, so a committed journal found later
@@ -29,7 +29,8 @@ use std::path::Path;
 
 pub const JOURNAL_MAGIC: [u8; 8] = *b"SBKPRJ01";
 pub const JOURNAL_FILE: &str = ".prune-journal";
-pub const PRUNED_PREFIX: &str = ".pruned-";
+/// A pruned session while it is removed (fixed: one lookup at recovery).
+pub const PRUNED: &str = ".pruned";
 const NEW_MANIFEST: &str = "manifest.new";
 const NEW_INFO: &str = "session.info.new";
 
@@ -158,16 +159,17 @@ pub fn recover(archive: &Archive, volume: &str) -> Result<()> {
         Err(e) => return Err(Failure::io("read prune journal", &jpath, e)),
     }
     // A crash while removing a pruned session's directory leaves it under
-    // its `.pruned-` name, which no reader looks at.
-    if let Ok(rd) = fs::read_dir(&vdir) {
-        for ent in rd.flatten() {
-            if ent.file_name().to_string_lossy().starts_with(PRUNED_PREFIX) {
-                let p = ent.path();
-                fs::remove_dir_all(&p).map_err(|e| Failure::io("remove", &p, e))?;
-            }
-        }
-    }
+    // the `.pruned` name, which no reader looks at.
+    remove_pruned(&vdir)?;
     Ok(())
+}
+
+fn remove_pruned(vdir: &Path) -> Result<()> {
+    let p = vdir.join(PRUNED);
+    match fs::remove_dir_all(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::io("remove", &p, e)),
+        _ => Ok(()),
+    }
 }
 
 fn roll_back(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
@@ -205,10 +207,11 @@ fn roll_forward(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
     }
     fsutil::fsync_dir(&q_dir)?;
     if p_dir.exists() {
-        let gone = vdir.join(format!("{PRUNED_PREFIX}{}", j.pruned));
+        remove_pruned(&vdir)?;
+        let gone = vdir.join(PRUNED);
         fs::rename(&p_dir, &gone).map_err(|e| Failure::io("remove pruned session", &p_dir, e))?;
         fsutil::fsync_dir(&vdir)?;
-        fs::remove_dir_all(&gone).map_err(|e| Failure::io("remove", &gone, e))?;
+        remove_pruned(&vdir)?;
     }
     let jpath = vdir.join(JOURNAL_FILE);
     fs::remove_file(&jpath).map_err(|e| Failure::io("remove prune journal", &jpath, e))?;

@@ -1,5 +1,9 @@
-//! Writing one session: chunks and manifest go to `.incoming-NAME/`, which
+//! Writing one session: chunks and manifest go to `VOLUME/.incoming/`, which
 //! is renamed to `NAME/` only at commit, after everything is on disk.
+//!
+//! Nothing on the way scans the volume's sessions, so a commit costs the
+//! same after 50,000 sessions as after one: the newest session comes from
+//! the `.newest` record, stale leftovers sit under one fixed name.
 
 use super::chunk_writer::ChunkWriter;
 use super::store::ChunkStore;
@@ -9,6 +13,7 @@ use protocol::chunk::{self, ChunkHeader, Codec};
 use protocol::frame::TRAILER_LEN;
 use protocol::manifest::{Entry, ManifestReader, ManifestWriter};
 use protocol::message::{ErrorCode, SessionInfo};
+use protocol::names::validate_session_name;
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -17,7 +22,13 @@ use sysio::aligned::{AlignedBuf, DIRECT_ALIGN};
 pub const SESSION_MAGIC: [u8; 8] = *b"SBKSES01";
 pub const INFO_FILE: &str = "session.info";
 pub const MANIFEST_FILE: &str = "manifest";
-pub const INCOMING_PREFIX: &str = ".incoming-";
+/// Where the one session being written to a volume lives until commit (one
+/// at a time: the archive lock). A fixed name, so that clearing a crashed
+/// backup's leftovers costs one lookup, not a scan of every session.
+pub const INCOMING: &str = ".incoming";
+/// The name of a volume's newest committed session, written before the
+/// commit's rename (see [`newest`]).
+pub const NEWEST: &str = ".newest";
 
 pub fn read_info(session_dir: &Path) -> Result<SessionInfo> {
     let p = session_dir.join(INFO_FILE);
@@ -59,24 +70,36 @@ pub fn write_info(path: &Path, info: &SessionInfo) -> Result<()> {
     fs::write(path, bytes).map_err(|e| Failure::io("write session info", path, e))
 }
 
-/// Removes `.incoming-*` leftovers of cut or crashed backups of a volume.
+/// Removes the leftovers of a cut or crashed backup of a volume.
 pub fn clean_incoming(volume_dir: &Path) -> Result<()> {
-    let rd = match fs::read_dir(volume_dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Failure::io("list volume", volume_dir, e)),
-    };
-    for ent in rd.flatten() {
-        if ent
-            .file_name()
-            .to_string_lossy()
-            .starts_with(INCOMING_PREFIX)
-        {
-            let p = ent.path();
-            fs::remove_dir_all(&p).map_err(|e| Failure::io("remove stale session", &p, e))?;
+    let p = volume_dir.join(INCOMING);
+    match fs::remove_dir_all(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Failure::io("remove stale session", &p, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The newest committed session of a volume (None: it has none), without
+/// listing them all: the `.newest` record, if the session it names exists.
+/// Why that is enough: sessions are only ever added by a commit, which
+/// writes `.newest` first and renames the session into place second; a
+/// prune never removes the newest. A record naming a missing session (a
+/// crash between the two steps) or no record falls back to the listing.
+pub fn newest(archive: &Archive, volume: &str) -> Result<Option<String>> {
+    let vdir = archive.volume_dir(volume)?;
+    if let Ok(name) = fs::read_to_string(vdir.join(NEWEST)) {
+        let name = name.trim();
+        if validate_session_name(name).is_ok() && vdir.join(name).is_dir() {
+            return Ok(Some(name.to_string()));
         }
     }
-    Ok(())
+    match archive.session_names(volume) {
+        Ok(v) => Ok(v.last().cloned()),
+        Err(f) if f.code == ErrorCode::NoSuchVolume => Ok(None),
+        Err(f) => Err(f),
+    }
 }
 
 pub struct SessionWriter {
@@ -114,12 +137,8 @@ impl SessionWriter {
     ) -> Result<Self> {
         let final_dir = archive.session_dir(volume, session)?;
         let volume_dir = archive.volume_dir(volume)?;
-        let existing = match archive.session_names(volume) {
-            Ok(v) => v,
-            Err(f) if f.code == ErrorCode::NoSuchVolume => Vec::new(),
-            Err(f) => return Err(f),
-        };
-        let newest = existing.last().map(String::as_str);
+        let newest = newest(archive, volume)?;
+        let newest = newest.as_deref();
         if prev != newest {
             return Err(Failure::new(
                 ErrorCode::SessionOrder,
@@ -135,7 +154,7 @@ impl SessionWriter {
         fs::create_dir_all(&volume_dir)
             .map_err(|e| Failure::io("create volume", &volume_dir, e))?;
         clean_incoming(&volume_dir)?;
-        let incoming = volume_dir.join(format!("{INCOMING_PREFIX}{session}"));
+        let incoming = volume_dir.join(INCOMING);
         fs::create_dir(&incoming).map_err(|e| Failure::io("create session", &incoming, e))?;
         let mpath = incoming.join(MANIFEST_FILE);
         let mut w = Self {
@@ -279,6 +298,8 @@ impl SessionWriter {
         drop(bw);
         write_info(&self.incoming.join(INFO_FILE), &self.info)?;
         fsutil::syncfs(&self.incoming)?;
+        // Before the rename (see `newest`): durable with the rename's fsync.
+        fsutil::write_atomic(&self.volume_dir.join(NEWEST), self.info.name.as_bytes())?;
         fs::rename(&self.incoming, &self.final_dir)
             .map_err(|e| Failure::io("commit session", &self.final_dir, e))?;
         self.committed = true;
