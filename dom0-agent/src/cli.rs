@@ -28,7 +28,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 pub struct Cli {
-    /// Config file (TOML: dest, local, meta_dir, remote_receiver, volumes, workers, keep, timeout, ssh_command) [default: /etc/sparsebak/sparsebak.toml].
+    /// Config file (TOML: dest, local, meta_dir, remote_receiver, volumes, workers, keep, timeout, frame_timeout, max_time, ssh_command) [default: /etc/sparsebak/sparsebak.toml].
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Archive destination: file:///path (receiver runs here), qubes://VM[/NAME] (archive NAME in backup qube VM), ssh://user@host[:port]/path, qubes-ssh://VM/user@host[:port]/path (ssh from networked qube VM).
@@ -46,6 +46,12 @@ pub struct Cli {
     /// Seconds to wait for a receiver that has stopped sending or reading before giving up [default: 300].
     #[arg(long, global = true, value_name = "SECONDS")]
     pub timeout: Option<u64>,
+    /// Seconds one frame to or from the receiver may take once it has begun, however steadily bytes trickle; 0 for no limit [default: 128].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub frame_timeout: Option<u64>,
+    /// Seconds this run may take at most, counted from its start: when they run out, the wait on the receiver fails and nothing half-done is kept [default: no limit].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub max_time: Option<u64>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

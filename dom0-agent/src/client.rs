@@ -13,7 +13,7 @@ use crate::transport::{self, remote_error, Connection, Reach};
 use anyhow::{anyhow, bail, Result};
 use protocol::chunk::ChunkHeader;
 use protocol::message::{
-    ArchiveParams, ErrorCode, Finding, Operation, Reply, Request, SessionInfo, VolumeListing,
+    ArchiveParams, ErrorCode, Finding, Operation, Reply, Request, SessionInfo, DATA_PART,
 };
 use protocol::stream::{Incoming, StreamError};
 
@@ -62,7 +62,7 @@ impl Client {
             None => {
                 // The receiver's own reason (busy, unreadable, missing)
                 // comes with the first request.
-                c.call(&Request::List { volume: None })?;
+                c.call(&Request::ListVolumes { after: None })?;
                 bail!(
                     "there is no archive at {dest} (dom0 expected {})",
                     expect.id.to_hex()
@@ -94,9 +94,7 @@ impl Client {
     /// said why before it went away: its reason is the error.
     fn send(&mut self, r: &Request) -> Result<()> {
         self.conn
-            .wr
-            .request(r)
-            .and_then(|_| self.conn.wr.flush())
+            .paced_write(|wr| wr.request(r).and_then(|_| wr.flush()))
             .map_err(|e| self.conn.read_error_after(e, r.name()))
     }
 
@@ -132,27 +130,77 @@ impl Client {
         self.call_ok(&Request::Init { params })
     }
 
-    /// Every volume and its sessions (or one volume's).
-    pub fn list(&mut self, volume: Option<&str>) -> Result<Vec<VolumeListing>> {
-        let r = Request::List {
-            volume: volume.map(str::to_string),
-        };
-        match self.call(&r)? {
-            Reply::Listing(l) => Ok(l),
-            other => Err(self.unexpected(&other, "list")),
+    /// Every volume name in the archive, ascending, asked a page at a time.
+    /// More than `max` is an error: dom0 knows about how many to expect,
+    /// and a hostile receiver must not make it hold an endless list.
+    pub fn volumes(&mut self, max: usize) -> Result<Vec<String>> {
+        let mut all: Vec<String> = Vec::new();
+        loop {
+            let after = all.last().cloned();
+            let r = Request::ListVolumes { after };
+            let (names, more) = match self.call(&r)? {
+                Reply::Volumes { names, more } => (names, more),
+                other => return Err(self.unexpected(&other, "list-volumes")),
+            };
+            self.take_page(&mut all, names, more, max, "volumes", |n| n)?;
+            if !more {
+                return Ok(all);
+            }
         }
     }
 
     /// The receiver's sessions of `volume`, oldest first (empty if it has
-    /// none). Asks for every volume: one the receiver has never seen is
-    /// simply absent, no error code to interpret.
-    pub fn sessions(&mut self, volume: &str) -> Result<Vec<SessionInfo>> {
-        Ok(self
-            .list(None)?
-            .into_iter()
-            .filter(|v| v.name == volume)
-            .flat_map(|v| v.sessions)
-            .collect())
+    /// no such volume), asked a page at a time; more than `max` is an
+    /// error, as for [`Client::volumes`].
+    pub fn sessions(&mut self, volume: &str, max: usize) -> Result<Vec<SessionInfo>> {
+        let mut all: Vec<SessionInfo> = Vec::new();
+        loop {
+            let r = Request::ListSessions {
+                volume: volume.to_string(),
+                after: all.last().map(|s| s.name.clone()),
+            };
+            let (sessions, more) = match self.call(&r) {
+                Ok(Reply::Sessions { sessions, more }) => (sessions, more),
+                Ok(other) => return Err(self.unexpected(&other, "list-sessions")),
+                Err(e) if all.is_empty() && transport::is_remote(&e, ErrorCode::NoSuchVolume) => {
+                    return Ok(all)
+                }
+                Err(e) => return Err(e),
+            };
+            let what = format!("sessions of volume '{volume}'");
+            self.take_page(&mut all, sessions, more, max, &what, |s| &s.name)?;
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Appends a page to `all`: its names must ascend past what came
+    /// before, a page that promises more must hold something, and the
+    /// whole listing must stay within `max`.
+    fn take_page<T>(
+        &self,
+        all: &mut Vec<T>,
+        page: Vec<T>,
+        more: bool,
+        max: usize,
+        what: &str,
+        name: impl Fn(&T) -> &String,
+    ) -> Result<()> {
+        let label = &self.conn.label;
+        if more && page.is_empty() {
+            bail!("the receiver for {label} sent an empty page of {what} that promises more");
+        }
+        for item in page {
+            if all.last().is_some_and(|last| name(last) >= name(&item)) {
+                bail!("the receiver for {label} listed {what} out of order");
+            }
+            if all.len() >= max {
+                bail!("the receiver for {label} lists more than {max} {what}, more than dom0 can account for: refusing to go on");
+            }
+            all.push(item);
+        }
+        Ok(())
     }
 
     /// Deletes a volume; false if the archive had no such volume (a
@@ -210,9 +258,17 @@ impl Client {
         }
     }
 
-    /// The archive's manifest file of a session, as a byte stream. Read
-    /// it, then [`ManifestStream::drain`] it to keep the connection usable.
-    pub fn manifest(&mut self, volume: &str, session: &str) -> Result<ManifestStream<'_>> {
+    /// The archive's manifest file of a session, as a byte stream of at
+    /// most `cap` bytes (more is an error: dom0 knows how large the file
+    /// should be, and an endless stream must not cost it memory or time).
+    /// Read it, then [`ManifestStream::drain`] it to keep the connection
+    /// usable.
+    pub fn manifest(
+        &mut self,
+        volume: &str,
+        session: &str,
+        cap: u64,
+    ) -> Result<ManifestStream<'_>> {
         self.send(&Request::GetManifest {
             volume: volume.to_string(),
             session: session.to_string(),
@@ -222,7 +278,10 @@ impl Client {
             buf: Vec::new(),
             pos: 0,
             parts: 0,
+            received: 0,
+            cap,
             done: false,
+            over: None,
         })
     }
 
@@ -248,7 +307,7 @@ impl Client {
     /// commit flushes). A failure leaves the stream unusable; turn it into
     /// the receiver's reason with [`Client::lost`].
     pub fn send_chunk(&mut self, h: &ChunkHeader, data: &[u8]) -> Result<(), StreamError> {
-        self.conn.wr.chunk(h, data)
+        self.conn.paced_write(|wr| wr.chunk(h, data))
     }
 
     /// After a failed send: the receiver's reason, if it gave one.
@@ -299,6 +358,14 @@ impl Client {
     }
 }
 
+/// The most entries of a listing dom0 accepts when it knows of `known`:
+/// one page more, for what the archive has and dom0 does not (reported,
+/// not refused), and no more: a hostile receiver cannot make dom0 hold an
+/// endless listing.
+pub fn at_most(known: usize) -> usize {
+    known.saturating_add(protocol::message::LIST_PAGE)
+}
+
 /// An archive's identity for messages: its id, and the chunk size and
 /// compression when the id is the same.
 fn describe(p: &ArchiveParams) -> String {
@@ -316,7 +383,12 @@ pub struct ManifestStream<'a> {
     buf: Vec<u8>,
     pos: usize,
     parts: u64,
+    /// Bytes received so far, and the most that may come.
+    received: u64,
+    cap: u64,
     done: bool,
+    /// Set once the stream went past `cap`: the connection is unusable.
+    over: Option<String>,
 }
 
 impl ManifestStream<'_> {
@@ -330,6 +402,17 @@ impl ManifestStream<'_> {
             .map_err(|e| self.conn.stream_error(e, "get-manifest"))?;
         match r {
             Reply::Data(b) => {
+                self.received = self.received.saturating_add(b.len() as u64);
+                if self.received > self.cap {
+                    let why = format!(
+                        "the receiver for {} sent {} bytes of a manifest dom0 holds at {} bytes: giving up on it",
+                        self.conn.label,
+                        self.received,
+                        self.cap.saturating_sub(DATA_PART as u64)
+                    );
+                    self.over = Some(why.clone());
+                    bail!(why);
+                }
                 self.done = false;
                 self.parts += 1;
                 self.buf = b;
@@ -346,8 +429,12 @@ impl ManifestStream<'_> {
         Ok(())
     }
 
-    /// Reads to the end of the stream so the connection stays usable.
+    /// Reads to the end of the stream so the connection stays usable; an
+    /// error if it cannot be (the stream went past its cap).
     pub fn drain(&mut self) -> Result<()> {
+        if let Some(why) = &self.over {
+            bail!("{why}");
+        }
         while !self.done {
             self.fill()?;
         }

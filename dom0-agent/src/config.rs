@@ -28,6 +28,11 @@ pub struct Config {
     pub keep: Option<String>,
     /// Seconds a silent receiver is waited for (default 300).
     pub timeout: Option<u64>,
+    /// Seconds one frame may take once begun (default 128; 0: no limit).
+    pub frame_timeout: Option<u64>,
+    /// Seconds a whole run may spend waiting on the receiver (default: no
+    /// limit; the shipped systemd unit sets one).
+    pub max_time: Option<u64>,
     /// ssh and its options for ssh:// destinations, e.g.
     /// `["ssh", "-F", "/etc/sparsebak/ssh_config"]` (default `["ssh"]`).
     pub ssh_command: Option<Vec<String>>,

@@ -8,11 +8,11 @@ use crate::config::{Config, DEFAULT_META_DIR};
 use crate::meta::{ArchiveMeta, MetaStore};
 use crate::source::Source;
 use crate::transport::dest::Dest;
-use crate::transport::{default_receiver, Reach, DEFAULT_TIMEOUT};
+use crate::transport::{default_receiver, Reach, DEFAULT_FRAME_TIMEOUT, DEFAULT_TIMEOUT};
 use anyhow::{Context, Result};
 use protocol::message::Operation;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Ctx {
     pub cfg: Config,
@@ -50,6 +50,15 @@ impl Ctx {
                     .timeout
                     .or(cfg.timeout)
                     .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
+                frame_timeout: match cli.frame_timeout.or(cfg.frame_timeout) {
+                    None => Some(DEFAULT_FRAME_TIMEOUT),
+                    Some(0) => None,
+                    Some(s) => Some(Duration::from_secs(s)),
+                },
+                deadline: cli.max_time.or(cfg.max_time).map(|s| {
+                    let limit = Duration::from_secs(s);
+                    (Instant::now() + limit, limit)
+                }),
             },
             cfg,
         })

@@ -15,7 +15,7 @@
 //! Every command that changes a volume settles it first, so dom0 never acts
 //! on a view of the archive that is out of date.
 
-use crate::client::Client;
+use crate::client::{at_most, Client};
 use crate::meta::{read_info, ArchiveMeta, PruneIntent};
 use crate::source::Source;
 use anyhow::{bail, Result};
@@ -26,7 +26,7 @@ pub fn settle_prune(meta: &ArchiveMeta, client: &mut Client, volume: &str) -> Re
     let Some(intent) = meta.prune_intent(volume)? else {
         return Ok(());
     };
-    let remote = client.sessions(volume)?;
+    let remote = client.sessions(volume, at_most(meta.sessions(volume)?.len() + 1))?;
     if remote.iter().any(|s| s.name == intent.pruned) {
         return meta.cancel_prune(volume, &intent);
     }
@@ -67,8 +67,9 @@ pub fn settle_pending(
     if pending.is_empty() {
         return Ok(());
     }
+    let known = meta.sessions(volume)?.len() + pending.len();
     let on_receiver: Vec<String> = client
-        .sessions(volume)?
+        .sessions(volume, at_most(known))?
         .into_iter()
         .map(|s| s.name)
         .collect();

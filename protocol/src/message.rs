@@ -162,18 +162,12 @@ pub struct SessionInfo {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct VolumeListing {
-    pub name: String,
-    /// Oldest first.
-    pub sessions: Vec<SessionInfo>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Create the archive at the destination (Admin).
     Init { params: ArchiveParams },
-    /// List volumes and their sessions, one volume or all.
-    List { volume: Option<String> },
+    /// Volume names after `after` (from the first with None), at most
+    /// `LIST_PAGE` of them, ascending. Answered with `Reply::Volumes`.
+    ListVolumes { after: Option<String> },
     /// Start writing a session (Backup). Followed by chunk frames, then
     /// `Commit` or `Abort`.
     BeginSession {
@@ -206,13 +200,19 @@ pub enum Request {
     /// Send a session's manifest file (Admin): `Reply::Data` parts, then
     /// `Reply::StreamEnd` with the number of parts.
     GetManifest { volume: String, session: String },
+    /// The sessions of `volume` named after `after`, at most `LIST_PAGE`,
+    /// oldest first. Answered with `Reply::Sessions`.
+    ListSessions {
+        volume: String,
+        after: Option<String>,
+    },
 }
 
 impl Request {
     pub fn name(&self) -> &'static str {
         match self {
             Request::Init { .. } => "init",
-            Request::List { .. } => "list",
+            Request::ListVolumes { .. } => "list-volumes",
             Request::BeginSession { .. } => "begin-session",
             Request::Commit { .. } => "commit",
             Request::Abort => "abort",
@@ -223,6 +223,7 @@ impl Request {
             Request::RenameVolume { .. } => "rename-volume",
             Request::Check { .. } => "check",
             Request::GetManifest { .. } => "get-manifest",
+            Request::ListSessions { .. } => "list-sessions",
         }
     }
 }
@@ -246,6 +247,11 @@ pub enum ErrorCode {
 
 /// Largest `Reply::Data` part.
 pub const DATA_PART: usize = 1 << 20;
+
+/// Most entries in one page of a listing: a page of sessions (about 110
+/// bytes each) or of volume names (at most 263 bytes each) stays far below
+/// the frame cap, however many sessions an archive holds.
+pub const LIST_PAGE: usize = 1000;
 
 /// What an archive check found wrong with one chunk or session.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,7 +287,11 @@ pub struct RemoteError {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Ok,
-    Listing(Vec<VolumeListing>),
+    /// A page of volume names; `more`: ask again after the last one.
+    Volumes {
+        names: Vec<String>,
+        more: bool,
+    },
     Committed(SessionInfo),
     /// End of a restore stream: how many chunk frames preceded it.
     StreamEnd {
@@ -300,19 +310,25 @@ pub enum Reply {
     },
     /// Part of a file (at most `DATA_PART` bytes).
     Data(Vec<u8>),
+    /// A page of sessions; `more`: ask again after the last one.
+    Sessions {
+        sessions: Vec<SessionInfo>,
+        more: bool,
+    },
 }
 
 impl Reply {
     pub fn name(&self) -> &'static str {
         match self {
             Reply::Ok => "ok",
-            Reply::Listing(_) => "listing",
+            Reply::Volumes { .. } => "volumes",
             Reply::Committed(_) => "committed",
             Reply::StreamEnd { .. } => "stream-end",
             Reply::Error(_) => "error",
             Reply::Pruned(_) => "pruned",
             Reply::CheckReport { .. } => "check-report",
             Reply::Data(_) => "data",
+            Reply::Sessions { .. } => "sessions",
         }
     }
 }
@@ -351,7 +367,7 @@ mod tests {
         assert_eq!(
             Hello::decode(&v2).unwrap_err(),
             ProtocolError::VersionMismatch {
-                ours: 1,
+                ours: PROTOCOL_VERSION,
                 theirs: 99
             }
         );
@@ -400,10 +416,12 @@ mod tests {
 
     #[test]
     fn hostile_length_prefix_does_not_allocate() {
-        // A List reply claiming 2^60 volumes must fail, not try to allocate.
-        let mut b = encode_reply(&Reply::Listing(vec![]));
-        let n = b.len();
-        b[n - 8..].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        // A volumes page claiming 2^60 names must fail, not try to allocate.
+        let mut b = encode_reply(&Reply::Volumes {
+            names: vec![],
+            more: false,
+        });
+        b[4..12].copy_from_slice(&(1u64 << 60).to_le_bytes());
         assert!(decode_reply(&b).is_err());
     }
 

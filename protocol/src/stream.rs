@@ -49,11 +49,18 @@ impl Incoming<'_> {
     }
 }
 
+/// Told when a frame has begun (its header is in: `true`) and when it is
+/// over (`false`), so the caller can bound how long one frame may take: a
+/// peer that announces a large frame and then trickles it must not hold
+/// the reader for as long as it likes. The time itself is the caller's.
+pub type Pace = std::sync::Arc<dyn Fn(bool) + Send + Sync>;
+
 pub struct FrameReader<R> {
     inner: R,
     buf: Vec<u8>,
     /// Bytes consumed so far (for error messages and tests).
     pub offset: u64,
+    pace: Option<Pace>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -62,7 +69,13 @@ impl<R: Read> FrameReader<R> {
             inner,
             buf: Vec::new(),
             offset: 0,
+            pace: None,
         }
+    }
+
+    /// Reports the start and end of every frame to `pace`.
+    pub fn set_pace(&mut self, pace: Option<Pace>) {
+        self.pace = pace;
     }
 
     /// Reads one frame. A clean end of stream between frames is `Eof`; an
@@ -72,7 +85,9 @@ impl<R: Read> FrameReader<R> {
         let total = hdr.len as usize + TRAILER_LEN;
         // The cap was checked with the header, before the buffer grows.
         self.buf.resize(total, 0);
-        let payload = read_body(&mut self.inner, hdr, &mut self.buf[..total])?;
+        let payload = paced(&self.pace, || {
+            read_body(&mut self.inner, hdr, &mut self.buf[..total])
+        })?;
         self.offset += (HEADER_LEN + total) as u64;
         Ok((hdr.kind, payload))
     }
@@ -97,7 +112,9 @@ impl<R: Read> FrameReader<R> {
             }
             .into());
         }
-        let payload = read_body(&mut self.inner, hdr, &mut dst[..total])?;
+        let payload = paced(&self.pace, || {
+            read_body(&mut self.inner, hdr, &mut dst[..total])
+        })?;
         self.offset += (HEADER_LEN + total) as u64;
         decode_incoming(hdr.kind, payload)
     }
@@ -142,6 +159,19 @@ impl<R: Read> FrameReader<R> {
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
+}
+
+/// Runs `body` (the rest of a frame whose header is in) between the two
+/// calls of `pace`.
+fn paced<T>(pace: &Option<Pace>, body: impl FnOnce() -> T) -> T {
+    if let Some(p) = pace {
+        p(true);
+    }
+    let r = body();
+    if let Some(p) = pace {
+        p(false);
+    }
+    r
 }
 
 /// Reads payload and trailer into `buf` (exactly their length) and checks
@@ -259,6 +289,34 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn pace_brackets_each_frame_after_its_header() {
+        let mut w = FrameWriter::new(Vec::new());
+        w.request(&Request::Bye).unwrap();
+        w.request(&Request::Abort).unwrap();
+        let bytes = std::mem::take(w.get_mut());
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l = log.clone();
+        let mut r = FrameReader::new(&bytes[..]);
+        r.set_pace(Some(std::sync::Arc::new(move |b| {
+            l.lock().unwrap().push(b)
+        })));
+        r.read_request().unwrap();
+        r.read_request().unwrap();
+        // A clean end between frames starts no frame.
+        assert!(matches!(r.read_request(), Err(StreamError::Eof)));
+        assert_eq!(*log.lock().unwrap(), vec![true, false, true, false]);
+        // A frame cut inside its body still ends the bracket.
+        let mut r = FrameReader::new(&bytes[..7]);
+        let l = log.clone();
+        log.lock().unwrap().clear();
+        r.set_pace(Some(std::sync::Arc::new(move |b| {
+            l.lock().unwrap().push(b)
+        })));
+        assert!(r.read_request().is_err());
+        assert_eq!(*log.lock().unwrap(), vec![true, false]);
+    }
+
+    #[test]
     fn conversation_round_trip() {
         let mut w = FrameWriter::new(Vec::new());
         w.hello(&Hello::new(HelloBody::Agent {
@@ -266,7 +324,7 @@ mod tests {
             op: Operation::Admin,
         }))
         .unwrap();
-        w.request(&Request::List { volume: None }).unwrap();
+        w.request(&Request::ListVolumes { after: None }).unwrap();
         let h = ChunkHeader {
             addr: 0,
             codec: Codec::Raw,
@@ -277,7 +335,10 @@ mod tests {
         let bytes = w.get_mut().clone();
         let mut r = FrameReader::new(&bytes[..]);
         r.read_hello().unwrap();
-        assert_eq!(r.read_request().unwrap(), Request::List { volume: None });
+        assert_eq!(
+            r.read_request().unwrap(),
+            Request::ListVolumes { after: None }
+        );
         match r.next_frame().unwrap() {
             Incoming::Chunk(hh, d) => assert_eq!((hh, d), (h, &b"abc"[..])),
             o => panic!("{o:?}"),

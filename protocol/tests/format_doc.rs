@@ -63,13 +63,14 @@ fn every_example_in_format_md_decodes_as_documented() {
     for (name, b) in examples() {
         match name.as_str() {
             "request-bye" => assert_eq!(decode_request(&b).unwrap(), Request::Bye),
-            "request-list-all" => {
-                assert_eq!(decode_request(&b).unwrap(), Request::List { volume: None })
-            }
-            "request-list-one" => assert_eq!(
+            "request-list-volumes-first" => assert_eq!(
                 decode_request(&b).unwrap(),
-                Request::List {
-                    volume: Some("vm-a".into())
+                Request::ListVolumes { after: None }
+            ),
+            "request-list-volumes-after" => assert_eq!(
+                decode_request(&b).unwrap(),
+                Request::ListVolumes {
+                    after: Some("vm-a".into())
                 }
             ),
             "request-commit" => assert_eq!(
@@ -90,12 +91,12 @@ fn every_example_in_format_md_decodes_as_documented() {
                     message: "busy".into()
                 })
             ),
-            "reply-listing" => assert_eq!(
+            "reply-sessions" => assert_eq!(
                 decode_reply(&b).unwrap(),
-                Reply::Listing(vec![VolumeListing {
-                    name: "v".into(),
-                    sessions: vec![session()]
-                }])
+                Reply::Sessions {
+                    sessions: vec![session()],
+                    more: false
+                }
             ),
             "reply-check-report" => assert_eq!(
                 decode_reply(&b).unwrap(),
@@ -166,13 +167,13 @@ fn every_example_in_format_md_decodes_as_documented() {
     for want in [
         "request-bye",
         "frame-request-bye",
-        "request-list-all",
-        "request-list-one",
+        "request-list-volumes-first",
+        "request-list-volumes-after",
         "request-commit",
         "reply-ok",
         "reply-stream-end",
         "reply-error",
-        "reply-listing",
+        "reply-sessions",
         "reply-check-report",
         "hello-agent",
         "hello-receiver",
@@ -210,7 +211,10 @@ fn enum_indexes_match_the_table() {
     }
     let replies = [
         Reply::Ok,
-        Reply::Listing(vec![]),
+        Reply::Volumes {
+            names: vec![],
+            more: false,
+        },
         Reply::Committed(session()),
         Reply::StreamEnd { chunks: 0 },
         Reply::Error(RemoteError {
@@ -224,6 +228,10 @@ fn enum_indexes_match_the_table() {
             more: 0,
         },
         Reply::Data(vec![]),
+        Reply::Sessions {
+            sessions: vec![],
+            more: false,
+        },
     ];
     for (i, r) in replies.iter().enumerate() {
         assert_eq!(index(encode_reply(r)), i as u32, "{}", r.name());
@@ -237,7 +245,7 @@ fn enum_indexes_match_the_table() {
                 compression: Compression::None,
             },
         },
-        Request::List { volume: None },
+        Request::ListVolumes { after: None },
         Request::BeginSession {
             volume: s(),
             session: s(),
@@ -268,6 +276,10 @@ fn enum_indexes_match_the_table() {
         Request::GetManifest {
             volume: s(),
             session: s(),
+        },
+        Request::ListSessions {
+            volume: s(),
+            after: None,
         },
     ];
     for (i, r) in requests.iter().enumerate() {

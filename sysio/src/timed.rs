@@ -1,10 +1,18 @@
-//! Waiting on a descriptor with a limit, so that a peer that stops
-//! reading or writing makes the transfer fail instead of hanging the
+//! Waiting on a descriptor with limits, so that a peer that stops reading
+//! or writing, or trickles, makes the transfer fail instead of holding the
 //! process (and whatever it holds: a snapshot, the archive lock).
+//!
+//! Three bounds, each optional ([`Limits`]): *stall*, the longest wait for
+//! any byte to move; *frame*, the longest one frame may take once its
+//! header is in (a peer sending one byte every second never stalls, but
+//! cannot stretch a frame past this); *job*, a deadline for the whole run
+//! that a scheduled job can rely on.
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Waits until `fd` is ready for `events`, at most `timeout` (None: no
 /// wait at all, the caller blocks in its own read or write). On timeout
@@ -16,8 +24,9 @@ pub fn wait_ready(
     stalled: impl FnOnce(Duration) -> String,
 ) -> std::io::Result<()> {
     let Some(t) = timeout else { return Ok(()) };
-    let ms = PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
-        .unwrap_or(PollTimeout::MAX);
+    // Rounded up: a deadline is never reported before it has passed.
+    let ms = t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    let ms = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
     loop {
         let mut fds = [PollFd::new(fd, events)];
         match poll(&mut fds, ms) {
@@ -34,22 +43,129 @@ pub fn wait_ready(
     }
 }
 
-/// A reader that fails with `TimedOut` when no byte arrives for
-/// `timeout`; the message comes from `stalled`.
+/// Which bound ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Nothing moved for the stall limit.
+    Stall,
+    /// One frame took longer than the frame limit.
+    Frame,
+    /// The whole job's deadline passed.
+    Job,
+}
+
+const NONE: u64 = u64::MAX;
+
+/// The limits of one connection, shared by its reader and writer (and
+/// armed per frame by whoever knows where frames are).
+pub struct Limits {
+    base: Instant,
+    /// Milliseconds; `NONE`: no limit.
+    stall_ms: AtomicU64,
+    frame_ms: u64,
+    /// Deadline of the frame in progress, in ms since `base`; `NONE`.
+    frame_end: AtomicU64,
+    job_end: Option<Instant>,
+    job_limit: Duration,
+    /// The error text for a bound that ran out, and the limit it had.
+    text: fn(Bound, Duration) -> String,
+}
+
+fn ms(d: Option<Duration>) -> u64 {
+    d.map_or(NONE, |d| (d.as_millis() as u64).min(NONE - 1))
+}
+
+impl Limits {
+    /// `job`: the deadline of the whole job and the limit it came from.
+    pub fn new(
+        stall: Option<Duration>,
+        frame: Option<Duration>,
+        job: Option<(Instant, Duration)>,
+        text: fn(Bound, Duration) -> String,
+    ) -> Self {
+        Limits {
+            base: Instant::now(),
+            stall_ms: AtomicU64::new(ms(stall)),
+            frame_ms: ms(frame),
+            frame_end: AtomicU64::new(NONE),
+            job_end: job.map(|j| j.0),
+            job_limit: job.map_or(Duration::ZERO, |j| j.1),
+            text,
+        }
+    }
+
+    pub fn stall(&self) -> Option<Duration> {
+        match self.stall_ms.load(Ordering::Relaxed) {
+            NONE => None,
+            m => Some(Duration::from_millis(m)),
+        }
+    }
+
+    /// Changes the stall limit (None: wait as long as it takes, for an
+    /// answer that takes long by nature; the job deadline still holds).
+    pub fn set_stall(&self, t: Option<Duration>) {
+        self.stall_ms.store(ms(t), Ordering::Relaxed);
+    }
+
+    /// A frame has begun (true) or ended (false).
+    pub fn frame(&self, started: bool) {
+        let end = match (started, self.frame_ms) {
+            (true, f) if f != NONE => (self.base.elapsed().as_millis() as u64).saturating_add(f),
+            _ => NONE,
+        };
+        self.frame_end.store(end, Ordering::Relaxed);
+    }
+
+    /// The time left before the nearest bound, and which bound that is.
+    fn left(&self) -> Option<(Duration, Bound)> {
+        let now = self.base.elapsed();
+        let mut best: Option<(Duration, Bound)> = self.stall().map(|d| (d, Bound::Stall));
+        let mut consider = |d: Duration, b: Bound| {
+            if best.is_none_or(|(x, _)| d < x) {
+                best = Some((d, b));
+            }
+        };
+        match self.frame_end.load(Ordering::Relaxed) {
+            NONE => {}
+            end => consider(Duration::from_millis(end).saturating_sub(now), Bound::Frame),
+        }
+        if let Some(end) = self.job_end {
+            consider(end.saturating_duration_since(Instant::now()), Bound::Job);
+        }
+        best
+    }
+
+    /// Waits until `fd` is ready for `events` within every bound.
+    pub fn wait(&self, fd: BorrowedFd, events: PollFlags) -> std::io::Result<()> {
+        let Some((t, bound)) = self.left() else {
+            return Ok(());
+        };
+        let limit = match bound {
+            Bound::Stall => t,
+            Bound::Frame => Duration::from_millis(self.frame_ms),
+            Bound::Job => self.job_limit,
+        };
+        // A deadline that has passed fails even if bytes are waiting: a
+        // peer that always has one more byte ready must not get past it.
+        if t.is_zero() && bound != Bound::Stall {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                (self.text)(bound, limit),
+            ));
+        }
+        wait_ready(fd, events, Some(t), |_| (self.text)(bound, limit))
+    }
+}
+
+/// A reader whose every wait is within `limits`.
 pub struct TimedRead<R> {
     pub inner: R,
-    pub timeout: Option<Duration>,
-    pub stalled: fn(Duration) -> String,
+    pub limits: Arc<Limits>,
 }
 
 impl<R: std::io::Read + AsFd> std::io::Read for TimedRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        wait_ready(
-            self.inner.as_fd(),
-            PollFlags::POLLIN,
-            self.timeout,
-            self.stalled,
-        )?;
+        self.limits.wait(self.inner.as_fd(), PollFlags::POLLIN)?;
         self.inner.read(buf)
     }
 }
@@ -77,20 +193,76 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    fn text(b: Bound, d: Duration) -> String {
+        format!("{b:?} {} ms", d.as_millis())
+    }
+
+    fn reader(limits: Limits) -> (TimedRead<std::os::unix::net::UnixStream>, impl Write) {
+        let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+        let limits = Arc::new(limits);
+        (TimedRead { inner: r, limits }, w)
+    }
+
     #[test]
     fn a_silent_pipe_times_out_with_the_callers_text() {
-        let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut t = TimedRead {
-            inner: r,
-            timeout: Some(Duration::from_millis(50)),
-            stalled: |d| format!("nothing for {} ms", d.as_millis()),
-        };
+        let (mut t, mut w) = reader(Limits::new(
+            Some(Duration::from_millis(50)),
+            None,
+            None,
+            text,
+        ));
         let mut b = [0u8; 4];
         let e = t.read(&mut b).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
-        assert_eq!(e.to_string(), "nothing for 50 ms");
-        (&w).write_all(b"ab").unwrap();
+        assert_eq!(e.to_string(), "Stall 50 ms");
+        w.write_all(b"ab").unwrap();
         assert_eq!(t.read(&mut b).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_trickled_frame_runs_out_of_its_own_limit() {
+        let (mut t, mut w) = reader(Limits::new(
+            Some(Duration::from_millis(400)),
+            Some(Duration::from_millis(250)),
+            None,
+            text,
+        ));
+        let mut b = [0u8; 1];
+        // Between frames only the stall limit holds; in a frame, bytes
+        // arriving every 100 ms never stall but cannot pass 250 ms.
+        t.limits.frame(true);
+        let t0 = Instant::now();
+        let e = loop {
+            w.write_all(b"x").unwrap();
+            match t.read(&mut b) {
+                Ok(n) => {
+                    assert_eq!(n, 1);
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.to_string(), "Frame 250 ms");
+        // About 300 ms; without the frame limit it would go on for ever
+        // (a generous bound for a loaded machine).
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        t.limits.frame(false);
+        w.write_all(b"y").unwrap();
+        assert_eq!(t.read(&mut b).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_job_deadline_holds_even_without_a_stall_limit() {
+        let end = Instant::now() + Duration::from_millis(100);
+        let (mut t, _w) = reader(Limits::new(
+            None,
+            None,
+            Some((end, Duration::from_secs(9))),
+            text,
+        ));
+        let mut b = [0u8; 1];
+        assert_eq!(t.read(&mut b).unwrap_err().to_string(), "Job 9000 ms");
+        assert!(Instant::now() >= end);
     }
 
     #[test]

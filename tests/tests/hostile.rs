@@ -566,7 +566,7 @@ fn agent_rejects_hostile_restore_streams() {
         archive: Some(f.params),
     })
     .encode();
-    bad_version[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bad_version[8..12].copy_from_slice(&(protocol::PROTOCOL_VERSION + 1).to_le_bytes());
     let other_archive = encode_frame(
         FrameKind::Hello,
         &Hello::new(HelloBody::Receiver {

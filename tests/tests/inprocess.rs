@@ -3,15 +3,18 @@
 //! timeouts, backup pipeline, restore verification, prune and check, with
 //! no process spawned. The process-level suites still run the binaries.
 
-use agent::client::Client;
+use agent::client::{at_most, Client};
 use agent::commands::backup::Backup;
 use agent::commands::prune::{prune_volume, Selection};
 use agent::commands::{check, restore};
 use agent::meta::{ArchiveMeta, ArchiveRecord, MetaStore};
 use agent::source::Source;
 use agent::target::Target;
-use agent::transport::Connection;
-use protocol::message::{ArchiveId, ArchiveParams, Compression, Operation};
+use agent::transport::{Connection, Reach};
+use protocol::message::{
+    ArchiveId, ArchiveParams, Compression, Finding, FindingKind, Hello, HelloBody, Operation, Reply,
+};
+use protocol::stream::{FrameReader, FrameWriter};
 use receiver::archive::Archive;
 use receiver::serve::{serve, ServeOptions};
 use sparsebak_tests::{semi_compressible, sha_file, write_at, Rng, TempDir};
@@ -58,16 +61,29 @@ fn world() -> World {
     }
 }
 
+/// Limits for an in-process peer: `stall` and the default frame limit.
+fn reach(stall: Duration) -> Reach {
+    Reach {
+        receiver: PathBuf::new(),
+        remote_receiver: String::new(),
+        ssh: Vec::new(),
+        timeout: stall,
+        frame_timeout: Some(agent::transport::DEFAULT_FRAME_TIMEOUT),
+        deadline: None,
+    }
+}
+
 /// A client whose receiver is `serve` in a thread, allowing `op`.
 fn client(w: &World, op: Operation) -> Client {
     let opts = ServeOptions {
         archive_dir: w.archive_dir.clone(),
         allowed: vec![op],
         lock_wait: Duration::from_secs(5),
+        pace: None,
     };
     let conn = Connection::in_process(
         "in-process receiver",
-        Duration::from_secs(30),
+        &reach(Duration::from_secs(30)),
         op,
         Some(w.params.id),
         move |input, output| serve(&opts, input, output).is_ok(),
@@ -147,7 +163,7 @@ fn backup_restore_prune_and_check_in_process() {
         prune_volume(&w.meta, &mut c, "disk.img", &sel, false).unwrap(),
         1
     );
-    assert_eq!(c.sessions("disk.img").unwrap().len(), 1);
+    assert_eq!(c.sessions("disk.img", 10).unwrap().len(), 1);
     c.finish().unwrap();
     restore_to(&w, "disk.img", Some(&s2), &out);
     assert_eq!(sha_file(&out), v2, "pruned archive restores byte-exact");
@@ -202,7 +218,7 @@ fn a_corrupt_chunk_fails_restore_and_writes_nothing() {
 fn a_silent_in_process_peer_times_out() {
     let conn = Connection::in_process(
         "silent peer",
-        Duration::from_millis(300),
+        &reach(Duration::from_millis(300)),
         Operation::Admin,
         None,
         |input, _output| {
@@ -217,4 +233,138 @@ fn a_silent_in_process_peer_times_out() {
         format!("{err:#}").contains("the receiver stalled"),
         "{err:#}"
     );
+}
+
+/// A hostile peer in a thread: answers the hello, then each request with
+/// the next of `replies` (whatever was asked).
+fn hostile_client(w: &World, replies: Vec<Reply>) -> Client {
+    let params = w.params;
+    let conn = Connection::in_process(
+        "hostile peer",
+        &reach(Duration::from_secs(10)),
+        Operation::Admin,
+        Some(params.id),
+        move |input, output| {
+            let mut rd = FrameReader::new(input);
+            let mut wr = FrameWriter::new(output);
+            if rd.read_hello().is_err() {
+                return false;
+            }
+            let hello = Hello::new(HelloBody::Receiver {
+                archive: Some(params),
+            });
+            if wr.hello(&hello).and_then(|_| wr.flush()).is_err() {
+                return false;
+            }
+            for r in replies {
+                if rd.read_request().is_err() || wr.reply(&r).and_then(|_| wr.flush()).is_err() {
+                    return false;
+                }
+            }
+            // Then Bye.
+            rd.read_request().is_ok()
+        },
+    )
+    .unwrap();
+    Client::over(conn, "hostile peer", &w.params).unwrap()
+}
+
+fn finding(session: &str) -> Finding {
+    Finding {
+        volume: "v.img".into(),
+        session: session.into(),
+        addr: Some(0),
+        kind: FindingKind::Corrupt,
+        detail: "bad".into(),
+    }
+}
+
+#[test]
+fn check_counts_from_the_peer_never_understate() {
+    let w = world();
+    let empty = Reply::Volumes {
+        names: vec![],
+        more: false,
+    };
+    // A real finding next to a count that would wrap: saturated, and said
+    // to be a lower bound.
+    let mut c = hostile_client(
+        &w,
+        vec![
+            Reply::CheckReport {
+                checked: 1,
+                findings: vec![finding("S_20261129-000000-000000")],
+                more: u64::MAX,
+            },
+            empty.clone(),
+        ],
+    );
+    let rep = check::check(&w.meta, &mut c, None).unwrap();
+    c.finish().unwrap();
+    let text = check::text(&rep);
+    assert_eq!(rep.total(), u64::MAX);
+    assert!(
+        text.contains("at least 18446744073709551615 problems"),
+        "{text}"
+    );
+    assert!(!text.contains(" 0 problems"), "{text}");
+
+    // 4,096 findings of one session: 20 listed, every one counted.
+    let findings = vec![finding("S_20261129-000000-000000"); 4096];
+    let mut c = hostile_client(
+        &w,
+        vec![
+            Reply::CheckReport {
+                checked: 1,
+                findings,
+                more: 0,
+            },
+            empty,
+        ],
+    );
+    let rep = check::check(&w.meta, &mut c, None).unwrap();
+    c.finish().unwrap();
+    let text = check::text(&rep);
+    assert_eq!(rep.problems.len(), 20);
+    assert!(text.contains("... and 4076 more problems"), "{text}");
+    assert!(text.contains(": 4096 problems"), "{text}");
+}
+
+#[test]
+fn an_endless_or_disordered_listing_is_refused() {
+    let w = world();
+    // Pages that promise more forever, each with new names: refused once
+    // past what dom0 knows of plus one page, not held in memory forever.
+    let pages: Vec<Reply> = (0..3)
+        .map(|p| Reply::Volumes {
+            names: (0..1000).map(|i| format!("v{p:02}{i:04}.img")).collect(),
+            more: true,
+        })
+        .collect();
+    let mut c = hostile_client(&w, pages);
+    let e = c.volumes(at_most(0)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("lists more than 1000 volumes"),
+        "{e:#}"
+    );
+
+    let mut c = hostile_client(
+        &w,
+        vec![Reply::Volumes {
+            names: vec!["b.img".into(), "a.img".into()],
+            more: false,
+        }],
+    );
+    let e = c.volumes(at_most(0)).unwrap_err();
+    assert!(format!("{e:#}").contains("out of order"), "{e:#}");
+
+    let mut c = hostile_client(
+        &w,
+        vec![Reply::Volumes {
+            names: vec![],
+            more: true,
+        }],
+    );
+    let e = c.volumes(at_most(0)).unwrap_err();
+    assert!(format!("{e:#}").contains("empty page"), "{e:#}");
 }

@@ -39,6 +39,10 @@ pub enum Cmd {
         /// releasing the archive).
         #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
         idle_timeout: u64,
+        /// Seconds one frame from the agent may take once begun, however
+        /// steadily its bytes trickle (0: no limit).
+        #[arg(long, default_value_t = 128, value_name = "SECONDS")]
+        frame_timeout: u64,
     },
     /// Serve one connection started by a qrexec service: the archive is
     /// QREXEC_SERVICE_ARGUMENT (a name, default "default") under this qube's
@@ -52,6 +56,10 @@ pub enum Cmd {
         /// Seconds without a byte from the agent before giving up.
         #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
         idle_timeout: u64,
+        /// Seconds one frame from the agent may take once begun, however
+        /// steadily its bytes trickle (0: no limit).
+        #[arg(long, default_value_t = 128, value_name = "SECONDS")]
+        frame_timeout: u64,
     },
     /// Relay one connection to a receiver on another host over ssh (the
     /// sparsebak.SshRelay service of a networked qube). The target comes in

@@ -8,24 +8,50 @@ use receiver::entry::{qrexec, relay};
 use receiver::serve::{serve, ServeOptions};
 use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
-use sysio::timed::TimedRead;
+use std::sync::Arc;
+use std::time::Duration;
+use sysio::timed::{Bound, Limits, TimedRead};
 
-fn serve_stdio(opts: &ServeOptions, idle_timeout: u64) -> Result<()> {
+/// What each bound's error says.
+fn bound_text(b: Bound, t: Duration) -> String {
+    match b {
+        Bound::Stall => format!("no data from the agent for {} s", t.as_secs()),
+        Bound::Frame => format!(
+            "one frame from the agent took longer than {} s (--frame-timeout)",
+            t.as_secs()
+        ),
+        Bound::Job => format!("time limit of {} s ran out", t.as_secs()),
+    }
+}
+
+/// Serves one connection on stdin/stdout. A hung or trickling agent cannot
+/// hold the archive (and its lock) forever: a read fails after
+/// `idle_timeout` without a byte, or when one frame takes longer than
+/// `frame_timeout`; the session in progress is then dropped like any cut
+/// stream.
+fn serve_stdio(opts: ServeOptions, idle_timeout: u64, frame_timeout: u64) -> Result<()> {
+    let limits = Arc::new(Limits::new(
+        Some(Duration::from_secs(idle_timeout)),
+        (frame_timeout > 0).then(|| Duration::from_secs(frame_timeout)),
+        None,
+        bound_text,
+    ));
+    let l = limits.clone();
+    let opts = ServeOptions {
+        pace: Some(Arc::new(move |started| l.frame(started))),
+        ..opts
+    };
     // Small buffers on purpose: a chunk frame larger than the buffer is
     // read straight into the frame reader's (one copy less).
     let stdin = BufReader::with_capacity(
         16 << 10,
-        // Fails after `idle_timeout` without a byte, so a hung agent cannot
-        // hold the archive (and its lock) forever; the session in progress
-        // is then dropped like any cut stream.
         TimedRead {
             // fd 0 unbuffered: std's stdin buffer could hold bytes that
             // poll() on the descriptor would not see.
             inner: std::fs::File::from(
                 std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned()?,
             ),
-            timeout: Some(std::time::Duration::from_secs(idle_timeout)),
-            stalled: |t| format!("no data from the agent for {} s", t.as_secs()),
+            limits,
         },
     );
     // fd 1 raw: std's stdout is line-buffered, which would cut binary
@@ -34,7 +60,7 @@ fn serve_stdio(opts: &ServeOptions, idle_timeout: u64) -> Result<()> {
         16 << 10,
         std::fs::File::from(std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?),
     );
-    serve(opts, stdin, stdout)
+    serve(&opts, stdin, stdout)
         .with_context(|| format!("archive '{}'", opts.archive_dir.display()))?;
     Ok(())
 }
@@ -54,6 +80,7 @@ fn run() -> Result<()> {
             allow,
             lock_wait,
             idle_timeout,
+            frame_timeout,
         } => {
             if archive.as_os_str().is_empty() || !archive.is_absolute() {
                 bail!(
@@ -66,13 +93,15 @@ fn run() -> Result<()> {
                 archive_dir: archive,
                 allowed,
                 lock_wait: std::time::Duration::from_secs(lock_wait),
+                pace: None,
             };
-            serve_stdio(&opts, idle_timeout)
+            serve_stdio(opts, idle_timeout, frame_timeout)
         }
         Cmd::Qrexec {
             op,
             lock_wait,
             idle_timeout,
+            frame_timeout,
         } => {
             let cfg = qrexec::load_config()?;
             let arg = std::env::var("QREXEC_SERVICE_ARGUMENT").ok();
@@ -82,8 +111,9 @@ fn run() -> Result<()> {
                 archive_dir: dir,
                 allowed: vec![op.operation()],
                 lock_wait: std::time::Duration::from_secs(lock_wait),
+                pace: None,
             };
-            serve_stdio(&opts, idle_timeout)
+            serve_stdio(opts, idle_timeout, frame_timeout)
         }
         Cmd::SshRelay {
             ssh,

@@ -8,7 +8,7 @@ use crate::archive::session::SessionWriter;
 use crate::archive::{self, check, prune, restore, Archive};
 use crate::error::Failure;
 use protocol::message::{ErrorCode, Hello, HelloBody, Operation, Reply, Request};
-use protocol::stream::{FrameReader, FrameWriter, Incoming, StreamError};
+use protocol::stream::{FrameReader, FrameWriter, Incoming, Pace, StreamError};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -18,6 +18,9 @@ pub struct ServeOptions {
     pub allowed: Vec<Operation>,
     /// How long to wait for another connection to release the archive.
     pub lock_wait: std::time::Duration,
+    /// Told where each frame from the agent begins and ends (to bound how
+    /// long one frame may take; see `sysio::timed`).
+    pub pace: Option<Pace>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,7 @@ pub fn serve<R: Read, W: Write>(
     output: W,
 ) -> Result<(), ServeError> {
     let mut rd = FrameReader::new(input);
+    rd.set_pace(opts.pace.clone());
     let mut wr = FrameWriter::new(output);
     let hello = rd.read_hello();
     // Held until the connection ends; a failure to get it is reported on
@@ -116,7 +120,9 @@ pub fn serve<R: Read, W: Write>(
                 continue;
             }
         };
-        if expected_id.is_some_and(|id| id != a.params.id) && !matches!(req, Request::List { .. }) {
+        if expected_id.is_some_and(|id| id != a.params.id)
+            && !matches!(req, Request::ListVolumes { .. })
+        {
             let f = Failure::new(
                 ErrorCode::ArchiveMismatch,
                 format!(
@@ -128,8 +134,16 @@ pub fn serve<R: Read, W: Write>(
             continue;
         }
         match req {
-            Request::List { volume } => {
-                let r = a.listing(volume.as_deref()).map(Reply::Listing);
+            Request::ListVolumes { after } => {
+                let r = a
+                    .volume_page(after.as_deref())
+                    .map(|(names, more)| Reply::Volumes { names, more });
+                reply_result(&mut wr, r)?;
+            }
+            Request::ListSessions { volume, after } => {
+                let r = a
+                    .session_page(&volume, after.as_deref())
+                    .map(|(sessions, more)| Reply::Sessions { sessions, more });
                 reply_result(&mut wr, r)?;
             }
             Request::BeginSession {

@@ -3,14 +3,14 @@
 //! manifests with its own, entry by entry. Every problem is reported by
 //! volume, session and address.
 
-use crate::client::Client;
+use crate::client::{at_most, Client};
 use crate::context::Ctx;
 use crate::meta::{ArchiveMeta, ManifestIter};
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use protocol::manifest::{Entry, ManifestReader};
-use protocol::message::{Finding, FindingKind, Operation, SessionInfo};
+use protocol::message::{Finding, FindingKind, Operation, SessionInfo, DATA_PART};
 use protocol::names::display_safe;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 /// Most address-level problems listed per session; the rest are counted.
@@ -28,6 +28,28 @@ pub struct CheckReport {
 impl CheckReport {
     fn add(&mut self, s: String) {
         self.problems.push(s);
+    }
+
+    /// Every problem, listed or not; `u64::MAX` means at least that many.
+    pub fn total(&self) -> u64 {
+        (self.problems.len() as u64).saturating_add(self.unlisted)
+    }
+}
+
+/// A count for the text: a saturated one is a lower bound, and says so.
+fn count(n: u64) -> String {
+    if n == u64::MAX {
+        format!("at least {n}")
+    } else {
+        n.to_string()
+    }
+}
+
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
     }
 }
 
@@ -58,26 +80,26 @@ pub fn check(meta: &ArchiveMeta, client: &mut Client, volume: Option<&str>) -> R
         if *n <= PER_SESSION {
             rep.add(describe(f));
         } else {
-            rep.unlisted += 1;
+            rep.unlisted = rep.unlisted.saturating_add(1);
         }
     }
-    rep.unlisted += remote.more;
-    let listing = client.list(None)?;
-    let mut vols: BTreeSet<String> = meta.volumes()?.into_iter().collect();
-    vols.extend(listing.iter().map(|v| v.name.clone()));
+    // Counts from the peer: saturated, never wrapped.
+    rep.unlisted = rep.unlisted.saturating_add(remote.more);
+    let ours_vols = meta.volumes()?;
+    let mut vols: BTreeSet<String> = ours_vols.iter().cloned().collect();
+    vols.extend(client.volumes(at_most(ours_vols.len()))?);
     if let Some(v) = volume {
         vols.retain(|x| x == v);
     }
     for v in &vols {
         rep.volumes += 1;
         let ours = meta.sessions(v)?;
-        let theirs: Vec<SessionInfo> = listing
-            .iter()
-            .filter(|l| &l.name == v)
-            .flat_map(|l| l.sessions.clone())
-            .collect();
+        let theirs = client.sessions(v, at_most(ours.len()))?;
+        let by_name: HashMap<&str, &SessionInfo> =
+            ours.iter().map(|s| (s.name.as_str(), s)).collect();
+        let in_archive: HashSet<&str> = theirs.iter().map(|t| t.name.as_str()).collect();
         for s in &ours {
-            if !theirs.iter().any(|t| t.name == s.name) {
+            if !in_archive.contains(s.name.as_str()) {
                 rep.add(format!(
                     "volume '{v}' session {}: in dom0's metadata but not in the archive",
                     s.name
@@ -85,7 +107,7 @@ pub fn check(meta: &ArchiveMeta, client: &mut Client, volume: Option<&str>) -> R
             }
         }
         for t in &theirs {
-            let Some(s) = ours.iter().find(|s| s.name == t.name) else {
+            let Some(s) = by_name.get(t.name.as_str()) else {
                 rep.add(format!(
                     "volume '{v}' session {}: in the archive but unknown to dom0 (cannot be verified)",
                     display_safe(&t.name)
@@ -116,42 +138,62 @@ fn compare_manifest(
     session: &str,
     rep: &mut CheckReport,
 ) -> Result<()> {
-    let mut stream = client.manifest(volume, session)?;
+    // The archive's copy should be dom0's byte for byte: more than that
+    // plus one part is not read (a hostile stream could be endless).
+    let cap = meta
+        .manifest_len(volume, session)?
+        .saturating_add(DATA_PART as u64);
+    let mut stream = client.manifest(volume, session, cap)?;
     let label = format!("volume '{volume}' session {session}");
-    let theirs: Vec<String> = {
-        let reader = ManifestReader::new(&mut stream);
-        let mut found = Vec::new();
-        match reader {
-            Err(e) => found.push(format!(
-                "{label}: the archive's manifest is unreadable: {e}"
-            )),
-            Ok(r) => {
-                let ours = meta.manifest(volume, session)?;
-                diff_manifests(
-                    ours,
-                    r.map(|e| e.map_err(|err| anyhow!("{err}"))),
-                    &label,
-                    &mut found,
-                )?;
-            }
+    let mut found = Found::default();
+    match ManifestReader::new(&mut stream) {
+        Err(e) => found.push(format!(
+            "{label}: the archive's manifest is unreadable: {e}"
+        )),
+        Ok(r) => {
+            let ours = meta.manifest(volume, session)?;
+            diff_manifests(
+                ours,
+                r.map(|e| e.map_err(|err| anyhow!("{err}"))),
+                &label,
+                &mut found,
+            )?;
         }
-        found
-    };
+    }
     // Drain to the end of the stream so the connection stays usable.
-    stream.drain()?;
-    let n = theirs.len();
-    for p in theirs.into_iter().take(PER_SESSION) {
+    stream
+        .drain()
+        .with_context(|| format!("{label}: reading the archive's manifest"))?;
+    for p in found.listed {
         rep.add(p);
     }
-    rep.unlisted += n.saturating_sub(PER_SESSION) as u64;
+    rep.unlisted = rep.unlisted.saturating_add(found.more);
     Ok(())
+}
+
+/// Problems of one session: the first `PER_SESSION` as text, the rest
+/// counted (a damaged or hostile manifest must not grow dom0's memory).
+#[derive(Default)]
+struct Found {
+    listed: Vec<String>,
+    more: u64,
+}
+
+impl Found {
+    fn push(&mut self, s: String) {
+        if self.listed.len() < PER_SESSION {
+            self.listed.push(s);
+        } else {
+            self.more = self.more.saturating_add(1);
+        }
+    }
 }
 
 fn diff_manifests(
     ours: ManifestIter,
     theirs: impl Iterator<Item = Result<Entry>>,
     label: &str,
-    out: &mut Vec<String>,
+    out: &mut Found,
 ) -> Result<()> {
     let mut ours = ours.peekable();
     let mut theirs = theirs.peekable();
@@ -207,8 +249,14 @@ pub fn text(rep: &CheckReport) -> String {
     for p in &rep.problems {
         let _ = writeln!(s, "{p}");
     }
+    let total = rep.total();
     if rep.unlisted > 0 {
-        let _ = writeln!(s, "... and {} more problems", rep.unlisted);
+        let _ = writeln!(
+            s,
+            "... and {} more {}",
+            count(rep.unlisted),
+            plural(rep.unlisted, "problem")
+        );
     }
     let _ = writeln!(
         s,
@@ -219,7 +267,7 @@ pub fn text(rep: &CheckReport) -> String {
         if rep.problems.is_empty() && rep.unlisted == 0 {
             "no problems".to_string()
         } else {
-            format!("{} problems", rep.problems.len() as u64 + rep.unlisted)
+            format!("{} {}", count(total), plural(total, "problem"))
         }
     );
     s

@@ -8,7 +8,7 @@
 //! the intent. If the answer is lost, the next command that changes the
 //! volume settles the intent (`crate::reconcile`).
 
-use crate::client::Client;
+use crate::client::{at_most, Client};
 use crate::context::Ctx;
 use crate::meta::{ArchiveMeta, PruneIntent, NEW_MANIFEST};
 use crate::reconcile::{check_merged, settle_prune};
@@ -171,7 +171,7 @@ pub fn prune_volume(
 ) -> Result<usize> {
     settle_prune(meta, client, volume)?;
     let ours = meta.sessions(volume)?;
-    let theirs = client.sessions(volume)?;
+    let theirs = client.sessions(volume, at_most(ours.len()))?;
     let names = |v: &[SessionInfo]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
     if names(&ours) != names(&theirs) {
         bail!("volume '{volume}': dom0 and the archive list different sessions; run arch-check before pruning");

@@ -3,6 +3,7 @@
 //! and each command is idempotent, so one interrupted between the two
 //! sides is completed by running it again.
 
+use crate::client::at_most;
 use crate::context::Ctx;
 use anyhow::{bail, Result};
 use protocol::message::Operation;
@@ -72,7 +73,7 @@ pub fn rename(ctx: &Ctx, volume: &str, new_name: &str) -> Result<i32> {
     validate_volume_name(volume)?;
     validate_volume_name(new_name)?;
     let mut client = ctx.connect(&dest, &meta, Operation::Admin)?;
-    let remote: Vec<String> = client.list(None)?.into_iter().map(|v| v.name).collect();
+    let remote = client.volumes(at_most(meta.volumes()?.len()))?;
     if remote.iter().any(|v| v == volume) {
         client.rename_volume(volume, new_name)?;
     } else if !remote.iter().any(|v| v == new_name) {

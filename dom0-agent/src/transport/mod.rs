@@ -20,39 +20,47 @@ use protocol::remote::{op_word, service_for, SERVICE_SSH_RELAY};
 use protocol::stream::{FrameReader, FrameWriter, StreamError};
 use std::io::{BufReader, BufWriter};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use sysio::timed::poll_until;
+use sysio::timed::{poll_until, Bound, Limits};
 
 /// How long a silent receiver is waited for before the stream fails.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How long one frame may take once begun: the largest frame (2 MiB) at
+/// 16 KiB/s, far below any working link, far above a trickling peer's
+/// patience budget.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(128);
+
+/// How long a receiver may take to exit once the connection is over.
+const EXIT_GRACE: Duration = Duration::from_secs(30);
+
 /// Buffer size of both stream directions.
 const STREAM_BUF: usize = 16 << 10;
 
-/// What a stalled receiver's error says.
-fn stalled(t: Duration) -> String {
-    format!("the receiver stalled: nothing moved for {} s", t.as_secs())
-}
-
-fn wait_ready(fd: BorrowedFd, events: PollFlags, timeout: Option<Duration>) -> std::io::Result<()> {
-    sysio::timed::wait_ready(fd, events, timeout, stalled)
-}
-
-/// The stall timeout shared by both directions of a connection, in
-/// milliseconds (`NO_TIMEOUT`: wait forever).
-type SharedTimeout = Arc<AtomicU64>;
-const NO_TIMEOUT: u64 = u64::MAX;
-
-fn timeout_of(t: &SharedTimeout) -> Option<Duration> {
-    match t.load(Ordering::Relaxed) {
-        NO_TIMEOUT => None,
-        ms => Some(Duration::from_millis(ms)),
+/// What each bound's error says, naming the option that sets it.
+fn bound_text(b: Bound, t: Duration) -> String {
+    match b {
+        Bound::Stall => format!("the receiver stalled: nothing moved for {} s", t.as_secs()),
+        Bound::Frame => format!(
+            "one frame to or from the receiver took longer than {} s (--frame-timeout): a peer that trickles is given up",
+            t.as_secs()
+        ),
+        Bound::Job => format!("the run's time limit of {} s ran out (--max-time)", t.as_secs()),
     }
+}
+
+/// The limits of a new connection under `reach`.
+fn limits(reach: &Reach) -> Arc<Limits> {
+    Arc::new(Limits::new(
+        Some(reach.timeout),
+        reach.frame_timeout,
+        reach.deadline,
+        bound_text,
+    ))
 }
 
 /// The receiver's stdin. Writes are non-blocking underneath so that a
@@ -60,7 +68,7 @@ fn timeout_of(t: &SharedTimeout) -> Option<Duration> {
 /// instead of hanging dom0.
 struct PipeOut<P> {
     pipe: P,
-    timeout: SharedTimeout,
+    limits: Arc<Limits>,
 }
 
 impl<P: Write + AsFd> PipeOut<P> {
@@ -72,11 +80,9 @@ impl<P: Write + AsFd> PipeOut<P> {
     ) -> std::io::Result<usize> {
         loop {
             match op(&mut self.pipe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_ready(
-                    self.pipe.as_fd(),
-                    PollFlags::POLLOUT,
-                    timeout_of(&self.timeout),
-                )?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.limits.wait(self.pipe.as_fd(), PollFlags::POLLOUT)?
+                }
                 r => return r,
             }
         }
@@ -100,16 +106,12 @@ impl<P: Write + AsFd> Write for PipeOut<P> {
 /// The receiver's stdout: reads wait at most the timeout for a byte.
 struct PipeIn<P> {
     pipe: P,
-    timeout: SharedTimeout,
+    limits: Arc<Limits>,
 }
 
 impl<P: Read + AsFd> Read for PipeIn<P> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        wait_ready(
-            self.pipe.as_fd(),
-            PollFlags::POLLIN,
-            timeout_of(&self.timeout),
-        )?;
+        self.limits.wait(self.pipe.as_fd(), PollFlags::POLLIN)?;
         self.pipe.read(buf)
     }
 }
@@ -152,7 +154,7 @@ pub struct Connection {
     peer: Peer,
     pub(crate) rd: StreamIn,
     pub(crate) wr: StreamOut,
-    timeout: SharedTimeout,
+    limits: Arc<Limits>,
     /// What the receiver reported in its hello.
     pub archive: Option<ArchiveParams>,
     pub label: String,
@@ -179,7 +181,12 @@ pub struct Reach {
     pub remote_receiver: String,
     /// ssh and its options (e.g. `["ssh", "-F", "/etc/sparsebak/ssh_config"]`).
     pub ssh: Vec<String>,
+    /// The longest wait for any byte to move.
     pub timeout: Duration,
+    /// The longest one frame may take once begun.
+    pub frame_timeout: Option<Duration>,
+    /// The run's deadline and the limit it came from (`--max-time`).
+    pub deadline: Option<(std::time::Instant, Duration)>,
 }
 
 /// Finds `prog` on PATH.
@@ -276,10 +283,18 @@ fn forward_stderr(err: std::process::ChildStderr, label: String) -> std::thread:
 }
 
 /// Small buffers on purpose: requests and replies are small, and a chunk
-/// frame larger than the buffer bypasses it (one copy less).
-fn streams(input: Box<dyn Read + Send>, output: Box<dyn Write + Send>) -> (StreamIn, StreamOut) {
+/// frame larger than the buffer bypasses it (one copy less). Every frame
+/// read is paced by `limits` (see `sysio::timed`).
+fn streams(
+    input: Box<dyn Read + Send>,
+    output: Box<dyn Write + Send>,
+    limits: &Arc<Limits>,
+) -> (StreamIn, StreamOut) {
+    let mut rd = FrameReader::new(BufReader::with_capacity(STREAM_BUF, input));
+    let l = limits.clone();
+    rd.set_pace(Some(Arc::new(move |started| l.frame(started))));
     (
-        FrameReader::new(BufReader::with_capacity(STREAM_BUF, input)),
+        rd,
         FrameWriter::new(BufWriter::with_capacity(STREAM_BUF, output)),
     )
 }
@@ -316,22 +331,23 @@ pub fn connect(
         fcntl(stdin.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
             .context("setting the receiver pipe non-blocking")?;
     }
-    let timeout: SharedTimeout = Arc::new(AtomicU64::new(reach.timeout.as_millis() as u64));
+    let limits = limits(reach);
     let (rd, wr) = streams(
         Box::new(PipeIn {
             pipe: stdout,
-            timeout: timeout.clone(),
+            limits: limits.clone(),
         }),
         Box::new(PipeOut {
             pipe: stdin,
-            timeout: timeout.clone(),
+            limits: limits.clone(),
         }),
+        &limits,
     );
     let mut conn = Connection {
         peer: Peer::Process { child, stderr_fwd },
         rd,
         wr,
-        timeout,
+        limits,
         archive: None,
         label: dest.to_string(),
     };
@@ -362,7 +378,7 @@ impl Connection {
     /// logic without processes.
     pub fn in_process(
         label: &str,
-        timeout: Duration,
+        reach: &Reach,
         op: Operation,
         archive_id: Option<ArchiveId>,
         serve: impl FnOnce(std::io::PipeReader, std::io::PipeWriter) -> bool + Send + 'static,
@@ -376,22 +392,23 @@ impl Connection {
                 .context("setting the pipe non-blocking")?;
         }
         let handle = std::thread::spawn(move || serve(their_in, their_out));
-        let timeout: SharedTimeout = Arc::new(AtomicU64::new(timeout.as_millis() as u64));
+        let limits = limits(reach);
         let (rd, wr) = streams(
             Box::new(PipeIn {
                 pipe: our_in,
-                timeout: timeout.clone(),
+                limits: limits.clone(),
             }),
             Box::new(PipeOut {
                 pipe: our_out,
-                timeout: timeout.clone(),
+                limits: limits.clone(),
             }),
+            &limits,
         );
         let mut conn = Connection {
             peer: Peer::Thread(Some(handle)),
             rd,
             wr,
-            timeout,
+            limits,
             archive: None,
             label: label.to_string(),
         };
@@ -450,20 +467,46 @@ impl Connection {
         }
     }
 
-    /// Ends the connection and waits for the receiver to exit cleanly.
+    /// Ends the connection and waits (a bounded time) for the receiver to
+    /// exit cleanly. One that stays is killed: after `Bye` a receiver has
+    /// nothing left to do, and it must not hold dom0.
     pub fn finish(mut self) -> Result<()> {
         let _ = self.wr.request(&Request::Bye).and_then(|_| self.wr.flush());
         self.close_input();
+        let grace = self.timeout().unwrap_or(EXIT_GRACE).min(EXIT_GRACE);
         match &mut self.peer {
             Peer::Process { child, .. } => {
-                let status = child.wait().context("waiting for the receiver")?;
+                let mut status = None;
+                poll_until(grace, || match child.try_wait() {
+                    Ok(Some(st)) => {
+                        status = Some(Ok(st));
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(e) => {
+                        status = Some(Err(e));
+                        true
+                    }
+                });
+                let Some(status) = status else {
+                    self.kill();
+                    bail!(
+                        "the receiver for {} did not exit within {} s of the end of the connection: killed it",
+                        self.label,
+                        grace.as_secs()
+                    );
+                };
+                let status = status.context("waiting for the receiver")?;
                 self.join_stderr();
                 if !status.success() {
                     bail!("the receiver for {} exited with {status}", self.label);
                 }
             }
             Peer::Thread(h) => {
-                let ok = h.take().is_some_and(|h| h.join().unwrap_or(false));
+                let ok = match h.take() {
+                    Some(h) if poll_until(grace, || h.is_finished()) => h.join().unwrap_or(false),
+                    _ => false,
+                };
                 if !ok {
                     bail!("the receiver for {} ended with an error", self.label);
                 }
@@ -479,14 +522,23 @@ impl Connection {
     }
 
     /// The stall timeout (None: wait forever, for requests whose answer
-    /// takes long by nature, like an archive check).
+    /// takes long by nature, like an archive check; the run's deadline
+    /// still holds).
     pub fn timeout(&self) -> Option<Duration> {
-        timeout_of(&self.timeout)
+        self.limits.stall()
     }
 
     pub fn set_timeout(&mut self, t: Option<Duration>) {
-        let ms = t.map_or(NO_TIMEOUT, |t| (t.as_millis() as u64).min(NO_TIMEOUT - 1));
-        self.timeout.store(ms, Ordering::Relaxed);
+        self.limits.set_stall(t);
+    }
+
+    /// Writes one frame with `write`, within the frame limit: a peer that
+    /// reads a byte at a time cannot hold dom0 either.
+    pub fn paced_write<T>(&mut self, write: impl FnOnce(&mut StreamOut) -> T) -> T {
+        self.limits.frame(true);
+        let r = write(&mut self.wr);
+        self.limits.frame(false);
+        r
     }
 
     /// The receiver's exit code if it exits within a moment (after a

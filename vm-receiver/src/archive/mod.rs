@@ -11,7 +11,7 @@ pub mod store;
 
 use crate::error::{Failure, Result};
 use nix::fcntl::{Flock, FlockArg};
-use protocol::message::{ArchiveParams, ErrorCode, SessionInfo, VolumeListing};
+use protocol::message::{ArchiveParams, ErrorCode, SessionInfo, LIST_PAGE};
 use protocol::names::{validate_session_name, validate_volume_name};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
@@ -205,21 +205,29 @@ impl Archive {
         session::read_info(&self.session_dir(volume, session)?)
     }
 
-    pub fn listing(&self, volume: Option<&str>) -> Result<Vec<VolumeListing>> {
-        let vols = match volume {
-            Some(v) => vec![v.to_string()],
-            None => self.volume_names()?,
-        };
-        vols.into_iter()
-            .map(|name| {
-                let sessions = self
-                    .session_names(&name)?
-                    .iter()
-                    .map(|s| self.session_info(&name, s))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(VolumeListing { name, sessions })
-            })
-            .collect()
+    /// A page of volume names after `after`: at most `LIST_PAGE`, and
+    /// whether more follow.
+    pub fn volume_page(&self, after: Option<&str>) -> Result<(Vec<String>, bool)> {
+        Ok(page(self.volume_names()?, after, |n| n.as_str()))
+    }
+
+    /// A page of the sessions of `volume` named after `after`: at most
+    /// `LIST_PAGE`, oldest first, and whether more follow. Only the page's
+    /// own info records are read.
+    pub fn session_page(
+        &self,
+        volume: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<SessionInfo>, bool)> {
+        if let Some(a) = after {
+            validate_session_name(a)?;
+        }
+        let (names, more) = page(self.session_names(volume)?, after, |n| n.as_str());
+        let infos = names
+            .iter()
+            .map(|s| self.session_info(volume, s))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((infos, more))
     }
 }
 
@@ -252,6 +260,15 @@ pub fn lock(root: &Path, wait: std::time::Duration) -> Result<Option<Flock<File>
             }
         }
     }
+}
+
+/// The items of sorted `all` that sort after `after`: at most `LIST_PAGE`,
+/// and whether more follow.
+fn page<T>(all: Vec<T>, after: Option<&str>, key: impl Fn(&T) -> &str) -> (Vec<T>, bool) {
+    let start = after.map_or(0, |a| all.partition_point(|x| key(x) <= a));
+    let more = all.len() - start > LIST_PAGE;
+    let items = all.into_iter().skip(start).take(LIST_PAGE).collect();
+    (items, more)
 }
 
 /// The entries of a directory whose names pass `valid`, sorted; anything

@@ -1,0 +1,535 @@
+//! What a hostile peer can make the other side spend is bounded: memory,
+//! time, and listing size. Each test runs the real victim process against
+//! a hostile peer (`fake-receiver`, or raw frames into the real receiver),
+//! measures its peak RSS (VmHWM from /proc/PID/status) or wall time, and
+//! fails above a stated bound. Before the bounds existed, each of these
+//! ran until the test's own limit killed it.
+
+use protocol::chunk::{ChunkHeader, Codec};
+use protocol::frame::{encode_frame, FrameKind};
+use protocol::message::{
+    encode_reply, encode_request, ArchiveId, ArchiveParams, Compression, Hello, HelloBody,
+    Operation, Reply, Request, SessionInfo,
+};
+use protocol::stream::{FrameReader, FrameWriter, Incoming};
+use sha2::{Digest, Sha256};
+use sparsebak_tests::{bin_dir, receiver_bin, script, tree_digest, Rng, Setup};
+use std::fs;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CS: usize = 65536;
+
+/// A process's exit, stderr, peak RSS (KiB) and wall time. Killed (and
+/// reported as such) if it runs longer than `limit`.
+struct Measured {
+    ok: bool,
+    stderr: String,
+    peak_kib: u64,
+    secs: f64,
+    killed: bool,
+}
+
+fn peak_kib(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn measure(mut cmd: Command, limit: Duration) -> Measured {
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let (mut peak, mut killed) = (0, false);
+    let status = loop {
+        if let Some(p) = peak_kib(child.id()) {
+            peak = peak.max(p);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > limit {
+            killed = true;
+            child.kill().unwrap();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Measured {
+        ok: status.success(),
+        stderr: reader.join().unwrap(),
+        peak_kib: peak,
+        secs: t0.elapsed().as_secs_f64(),
+        killed,
+    }
+}
+
+fn reply(r: &Reply) -> Vec<u8> {
+    encode_frame(FrameKind::Reply, &encode_reply(r)).unwrap()
+}
+
+/// An archive with one session of a 4-chunk volume, and what a fake
+/// receiver needs to pass for it.
+struct World {
+    s: Setup,
+    params: ArchiveParams,
+    session: SessionInfo,
+    chunks: Vec<Vec<u8>>,
+}
+
+fn world(tag: &str) -> World {
+    let s = Setup::new(tag);
+    s.init("64K");
+    let data = Rng::new(3).bytes(4 * CS);
+    fs::write(s.vol("v.img"), &data).unwrap();
+    let name = s.backup("v.img");
+    let params = ArchiveParams {
+        id: ArchiveId::from_hex(&s.archive_id()).unwrap(),
+        chunk_size: CS as u32,
+        compression: Compression::Zstd { level: 3 },
+    };
+    let session = SessionInfo {
+        name,
+        time: 0,
+        volume_size: 4 * CS as u64,
+        chunks: 4,
+        zero_chunks: 0,
+        stored_bytes: 0,
+        prev: None,
+    };
+    let chunks = data.chunks(CS).map(<[u8]>::to_vec).collect();
+    World {
+        s,
+        params,
+        session,
+        chunks,
+    }
+}
+
+impl World {
+    fn hello(&self) -> Vec<u8> {
+        let h = Hello::new(HelloBody::Receiver {
+            archive: Some(self.params),
+        });
+        encode_frame(FrameKind::Hello, &h.encode()).unwrap()
+    }
+
+    fn chunk(&self, i: usize) -> Vec<u8> {
+        let mut w = FrameWriter::new(Vec::new());
+        let h = ChunkHeader {
+            addr: (i * CS) as u64,
+            codec: Codec::Raw,
+            raw_len: CS as u32,
+            hash: Sha256::digest(&self.chunks[i]).into(),
+        };
+        w.chunk(&h, &self.chunks[i]).unwrap();
+        std::mem::take(w.get_mut())
+    }
+
+    /// Runs the agent with `args` against `fake-receiver MODE PREFIX REST…`.
+    fn against_fake(&self, mode: &str, prefix: &[u8], rest: &[&str], args: &[&str]) -> Measured {
+        let dir = self.s.dir.path();
+        let p = dir.join(format!("{mode}-prefix.bin"));
+        fs::write(&p, prefix).unwrap();
+        let fake = dir.join(format!("{mode}-receiver.sh"));
+        let quoted: Vec<String> = rest.iter().map(|a| format!("'{a}'")).collect();
+        script(
+            &fake,
+            &format!(
+                "exec '{}' {mode} '{}' {}",
+                bin_dir().join("fake-receiver").display(),
+                p.display(),
+                quoted.join(" ")
+            ),
+        );
+        let mut c = self.s.cmd(args);
+        c.arg("--remote-receiver").arg(&fake);
+        measure(c, Duration::from_secs(60))
+    }
+}
+
+/// The bound on dom0's memory while a receiver streams an endless manifest:
+/// the agent's own working set (a few MiB) plus a few 1 MiB parts.
+const AGENT_RSS_BOUND_KIB: u64 = 64 << 10;
+
+#[test]
+fn arch_check_memory_is_bounded_against_an_endless_manifest() {
+    let w = world("bound-manifest");
+    let prefix = [
+        w.hello(),
+        reply(&Reply::CheckReport {
+            checked: 0,
+            findings: vec![],
+            more: 0,
+        }),
+        reply(&Reply::Volumes {
+            names: vec!["v.img".into()],
+            more: false,
+        }),
+        reply(&Reply::Sessions {
+            sessions: vec![w.session.clone()],
+            more: false,
+        }),
+    ]
+    .concat();
+    let m = w.against_fake(
+        "endless-manifest",
+        &prefix,
+        &[&CS.to_string()],
+        &["arch-check"],
+    );
+    assert!(!m.killed, "arch-check ran {:.1} s: {}", m.secs, m.stderr);
+    assert!(!m.ok);
+    assert!(
+        m.stderr.contains("bytes of a manifest dom0 holds at"),
+        "{}",
+        m.stderr
+    );
+    assert!(
+        m.peak_kib < AGENT_RSS_BOUND_KIB,
+        "peak RSS {} KiB, bound {AGENT_RSS_BOUND_KIB} KiB",
+        m.peak_kib
+    );
+    eprintln!(
+        "arch-check vs an endless manifest: refused in {:.2} s, peak RSS {} KiB",
+        m.secs, m.peak_kib
+    );
+}
+
+#[test]
+fn a_trickling_receiver_cannot_hold_a_restore_or_verify() {
+    let w = world("bound-trickle");
+    let dir = w.s.dir.path();
+    let frame = dir.join("chunk0.bin");
+    fs::write(&frame, w.chunk(0)).unwrap();
+    let target = dir.join("out.img");
+    let restore = [
+        "restore",
+        "v.img",
+        "--save-to",
+        target.to_str().unwrap(),
+        "--frame-timeout",
+        "2",
+        "--timeout",
+        "5",
+    ];
+    let verify = ["verify", "v.img", "--frame-timeout", "2", "--timeout", "5"];
+    for args in [&restore[..], &verify[..]] {
+        // One byte every 100 ms: never silent for the 5 s stall limit.
+        let m = w.against_fake(
+            "trickle",
+            &w.hello(),
+            &[frame.to_str().unwrap(), "100"],
+            args,
+        );
+        assert!(!m.killed && !m.ok, "{args:?}: ran {:.1} s", m.secs);
+        assert!(
+            m.stderr.contains("--frame-timeout"),
+            "{args:?}: {}",
+            m.stderr
+        );
+        assert!(m.secs < 10.0, "{args:?}: took {:.1} s, bound 10 s", m.secs);
+        assert!(!target.exists(), "restore target written");
+        eprintln!(
+            "{}: a trickled frame given up after {:.2} s",
+            args[0], m.secs
+        );
+    }
+}
+
+#[test]
+fn max_time_bounds_a_whole_run() {
+    let w = world("bound-maxtime");
+    let dir = w.s.dir.path();
+    // Every frame arrives whole and on time, but 1.5 s apart: 4 chunks and
+    // the end would take 7.5 s.
+    let frames = dir.join("frames.bin");
+    let all: Vec<Vec<u8>> = (0..4)
+        .map(|i| w.chunk(i))
+        .chain([reply(&Reply::StreamEnd { chunks: 4 })])
+        .collect();
+    fs::write(&frames, all.concat()).unwrap();
+    let m = w.against_fake(
+        "paced",
+        &w.hello(),
+        &[frames.to_str().unwrap(), "1500"],
+        &["verify", "v.img", "--max-time", "3", "--timeout", "5"],
+    );
+    assert!(!m.killed && !m.ok, "ran {:.1} s: {}", m.secs, m.stderr);
+    assert!(
+        m.stderr.contains("time limit of 3 s ran out (--max-time)"),
+        "{}",
+        m.stderr
+    );
+    assert!(m.secs < 5.0, "took {:.1} s, bound 5 s", m.secs);
+    // The same pace with no limit is an honest, slow receiver: it passes.
+    let m = w.against_fake(
+        "paced",
+        &w.hello(),
+        &[frames.to_str().unwrap(), "300"],
+        &["verify", "v.img", "--timeout", "5"],
+    );
+    assert!(m.ok, "{}", m.stderr);
+}
+
+#[test]
+fn a_trickling_agent_cannot_hold_the_receiver_or_its_lock() {
+    let w = world("bound-recv");
+    let s = &w.s;
+    let before = tree_digest(&s.arch);
+    let mut input = encode_frame(
+        FrameKind::Hello,
+        &Hello::new(HelloBody::Agent {
+            archive_id: None,
+            op: Operation::Backup,
+        })
+        .encode(),
+    )
+    .unwrap();
+    input.extend(
+        encode_frame(
+            FrameKind::Request,
+            &encode_request(&Request::BeginSession {
+                volume: "v.img".into(),
+                session: "S_20300101-000000-000000".into(),
+                prev: Some(w.session.name.clone()),
+                volume_size: 4 * CS as u64,
+                time: 0,
+            }),
+        )
+        .unwrap(),
+    );
+    // The header of the largest chunk frame this archive takes (a chunk
+    // and its header), then its bytes one by one.
+    input.extend_from_slice(&((CS + protocol::chunk::HEADER_LEN) as u32).to_le_bytes());
+    input.push(FrameKind::Chunk as u8);
+    let mut child = Command::new(receiver_bin())
+        .args([
+            "serve",
+            "--frame-timeout",
+            "2",
+            "--idle-timeout",
+            "60",
+            "--archive",
+        ])
+        .arg(&s.arch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&input).unwrap();
+    let trickler = std::thread::spawn(move || {
+        for _ in 0..600 {
+            if stdin.write_all(&[0x55]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 15,
+            "the receiver was held past 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    trickler.join().unwrap();
+    assert!(
+        !status.success() && err.contains("one frame from the agent took longer than 2 s"),
+        "{err}"
+    );
+    assert!(secs < 6.0, "took {secs:.1} s, bound 6 s");
+    assert_eq!(
+        tree_digest(&s.arch),
+        before,
+        "the abandoned session left something"
+    );
+    // The lock went with it: the next connection is not Busy.
+    s.ok(&["backup", "v.img"]);
+}
+
+/// Writes `n` empty sessions of `volume` (all zero, `size` bytes) straight
+/// into both dom0's metadata and the archive, chained after `prev`, with
+/// names that sort before `before`... in the year 2025.
+fn many_sessions(s: &Setup, volume: &str, n: usize, size: u64) -> Vec<String> {
+    let manifest = {
+        let w = protocol::manifest::ManifestWriter::new(Vec::new(), CS as u32).unwrap();
+        w.finish().unwrap()
+    };
+    let ours = s
+        .meta
+        .join("archives")
+        .join(s.archive_id())
+        .join("volumes")
+        .join(volume);
+    let theirs = s.arch.join("volumes").join(volume);
+    let mut names = Vec::with_capacity(n);
+    let mut prev: Option<String> = None;
+    for i in 0..n {
+        // One a minute from 2025-01-01: valid, ascending, distinct.
+        let name = protocol::names::session_name(1_735_689_600 + 60 * i as u64, 0, prev.as_deref());
+        let info = SessionInfo {
+            name: name.clone(),
+            time: 1_735_689_600 + 60 * i as u64,
+            volume_size: size,
+            chunks: 0,
+            zero_chunks: 0,
+            stored_bytes: 0,
+            prev: prev.clone(),
+        };
+        for (root, info_file, bytes) in [
+            (
+                &ours,
+                "info.toml",
+                toml::to_string(&info).unwrap().into_bytes(),
+            ),
+            (
+                &theirs,
+                receiver::archive::session::INFO_FILE,
+                protocol::codec::encode_sealed(&receiver::archive::session::SESSION_MAGIC, &info),
+            ),
+        ] {
+            let d = root.join(&name);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join(info_file), bytes).unwrap();
+            fs::write(d.join("manifest"), &manifest).unwrap();
+        }
+        prev = Some(name.clone());
+        names.push(name);
+    }
+    names
+}
+
+/// One BeginSession + Commit of an empty session, straight to the real
+/// receiver: the time from sending BeginSession to reading Committed.
+fn commit_cost(s: &Setup, volume: &str, prev: Option<&str>, session: &str, size: u64) -> f64 {
+    let mut child = Command::new(receiver_bin())
+        .args(["serve", "--archive"])
+        .arg(&s.arch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut w = FrameWriter::new(child.stdin.take().unwrap());
+    let mut r = FrameReader::new(std::io::BufReader::new(child.stdout.take().unwrap()));
+    w.hello(&Hello::new(HelloBody::Agent {
+        archive_id: None,
+        op: Operation::Backup,
+    }))
+    .unwrap();
+    w.flush().unwrap();
+    r.read_hello().unwrap();
+    let t0 = Instant::now();
+    w.request(&Request::BeginSession {
+        volume: volume.into(),
+        session: session.into(),
+        prev: prev.map(str::to_string),
+        volume_size: size,
+        time: 0,
+    })
+    .unwrap();
+    w.flush().unwrap();
+    assert!(matches!(r.read_reply().unwrap(), Reply::Ok));
+    w.request(&Request::Commit {
+        chunks: 0,
+        zero_chunks: 0,
+    })
+    .unwrap();
+    w.flush().unwrap();
+    match r.next_frame().unwrap() {
+        Incoming::Reply(Reply::Committed(_)) => {}
+        other => panic!("commit: {}", other.name()),
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    w.request(&Request::Bye).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    assert!(child.wait().unwrap().success());
+    secs
+}
+
+#[test]
+fn fifty_thousand_sessions_list_prune_and_commit_in_flat_time() {
+    const N: usize = 50_000;
+    let s = Setup::new("bound-50k");
+    s.init("64K");
+    let size = 4 * CS as u64;
+    fs::write(s.vol("v.img"), vec![0u8; size as usize]).unwrap();
+    // A first real session makes the volume on both sides; the generated
+    // ones come before it in time, so move it last by name: drop it.
+    s.backup("v.img");
+    let real = s.sessions("v.img");
+    for root in [
+        s.meta
+            .join("archives")
+            .join(s.archive_id())
+            .join("volumes")
+            .join("v.img"),
+        s.arch.join("volumes").join("v.img"),
+    ] {
+        fs::remove_dir_all(root.join(&real[0])).unwrap();
+    }
+    let names = many_sessions(&s, "v.img", N, size);
+
+    // dom0 lists them all, and the receiver's paged listing agrees with
+    // dom0's (prune refuses to go on otherwise): prune the oldest.
+    let t0 = Instant::now();
+    let out = s.ok(&["prune", "v.img", "--session", &names[0]]);
+    let prune_secs = t0.elapsed().as_secs_f64();
+    assert!(out.contains("1 sessions pruned"), "{out}");
+    assert_eq!(s.sessions("v.img").len(), N - 1);
+    assert!(
+        prune_secs < 60.0,
+        "prune at {N} sessions took {prune_secs:.1} s"
+    );
+
+    // The cost of one commit with N sessions before it, against the cost
+    // on a volume with none (best of 3 each: this machine is noisy).
+    let best = |f: &dyn Fn(usize) -> f64| (0..3).map(f).fold(f64::MAX, f64::min);
+    let empty = best(&|i| {
+        let name = format!("S_20300101-00000{i}-000000");
+        let prev = (i > 0).then(|| format!("S_20300101-00000{}-000000", i - 1));
+        commit_cost(&s, "w.img", prev.as_deref(), &name, size)
+    });
+    let full = best(&|i| {
+        let name = format!("S_20300101-00000{i}-000000");
+        let prev = if i == 0 {
+            names[N - 1].clone()
+        } else {
+            format!("S_20300101-00000{}-000000", i - 1)
+        };
+        commit_cost(&s, "v.img", Some(&prev), &name, size)
+    });
+    eprintln!(
+        "prune at {N} sessions: {prune_secs:.2} s; one commit: {:.1} ms with no sessions, {:.1} ms after {N}",
+        empty * 1e3,
+        full * 1e3
+    );
+    assert!(
+        full < 3.0 * empty + 0.010,
+        "a commit after {N} sessions costs {:.1} ms, one on an empty volume {:.1} ms",
+        full * 1e3,
+        empty * 1e3
+    );
+}
