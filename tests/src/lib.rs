@@ -168,6 +168,23 @@ pub fn tree_digest(dir: &Path) -> String {
 }
 
 /// Writes an executable shell script.
+/// An agent's hello frame for `op`, naming no archive: what a raw test
+/// client sends a real receiver first.
+pub fn agent_hello(op: protocol::message::Operation) -> Vec<u8> {
+    use protocol::message::{Hello, HelloBody};
+    let h = Hello::new(HelloBody::Agent {
+        archive_id: None,
+        op,
+    });
+    protocol::frame::encode_frame(protocol::frame::FrameKind::Hello, &h.encode()).unwrap()
+}
+
+/// A request frame.
+pub fn request_frame(r: &protocol::message::Request) -> Vec<u8> {
+    let payload = protocol::message::encode_request(r);
+    protocol::frame::encode_frame(protocol::frame::FrameKind::Request, &payload).unwrap()
+}
+
 pub fn script(path: &Path, body: &str) {
     let mut f = fs::File::create(path).unwrap();
     writeln!(f, "#!/bin/sh\n{body}").unwrap();

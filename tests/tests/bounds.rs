@@ -8,12 +8,14 @@
 use protocol::chunk::{ChunkHeader, Codec};
 use protocol::frame::{encode_frame, FrameKind};
 use protocol::message::{
-    encode_reply, encode_request, ArchiveId, ArchiveParams, Compression, Hello, HelloBody,
-    Operation, Reply, Request, SessionInfo,
+    encode_reply, ArchiveId, ArchiveParams, Compression, Hello, HelloBody, Operation, Reply,
+    Request, SessionInfo,
 };
 use protocol::stream::{FrameReader, FrameWriter, Incoming};
 use sha2::{Digest, Sha256};
-use sparsebak_tests::{bin_dir, receiver_bin, script, tree_digest, Rng, Setup};
+use sparsebak_tests::{
+    agent_hello, bin_dir, receiver_bin, request_frame, script, tree_digest, Rng, Setup,
+};
 use std::fs;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -288,28 +290,14 @@ fn a_trickling_agent_cannot_hold_the_receiver_or_its_lock() {
     let w = world("bound-recv");
     let s = &w.s;
     let before = tree_digest(&s.arch);
-    let mut input = encode_frame(
-        FrameKind::Hello,
-        &Hello::new(HelloBody::Agent {
-            archive_id: None,
-            op: Operation::Backup,
-        })
-        .encode(),
-    )
-    .unwrap();
-    input.extend(
-        encode_frame(
-            FrameKind::Request,
-            &encode_request(&Request::BeginSession {
-                volume: "v.img".into(),
-                session: "S_20300101-000000-000000".into(),
-                prev: Some(w.session.name.clone()),
-                volume_size: 4 * CS as u64,
-                time: 0,
-            }),
-        )
-        .unwrap(),
-    );
+    let mut input = agent_hello(Operation::Backup);
+    input.extend(request_frame(&Request::BeginSession {
+        volume: "v.img".into(),
+        session: "S_20300101-000000-000000".into(),
+        prev: Some(w.session.name.clone()),
+        volume_size: 4 * CS as u64,
+        time: 0,
+    }));
     // The header of the largest chunk frame this archive takes (a chunk
     // and its header), then its bytes one by one.
     input.extend_from_slice(&((CS + protocol::chunk::HEADER_LEN) as u32).to_le_bytes());

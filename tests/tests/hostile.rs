@@ -7,8 +7,7 @@
 use protocol::chunk::{ChunkHeader, Codec};
 use protocol::frame::{encode_frame, FrameKind, MAX_PAYLOAD};
 use protocol::message::{
-    encode_request, ArchiveId, ArchiveParams, Compression, Hello, HelloBody, Operation, Reply,
-    Request,
+    ArchiveId, ArchiveParams, Compression, Hello, HelloBody, Operation, Reply, Request,
 };
 use protocol::stream::{FrameReader, FrameWriter, Incoming};
 use sha2::{Digest, Sha256};
@@ -19,21 +18,7 @@ use std::process::{Command, Stdio};
 
 const CS: usize = 65536;
 
-fn hello(op: Operation) -> Vec<u8> {
-    encode_frame(
-        FrameKind::Hello,
-        &Hello::new(HelloBody::Agent {
-            archive_id: None,
-            op,
-        })
-        .encode(),
-    )
-    .unwrap()
-}
-
-fn request(r: &Request) -> Vec<u8> {
-    encode_frame(FrameKind::Request, &encode_request(r)).unwrap()
-}
+use sparsebak_tests::{agent_hello as hello, request_frame as request};
 
 /// Feeds `input` to a real receiver; returns (success, stderr, replies).
 fn feed(s: &Setup, input: &[u8]) -> (bool, String, Vec<Reply>) {

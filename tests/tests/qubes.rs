@@ -175,17 +175,7 @@ fn restore_service_offers_only_restores() {
     let q = Q::new("qubes-ops", true);
     round_trip(&q, "qubes://backup-qube/a");
     // A backup hello sent to sparsebak.Restore is refused by the receiver.
-    use protocol::frame::{encode_frame, FrameKind};
-    use protocol::message::{Hello, HelloBody, Operation};
-    let hello = encode_frame(
-        FrameKind::Hello,
-        &Hello::new(HelloBody::Agent {
-            archive_id: None,
-            op: Operation::Backup,
-        })
-        .encode(),
-    )
-    .unwrap();
+    let hello = sparsebak_tests::agent_hello(protocol::message::Operation::Backup);
     let mut child = qvm_run(&q.qubes, "backup-qube", "sparsebak.Restore+a")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
