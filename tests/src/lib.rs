@@ -179,6 +179,48 @@ pub fn agent_hello(op: protocol::message::Operation) -> Vec<u8> {
     protocol::frame::encode_frame(protocol::frame::FrameKind::Hello, &h.encode()).unwrap()
 }
 
+/// The real receiver (`serve ARGS --archive ARCH`) with `input` already on
+/// its stdin, which stays open for the caller (to say nothing, or trickle).
+pub fn receiver_fed(
+    arch: &Path,
+    args: &[&str],
+    input: &[u8],
+) -> (std::process::Child, std::process::ChildStdin) {
+    let mut child = Command::new(receiver_bin())
+        .arg("serve")
+        .args(args)
+        .arg("--archive")
+        .arg(arch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    (child, stdin)
+}
+
+/// Waits for `child` to exit, failing the test past `limit`; its status,
+/// stderr and the seconds it took.
+pub fn exit_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, String, f64) {
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < limit, "the process was held past {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err, secs)
+}
+
 /// A request frame.
 pub fn request_frame(r: &protocol::message::Request) -> Vec<u8> {
     let payload = protocol::message::encode_request(r);

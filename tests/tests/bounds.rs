@@ -14,7 +14,8 @@ use protocol::message::{
 use protocol::stream::{FrameReader, FrameWriter, Incoming};
 use sha2::{Digest, Sha256};
 use sparsebak_tests::{
-    agent_hello, bin_dir, receiver_bin, request_frame, script, tree_digest, Rng, Setup,
+    agent_hello, bin_dir, exit_within, receiver_bin, receiver_fed, request_frame, script,
+    tree_digest, Rng, Setup,
 };
 use std::fs;
 use std::io::Write;
@@ -302,23 +303,11 @@ fn a_trickling_agent_cannot_hold_the_receiver_or_its_lock() {
     // and its header), then its bytes one by one.
     input.extend_from_slice(&((CS + protocol::chunk::HEADER_LEN) as u32).to_le_bytes());
     input.push(FrameKind::Chunk as u8);
-    let mut child = Command::new(receiver_bin())
-        .args([
-            "serve",
-            "--frame-timeout",
-            "2",
-            "--idle-timeout",
-            "60",
-            "--archive",
-        ])
-        .arg(&s.arch)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&input).unwrap();
+    let (child, mut stdin) = receiver_fed(
+        &s.arch,
+        &["--frame-timeout", "2", "--idle-timeout", "60"],
+        &input,
+    );
     let trickler = std::thread::spawn(move || {
         for _ in 0..600 {
             if stdin.write_all(&[0x55]).is_err() {
@@ -327,20 +316,7 @@ fn a_trickling_agent_cannot_hold_the_receiver_or_its_lock() {
             std::thread::sleep(Duration::from_millis(100));
         }
     });
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed().as_secs() < 15,
-            "the receiver was held past 15 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let secs = t0.elapsed().as_secs_f64();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let (status, err, secs) = exit_within(child, Duration::from_secs(15));
     trickler.join().unwrap();
     assert!(
         !status.success() && err.contains("one frame from the agent took longer than 2 s"),

@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 
 const CS: usize = 65536;
 
-use sparsebak_tests::{agent_hello as hello, request_frame as request};
+use sparsebak_tests::{agent_hello as hello, exit_within, receiver_fed, request_frame as request};
+use std::time::Duration;
 
 /// Feeds `input` to a real receiver; returns (success, stderr, replies).
 fn feed(s: &Setup, input: &[u8]) -> (bool, String, Vec<Reply>) {
@@ -814,28 +815,10 @@ fn receiver_gives_up_on_a_silent_agent() {
     )
     .unwrap();
     input.extend(std::mem::take(w.get_mut()));
-    let mut child = Command::new(receiver_bin())
-        .args(["serve", "--idle-timeout", "1", "--archive"])
-        .arg(&s.arch)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Send the start of a session, then keep the pipe open and say nothing.
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&input).unwrap();
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t0.elapsed().as_secs() < 10, "the receiver waited forever");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let (child, stdin) = receiver_fed(&s.arch, &["--idle-timeout", "1"], &input);
+    let (status, err, _) = exit_within(child, Duration::from_secs(10));
     drop(stdin);
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(
         !status.success() && err.contains("no data from the agent for 1 s"),
         "{err}"
