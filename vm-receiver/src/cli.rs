@@ -22,6 +22,23 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+/// How long one connection may wait, and be made to wait (both entry
+/// points take the same options).
+#[derive(clap::Args)]
+pub struct ConnLimits {
+    /// Seconds to wait while another connection holds the archive.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub lock_wait: u64,
+    /// Seconds without a byte from the agent before giving up (and
+    /// releasing the archive).
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub idle_timeout: u64,
+    /// Seconds one frame from the agent may take once begun, however
+    /// steadily its bytes trickle (0: no limit).
+    #[arg(long, default_value_t = 128, value_name = "SECONDS")]
+    pub frame_timeout: u64,
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Serve one connection on stdin/stdout for the archive at --archive.
@@ -32,17 +49,8 @@ pub enum Cmd {
         /// Operations to permit on this connection.
         #[arg(long, value_delimiter = ',', default_values_t = [Op::Admin, Op::Backup, Op::Restore])]
         allow: Vec<Op>,
-        /// Seconds to wait while another connection holds the archive.
-        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
-        lock_wait: u64,
-        /// Seconds without a byte from the agent before giving up (and
-        /// releasing the archive).
-        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
-        idle_timeout: u64,
-        /// Seconds one frame from the agent may take once begun, however
-        /// steadily its bytes trickle (0: no limit).
-        #[arg(long, default_value_t = 128, value_name = "SECONDS")]
-        frame_timeout: u64,
+        #[command(flatten)]
+        limits: ConnLimits,
     },
     /// Serve one connection started by a qrexec service: the archive is
     /// QREXEC_SERVICE_ARGUMENT (a name, default "default") under this qube's
@@ -50,16 +58,8 @@ pub enum Cmd {
     Qrexec {
         #[arg(long)]
         op: Op,
-        /// Seconds to wait while another connection holds the archive.
-        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
-        lock_wait: u64,
-        /// Seconds without a byte from the agent before giving up.
-        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
-        idle_timeout: u64,
-        /// Seconds one frame from the agent may take once begun, however
-        /// steadily its bytes trickle (0: no limit).
-        #[arg(long, default_value_t = 128, value_name = "SECONDS")]
-        frame_timeout: u64,
+        #[command(flatten)]
+        limits: ConnLimits,
     },
     /// Relay one connection to a receiver on another host over ssh (the
     /// sparsebak.SshRelay service of a networked qube). The target comes in

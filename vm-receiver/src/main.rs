@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use receiver::cli::{Cli, Cmd, Op};
+use receiver::cli::{Cli, Cmd, ConnLimits, Op};
 use receiver::entry::{qrexec, relay};
 use receiver::serve::{serve, ServeOptions};
 use std::io::{BufReader, BufWriter};
@@ -26,13 +26,13 @@ fn bound_text(b: Bound, t: Duration) -> String {
 
 /// Serves one connection on stdin/stdout. A hung or trickling agent cannot
 /// hold the archive (and its lock) forever: a read fails after
-/// `idle_timeout` without a byte, or when one frame takes longer than
-/// `frame_timeout`; the session in progress is then dropped like any cut
+/// `--idle-timeout` without a byte, or when one frame takes longer than
+/// `--frame-timeout`; the session in progress is then dropped like any cut
 /// stream.
-fn serve_stdio(opts: ServeOptions, idle_timeout: u64, frame_timeout: u64) -> Result<()> {
+fn serve_stdio(opts: ServeOptions, conn: &ConnLimits) -> Result<()> {
     let limits = Arc::new(Limits::new(
-        Some(Duration::from_secs(idle_timeout)),
-        (frame_timeout > 0).then(|| Duration::from_secs(frame_timeout)),
+        Some(Duration::from_secs(conn.idle_timeout)),
+        (conn.frame_timeout > 0).then(|| Duration::from_secs(conn.frame_timeout)),
         None,
         bound_text,
     ));
@@ -78,9 +78,7 @@ fn run() -> Result<()> {
         Cmd::Serve {
             archive,
             allow,
-            lock_wait,
-            idle_timeout,
-            frame_timeout,
+            limits,
         } => {
             if archive.as_os_str().is_empty() || !archive.is_absolute() {
                 bail!(
@@ -92,17 +90,12 @@ fn run() -> Result<()> {
             let opts = ServeOptions {
                 archive_dir: archive,
                 allowed,
-                lock_wait: std::time::Duration::from_secs(lock_wait),
+                lock_wait: std::time::Duration::from_secs(limits.lock_wait),
                 pace: None,
             };
-            serve_stdio(opts, idle_timeout, frame_timeout)
+            serve_stdio(opts, &limits)
         }
-        Cmd::Qrexec {
-            op,
-            lock_wait,
-            idle_timeout,
-            frame_timeout,
-        } => {
+        Cmd::Qrexec { op, limits } => {
             let cfg = qrexec::load_config()?;
             let arg = std::env::var("QREXEC_SERVICE_ARGUMENT").ok();
             let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -110,10 +103,10 @@ fn run() -> Result<()> {
             let opts = ServeOptions {
                 archive_dir: dir,
                 allowed: vec![op.operation()],
-                lock_wait: std::time::Duration::from_secs(lock_wait),
+                lock_wait: std::time::Duration::from_secs(limits.lock_wait),
                 pace: None,
             };
-            serve_stdio(opts, idle_timeout, frame_timeout)
+            serve_stdio(opts, &limits)
         }
         Cmd::SshRelay {
             ssh,
