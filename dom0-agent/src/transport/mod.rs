@@ -282,21 +282,41 @@ fn forward_stderr(err: std::process::ChildStderr, label: String) -> std::thread:
     })
 }
 
+/// The two directions of a connection over `input` (the receiver's output)
+/// and `output` (its input), with the limits of `reach`. Our write end is
+/// made non-blocking (the peer's end stays blocking), so a peer that stops
+/// reading makes a write fail after the timeout instead of hanging dom0.
 /// Small buffers on purpose: requests and replies are small, and a chunk
 /// frame larger than the buffer bypasses it (one copy less). Every frame
-/// read is paced by `limits` (see `sysio::timed`).
-fn streams(
-    input: Box<dyn Read + Send>,
-    output: Box<dyn Write + Send>,
-    limits: &Arc<Limits>,
-) -> (StreamIn, StreamOut) {
+/// read is paced by the limits (see `sysio::timed`).
+fn streams<I, O>(input: I, output: O, reach: &Reach) -> Result<(StreamIn, StreamOut, Arc<Limits>)>
+where
+    I: Read + AsFd + Send + 'static,
+    O: Write + AsFd + Send + 'static,
+{
+    {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use std::os::fd::AsRawFd;
+        fcntl(
+            output.as_fd().as_raw_fd(),
+            FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+        )
+        .context("setting the receiver pipe non-blocking")?;
+    }
+    let limits = limits(reach);
+    let input: Box<dyn Read + Send> = Box::new(PipeIn {
+        pipe: input,
+        limits: limits.clone(),
+    });
+    let output: Box<dyn Write + Send> = Box::new(PipeOut {
+        pipe: output,
+        limits: limits.clone(),
+    });
     let mut rd = FrameReader::new(BufReader::with_capacity(STREAM_BUF, input));
     let l = limits.clone();
     rd.set_pace(Some(Arc::new(move |started| l.frame(started))));
-    (
-        rd,
-        FrameWriter::new(BufWriter::with_capacity(STREAM_BUF, output)),
-    )
+    let wr = FrameWriter::new(BufWriter::with_capacity(STREAM_BUF, output));
+    Ok((rd, wr, limits))
 }
 
 /// Spawns the receiver for `dest` and does the handshake.
@@ -323,26 +343,12 @@ pub fn connect(
     // Bigger pipes: a chunk record crosses in one or two wakeups instead of
     // a dozen (best effort; the kernel may cap it).
     {
-        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use nix::fcntl::{fcntl, FcntlArg};
         use std::os::fd::AsRawFd;
         let _ = fcntl(stdin.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
         let _ = fcntl(stdout.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
-        // Our end only: the receiver's end of the pipe stays blocking.
-        fcntl(stdin.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-            .context("setting the receiver pipe non-blocking")?;
     }
-    let limits = limits(reach);
-    let (rd, wr) = streams(
-        Box::new(PipeIn {
-            pipe: stdout,
-            limits: limits.clone(),
-        }),
-        Box::new(PipeOut {
-            pipe: stdin,
-            limits: limits.clone(),
-        }),
-        &limits,
-    );
+    let (rd, wr, limits) = streams(stdout, stdin, reach)?;
     let mut conn = Connection {
         peer: Peer::Process { child, stderr_fwd },
         rd,
@@ -385,25 +391,8 @@ impl Connection {
     ) -> Result<Connection> {
         let (their_in, our_out) = std::io::pipe().context("creating a pipe")?;
         let (our_in, their_out) = std::io::pipe().context("creating a pipe")?;
-        {
-            use nix::fcntl::{fcntl, FcntlArg, OFlag};
-            use std::os::fd::AsRawFd;
-            fcntl(our_out.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-                .context("setting the pipe non-blocking")?;
-        }
+        let (rd, wr, limits) = streams(our_in, our_out, reach)?;
         let handle = std::thread::spawn(move || serve(their_in, their_out));
-        let limits = limits(reach);
-        let (rd, wr) = streams(
-            Box::new(PipeIn {
-                pipe: our_in,
-                limits: limits.clone(),
-            }),
-            Box::new(PipeOut {
-                pipe: our_out,
-                limits: limits.clone(),
-            }),
-            &limits,
-        );
         let mut conn = Connection {
             peer: Peer::Thread(Some(handle)),
             rd,
