@@ -35,7 +35,8 @@ truncate -s $((SIZE_MIB * 4 + 4096))M "$W/arch.img"
 ALOOP=$(losetup --direct-io=on -f --show "$W/arch.img")
 mkfs.xfs -q "$ALOOP"; mkdir -p "$ARCH"; mount "$ALOOP" "$ARCH"
 VOLS=$MNT/vols; mkdir -p "$VOLS"
-SB=("$BIN/sparsebak" --dest "file://$ARCH/archive" --meta-dir "$MNT/meta" --local "$VOLS")
+printf 'bench passphrase\n' > "$W/passphrase"
+SB=("$BIN/sparsebak" --dest "file://$ARCH/archive" --meta-dir "$MNT/meta" --local "$VOLS" --passphrase-file "$W/passphrase")
 export BORG_REPO=$ARCH/borg BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 now() { date +%s.%N; }
 timed() { local t; t=$(now); "$@" >/dev/null; awk -v a="$t" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
@@ -97,7 +98,7 @@ T_BINC=$(awk 'NR == 1 || $2 < m { m = $2 } END { printf "%.3f", m }' "$INC")
 # is measured too.
 SHM=$(mktemp -d /dev/shm/sparsebak-bench.XXXXXX)
 trap 'rm -rf "$SHM"; cleanup' EXIT
-SBM=("$BIN/sparsebak" --dest "file://$SHM/archive" --meta-dir "$SHM/meta" --local "$VOLS")
+SBM=("$BIN/sparsebak" --dest "file://$SHM/archive" --meta-dir "$SHM/meta" --local "$VOLS" --passphrase-file "$W/passphrase")
 sb_full_ram() {
     rm -rf "$SHM/archive" "$SHM/meta" "$VOLS/.sparsebak"
     "${SBM[@]}" arch-init --chunk-size 256K --compression zstd:3 >/dev/null

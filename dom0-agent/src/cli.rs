@@ -8,8 +8,13 @@ use std::path::PathBuf;
 ///
 /// The first backup of a volume is full; later ones send only the chunks
 /// that changed, found from the volume's reflink snapshot (Btrfs, XFS) or by
-/// hash comparison. Every restore and verify checks each chunk against the
-/// SHA-256 manifests kept here in dom0 before writing a byte.
+/// hash comparison. Chunks are encrypted and authenticated (XChaCha20-
+/// Poly1305, keyed BLAKE3 ids): the backup qube learns nothing of the data
+/// and cannot alter it undetected. Every restore and verify checks each
+/// chunk against the manifests kept here in dom0 before writing a byte.
+///
+/// Keep your passphrase (or `key export`) safe: with it, `arch-import`
+/// rebuilds everything on a fresh dom0 from the archive alone.
 ///
 /// Settings come from /etc/sparsebak/sparsebak.toml (or --config); flags
 /// override them. On Qubes OS (receiver in the backup qube sys-backup):
@@ -52,13 +57,36 @@ pub struct Cli {
     /// Seconds this run may take at most, counted from its start: when they run out, the wait on the receiver fails and nothing half-done is kept [default: no limit].
     #[arg(long, global = true, value_name = "SECONDS")]
     pub max_time: Option<u64>,
+    /// Read the passphrase from FILE (its first line) instead of the terminal: for scripts and units.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Accept an archive whose root is older than the newest dom0 has seen (you restored an older copy of the archive on purpose).
+    #[arg(long, global = true)]
+    pub accept_rollback: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
 
 #[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Write the archive's key to FILE (0600): with it, `arch-import --key-file` needs no passphrase. Keep it offline.
+    Export {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Change the passphrase: re-wraps the key in the archive (asks for the new one twice, or reads --passphrase-file); no data is rewritten.
+    Passwd,
+}
+
+#[derive(Subcommand)]
 pub enum Cmd {
-    /// Create a new archive at --dest.
+    /// Create a new archive at --dest, with a new random key.
+    ///
+    /// Asks for a passphrase twice (or reads --passphrase-file): it wraps a
+    /// copy of the key stored in the archive, so that `arch-import` can
+    /// recover everything if dom0 is lost. dom0 keeps the key itself
+    /// (0600, in its metadata directory), so backups need no passphrase.
+    #[command(verbatim_doc_comment)]
     ArchInit {
         /// Chunk size, a power of two from 64K to 2M.
         #[arg(long, default_value = "256K", value_name = "SIZE")]
@@ -66,7 +94,26 @@ pub enum Cmd {
         /// Compression: zstd:LEVEL (1-19) or none.
         #[arg(long, default_value = "zstd:3", value_name = "zstd:LEVEL")]
         compression: String,
+        /// Encrypt chunks (on), or store them in the clear, still authenticated (off).
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        encrypt: String,
     },
+    /// Adopt an existing archive on a dom0 that lost (or never had) its records.
+    ///
+    /// Unwraps the archive's key with the passphrase (or takes --key-file),
+    /// authenticates the archive's root, every session manifest it pins,
+    /// and rebuilds dom0's records from them. Then list, restore, verify,
+    /// prune and incremental backups work as before. On a dom0 that knows
+    /// the archive already, refreshes its records and reports differences.
+    #[command(verbatim_doc_comment)]
+    ArchImport {
+        /// The key file written by `key export`, instead of the passphrase.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// Export the archive's key, or change the passphrase.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Back up volumes (the configured ones if none are named): full the first time, incremental after.
     Backup {
         volumes: Vec<String>,

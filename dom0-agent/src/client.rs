@@ -6,19 +6,25 @@
 //! Everything read here is hostile input (the backup qube may lie): the
 //! frame decoder caps lengths before allocating, and a reply of the wrong
 //! kind ends the operation with an error naming the receiver.
+//!
+//! Callers name volumes; the receiver knows them only by their opaque ids
+//! (`meta::VolumeIds`): the translation happens here, both ways.
 
-use crate::meta::ArchiveMeta;
+use crate::meta::{ArchiveMeta, VolumeIds};
 use crate::transport::dest::Dest;
 use crate::transport::{self, remote_error, Connection, Reach};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use protocol::chunk::ChunkHeader;
+use protocol::keys::VolumeId;
 use protocol::message::{
-    ArchiveParams, ErrorCode, Finding, Operation, Reply, Request, SessionInfo, DATA_PART,
+    ArchiveParams, Blob, ErrorCode, Finding, Operation, Reply, Request, SessionInfo, DATA_PART,
 };
 use protocol::stream::{Incoming, StreamError};
 
 pub struct Client {
     conn: Connection,
+    /// None only while creating an archive.
+    ids: Option<VolumeIds>,
 }
 
 /// What the receiver's archive check found.
@@ -41,7 +47,7 @@ impl Client {
     /// receiver that holds another archive (or none).
     pub fn connect(dest: &Dest, reach: &Reach, meta: &ArchiveMeta, op: Operation) -> Result<Self> {
         let conn = transport::connect(dest, reach, op, Some(meta.params.id))?;
-        Client::over(conn, dest, &meta.params)
+        Client::over(conn, dest, meta)
     }
 
     /// Wraps a connection made elsewhere (in-process tests), with the same
@@ -49,9 +55,13 @@ impl Client {
     pub fn over(
         conn: Connection,
         dest: impl std::fmt::Display,
-        expect: &ArchiveParams,
+        meta: &ArchiveMeta,
     ) -> Result<Self> {
-        let mut c = Client { conn };
+        let expect = &meta.params;
+        let mut c = Client {
+            conn,
+            ids: Some(meta.ids()),
+        };
         match c.conn.archive {
             Some(p) if p == *expect => Ok(c),
             Some(p) => bail!(
@@ -77,7 +87,54 @@ impl Client {
         if let Some(p) = conn.archive {
             bail!("there is already an archive ({}) at {dest}", p.id.to_hex());
         }
-        Ok(Client { conn })
+        Ok(Client { conn, ids: None })
+    }
+
+    /// Connects to an archive dom0 does not know yet (`arch-import`): any
+    /// archive the receiver has is accepted here, and authenticated by the
+    /// caller from its key and root.
+    pub fn connect_any(dest: &Dest, reach: &Reach, op: Operation) -> Result<(Self, ArchiveParams)> {
+        let conn = transport::connect(dest, reach, op, None)?;
+        let Some(p) = conn.archive else {
+            let mut c = Client { conn, ids: None };
+            c.call(&Request::ListVolumes { after: None })?;
+            bail!("there is no archive at {dest}");
+        };
+        Ok((Client { conn, ids: None }, p))
+    }
+
+    /// Uses `meta`'s volume ids from now on (after `arch-import` made it).
+    pub fn set_ids(&mut self, meta: &ArchiveMeta) {
+        self.ids = Some(meta.ids());
+    }
+
+    /// The id the receiver knows `volume` by; None if dom0 never gave it
+    /// one (the archive cannot have it).
+    fn rid(&self, volume: &str) -> Result<Option<String>> {
+        match &self.ids {
+            Some(ids) => Ok(ids.get(volume)?.map(|id| id.to_hex())),
+            None => bail!("no archive record to name volume '{volume}' by"),
+        }
+    }
+
+    fn need_rid(&self, volume: &str) -> Result<String> {
+        self.rid(volume)?
+            .with_context(|| format!("dom0 has no archive id for volume '{volume}': it was never backed up to this archive"))
+    }
+
+    /// A volume's name from the id the receiver gave; an id dom0 does not
+    /// know stays visible as `id:HEX` (never a valid volume name).
+    fn name_of(&self, names: &std::collections::BTreeMap<VolumeId, String>, rid: &str) -> String {
+        VolumeId::from_hex(rid)
+            .and_then(|id| names.get(&id).cloned())
+            .unwrap_or_else(|| format!("id:{}", protocol::names::escape_text(rid, 64)))
+    }
+
+    fn names(&self) -> Result<std::collections::BTreeMap<VolumeId, String>> {
+        match &self.ids {
+            Some(ids) => ids.names_by_id(),
+            None => Ok(Default::default()),
+        }
     }
 
     /// The destination, for messages.
@@ -126,14 +183,50 @@ impl Client {
         }
     }
 
-    pub fn init(&mut self, params: ArchiveParams) -> Result<()> {
-        self.call_ok(&Request::Init { params })
+    pub fn init(&mut self, params: ArchiveParams, key: Vec<u8>, root: Vec<u8>) -> Result<()> {
+        self.call_ok(&Request::Init { params, key, root })
+    }
+
+    /// One of dom0's records kept by the receiver, at most `cap` bytes.
+    pub fn get_blob(&mut self, blob: Blob, cap: u64) -> Result<Vec<u8>> {
+        self.send(&Request::GetBlob { blob })?;
+        let mut s = ManifestStream::new(&mut self.conn, cap, blob.name());
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut s, &mut out)?;
+        s.drain()?;
+        Ok(out)
+    }
+
+    /// Replaces one of dom0's records kept by the receiver (atomically on
+    /// the receiver's side, at the last part).
+    pub fn put_blob(&mut self, blob: Blob, bytes: &[u8]) -> Result<()> {
+        let mut parts = bytes.chunks(DATA_PART).peekable();
+        if parts.peek().is_none() {
+            bail!("refusing to store an empty {} record", blob.name());
+        }
+        while let Some(p) = parts.next() {
+            self.call_ok(&Request::PutBlob {
+                blob,
+                data: p.to_vec(),
+                last: parts.peek().is_none(),
+            })?;
+        }
+        Ok(())
     }
 
     /// Every volume name in the archive, ascending, asked a page at a time.
     /// More than `max` is an error: dom0 knows about how many to expect,
     /// and a hostile receiver must not make it hold an endless list.
     pub fn volumes(&mut self, max: usize) -> Result<Vec<String>> {
+        let all = self.volume_ids(max)?;
+        let names = self.names()?;
+        let mut out: Vec<String> = all.iter().map(|r| self.name_of(&names, r)).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The receiver's volume ids, as it lists them (see [`Client::volumes`]).
+    pub fn volume_ids(&mut self, max: usize) -> Result<Vec<String>> {
         let mut all: Vec<String> = Vec::new();
         loop {
             let after = all.last().cloned();
@@ -153,10 +246,19 @@ impl Client {
     /// no such volume), asked a page at a time; more than `max` is an
     /// error, as for [`Client::volumes`].
     pub fn sessions(&mut self, volume: &str, max: usize) -> Result<Vec<SessionInfo>> {
+        match self.rid(volume)? {
+            Some(rid) => self.sessions_by_id(&rid, max),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The sessions of the volume the receiver knows as `rid`.
+    pub fn sessions_by_id(&mut self, rid: &str, max: usize) -> Result<Vec<SessionInfo>> {
         let mut all: Vec<SessionInfo> = Vec::new();
+        let (rid, volume) = (rid.to_string(), rid);
         loop {
             let r = Request::ListSessions {
-                volume: volume.to_string(),
+                volume: rid.clone(),
                 after: all.last().map(|s| s.name.clone()),
             };
             let (sessions, more) = match self.call(&r) {
@@ -206,9 +308,10 @@ impl Client {
     /// Deletes a volume; false if the archive had no such volume (a
     /// repeated delete).
     pub fn delete_volume(&mut self, volume: &str) -> Result<bool> {
-        let r = Request::DeleteVolume {
-            volume: volume.to_string(),
+        let Some(rid) = self.rid(volume)? else {
+            return Ok(false);
         };
+        let r = Request::DeleteVolume { volume: rid };
         match self.call_ok(&r) {
             Ok(()) => Ok(true),
             Err(e) if transport::is_remote(&e, ErrorCode::NoSuchVolume) => Ok(false),
@@ -216,17 +319,10 @@ impl Client {
         }
     }
 
-    pub fn rename_volume(&mut self, volume: &str, new_name: &str) -> Result<()> {
-        self.call_ok(&Request::RenameVolume {
-            volume: volume.to_string(),
-            new_name: new_name.to_string(),
-        })
-    }
-
     /// Prunes `session`; the receiver answers with the merged successor.
     pub fn prune(&mut self, volume: &str, session: &str) -> Result<SessionInfo> {
         let r = Request::Prune {
-            volume: volume.to_string(),
+            volume: self.need_rid(volume)?,
             session: session.to_string(),
         };
         match self.call(&r)? {
@@ -238,22 +334,39 @@ impl Client {
     /// The receiver's re-hash of every chunk. Hashing a whole archive
     /// takes as long as it takes: no stall timeout while it runs.
     pub fn check(&mut self, volume: Option<&str>) -> Result<RemoteCheck> {
+        let rid = match volume {
+            Some(v) => match self.rid(v)? {
+                Some(r) => Some(r),
+                None => {
+                    return Ok(RemoteCheck {
+                        checked: 0,
+                        findings: Vec::new(),
+                        more: 0,
+                    })
+                }
+            },
+            None => None,
+        };
         let timeout = self.conn.timeout();
         self.conn.set_timeout(None);
-        let reply = self.call(&Request::Check {
-            volume: volume.map(str::to_string),
-        });
+        let reply = self.call(&Request::Check { volume: rid });
         self.conn.set_timeout(timeout);
         match reply? {
             Reply::CheckReport {
                 checked,
-                findings,
+                mut findings,
                 more,
-            } => Ok(RemoteCheck {
-                checked,
-                findings,
-                more,
-            }),
+            } => {
+                let names = self.names()?;
+                for f in &mut findings {
+                    f.volume = self.name_of(&names, &f.volume);
+                }
+                Ok(RemoteCheck {
+                    checked,
+                    findings,
+                    more,
+                })
+            }
             other => Err(self.unexpected(&other, "check")),
         }
     }
@@ -270,19 +383,10 @@ impl Client {
         cap: u64,
     ) -> Result<ManifestStream<'_>> {
         self.send(&Request::GetManifest {
-            volume: volume.to_string(),
+            volume: self.need_rid(volume)?,
             session: session.to_string(),
         })?;
-        Ok(ManifestStream {
-            conn: &mut self.conn,
-            buf: Vec::new(),
-            pos: 0,
-            parts: 0,
-            received: 0,
-            cap,
-            done: false,
-            over: None,
-        })
+        Ok(ManifestStream::new(&mut self.conn, cap, "manifest"))
     }
 
     /// Starts a backup session; chunks follow with [`Client::send_chunk`].
@@ -295,7 +399,7 @@ impl Client {
         time: u64,
     ) -> Result<()> {
         self.call_ok(&Request::BeginSession {
-            volume: volume.to_string(),
+            volume: self.need_rid(volume)?,
             session: session.to_string(),
             prev: prev.map(str::to_string),
             volume_size,
@@ -340,7 +444,7 @@ impl Client {
     /// [`Client::restore_frame`].
     pub fn restore(&mut self, volume: &str, session: &str) -> Result<()> {
         self.send(&Request::Restore {
-            volume: volume.to_string(),
+            volume: self.need_rid(volume)?,
             session: session.to_string(),
         })
     }
@@ -377,9 +481,11 @@ fn describe(p: &ArchiveParams) -> String {
     )
 }
 
-/// `Reply::Data` parts as a byte stream, ending at `StreamEnd`.
+/// `Reply::Data` parts as a byte stream, ending at `StreamEnd`: a
+/// manifest, or one of dom0's records.
 pub struct ManifestStream<'a> {
     conn: &'a mut Connection,
+    what: &'static str,
     buf: Vec<u8>,
     pos: usize,
     parts: u64,
@@ -391,7 +497,21 @@ pub struct ManifestStream<'a> {
     over: Option<String>,
 }
 
-impl ManifestStream<'_> {
+impl<'a> ManifestStream<'a> {
+    fn new(conn: &'a mut Connection, cap: u64, what: &'static str) -> Self {
+        ManifestStream {
+            conn,
+            what,
+            buf: Vec::new(),
+            pos: 0,
+            parts: 0,
+            received: 0,
+            cap,
+            done: false,
+            over: None,
+        }
+    }
+
     fn fill(&mut self) -> Result<()> {
         // Whatever happens next, this stream has nothing more to give.
         self.done = true;
@@ -399,15 +519,16 @@ impl ManifestStream<'_> {
             .conn
             .rd
             .read_reply()
-            .map_err(|e| self.conn.stream_error(e, "get-manifest"))?;
+            .map_err(|e| self.conn.stream_error(e, self.what))?;
         match r {
             Reply::Data(b) => {
                 self.received = self.received.saturating_add(b.len() as u64);
                 if self.received > self.cap {
                     let why = format!(
-                        "the receiver for {} sent {} bytes of a manifest dom0 holds at {} bytes: giving up on it",
+                        "the receiver for {} sent {} bytes of a {} dom0 holds at {} bytes: giving up on it",
                         self.conn.label,
                         self.received,
+                        self.what,
                         self.cap.saturating_sub(DATA_PART as u64)
                     );
                     self.over = Some(why.clone());
@@ -420,11 +541,16 @@ impl ManifestStream<'_> {
             }
             Reply::StreamEnd { chunks } if chunks == self.parts => {}
             Reply::StreamEnd { chunks } => bail!(
-                "the receiver announced {chunks} manifest parts but sent {}",
+                "the receiver announced {chunks} {} parts but sent {}",
+                self.what,
                 self.parts
             ),
             Reply::Error(e) => return Err(remote_error(&e, &self.conn.label)),
-            other => bail!("unexpected {} reply while reading a manifest", other.name()),
+            other => bail!(
+                "unexpected {} reply while reading a {}",
+                other.name(),
+                self.what
+            ),
         }
         Ok(())
     }

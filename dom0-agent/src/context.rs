@@ -20,6 +20,8 @@ pub struct Ctx {
     pub local: Option<PathBuf>,
     pub meta_dir: PathBuf,
     pub reach: Reach,
+    pub passphrase_file: Option<PathBuf>,
+    pub accept_rollback: bool,
 }
 
 impl Ctx {
@@ -60,6 +62,8 @@ impl Ctx {
                     (Instant::now() + limit, limit)
                 }),
             },
+            passphrase_file: cli.passphrase_file.clone(),
+            accept_rollback: cli.accept_rollback,
             cfg,
         })
     }
@@ -106,9 +110,12 @@ impl Ctx {
             .map_or("(no --local)".into(), |p| p.display().to_string())
     }
 
-    /// A client for `op` on the archive dom0 knows as `meta`.
+    /// A client for `op` on the archive dom0 knows as `meta`, whose root
+    /// authenticated and is not older than dom0 has seen (`catalog`).
     pub fn connect(&self, dest: &Dest, meta: &ArchiveMeta, op: Operation) -> Result<Client> {
-        Client::connect(dest, &self.reach, meta, op)
+        let mut c = Client::connect(dest, &self.reach, meta, op)?;
+        crate::catalog::check_fresh(meta, &mut c, self.accept_rollback, op != Operation::Restore)?;
+        Ok(c)
     }
 
     pub fn workers(&self) -> usize {

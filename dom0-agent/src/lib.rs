@@ -10,6 +10,7 @@
 //! and `target` (where restores write). Chunks are sealed and opened only
 //! by `protocol::envelope`.
 
+pub mod catalog;
 pub mod chunkmap;
 pub mod cli;
 pub mod client;
@@ -17,8 +18,10 @@ pub mod commands;
 pub mod config;
 pub mod context;
 pub mod meta;
+pub mod passphrase;
 pub mod pipeline;
 pub mod progress;
+pub mod random;
 pub mod reconcile;
 pub mod retention;
 pub mod sched;

@@ -1,13 +1,17 @@
-//! dom0's own metadata: per archive, per volume, per session a manifest
-//! (address → SHA-256) and an info record. This, not the archive, is what
-//! restores are verified against.
+//! dom0's own metadata: per archive its key, per volume its opaque id, per
+//! session a manifest (address → keyed chunk id), its MAC and an info
+//! record. This, not the archive, is what restores are verified against;
+//! the archive's sealed root is a copy of it (less the manifests, which it
+//! pins by MAC), from which `arch-import` rebuilds it.
 //!
-//! Layout under the meta dir:
-//! `archives/ID/archive.toml`, `archives/ID/volumes/VOL/SESSION/{manifest,info.toml}`,
+//! Layout under the meta dir (0700; the key file 0600):
+//! `archives/ID/{archive.toml,key,generation}`,
+//! `archives/ID/volumes/VOL/id`, `archives/ID/volumes/VOL/SESSION/{manifest,mac,info.toml}`,
 //! and `archives/ID/volumes/VOL/.pending-SESSION/` while a session is being
 //! committed (see `backup.rs` for how a pending session is resolved).
 
 use anyhow::{bail, Context, Result};
+use protocol::keys::{KeyFile, Keys, VolumeId};
 use protocol::manifest::{ManifestReader, ManifestWriter};
 use protocol::merge::{merge_view, MergeView, ViewSource};
 use protocol::message::{ArchiveId, ArchiveParams, Compression, SessionInfo};
@@ -16,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const PENDING_PREFIX: &str = ".pending-";
 /// Written while a prune is in flight (see `prune.rs`).
@@ -41,6 +46,8 @@ pub struct ArchiveRecord {
     /// `none` or `zstd:LEVEL`.
     pub compression: String,
     pub created: u64,
+    /// Chunks are encrypted (else authenticated only).
+    pub encrypt: bool,
     /// Volumes that `backup` with no arguments backs up.
     #[serde(default)]
     pub volumes: Vec<String>,
@@ -81,7 +88,59 @@ pub struct ArchiveMeta {
     pub dir: PathBuf,
     pub rec: ArchiveRecord,
     pub params: ArchiveParams,
+    pub keys: Arc<Keys>,
 }
+
+/// Where dom0 records each volume's opaque id: `volumes/VOL/id`. A copy
+/// travels with each client, which names volumes to the receiver by id.
+#[derive(Clone)]
+pub struct VolumeIds {
+    dir: PathBuf,
+}
+
+impl VolumeIds {
+    fn path(&self, volume: &str) -> Result<PathBuf> {
+        validate_volume_name(volume)?;
+        Ok(self.dir.join(volume).join(ID_FILE))
+    }
+
+    /// The opaque id the archive knows `volume` by, if it has one.
+    pub fn get(&self, volume: &str) -> Result<Option<VolumeId>> {
+        let p = self.path(volume)?;
+        match fs::read_to_string(&p) {
+            Ok(t) => VolumeId::from_hex(t.trim())
+                .map(Some)
+                .with_context(|| format!("bad volume id in '{}'", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
+        }
+    }
+
+    /// Every volume dom0 has an id for, by id.
+    pub fn names_by_id(&self) -> Result<std::collections::BTreeMap<VolumeId, String>> {
+        let mut m = std::collections::BTreeMap::new();
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return Ok(m);
+        };
+        for e in rd.flatten() {
+            let Ok(v) = e.file_name().into_string() else {
+                continue;
+            };
+            if validate_volume_name(&v).is_ok() {
+                if let Some(id) = self.get(&v)? {
+                    m.insert(id, v);
+                }
+            }
+        }
+        Ok(m)
+    }
+}
+
+pub const KEY_FILE: &str = "key";
+const GENERATION_FILE: &str = "generation";
+const DIRTY_FILE: &str = "root.dirty";
+const ID_FILE: &str = "id";
+const MAC_FILE: &str = "mac";
 
 impl MetaStore {
     pub fn new(root: &Path) -> Self {
@@ -118,12 +177,30 @@ impl MetaStore {
         Ok(None)
     }
 
-    pub fn create(&self, rec: ArchiveRecord) -> Result<ArchiveMeta> {
+    /// Records an archive: its key first (0600), then its record. The
+    /// meta dir is private (0700): it holds the key.
+    pub fn create(&self, rec: ArchiveRecord, key: &KeyFile) -> Result<ArchiveMeta> {
+        private_dir(&self.root)?;
+        ArchiveMeta::create_in(&self.archives_dir().join(&rec.id), rec, key)
+    }
+}
+
+impl ArchiveMeta {
+    /// Records an archive in `dir` (see [`MetaStore::create`]).
+    pub fn create_in(dir: &Path, rec: ArchiveRecord, key: &KeyFile) -> Result<ArchiveMeta> {
         let params = rec.params()?;
-        let dir = self.archives_dir().join(&rec.id);
+        let dir = dir.to_path_buf();
         fs::create_dir_all(dir.join("volumes"))
             .with_context(|| format!("unable to create meta dir '{}'", dir.display()))?;
-        let a = ArchiveMeta { dir, rec, params };
+        let kp = dir.join(KEY_FILE);
+        sysio::atomic::write_atomic_mode(&kp, key.encode().as_bytes(), 0o600)
+            .with_context(|| format!("unable to write key file '{}'", kp.display()))?;
+        let a = ArchiveMeta {
+            keys: Arc::new(key.keys()),
+            dir,
+            rec,
+            params,
+        };
         a.save()?;
         Ok(a)
     }
@@ -139,14 +216,97 @@ impl ArchiveMeta {
         let params = rec
             .params()
             .with_context(|| format!("in '{}'", p.display()))?;
+        let key = read_key_file(&dir.join(KEY_FILE))?;
+        if key.archive != params.id || key.encrypt != rec.encrypt {
+            bail!(
+                "the key file '{}' is for archive {}, not {}",
+                dir.join(KEY_FILE).display(),
+                key.archive.to_hex(),
+                rec.id
+            );
+        }
         Ok(ArchiveMeta {
             dir: dir.to_path_buf(),
+            keys: Arc::new(key.keys()),
             rec,
             params,
         })
     }
 
+    /// Marks the archive's root as behind dom0's records: set before every
+    /// change the root describes, cleared once a new root is written, so a
+    /// connection knows (cheaply) when the root must be rewritten.
+    pub fn mark_dirty(&self) -> Result<()> {
+        let p = self.dir.join(DIRTY_FILE);
+        if p.exists() {
+            return Ok(());
+        }
+        write_atomic(&p, b"")
+    }
+
+    pub fn dirty(&self) -> bool {
+        self.dir.join(DIRTY_FILE).exists()
+    }
+
+    pub fn clear_dirty(&self) -> Result<()> {
+        remove_if_exists(&self.dir.join(DIRTY_FILE))
+    }
+
+    /// The newest root generation dom0 has written or accepted.
+    pub fn generation(&self) -> Result<u64> {
+        let p = self.dir.join(GENERATION_FILE);
+        match fs::read_to_string(&p) {
+            Ok(t) => t
+                .trim()
+                .parse()
+                .with_context(|| format!("unable to parse '{}'", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
+        }
+    }
+
+    pub fn set_generation(&self, g: u64) -> Result<()> {
+        write_atomic(&self.dir.join(GENERATION_FILE), format!("{g}\n").as_bytes())
+    }
+
+    pub fn ids(&self) -> VolumeIds {
+        VolumeIds {
+            dir: self.dir.join("volumes"),
+        }
+    }
+
+    /// The opaque id the archive knows `volume` by, if it has one.
+    pub fn volume_id(&self, volume: &str) -> Result<Option<VolumeId>> {
+        self.ids().get(volume)
+    }
+
+    /// The volume's id, chosen at random (and recorded) on first use.
+    pub fn ensure_volume_id(&self, volume: &str) -> Result<VolumeId> {
+        if let Some(id) = self.volume_id(volume)? {
+            return Ok(id);
+        }
+        let id = VolumeId(crate::random::bytes()?);
+        self.set_volume_id(volume, id)?;
+        Ok(id)
+    }
+
+    pub fn set_volume_id(&self, volume: &str, id: VolumeId) -> Result<()> {
+        let dir = self.volume_dir(volume)?;
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("unable to create '{}'", dir.display()))?;
+        write_atomic(&dir.join(ID_FILE), format!("{}\n", id.to_hex()).as_bytes())
+    }
+
+    /// A session's manifest MAC, as recorded when its manifest was written.
+    pub fn manifest_mac(&self, volume: &str, session: &str) -> Result<[u8; 32]> {
+        let p = self.session_dir(volume, session)?.join(MAC_FILE);
+        let t =
+            fs::read_to_string(&p).with_context(|| format!("unable to read '{}'", p.display()))?;
+        protocol::keys::parse_hex(t.trim()).with_context(|| format!("bad MAC in '{}'", p.display()))
+    }
+
     pub fn save(&self) -> Result<()> {
+        self.mark_dirty()?;
         write_atomic(
             &self.dir.join("archive.toml"),
             toml::to_string(&self.rec)?.as_bytes(),
@@ -240,6 +400,7 @@ impl ArchiveMeta {
 
     /// Pending → committed (after the receiver acknowledged the commit).
     pub fn promote_pending(&self, volume: &str, session: &str) -> Result<()> {
+        self.mark_dirty()?;
         let from = self.pending_dir(volume, session)?;
         let to = self.session_dir(volume, session)?;
         fs::rename(&from, &to).with_context(|| format!("unable to commit '{}'", to.display()))?;
@@ -291,6 +452,7 @@ impl ArchiveMeta {
 
     /// Removes a volume's metadata: one rename, then the files.
     pub fn delete_volume(&self, volume: &str) -> Result<()> {
+        self.mark_dirty()?;
         let dir = self.volume_dir(volume)?;
         if !dir.exists() {
             return Ok(());
@@ -302,6 +464,7 @@ impl ArchiveMeta {
     }
 
     pub fn rename_volume(&self, volume: &str, new_name: &str) -> Result<()> {
+        self.mark_dirty()?;
         let from = self.volume_dir(volume)?;
         let to = self.volume_dir(new_name)?;
         if to.exists() {
@@ -343,11 +506,16 @@ impl ArchiveMeta {
     /// Finishes a prune the receiver did: the merged manifest and info
     /// replace the successor's, the pruned session goes. Idempotent.
     pub fn finish_prune(&self, volume: &str, i: &PruneIntent, info: &SessionInfo) -> Result<()> {
+        self.mark_dirty()?;
         let vdir = self.volume_dir(volume)?;
         let q = self.session_dir(volume, &i.into)?;
         let new_m = q.join(NEW_MANIFEST);
         if new_m.exists() {
-            write_atomic(&q.join(NEW_INFO), toml::to_string(info)?.as_bytes())?;
+            // The receiver knows no times: the successor keeps dom0's.
+            let mut info = info.clone();
+            info.time = read_info(&q)?.time;
+            write_atomic(&q.join(NEW_INFO), toml::to_string(&info)?.as_bytes())?;
+            write_mac(&q, &new_m, MAC_FILE, &self.keys)?;
             fs::rename(&new_m, q.join("manifest"))
                 .with_context(|| format!("unable to replace '{}'", new_m.display()))?;
         }
@@ -391,16 +559,53 @@ pub struct PendingSession {
 }
 
 impl PendingSession {
-    /// Writes the manifest end and the info record, durably.
-    pub fn finish(self, info: &SessionInfo) -> Result<()> {
+    /// Writes the manifest end, its MAC and the info record, durably.
+    pub fn finish(self, info: &SessionInfo, keys: &Keys) -> Result<()> {
         let mut w = self.manifest.finish()?;
         w.flush()?;
         w.get_ref().sync_all()?;
+        write_mac(&self.dir, &self.dir.join("manifest"), MAC_FILE, keys)?;
         write_atomic(
             &self.dir.join("info.toml"),
             toml::to_string(info)?.as_bytes(),
         )
     }
+}
+
+/// The keyed MAC of a manifest file.
+pub fn file_mac(path: &Path, keys: &Keys) -> Result<[u8; 32]> {
+    let mut h = keys.manifest_mac();
+    let f = File::open(path).with_context(|| format!("unable to open '{}'", path.display()))?;
+    h.update_reader(f)
+        .with_context(|| format!("unable to read '{}'", path.display()))?;
+    Ok(*h.finalize().as_bytes())
+}
+
+fn write_mac(dir: &Path, manifest: &Path, name: &str, keys: &Keys) -> Result<()> {
+    let m = file_mac(manifest, keys)?;
+    write_atomic(
+        &dir.join(name),
+        format!("{}\n", protocol::keys::hex(&m)).as_bytes(),
+    )
+}
+
+/// Reads dom0's key file for an archive.
+pub fn read_key_file(p: &Path) -> Result<KeyFile> {
+    let text = zeroize::Zeroizing::new(fs::read_to_string(p).with_context(|| {
+        format!(
+            "unable to read dom0's key file '{}' (restore it with `arch-import --key-file` or the passphrase)",
+            p.display()
+        )
+    })?);
+    KeyFile::decode(&text).with_context(|| format!("key file '{}'", p.display()))
+}
+
+/// Creates `dir` (and parents) and makes it private to root.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).with_context(|| format!("unable to create '{}'", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("unable to make '{}' private", dir.display()))
 }
 
 fn remove_if_exists(p: &Path) -> Result<()> {

@@ -11,13 +11,14 @@
 use crate::meta::View;
 use anyhow::{anyhow, Context, Result};
 use protocol::chunk::{Codec, Hash};
-use protocol::envelope::{self, Sealer};
+use protocol::envelope::{self, Place, Sealer};
+use protocol::keys::{Keys, VolumeId};
 use protocol::message::Compression;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{channel, sync_channel};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use sysio::aligned::{read_direct, AlignedBuf, DIRECT_ALIGN};
 use sysio::direct::Direct;
 
@@ -75,7 +76,10 @@ pub struct Job {
 pub enum Outcome {
     Unchanged,
     Zero,
-    Data { codec: Codec, hash: Hash },
+    /// Sealed into the slot's `stored()` bytes, with this keyed id.
+    Data {
+        hash: Hash,
+    },
 }
 
 pub struct Slot {
@@ -84,12 +88,9 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// The bytes to store for a `Data` outcome.
-    pub fn stored(&self, codec: Codec) -> &[u8] {
-        match codec {
-            Codec::Zstd => &self.out,
-            _ => self.raw.as_slice(),
-        }
+    /// The envelope to store for a `Data` outcome.
+    pub fn stored(&self) -> &[u8] {
+        &self.out
     }
 }
 
@@ -97,6 +98,9 @@ pub struct Settings {
     pub chunk_size: u32,
     pub compression: Compression,
     pub workers: usize,
+    pub keys: Arc<Keys>,
+    /// The volume's id, bound into every chunk's envelope.
+    pub volume: VolumeId,
 }
 
 /// Runs `jobs` (ascending addresses) through the pipeline and calls `sink`
@@ -134,12 +138,13 @@ where
             let tx = res_tx.clone();
             let (pool_rx, jobs, reader) = (&pool_rx, &jobs, &reader);
             let compression = settings.compression;
+            let (keys, volume) = (settings.keys.clone(), settings.volume);
             scope.spawn(move || {
                 let level = match compression {
                     Compression::Zstd { level } => Some(level),
                     Compression::None => None,
                 };
-                let mut sealer = match Sealer::new(level) {
+                let mut sealer = match Sealer::new(level, keys) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = tx.send(Err(anyhow!("zstd: {e}")));
@@ -164,7 +169,7 @@ where
                             // A known hole: its content is never looked at.
                             slot.raw.fill(0);
                         }
-                        let o = process(&job, &mut slot, &mut sealer)?;
+                        let o = process(&job, &mut slot, &mut sealer, volume)?;
                         Ok((seq as u64, job, o, slot))
                     });
                     let failed = r.is_err();
@@ -197,7 +202,7 @@ where
     })
 }
 
-fn process(job: &Job, slot: &mut Slot, sealer: &mut Sealer) -> Result<Outcome> {
+fn process(job: &Job, slot: &mut Slot, sealer: &mut Sealer, volume: VolumeId) -> Result<Outcome> {
     let zero = !job.read || is_zero(slot.raw.as_slice());
     if zero {
         return Ok(match job.prev {
@@ -206,15 +211,25 @@ fn process(job: &Job, slot: &mut Slot, sealer: &mut Sealer) -> Result<Outcome> {
         });
     }
     if let Prev::Entry(c, h) = job.prev {
-        // Compared before sealing: an unchanged chunk costs a hash only.
-        if c != Codec::Zero && h == envelope::hash(slot.raw.as_slice()) {
+        // Compared before sealing: an unchanged chunk costs its id only.
+        if c != Codec::Zero && h == sealer.id(slot.raw.as_slice()) {
             return Ok(Outcome::Unchanged);
         }
     }
-    let (codec, hash) = sealer
-        .seal(slot.raw.as_slice(), &mut slot.out)
+    let at = Place {
+        volume,
+        addr: job.addr,
+        raw_len: job.len,
+    };
+    let hash = sealer
+        .seal(
+            slot.raw.as_slice(),
+            &at,
+            crate::random::bytes()?,
+            &mut slot.out,
+        )
         .context("sealing a chunk")?;
-    Ok(Outcome::Data { codec, hash })
+    Ok(Outcome::Data { hash })
 }
 
 /// All-zero test, 64 bytes at a time (the compiler vectorizes the OR).

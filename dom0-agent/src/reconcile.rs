@@ -13,7 +13,8 @@
 //!   the receiver's merged counts match its own).
 //!
 //! Every command that changes a volume settles it first, so dom0 never acts
-//! on a view of the archive that is out of date.
+//! on a view of the archive that is out of date; what settling records is
+//! published in a new root at once.
 
 use crate::client::{at_most, Client};
 use crate::meta::{read_info, ArchiveMeta, PruneIntent};
@@ -42,7 +43,8 @@ pub fn settle_prune(meta: &ArchiveMeta, client: &mut Client, volume: &str) -> Re
         "sparsebak: {volume}: the receiver finished pruning {}; recording it",
         intent.pruned
     );
-    meta.finish_prune(volume, &intent, q)
+    meta.finish_prune(volume, &intent, q)?;
+    crate::catalog::publish(meta, client).map(|_| ())
 }
 
 /// The receiver's merge must have the counts dom0's has.
@@ -81,6 +83,7 @@ pub fn settle_pending(
             );
             meta.promote_pending(volume, &s)?;
             local.rotate(volume, &s)?;
+            crate::catalog::publish(meta, client)?;
         } else {
             meta.drop_pending(volume, &s)?;
             local.discard_new(volume);

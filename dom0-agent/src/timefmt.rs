@@ -13,6 +13,32 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The civil date of a day number (inverse of [`days_from_civil`]).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in the local time zone.
+pub fn format_local(t: u64) -> String {
+    let l = t as i64 + local_offset(t);
+    let (y, m, d) = civil_from_days(l.div_euclid(86_400));
+    let r = l.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        r / 3600,
+        r / 60 % 60,
+        r % 60
+    )
+}
+
 /// The local time zone's offset from UTC at `t`, in seconds.
 pub fn local_offset(t: u64) -> i64 {
     let tt = t as nix::libc::time_t;

@@ -22,7 +22,7 @@ fn scratch() -> &'static (PathBuf, Archive) {
             compression: protocol::message::Compression::None,
         };
         let a = Archive::init(&d.join("a"), params).unwrap();
-        fs::create_dir_all(d.join("a/volumes/v/S_20260101-000000-000001")).unwrap();
+        fs::create_dir_all(d.join("a/volumes/v/S_000000000001")).unwrap();
         fs::create_dir_all(d.join("b")).unwrap();
         (d, a)
     })
@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = Archive::open(&root.join("b"));
         }
         1 => {
-            let sdir = root.join("a/volumes/v/S_20260101-000000-000001");
+            let sdir = root.join("a/volumes/v/S_000000000001");
             fs::write(sdir.join(session::INFO_FILE), body).unwrap();
             let _ = session::read_info(&sdir);
         }

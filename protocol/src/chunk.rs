@@ -8,26 +8,23 @@ use serde::{Deserialize, Serialize};
 pub enum Codec {
     /// All zero; no bytes stored or sent.
     Zero,
-    /// Stored as is.
-    Raw,
-    /// zstd frame.
-    Zstd,
+    /// A chunk envelope ([`crate::envelope`]): encrypted or clear,
+    /// compressed or not, only dom0 can tell.
+    Sealed,
 }
 
 impl Codec {
     pub fn to_byte(self) -> u8 {
         match self {
             Codec::Zero => 0,
-            Codec::Raw => 1,
-            Codec::Zstd => 2,
+            Codec::Sealed => 1,
         }
     }
 
     pub fn from_byte(b: u8) -> Result<Self, ProtocolError> {
         match b {
             0 => Ok(Codec::Zero),
-            1 => Ok(Codec::Raw),
-            2 => Ok(Codec::Zstd),
+            1 => Ok(Codec::Sealed),
             b => Err(ProtocolError::malformed(
                 "codec",
                 format!("unknown codec {b}"),
@@ -36,7 +33,7 @@ impl Codec {
     }
 }
 
-/// SHA-256 of a chunk's uncompressed bytes.
+/// A chunk's keyed id: keyed BLAKE3 of its plaintext ([`crate::keys`]).
 pub type Hash = [u8; 32];
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +44,7 @@ pub struct ChunkHeader {
     /// Uncompressed length: the chunk size, less for the volume's last chunk,
     /// 0 is never valid.
     pub raw_len: u32,
-    /// SHA-256 of the uncompressed bytes (all zero for `Codec::Zero`).
+    /// The chunk's keyed id (all zero for `Codec::Zero`).
     pub hash: Hash,
 }
 
@@ -78,10 +75,9 @@ impl ChunkHeader {
         }
         let ok = match self.codec {
             Codec::Zero => data_len == 0,
-            Codec::Raw => data_len == self.raw_len as usize,
-            Codec::Zstd => {
-                data_len > 0 && data_len <= crate::frame::MAX_PAYLOAD as usize - HEADER_LEN
-            }
+            Codec::Sealed => (crate::envelope::MIN_STORED
+                ..=crate::envelope::max_stored(self.raw_len as usize))
+                .contains(&data_len),
         };
         if !ok {
             return Err(ProtocolError::malformed(
@@ -112,7 +108,7 @@ mod tests {
 
     #[test]
     fn header_is_fixed_size_and_round_trips() {
-        for codec in [Codec::Zero, Codec::Raw, Codec::Zstd] {
+        for codec in [Codec::Zero, Codec::Sealed] {
             let h = ChunkHeader {
                 addr: u64::MAX - 5,
                 codec,
@@ -131,18 +127,20 @@ mod tests {
         let cs = 65536;
         let h = ChunkHeader {
             addr: 65536,
-            codec: Codec::Raw,
+            codec: Codec::Sealed,
             raw_len: 10,
             hash: [0; 32],
         };
         assert!(h.validate(cs, 10).is_ok());
-        assert!(h.validate(cs, 11).is_err());
+        assert!(h.validate(cs, 10 + crate::envelope::OVERHEAD).is_ok());
+        assert!(h.validate(cs, 11 + crate::envelope::OVERHEAD).is_err());
+        assert!(h.validate(cs, 5).is_err());
         assert!(ChunkHeader { addr: 1, ..h }.validate(cs, 10).is_err());
         assert!(ChunkHeader {
             raw_len: cs + 1,
             ..h
         }
-        .validate(cs, (cs + 1) as usize)
+        .validate(cs, 10)
         .is_err());
         assert!(ChunkHeader {
             codec: Codec::Zero,
@@ -162,7 +160,7 @@ mod tests {
     fn bad_codec_tag_is_an_error() {
         let mut p = ChunkHeader {
             addr: 0,
-            codec: Codec::Raw,
+            codec: Codec::Sealed,
             raw_len: 1,
             hash: [0; 32],
         }

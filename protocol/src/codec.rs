@@ -19,6 +19,39 @@ fn config() -> impl bincode::config::Config {
         .with_limit::<DECODE_LIMIT>()
 }
 
+/// Upper bound for the one record that grows with the archive: dom0's
+/// root ([`crate::root`]), about 110 bytes a session.
+pub const LARGE_LIMIT: usize = 64 * 1024 * 1024;
+
+fn large_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<LARGE_LIMIT>()
+}
+
+/// Encodes a large record (see [`LARGE_LIMIT`]).
+pub fn encode_large<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, large_config())
+        .expect("encoding an in-memory record cannot fail")
+}
+
+/// Decodes a large record that must fill `bytes` exactly.
+pub fn decode_large<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, ProtocolError> {
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(bytes, large_config())
+        .map_err(|e| ProtocolError::malformed(what, e))?;
+    if used != bytes.len() {
+        return Err(ProtocolError::malformed(
+            what,
+            format!("{} trailing bytes", bytes.len() - used),
+        ));
+    }
+    Ok(value)
+}
+
 /// Encodes `value`, appending to `out`.
 pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     // Encoding our own in-memory types into a Vec cannot fail except by

@@ -10,18 +10,20 @@ pub mod codec;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod keys;
 pub mod manifest;
 pub mod merge;
 pub mod message;
 pub mod names;
 pub mod prune;
 pub mod remote;
+pub mod root;
 pub mod stream;
 
 pub use error::ProtocolError;
 
 /// Protocol version spoken in the handshake. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Smallest and largest chunk sizes an archive may use (powers of two only).
 pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;

@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let es = vec![e(0, Codec::Raw), e(3, Codec::Zero), e(9, Codec::Zstd)];
+        let es = vec![e(0, Codec::Sealed), e(3, Codec::Zero), e(9, Codec::Sealed)];
         let b = write(&es);
         assert_eq!(b.len(), HEADER_LEN + 4 * ENTRY_LEN);
         let r: Vec<Entry> = ManifestReader::new(&b[..])
@@ -245,14 +245,14 @@ mod tests {
     #[test]
     fn writer_rejects_disorder() {
         let mut w = ManifestWriter::new(Vec::new(), 65536).unwrap();
-        w.push(&e(2, Codec::Raw)).unwrap();
-        assert!(w.push(&e(2, Codec::Raw)).is_err());
-        assert!(w.push(&e(1, Codec::Raw)).is_err());
+        w.push(&e(2, Codec::Sealed)).unwrap();
+        assert!(w.push(&e(2, Codec::Sealed)).is_err());
+        assert!(w.push(&e(1, Codec::Sealed)).is_err());
     }
 
     #[test]
     fn every_truncation_and_flip_fails() {
-        let b = write(&[e(0, Codec::Raw), e(1, Codec::Zstd)]);
+        let b = write(&[e(0, Codec::Sealed), e(1, Codec::Sealed)]);
         for cut in 0..b.len() {
             let r = ManifestReader::new(&b[..cut]).and_then(|r| r.collect::<Result<Vec<_>, _>>());
             assert!(r.is_err(), "cut at {cut} accepted");

@@ -148,7 +148,7 @@ mod tests {
                     .map(|&(a, tag)| {
                         Ok::<_, ()>(Entry {
                             addr: a,
-                            codec: Codec::Raw,
+                            codec: Codec::Sealed,
                             hash: [tag; 32],
                         })
                     })

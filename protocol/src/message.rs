@@ -163,8 +163,14 @@ pub struct SessionInfo {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// Create the archive at the destination (Admin).
-    Init { params: ArchiveParams },
+    /// Create the archive at the destination (Admin), with its first
+    /// wrapped key and root (opaque to the receiver; at most `DATA_PART`
+    /// bytes each).
+    Init {
+        params: ArchiveParams,
+        key: Vec<u8>,
+        root: Vec<u8>,
+    },
     /// Volume names after `after` (from the first with None), at most
     /// `LIST_PAGE` of them, ascending. Answered with `Reply::Volumes`.
     ListVolumes { after: Option<String> },
@@ -206,6 +212,43 @@ pub enum Request {
         volume: String,
         after: Option<String>,
     },
+    /// Send one of dom0's opaque archive records (any op): `Reply::Data`
+    /// parts, then `Reply::StreamEnd` with the number of parts.
+    GetBlob { blob: Blob },
+    /// Replace one of dom0's opaque archive records (Admin, Backup): parts
+    /// of at most `DATA_PART` bytes, each answered `Ok`; the record is
+    /// replaced atomically when the `last` part arrives.
+    PutBlob {
+        blob: Blob,
+        data: Vec<u8>,
+        last: bool,
+    },
+}
+
+/// dom0's records that the receiver keeps for it without reading them.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blob {
+    /// The master key wrapped by the passphrase (`keys::WrappedKey`).
+    Key,
+    /// The sealed root (`root::Root`).
+    Root,
+}
+
+impl Blob {
+    /// The most bytes the receiver stores for it.
+    pub fn cap(self) -> u64 {
+        match self {
+            Blob::Key => 4096,
+            Blob::Root => crate::codec::LARGE_LIMIT as u64 + 4096,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Blob::Key => "key",
+            Blob::Root => "root",
+        }
+    }
 }
 
 impl Request {
@@ -224,6 +267,8 @@ impl Request {
             Request::Check { .. } => "check",
             Request::GetManifest { .. } => "get-manifest",
             Request::ListSessions { .. } => "list-sessions",
+            Request::GetBlob { .. } => "get-blob",
+            Request::PutBlob { .. } => "put-blob",
         }
     }
 }
@@ -401,7 +446,7 @@ mod tests {
     fn request_reply_round_trip() {
         let r = Request::BeginSession {
             volume: "vm-work-private".into(),
-            session: "S_20261126-055600-000001".into(),
+            session: "S_000000000001".into(),
             prev: None,
             volume_size: 1 << 30,
             time: 1,

@@ -4,8 +4,6 @@
 use crate::ProtocolError;
 
 pub const MAX_NAME_LEN: usize = 255;
-/// 9999-12-31T23:59:59Z, the last second a session name can express.
-const MAX_SECS: u64 = 253_402_300_799;
 
 /// A volume name: 1..=255 bytes of `[A-Za-z0-9._+-]`, not starting with `.`
 /// or `-`. This covers LVM LV names and image file names and cannot escape a
@@ -25,8 +23,9 @@ pub fn validate_volume_name(name: &str) -> Result<&str, ProtocolError> {
     }
 }
 
-/// Session names: `S_YYYYMMDD-HHMMSS-uuuuuu` (UTC, microseconds), so that
-/// byte order is time order.
+/// Session names: `S_` and a 12-digit decimal sequence number, so that
+/// byte order is the order of the sessions and the name says nothing of
+/// when the session was taken (its time is in dom0's sealed records).
 pub fn validate_session_name(name: &str) -> Result<&str, ProtocolError> {
     if parse_session_name(name).is_none() {
         return Err(ProtocolError::BadSessionName(display_safe(name)));
@@ -34,87 +33,21 @@ pub fn validate_session_name(name: &str) -> Result<&str, ProtocolError> {
     Ok(name)
 }
 
-/// The session name for a time, strictly after `after` (bumped by a
-/// microsecond if the clock has not moved past it, or moved back).
-pub fn session_name(secs: u64, micros: u32, after: Option<&str>) -> String {
-    // Names have four-digit years; clamp a clock set past 9999.
-    let mut t = (secs.min(MAX_SECS), micros.min(999_999));
-    if let Some(prev) = after.and_then(parse_session_name) {
-        if t <= prev {
-            t = if prev.1 == 999_999 {
-                (prev.0 + 1, 0)
-            } else {
-                (prev.0, prev.1 + 1)
-            };
-        }
-    }
-    format_session_name(t.0, t.1)
+const SEQ_DIGITS: usize = 12;
+
+/// The session name after `after` (the first is 1).
+pub fn session_name(after: Option<&str>) -> String {
+    let n = after.and_then(parse_session_name).map_or(1, |p| p + 1);
+    format!("S_{n:012}")
 }
 
-fn format_session_name(secs: u64, micros: u32) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "S_{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{micros:06}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Parses a session name back to (seconds, microseconds); None if malformed.
-pub fn parse_session_name(name: &str) -> Option<(u64, u32)> {
-    let b = name.as_bytes();
-    if b.len() != 24 || &b[..2] != b"S_" || b[10] != b'-' || b[17] != b'-' {
+/// A session name's sequence number; None if malformed.
+pub fn parse_session_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("S_")?;
+    if digits.len() != SEQ_DIGITS || !digits.bytes().all(|c| c.is_ascii_digit()) {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<u64> {
-        let s = &name[r];
-        if s.bytes().all(|c| c.is_ascii_digit()) {
-            s.parse().ok()
-        } else {
-            None
-        }
-    };
-    let (y, mo, d) = (num(2..6)?, num(6..8)?, num(8..10)?);
-    let (h, mi, s, us) = (num(11..13)?, num(13..15)?, num(15..17)?, num(18..24)?);
-    if !(1970..=9999).contains(&y)
-        || !(1..=12).contains(&mo)
-        || !(1..=31).contains(&d)
-        || h > 23
-        || mi > 59
-        || s > 59
-    {
-        return None;
-    }
-    let days = days_from_civil(y as i64, mo as u32, d as u32);
-    let secs = days as u64 * 86_400 + h * 3600 + mi * 60 + s;
-    // Reject dates like Feb 31 by formatting back.
-    (format_session_name(secs, us as u32) == name).then_some((secs, us as u32))
-}
-
-// Howard Hinnant's civil-date algorithms (proleptic Gregorian, UTC).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    digits.parse().ok()
 }
 
 /// Makes a peer-supplied string safe to print on a terminal: control
@@ -162,22 +95,18 @@ mod tests {
     }
 
     #[test]
-    fn session_names_sort_in_time_order() {
-        let a = session_name(1_764_136_560, 5, None);
-        assert_eq!(a, "S_20251126-055600-000005");
-        assert_eq!(parse_session_name(&a), Some((1_764_136_560, 5)));
-        let b = session_name(1_764_136_560, 5, Some(&a));
-        assert!(b > a);
-        let c = session_name(1_764_136_000, 0, Some(&b)); // clock went back
-        assert!(c > b);
-        let d = session_name(1_764_136_560, 999_999, Some(&c));
-        let e = session_name(0, 0, Some(&d));
-        assert!(e > d && e == "S_20251126-055601-000000", "{e}");
+    fn session_names_are_a_sequence() {
+        let a = session_name(None);
+        assert_eq!(a, "S_000000000001");
+        assert_eq!(parse_session_name(&a), Some(1));
+        let b = session_name(Some(&a));
+        assert!(b > a && b == "S_000000000002");
         for bad in [
-            "S_20250231-000000-000000",
-            "S_2025112-055600-0000055",
+            "S_1",
+            "S_00000000000x",
             "x",
             "S_20251126-056000-000000",
+            "S_0000000000011",
         ] {
             assert!(validate_session_name(bad).is_err(), "{bad}");
         }
@@ -190,10 +119,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn name_order_is_time_order(t1 in 0u64..=MAX_SECS, u1 in 0u32..1_000_000, t2 in 0u64..=MAX_SECS, u2 in 0u32..1_000_000) {
-            let (a, b) = (session_name(t1, u1, None), session_name(t2, u2, None));
-            prop_assert_eq!(a.cmp(&b), (t1, u1).cmp(&(t2, u2)));
-            prop_assert_eq!(parse_session_name(&a), Some((t1, u1)));
+        fn name_order_is_sequence_order(a in 0u64..999_999_999_999, b in 0u64..999_999_999_999) {
+            let (x, y) = (format!("S_{a:012}"), format!("S_{b:012}"));
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            prop_assert_eq!(parse_session_name(&x), Some(a));
         }
 
         #[test]

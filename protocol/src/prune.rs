@@ -184,7 +184,7 @@ mod tests {
     fn ent(a: u64, tag: u8) -> Entry {
         Entry {
             addr: a * CS,
-            codec: if tag == 0 { Codec::Zero } else { Codec::Raw },
+            codec: if tag == 0 { Codec::Zero } else { Codec::Sealed },
             hash: [tag; 32],
         }
     }

@@ -327,7 +327,7 @@ mod tests {
         w.request(&Request::ListVolumes { after: None }).unwrap();
         let h = ChunkHeader {
             addr: 0,
-            codec: Codec::Raw,
+            codec: Codec::Sealed,
             raw_len: 3,
             hash: [1; 32],
         };
@@ -368,7 +368,7 @@ mod tests {
     fn vectored_frames_survive_short_writes_and_read_into_a_given_buffer() {
         let h = ChunkHeader {
             addr: 0x40000,
-            codec: Codec::Raw,
+            codec: Codec::Sealed,
             raw_len: 1000,
             hash: [7; 32],
         };

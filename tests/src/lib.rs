@@ -234,6 +234,23 @@ pub fn script(path: &Path, body: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// A chunk frame: `env` claimed for the chunk at `addr` (`raw_len` bytes),
+/// with keyed id `id`.
+pub fn chunk_frame(addr: u64, raw_len: u32, env: &[u8], id: [u8; 32]) -> Vec<u8> {
+    let h = protocol::chunk::ChunkHeader {
+        addr,
+        codec: protocol::chunk::Codec::Sealed,
+        raw_len,
+        hash: id,
+    };
+    let mut w = protocol::stream::FrameWriter::new(Vec::new());
+    w.chunk(&h, env).unwrap();
+    std::mem::take(w.get_mut())
+}
+
+/// The passphrase every test archive is made with.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
 /// One archive + dom0 metadata + volume directory, driven through the CLI.
 pub struct Setup {
     pub dir: TempDir,
@@ -277,8 +294,18 @@ impl Setup {
             .arg("--local")
             .arg(&self.vols);
         c.arg("--remote-receiver").arg(&self.receiver);
+        c.arg("--passphrase-file").arg(self.passphrase_file());
         c.args(args).stdin(Stdio::null());
         c
+    }
+
+    /// The archive's passphrase, in a file (written on first use).
+    pub fn passphrase_file(&self) -> PathBuf {
+        let p = self.dir.path().join("passphrase");
+        if !p.exists() {
+            fs::write(&p, format!("{PASSPHRASE}\n")).unwrap();
+        }
+        p
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -331,7 +358,7 @@ impl Setup {
         let s = String::from_utf8(o.stdout).unwrap();
         let mut out = Vec::new();
         for part in s.split("{\"name\":\"S_").skip(1) {
-            let name = format!("S_{}", &part[..22]);
+            let name = format!("S_{}", part.split('"').next().unwrap());
             let size: u64 = part
                 .split("\"volume_size\":")
                 .nth(1)
@@ -346,9 +373,83 @@ impl Setup {
         out
     }
 
+    /// dom0's directory of a volume's records.
+    pub fn meta_vol(&self, vol: &str) -> PathBuf {
+        self.meta
+            .join("archives")
+            .join(self.archive_id())
+            .join("volumes")
+            .join(vol)
+    }
+
+    /// The opaque id the archive knows `vol` by (from dom0's records).
+    pub fn volume_id(&self, vol: &str) -> String {
+        let p = self.meta_vol(vol).join("id");
+        fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("no volume id for {vol} at {}: {e}", p.display()))
+            .trim()
+            .to_string()
+    }
+
+    /// The archive's directory of a volume (named by its id).
+    pub fn archive_vol(&self, vol: &str) -> PathBuf {
+        self.arch.join("volumes").join(self.volume_id(vol))
+    }
+
+    /// dom0's key for the archive (what the receiver never has).
+    pub fn keys(&self) -> protocol::keys::Keys {
+        let p = self
+            .meta
+            .join("archives")
+            .join(self.archive_id())
+            .join("key");
+        protocol::keys::KeyFile::decode(&fs::read_to_string(p).unwrap())
+            .unwrap()
+            .keys()
+    }
+
+    /// A hostile receiver's opening, from what the archive holds: its
+    /// hello and its answer to dom0's first request (the sealed root).
+    pub fn fake_hello(&self, params: protocol::message::ArchiveParams) -> Vec<u8> {
+        use protocol::message::{Hello, HelloBody, Reply};
+        let mut w = protocol::stream::FrameWriter::new(Vec::new());
+        w.hello(&Hello::new(HelloBody::Receiver {
+            archive: Some(params),
+        }))
+        .unwrap();
+        w.reply(&Reply::Data(self.root_blob())).unwrap();
+        w.reply(&Reply::StreamEnd { chunks: 1 }).unwrap();
+        std::mem::take(w.get_mut())
+    }
+
+    /// The archive's sealed root, as the receiver stores it.
+    pub fn root_blob(&self) -> Vec<u8> {
+        fs::read(self.arch.join("dom0.root")).unwrap()
+    }
+
+    /// The envelope of chunk `idx` (of `cs` bytes) stored in `session`,
+    /// and its keyed id from dom0's manifest.
+    pub fn stored_chunk(&self, vol: &str, session: &str, idx: u64, cs: u64) -> (Vec<u8>, [u8; 32]) {
+        let addr = idx * cs;
+        let env = fs::read(
+            self.archive_vol(vol)
+                .join(session)
+                .join(format!("c{:07x}", addr >> 28))
+                .join(format!("x{addr:016x}")),
+        )
+        .unwrap();
+        let id = self
+            .manifest(vol, session)
+            .into_iter()
+            .find(|e| e.addr == addr)
+            .expect("chunk in the manifest")
+            .hash;
+        (env, id)
+    }
+
     /// Session directories in the archive itself (committed ones only).
     pub fn archive_sessions(&self, vol: &str) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.arch.join("volumes").join(vol))
+        let mut v: Vec<String> = fs::read_dir(self.archive_vol(vol))
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -374,14 +475,7 @@ impl Setup {
 
     /// dom0's manifest of a session.
     pub fn manifest(&self, vol: &str, session: &str) -> Vec<protocol::manifest::Entry> {
-        let p = self
-            .meta
-            .join("archives")
-            .join(self.archive_id())
-            .join("volumes")
-            .join(vol)
-            .join(session)
-            .join("manifest");
+        let p = self.meta_vol(vol).join(session).join("manifest");
         let f = fs::File::open(&p).unwrap();
         protocol::manifest::ManifestReader::new(std::io::BufReader::new(f))
             .unwrap()

@@ -5,17 +5,15 @@
 //! fails above a stated bound. Before the bounds existed, each of these
 //! ran until the test's own limit killed it.
 
-use protocol::chunk::{ChunkHeader, Codec};
 use protocol::frame::{encode_frame, FrameKind};
 use protocol::message::{
     encode_reply, ArchiveId, ArchiveParams, Compression, Hello, HelloBody, Operation, Reply,
     Request, SessionInfo,
 };
 use protocol::stream::{FrameReader, FrameWriter, Incoming};
-use sha2::{Digest, Sha256};
 use sparsebak_tests::{
-    agent_hello, bin_dir, exit_within, receiver_bin, receiver_fed, request_frame, script,
-    tree_digest, Rng, Setup,
+    agent_hello, bin_dir, chunk_frame, exit_within, receiver_bin, receiver_fed, request_frame,
+    script, tree_digest, Rng, Setup,
 };
 use std::fs;
 use std::io::Write;
@@ -88,7 +86,6 @@ struct World {
     s: Setup,
     params: ArchiveParams,
     session: SessionInfo,
-    chunks: Vec<Vec<u8>>,
 }
 
 fn world(tag: &str) -> World {
@@ -111,33 +108,21 @@ fn world(tag: &str) -> World {
         stored_bytes: 0,
         prev: None,
     };
-    let chunks = data.chunks(CS).map(<[u8]>::to_vec).collect();
-    World {
-        s,
-        params,
-        session,
-        chunks,
-    }
+    World { s, params, session }
 }
 
 impl World {
+    /// The hello and the sealed root, as the archive's receiver sends them.
     fn hello(&self) -> Vec<u8> {
-        let h = Hello::new(HelloBody::Receiver {
-            archive: Some(self.params),
-        });
-        encode_frame(FrameKind::Hello, &h.encode()).unwrap()
+        self.s.fake_hello(self.params)
     }
 
+    /// The honest frame of chunk `i`, as stored in the archive.
     fn chunk(&self, i: usize) -> Vec<u8> {
-        let mut w = FrameWriter::new(Vec::new());
-        let h = ChunkHeader {
-            addr: (i * CS) as u64,
-            codec: Codec::Raw,
-            raw_len: CS as u32,
-            hash: Sha256::digest(&self.chunks[i]).into(),
-        };
-        w.chunk(&h, &self.chunks[i]).unwrap();
-        std::mem::take(w.get_mut())
+        let (env, id) = self
+            .s
+            .stored_chunk("v.img", &self.session.name, i as u64, CS as u64);
+        chunk_frame((i * CS) as u64, CS as u32, &env, id)
     }
 
     /// Runs the agent with `args` against `fake-receiver MODE PREFIX REST…`.
@@ -176,8 +161,10 @@ fn arch_check_memory_is_bounded_against_an_endless_manifest() {
             findings: vec![],
             more: 0,
         }),
+        reply(&Reply::Data(w.s.root_blob())),
+        reply(&Reply::StreamEnd { chunks: 1 }),
         reply(&Reply::Volumes {
-            names: vec!["v.img".into()],
+            names: vec![w.s.volume_id("v.img")],
             more: false,
         }),
         reply(&Reply::Sessions {
@@ -293,8 +280,8 @@ fn a_trickling_agent_cannot_hold_the_receiver_or_its_lock() {
     let before = tree_digest(&s.arch);
     let mut input = agent_hello(Operation::Backup);
     input.extend(request_frame(&Request::BeginSession {
-        volume: "v.img".into(),
-        session: "S_20300101-000000-000000".into(),
+        volume: w.s.volume_id("v.img"),
+        session: "S_000000000099".into(),
         prev: Some(w.session.name.clone()),
         volume_size: 4 * CS as u64,
         time: 0,
@@ -340,18 +327,18 @@ fn many_sessions(s: &Setup, volume: &str, n: usize, size: u64) -> Vec<String> {
         let w = protocol::manifest::ManifestWriter::new(Vec::new(), CS as u32).unwrap();
         w.finish().unwrap()
     };
-    let ours = s
-        .meta
-        .join("archives")
-        .join(s.archive_id())
-        .join("volumes")
-        .join(volume);
-    let theirs = s.arch.join("volumes").join(volume);
+    let ours = s.meta_vol(volume);
+    let theirs = s.archive_vol(volume);
+    let mac = {
+        let mut h = s.keys().manifest_mac();
+        h.update(&manifest);
+        format!("{}\n", protocol::keys::hex(h.finalize().as_bytes()))
+    };
     let mut names = Vec::with_capacity(n);
     let mut prev: Option<String> = None;
     for i in 0..n {
         // One a minute from 2025-01-01: valid, ascending, distinct.
-        let name = protocol::names::session_name(1_735_689_600 + 60 * i as u64, 0, prev.as_deref());
+        let name = protocol::names::session_name(prev.as_deref());
         let info = SessionInfo {
             name: name.clone(),
             time: 1_735_689_600 + 60 * i as u64,
@@ -378,6 +365,7 @@ fn many_sessions(s: &Setup, volume: &str, n: usize, size: u64) -> Vec<String> {
             fs::write(d.join(info_file), bytes).unwrap();
             fs::write(d.join("manifest"), &manifest).unwrap();
         }
+        fs::write(ours.join(&name).join("mac"), &mac).unwrap();
         prev = Some(name.clone());
         names.push(name);
     }
@@ -444,14 +432,7 @@ fn fifty_thousand_sessions_list_prune_and_commit_in_flat_time() {
     // ones come before it in time, so move it last by name: drop it.
     s.backup("v.img");
     let real = s.sessions("v.img");
-    for root in [
-        s.meta
-            .join("archives")
-            .join(s.archive_id())
-            .join("volumes")
-            .join("v.img"),
-        s.arch.join("volumes").join("v.img"),
-    ] {
+    for root in [s.meta_vol("v.img"), s.archive_vol("v.img")] {
         fs::remove_dir_all(root.join(&real[0])).unwrap();
     }
     let names = many_sessions(&s, "v.img", N, size);
@@ -472,18 +453,18 @@ fn fifty_thousand_sessions_list_prune_and_commit_in_flat_time() {
     // on a volume with none (best of 3 each: this machine is noisy).
     let best = |f: &dyn Fn(usize) -> f64| (0..3).map(f).fold(f64::MAX, f64::min);
     let empty = best(&|i| {
-        let name = format!("S_20300101-00000{i}-000000");
-        let prev = (i > 0).then(|| format!("S_20300101-00000{}-000000", i - 1));
+        let name = format!("S_90000000000{i}");
+        let prev = (i > 0).then(|| format!("S_90000000000{}", i - 1));
         commit_cost(&s, "w.img", prev.as_deref(), &name, size)
     });
     let full = best(&|i| {
-        let name = format!("S_20300101-00000{i}-000000");
+        let name = format!("S_90000000000{i}");
         let prev = if i == 0 {
             names[N - 1].clone()
         } else {
-            format!("S_20300101-00000{}-000000", i - 1)
+            format!("S_90000000000{}", i - 1)
         };
-        commit_cost(&s, "v.img", Some(&prev), &name, size)
+        commit_cost(&s, &s.volume_id("v.img"), Some(&prev), &name, size)
     });
     eprintln!(
         "prune at {N} sessions: {prune_secs:.2} s; one commit: {:.1} ms with no sessions, {:.1} ms after {N}",

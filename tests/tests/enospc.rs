@@ -44,7 +44,7 @@ fn disk_full_mid_backup_is_clean() {
         s.archive_sessions("big.img").is_empty(),
         "archive kept a session"
     );
-    let leftovers: Vec<_> = fs::read_dir(s.arch.join("volumes/big.img"))
+    let leftovers: Vec<_> = fs::read_dir(s.archive_vol("big.img"))
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "left in the archive: {leftovers:?}");

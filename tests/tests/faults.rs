@@ -126,7 +126,7 @@ fn backup_stream_cut_at_many_offsets() {
         }
         r.learn(&copy);
         r.assert_consistent(&format!("cut at {off}"));
-        let leftovers: Vec<_> = fs::read_dir(r.s.arch.join("volumes/v.img"))
+        let leftovers: Vec<_> = fs::read_dir(r.s.archive_vol("v.img"))
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with(".incoming"))
@@ -152,7 +152,22 @@ fn reply_stream_cut_at_many_offsets() {
     let mut r = Run::new("cut-back", 1024 * 1024);
     let recv = receiver_bin();
     let mut recovered = 0;
-    for off in (0..220).step_by(7).chain([230, 260, 300, 400]) {
+    // The replies begin with the hello (54 bytes) and the sealed root (a
+    // `Data` frame of 21 bytes and the root, then a 21-byte `StreamEnd`),
+    // which grows with every session: the session's replies are counted
+    // from its end. A few cuts land in the hello and the root.
+    let offsets = [0, 30, 60, 90].into_iter().map(|o| (o, false)).chain(
+        (0..220)
+            .step_by(7)
+            .chain([230, 260, 300, 400])
+            .map(|o| (o, true)),
+    );
+    for (off, after_root) in offsets {
+        let off = if after_root {
+            54 + 21 + 21 + fs::metadata(r.s.arch.join("dom0.root")).unwrap().len() + off
+        } else {
+            off
+        };
         let copy = r.change(4);
         let before = r.s.sessions("v.img").len();
         let o = r.with_wrapper(&format!("exec {CUT} - {off} {} \"$@\"", recv.display()));
@@ -200,8 +215,8 @@ fn altered_chunk_files_fail_verify_and_restore_by_name() {
     let sess = s.backup("c.img");
     s.ok(&["verify", "c.img"]);
     let chunk = s
-        .arch
-        .join(format!("volumes/c.img/{sess}/c0000000/x0000000000030000"));
+        .archive_vol("c.img")
+        .join(format!("{sess}/c0000000/x0000000000030000"));
     let good = fs::read(&chunk).unwrap();
     let target = s.dir.path().join("out.img");
 
@@ -229,8 +244,8 @@ fn altered_chunk_files_fail_verify_and_restore_by_name() {
     check("flipped bit", "chunk at 0x30000 failed verification");
     // another chunk's data under this chunk's name
     fs::copy(
-        s.arch
-            .join(format!("volumes/c.img/{sess}/c0000000/x0000000000040000")),
+        s.archive_vol("c.img")
+            .join(format!("{sess}/c0000000/x0000000000040000")),
         &chunk,
     )
     .unwrap();

@@ -11,7 +11,7 @@ use protocol::message::{
 };
 use protocol::stream::{FrameReader, FrameWriter, Incoming};
 use sha2::{Digest, Sha256};
-use sparsebak_tests::{receiver_bin, script, tree_digest, Rng, Setup};
+use sparsebak_tests::{chunk_frame, receiver_bin, script, tree_digest, Rng, Setup};
 use std::fs;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -131,9 +131,10 @@ fn receiver_rejects_garbage_and_changes_nothing() {
 #[test]
 fn receiver_refuses_names_and_records_that_escape_the_archive() {
     let s = archive_with_one_session("hostile-names");
+    let vid = s.volume_id("v.img");
     let outside = s.dir.path().to_path_buf();
     let before = tree_digest(&outside);
-    let sess = "S_20300101-000000-000000".to_string();
+    let sess = "S_000000000099".to_string();
     let long = "a".repeat(256);
     let bad_volumes = [
         "../evil",
@@ -181,7 +182,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
                 new_name: "x".into(),
             },
             Request::RenameVolume {
-                volume: "v.img".into(),
+                volume: vid.clone(),
                 new_name: vol.into(),
             },
             Request::Check {
@@ -212,14 +213,14 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
             "admin requests with {vol:?} changed something"
         );
     }
-    for bad in ["../../x", "S_20300101-000000-000000/..", "x", "."] {
+    for bad in ["../../x", "S_000000000099/..", "x", "."] {
         let mut input = hello(Operation::Admin);
         input.extend(request(&Request::Prune {
-            volume: "v.img".into(),
+            volume: vid.clone(),
             session: bad.into(),
         }));
         input.extend(request(&Request::GetManifest {
-            volume: "v.img".into(),
+            volume: vid.clone(),
             session: bad.into(),
         }));
         let (_, _, replies) = feed(&s, &input);
@@ -235,7 +236,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
     // Admin requests on a backup connection are refused.
     let mut input = hello(Operation::Backup);
     input.extend(request(&Request::DeleteVolume {
-        volume: "v.img".into(),
+        volume: vid.clone(),
     }));
     let (ok, _, replies) = feed(&s, &input);
     assert!(
@@ -243,10 +244,10 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
         "{replies:?}"
     );
     assert_eq!(tree_digest(&outside), before);
-    for bad_session in ["../../x", "S_20300101-000000-000000/..", "x"] {
+    for bad_session in ["../../x", "S_000000000099/..", "x"] {
         let mut input = hello(Operation::Backup);
         input.extend(request(&Request::BeginSession {
-            volume: "v.img".into(),
+            volume: vid.clone(),
             session: bad_session.into(),
             prev: None,
             volume_size: 1,
@@ -268,7 +269,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
             "past the end",
             ChunkHeader {
                 addr: 64 * CS as u64,
-                codec: Codec::Raw,
+                codec: Codec::Sealed,
                 raw_len: CS as u32,
                 hash,
             },
@@ -278,7 +279,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
             "unaligned",
             ChunkHeader {
                 addr: 17,
-                codec: Codec::Raw,
+                codec: Codec::Sealed,
                 raw_len: CS as u32,
                 hash,
             },
@@ -288,17 +289,17 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
             "length lie",
             ChunkHeader {
                 addr: 0,
-                codec: Codec::Raw,
+                codec: Codec::Sealed,
                 raw_len: CS as u32,
                 hash,
             },
-            data[..100].to_vec(),
+            vec![1u8; CS + protocol::envelope::OVERHEAD + 1],
         ),
         (
             "bigger than a chunk",
             ChunkHeader {
                 addr: 0,
-                codec: Codec::Raw,
+                codec: Codec::Sealed,
                 raw_len: 2 * CS as u32,
                 hash,
             },
@@ -308,7 +309,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
             "address wraps",
             ChunkHeader {
                 addr: u64::MAX - (CS as u64 - 1),
-                codec: Codec::Raw,
+                codec: Codec::Sealed,
                 raw_len: CS as u32,
                 hash,
             },
@@ -324,7 +325,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
         }))
         .unwrap();
         w.request(&Request::BeginSession {
-            volume: "v.img".into(),
+            volume: vid.clone(),
             session: sess.clone(),
             prev: prev.clone(),
             volume_size: 4 * CS as u64,
@@ -352,7 +353,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
     // Counts that do not match what was sent, and a session cut short.
     let good = ChunkHeader {
         addr: 0,
-        codec: Codec::Raw,
+        codec: Codec::Sealed,
         raw_len: CS as u32,
         hash,
     };
@@ -364,7 +365,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
     // A restore-only connection cannot write.
     let mut input = hello(Operation::Backup);
     input.extend(request(&Request::BeginSession {
-        volume: "v.img".into(),
+        volume: vid.clone(),
         session: sess,
         prev,
         volume_size: 1,
@@ -387,11 +388,17 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
 }
 
 /// A fake receiver: answers with the prepared bytes whatever it is asked.
+/// It holds what a hostile qube holds: the archive's files (sealed
+/// chunks, the sealed root), never the key.
 struct Fake {
     s: Setup,
     params: ArchiveParams,
-    chunks: Vec<Vec<u8>>, // the volume's chunks as of the newest session
-    old_chunk1: Vec<u8>,  // chunk 1 as of the first session
+    /// The envelopes of the volume's chunks as of the newest session, and
+    /// their keyed ids (from dom0's manifests).
+    envs: Vec<Vec<u8>>,
+    ids: Vec<[u8; 32]>,
+    /// Chunk 1's envelope as of the first session.
+    old_env1: Vec<u8>,
 }
 
 impl Fake {
@@ -419,36 +426,32 @@ impl Fake {
             chunk_size: CS as u32,
             compression: Compression::Zstd { level: 3 },
         };
-        let cur = fs::read(&v).unwrap();
+        let sess = s.archive_sessions("v.img");
+        let at = |i: usize| s.stored_chunk("v.img", &sess[(i == 1) as usize], i as u64, CS as u64);
+        let (envs, ids) = (0..4).map(at).unzip();
+        let old_env1 = s.stored_chunk("v.img", &sess[0], 1, CS as u64).0;
         Fake {
             s,
             params,
-            chunks: cur.chunks(CS).map(<[u8]>::to_vec).collect(),
-            old_chunk1: first[CS..2 * CS].to_vec(),
+            envs,
+            ids,
+            old_env1,
         }
     }
 
+    /// The receiver's hello, and its answer to dom0's request for the root.
     fn hello(&self) -> Vec<u8> {
-        encode_frame(
-            FrameKind::Hello,
-            &Hello::new(HelloBody::Receiver {
-                archive: Some(self.params),
-            })
-            .encode(),
-        )
-        .unwrap()
+        self.s.fake_hello(self.params)
     }
 
-    fn chunk(&self, addr_idx: usize, data: &[u8]) -> Vec<u8> {
-        let h = ChunkHeader {
-            addr: (addr_idx * CS) as u64,
-            codec: Codec::Raw,
-            raw_len: data.len() as u32,
-            hash: Sha256::digest(data).into(),
-        };
-        let mut w = FrameWriter::new(Vec::new());
-        w.chunk(&h, data).unwrap();
-        std::mem::take(w.get_mut())
+    /// A chunk frame: `env` claimed for chunk `addr_idx`, with keyed id `id`.
+    fn frame(addr_idx: usize, env: &[u8], id: [u8; 32]) -> Vec<u8> {
+        chunk_frame((addr_idx * CS) as u64, CS as u32, env, id)
+    }
+
+    /// The honest frame of chunk `i`.
+    fn chunk(&self, i: usize) -> Vec<u8> {
+        Fake::frame(i, &self.envs[i], self.ids[i])
     }
 
     fn end(n: u64) -> Vec<u8> {
@@ -507,8 +510,7 @@ impl Fake {
 #[test]
 fn agent_rejects_hostile_restore_streams() {
     let f = Fake::new();
-    let c = &f.chunks;
-    let good: Vec<Vec<u8>> = (0..4).map(|i| f.chunk(i, &c[i])).collect();
+    let good: Vec<Vec<u8>> = (0..4).map(|i| f.chunk(i)).collect();
     let cat = |parts: &[&[u8]]| parts.concat();
 
     // The fake is right when honest: restore succeeds and is exact.
@@ -525,28 +527,21 @@ fn agent_rejects_hostile_restore_streams() {
     );
     assert!(ok, "the honest fake must pass: {err}");
 
-    let mut wrong_data = f.chunk(1, &c[2]);
-    // keep the header's claimed hash honest-looking for chunk 1's address
-    wrong_data[5 + 8 + 4 + 4..5 + 48].copy_from_slice(&Sha256::digest(&c[1])[..]);
-    let n = wrong_data.len();
-    let crc = protocol::frame::checksum(FrameKind::Chunk, &[&wrong_data[5..n - 4]]);
-    wrong_data[n - 4..].copy_from_slice(&crc.to_le_bytes());
-    let stale = f.chunk(1, &f.old_chunk1);
+    // Chunk 2's envelope sent as chunk 1, with chunk 1's id.
+    let wrong_data = Fake::frame(1, &f.envs[2], f.ids[1]);
+    // Chunk 1 as of the first session: a genuine envelope of this
+    // address, but stale.
+    let stale = Fake::frame(1, &f.old_env1, f.ids[1]);
     let mut oversized = Vec::new();
     oversized.extend_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
     oversized.push(FrameKind::Chunk as u8);
     let bomb = {
-        let big = vec![0u8; 64 * CS];
-        let z = zstd::bulk::compress(&big, 3).unwrap();
-        let h = ChunkHeader {
-            addr: 0,
-            codec: Codec::Zstd,
-            raw_len: CS as u32,
-            hash: Sha256::digest(&c[0]).into(),
-        };
-        let mut w = FrameWriter::new(Vec::new());
-        w.chunk(&h, &z).unwrap();
-        std::mem::take(w.get_mut())
+        // A clear envelope holding a zstd frame that inflates to 64 chunks.
+        let mut env = vec![2u8, 1];
+        env.extend(zstd::bulk::compress(&vec![0u8; 64 * CS], 3).unwrap());
+        let crc = crc32fast::hash(&env);
+        env.extend_from_slice(&crc.to_le_bytes());
+        Fake::frame(0, &env, f.ids[0])
     };
     let mut bad_version = Hello::new(HelloBody::Receiver {
         archive: Some(f.params),
@@ -666,7 +661,7 @@ fn agent_rejects_hostile_restore_streams() {
 fn agent_times_out_on_a_stalled_receiver() {
     let f = Fake::new();
     let dir = f.s.dir.path();
-    let good: Vec<Vec<u8>> = (0..2).map(|i| f.chunk(i, &f.chunks[i])).collect();
+    let good: Vec<Vec<u8>> = (0..2).map(|i| f.chunk(i)).collect();
     let mut ok_reply = FrameWriter::new(Vec::new());
     ok_reply.reply(&Reply::Ok).unwrap();
     let ok_reply = std::mem::take(ok_reply.get_mut());
@@ -792,12 +787,13 @@ fn a_busy_archive_is_refused_not_shared() {
 #[test]
 fn receiver_gives_up_on_a_silent_agent() {
     let s = archive_with_one_session("idle");
+    let vid = s.volume_id("v.img");
     let before = tree_digest(&s.arch);
     let prev = s.archive_sessions("v.img").last().cloned();
     let mut input = hello(Operation::Backup);
     input.extend(request(&Request::BeginSession {
-        volume: "v.img".into(),
-        session: "S_20300101-000000-000000".into(),
+        volume: vid.clone(),
+        session: "S_000000000099".into(),
         prev,
         volume_size: 4 * CS as u64,
         time: 0,
@@ -807,7 +803,7 @@ fn receiver_gives_up_on_a_silent_agent() {
     w.chunk(
         &ChunkHeader {
             addr: 0,
-            codec: Codec::Raw,
+            codec: Codec::Sealed,
             raw_len: CS as u32,
             hash: Sha256::digest(&data).into(),
         },

@@ -11,9 +11,11 @@ use agent::meta::{ArchiveMeta, ArchiveRecord, MetaStore};
 use agent::source::Source;
 use agent::target::Target;
 use agent::transport::{Connection, Reach};
+use protocol::keys::{KeyFile, MasterKey, WrappedKey, DEFAULT_KDF};
 use protocol::message::{
     ArchiveId, ArchiveParams, Compression, Finding, FindingKind, Hello, HelloBody, Operation, Reply,
 };
+use protocol::root::Root;
 use protocol::stream::{FrameReader, FrameWriter};
 use receiver::archive::Archive;
 use receiver::serve::{serve, ServeOptions};
@@ -29,6 +31,8 @@ struct World {
     images: PathBuf,
     meta: ArchiveMeta,
     params: ArchiveParams,
+    /// The sealed root arch-init wrote.
+    root: Vec<u8>,
 }
 
 fn world() -> World {
@@ -41,23 +45,54 @@ fn world() -> World {
         chunk_size: CS,
         compression: Compression::Zstd { level: 3 },
     };
-    Archive::init(&archive_dir, params).unwrap();
+    // What arch-init makes: a key, its wrapped copy, a first empty root.
+    let key = KeyFile {
+        archive: params.id,
+        encrypt: true,
+        master: MasterKey::from_bytes([42; 32]),
+    };
+    let wrapped = WrappedKey::wrap(
+        &key.master,
+        params.id,
+        true,
+        b"pw",
+        DEFAULT_KDF,
+        [1; 16],
+        [2; 24],
+    )
+    .unwrap();
+    let root = Root {
+        generation: 1,
+        written: 0,
+        params,
+        encrypt: true,
+        configured: Vec::new(),
+        volumes: Vec::new(),
+    }
+    .seal(&key.keys(), [3; 24]);
+    Archive::init(&archive_dir, params, &wrapped.encode(), &root).unwrap();
     let meta = MetaStore::new(&tmp.path().join("meta"))
-        .create(ArchiveRecord {
-            id: params.id.to_hex(),
-            dest: format!("file://{}", archive_dir.display()),
-            chunk_size: CS,
-            compression: params.compression.to_string(),
-            created: 0,
-            volumes: Vec::new(),
-        })
+        .create(
+            ArchiveRecord {
+                id: params.id.to_hex(),
+                dest: format!("file://{}", archive_dir.display()),
+                chunk_size: CS,
+                compression: params.compression.to_string(),
+                created: 0,
+                encrypt: true,
+                volumes: Vec::new(),
+            },
+            &key,
+        )
         .unwrap();
+    meta.set_generation(1).unwrap();
     World {
         _tmp: tmp,
         archive_dir,
         images,
         meta,
         params,
+        root,
     }
 }
 
@@ -89,7 +124,7 @@ fn client(w: &World, op: Operation) -> Client {
         move |input, output| serve(&opts, input, output).is_ok(),
     )
     .unwrap();
-    Client::over(conn, "in-process receiver", &w.params).unwrap()
+    Client::over(conn, "in-process receiver", &w.meta).unwrap()
 }
 
 fn backup(w: &World, volume: &str) -> String {
@@ -178,7 +213,8 @@ fn a_corrupt_chunk_fails_restore_and_writes_nothing() {
     backup(&w, "v.img");
     // Flip one byte of every chunk file of the session.
     let mut flipped = 0;
-    let mut stack = vec![w.archive_dir.join("volumes").join("v.img")];
+    let vid = w.meta.volume_id("v.img").unwrap().unwrap().to_hex();
+    let mut stack = vec![w.archive_dir.join("volumes").join(vid)];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let p = e.path();
@@ -186,7 +222,8 @@ fn a_corrupt_chunk_fails_restore_and_writes_nothing() {
                 stack.push(p);
             } else if e.file_name().to_string_lossy().starts_with('x') {
                 let mut b = std::fs::read(&p).unwrap();
-                b[0] ^= 0x40;
+                let mid = b.len() / 2;
+                b[mid] ^= 0x40;
                 std::fs::write(&p, b).unwrap();
                 flipped += 1;
             }
@@ -236,7 +273,8 @@ fn a_silent_in_process_peer_times_out() {
 }
 
 /// A hostile peer in a thread: answers the hello, then each request with
-/// the next of `replies` (whatever was asked).
+/// the next of `replies` (whatever was asked; a `StreamEnd` goes out right
+/// after the reply before it).
 fn hostile_client(w: &World, replies: Vec<Reply>) -> Client {
     let params = w.params;
     let conn = Connection::in_process(
@@ -257,7 +295,9 @@ fn hostile_client(w: &World, replies: Vec<Reply>) -> Client {
                 return false;
             }
             for r in replies {
-                if rd.read_request().is_err() || wr.reply(&r).and_then(|_| wr.flush()).is_err() {
+                // A stream's end follows its data with no request between.
+                let asked = matches!(r, Reply::StreamEnd { .. }) || rd.read_request().is_ok();
+                if !asked || wr.reply(&r).and_then(|_| wr.flush()).is_err() {
                     return false;
                 }
             }
@@ -266,7 +306,7 @@ fn hostile_client(w: &World, replies: Vec<Reply>) -> Client {
         },
     )
     .unwrap();
-    Client::over(conn, "hostile peer", &w.params).unwrap()
+    Client::over(conn, "hostile peer", &w.meta).unwrap()
 }
 
 fn finding(session: &str) -> Finding {
@@ -293,9 +333,11 @@ fn check_counts_from_the_peer_never_understate() {
         vec![
             Reply::CheckReport {
                 checked: 1,
-                findings: vec![finding("S_20261129-000000-000000")],
+                findings: vec![finding("S_000000000001")],
                 more: u64::MAX,
             },
+            Reply::Data(w.root.clone()),
+            Reply::StreamEnd { chunks: 1 },
             empty.clone(),
         ],
     );
@@ -310,7 +352,7 @@ fn check_counts_from_the_peer_never_understate() {
     assert!(!text.contains(" 0 problems"), "{text}");
 
     // 4,096 findings of one session: 20 listed, every one counted.
-    let findings = vec![finding("S_20261129-000000-000000"); 4096];
+    let findings = vec![finding("S_000000000001"); 4096];
     let mut c = hostile_client(
         &w,
         vec![
@@ -319,6 +361,8 @@ fn check_counts_from_the_peer_never_understate() {
                 findings,
                 more: 0,
             },
+            Reply::Data(w.root.clone()),
+            Reply::StreamEnd { chunks: 1 },
             empty,
         ],
     );

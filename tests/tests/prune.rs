@@ -98,14 +98,7 @@ impl Hist {
         );
         for sess in &want {
             let ours = fs::read(self.dom0_session(sess).join("manifest")).unwrap();
-            let theirs = fs::read(
-                self.s
-                    .arch
-                    .join("volumes/v.img")
-                    .join(sess)
-                    .join("manifest"),
-            )
-            .unwrap();
+            let theirs = fs::read(self.s.archive_vol("v.img").join(sess).join("manifest")).unwrap();
             assert_eq!(ours, theirs, "{ctx}: manifests of {sess} differ");
         }
         let out = self.s.ok(&["arch-check"]);
@@ -116,12 +109,7 @@ impl Hist {
     }
 
     fn dom0_session(&self, sess: &str) -> PathBuf {
-        self.s
-            .meta
-            .join("archives")
-            .join(self.s.archive_id())
-            .join("volumes/v.img")
-            .join(sess)
+        self.s.meta_vol("v.img").join(sess)
     }
 
     fn forget(&mut self, sess: &str) {
@@ -152,7 +140,7 @@ fn prune_every_way_keeps_remaining_sessions_exact() {
     // One session in the middle (the shrunk one): chunks it still needs
     // move by rename, so the successor's file is the same inode.
     let (p, q) = (&names[2], &names[3]);
-    let p_dir = h.s.arch.join("volumes/v.img").join(p);
+    let p_dir = h.s.archive_vol("v.img").join(p);
     let mut inodes = BTreeMap::new();
     for e in fs::read_dir(p_dir.join("c0000000")).unwrap().flatten() {
         inodes.insert(e.file_name(), e.metadata().unwrap().ino());
@@ -161,7 +149,7 @@ fn prune_every_way_keeps_remaining_sessions_exact() {
     assert!(out.contains(&format!("merged into {q}")), "{out}");
     h.forget(p);
     h.assert_intact("after pruning the shrunk session");
-    let q_fan = h.s.arch.join("volumes/v.img").join(q).join("c0000000");
+    let q_fan = h.s.archive_vol("v.img").join(q).join("c0000000");
     let moved = inodes
         .iter()
         .filter(|(n, ino)| fs::metadata(q_fan.join(n)).is_ok_and(|m| m.ino() == **ino))
@@ -362,8 +350,9 @@ fn delete_and_rename_volumes() {
     let e = h.s.fails(&["delete", "w.img"]);
     assert!(e.contains("--force"), "{e}");
     assert_eq!(h.s.archive_sessions("w.img").len(), 1);
+    let w_dir = h.s.archive_vol("w.img");
     h.s.ok(&["delete", "w.img", "--force"]);
-    assert!(!h.s.arch.join("volumes/w.img").exists());
+    assert!(!w_dir.exists());
     assert!(h.s.sessions("w.img").is_empty());
     let l = h.s.ok(&["list"]);
     assert!(!l.contains("w.img"), "{l}");
@@ -397,7 +386,7 @@ fn arch_check_names_every_problem_by_address() {
     h.rewrite(3);
     let s2 = h.snap();
     h.assert_intact("clean");
-    let d1 = h.s.arch.join("volumes/v.img").join(&s1).join("c0000000");
+    let d1 = h.s.archive_vol("v.img").join(&s1).join("c0000000");
     fs::remove_file(d1.join("x0000000000010000")).unwrap();
     let mut b = fs::read(d1.join("x0000000000030000")).unwrap();
     let mid = b.len() / 2;
@@ -405,12 +394,8 @@ fn arch_check_names_every_problem_by_address() {
     fs::write(d1.join("x0000000000030000"), b).unwrap();
     fs::write(d1.join("x00000000000b0000"), b"stray").unwrap();
     // The archive's manifest of s2 replaced by s1's.
-    let m2 = h.s.arch.join("volumes/v.img").join(&s2).join("manifest");
-    fs::copy(
-        h.s.arch.join("volumes/v.img").join(&s1).join("manifest"),
-        &m2,
-    )
-    .unwrap();
+    let m2 = h.s.archive_vol("v.img").join(&s2).join("manifest");
+    fs::copy(h.s.archive_vol("v.img").join(&s1).join("manifest"), &m2).unwrap();
     let o = h.s.run(&["arch-check"]);
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);

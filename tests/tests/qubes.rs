@@ -87,7 +87,7 @@ fn backup_restore_verify_prune_through_qvm_run() {
     let arch = q.backup_qube.join("home/user/sparsebak/laptop");
     assert!(arch.join("sparsebak.archive").is_file());
     let (uid, _) = nobody();
-    for e in fs::read_dir(arch.join("volumes/disk.img"))
+    for e in fs::read_dir(arch.join("volumes").join(q.s.volume_id("disk.img")))
         .unwrap()
         .flatten()
     {

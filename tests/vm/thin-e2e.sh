@@ -10,7 +10,8 @@ rm -rf "$W"; mkdir -p "$W"
 t0=$(cut -d' ' -f1 /proc/uptime)
 log() { echo "[$(cut -d' ' -f1 /proc/uptime)s] $*"; }
 fail() { echo "E2E FAILED: $*" >&2; exit 1; }
-SB=(sparsebak --dest "file://$W/archive" --meta-dir "$W/meta" --local vg/pool)
+printf 'a vm test passphrase\n' > "$W/passphrase"
+SB=(sparsebak --dest "file://$W/archive" --meta-dir "$W/meta" --local vg/pool --passphrase-file "$W/passphrase")
 
 pvcreate -q /dev/vda; vgcreate -q vg /dev/vda
 lvcreate -q -L 1G -T vg/pool 2>/dev/null            # 64 KiB pool blocks

@@ -4,12 +4,14 @@
 //! code before it touches the disk; a bad frame ends the connection with an
 //! error reply, and any session in progress is dropped.
 
+use crate::archive::blob::{self, Upload};
 use crate::archive::session::SessionWriter;
 use crate::archive::{self, check, prune, restore, Archive};
 use crate::error::Failure;
 use protocol::message::{ErrorCode, Hello, HelloBody, Operation, Reply, Request};
 use protocol::stream::{FrameReader, FrameWriter, Incoming, Pace, StreamError};
 use std::io::{Read, Write};
+use std::path::Path;
 use std::path::PathBuf;
 
 pub struct ServeOptions {
@@ -78,6 +80,8 @@ pub fn serve<R: Read, W: Write>(
             ),
         ));
     }
+    // A record upload in progress: its parts must come one after another.
+    let mut upload: Option<Upload> = None;
     loop {
         let req = match rd.read_request() {
             Ok(r) => r,
@@ -88,9 +92,12 @@ pub fn serve<R: Read, W: Write>(
             wr.flush()?;
             return Ok(());
         }
-        if let Request::Init { params } = req {
+        if !matches!(req, Request::PutBlob { .. }) {
+            upload = None;
+        }
+        if let Request::Init { params, key, root } = req {
             let r = if op == Operation::Admin {
-                Archive::init(&opts.archive_dir, params).map(|a| {
+                Archive::init(&opts.archive_dir, params, &key, &root).map(|a| {
                     archive = Ok(Some(a));
                 })
             } else {
@@ -195,6 +202,35 @@ pub fn serve<R: Read, W: Write>(
                 let r = send_manifest(a, &volume, &session, &mut wr);
                 reply_result(&mut wr, r.map(|parts| Reply::StreamEnd { chunks: parts }))?;
             }
+            Request::GetBlob { blob: b } => {
+                let r = send_file(&blob::path(&a.root, b), b.name(), &mut wr);
+                reply_result(&mut wr, r.map(|parts| Reply::StreamEnd { chunks: parts }))?;
+            }
+            Request::PutBlob {
+                blob: b,
+                data,
+                last,
+            } if op != Operation::Restore => {
+                let mut up = match upload.take() {
+                    Some(u) if u.blob() == b => u,
+                    _ => match Upload::start(a, b) {
+                        Ok(u) => u,
+                        Err(f) => return Err(fail(&mut wr, f)),
+                    },
+                };
+                let r = up.append(&data).and_then(|_| {
+                    if last {
+                        up.finish(a)
+                    } else {
+                        upload = Some(up);
+                        Ok(())
+                    }
+                });
+                if let Err(f) = r {
+                    return Err(fail(&mut wr, f));
+                }
+                reply_result(&mut wr, Ok(Reply::Ok))?;
+            }
             Request::Restore { volume, session } if op == Operation::Restore => {
                 let r = restore::stream_view(a, &volume, &session, |h, data| {
                     wr.chunk(h, data)
@@ -230,19 +266,28 @@ fn send_manifest<W: Write>(
             ),
         ));
     }
-    let path = dir.join(crate::archive::session::MANIFEST_FILE);
-    let mut f = std::fs::File::open(&path).map_err(|e| Failure::io("open manifest", &path, e))?;
+    send_file(
+        &dir.join(crate::archive::session::MANIFEST_FILE),
+        "manifest",
+        wr,
+    )
+}
+
+/// A file as `Data` parts; returns the number of parts.
+fn send_file<W: Write>(path: &Path, what: &str, wr: &mut FrameWriter<W>) -> Result<u64, Failure> {
+    let mut f =
+        std::fs::File::open(path).map_err(|e| Failure::io(&format!("open {what}"), path, e))?;
     let mut buf = vec![0u8; protocol::message::DATA_PART];
     let mut parts = 0;
     loop {
         let n = f
             .read(&mut buf)
-            .map_err(|e| Failure::io("read manifest", &path, e))?;
+            .map_err(|e| Failure::io(&format!("read {what}"), path, e))?;
         if n == 0 {
             return Ok(parts);
         }
         wr.reply(&Reply::Data(buf[..n].to_vec()))
-            .map_err(|e| Failure::new(ErrorCode::Io, format!("sending manifest: {e}")))?;
+            .map_err(|e| Failure::new(ErrorCode::Io, format!("sending {what}: {e}")))?;
         parts += 1;
     }
 }

@@ -89,11 +89,13 @@ impl Backup<'_> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let session =
-            protocol::names::session_name(now.as_secs(), now.subsec_micros(), prev.as_deref());
+        let session = protocol::names::session_name(prev.as_deref());
         let size = snap.size;
+        let vid = self.meta.ensure_volume_id(volume)?;
+        // The receiver is told no time: sessions are an order to it, their
+        // times are in dom0's records and the sealed root.
         self.client
-            .begin_session(volume, &session, prev.as_deref(), size, now.as_secs())?;
+            .begin_session(volume, &session, prev.as_deref(), size, 0)?;
         let mut pending = self.meta.begin_pending(volume, &session)?;
         let chunks = size.div_ceil(cs);
         let job_at = |idx: u64, read: bool, prev: Prev| Job {
@@ -131,6 +133,8 @@ impl Backup<'_> {
             chunk_size: cs as u32,
             compression: self.meta.params.compression,
             workers: self.workers,
+            keys: self.meta.keys.clone(),
+            volume: vid,
         };
         let client = &mut *self.client;
         let mut stream_err = None;
@@ -142,12 +146,12 @@ impl Backup<'_> {
             let (codec, hash) = match outcome {
                 Outcome::Unchanged => return Ok(()),
                 Outcome::Zero => (Codec::Zero, [0u8; 32]),
-                Outcome::Data { codec, hash } => (codec, hash),
+                Outcome::Data { hash } => (Codec::Sealed, hash),
             };
             let data: &[u8] = if codec == Codec::Zero {
                 &[]
             } else {
-                slot.stored(codec)
+                slot.stored()
             };
             let h = ChunkHeader {
                 addr: job.addr,
@@ -199,7 +203,7 @@ impl Backup<'_> {
             stored_bytes: sent,
             prev,
         };
-        if let Err(e) = pending.finish(&info) {
+        if let Err(e) = pending.finish(&info, &self.meta.keys) {
             let _ = self.client.abort();
             return fail(self, e);
         }
@@ -212,6 +216,8 @@ impl Backup<'_> {
         self.local
             .rotate(volume, &session)
             .context("rotating snapshots")?;
+        crate::catalog::publish(self.meta, self.client)
+            .with_context(|| format!("volume '{volume}': session {session} is committed, but"))?;
         Ok(Summary {
             volume: volume.to_string(),
             session,

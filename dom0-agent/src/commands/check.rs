@@ -85,6 +85,29 @@ pub fn check(meta: &ArchiveMeta, client: &mut Client, volume: Option<&str>) -> R
     }
     // Counts from the peer: saturated, never wrapped.
     rep.unlisted = rep.unlisted.saturating_add(remote.more);
+    // The archive's own chain: its root must say what dom0's records say.
+    let root = crate::catalog::fetch(client, &meta.keys)?;
+    let mut ours = crate::catalog::build(meta)?;
+    (ours.generation, ours.written) = (root.generation, root.written);
+    for v in &root.volumes {
+        if volume.is_some_and(|x| x != v.name) {
+            continue;
+        }
+        if ours.volume(&v.name) != Some(v) {
+            rep.add(format!(
+                "volume '{}': the archive's root (generation {}) differs from dom0's records",
+                v.name, root.generation
+            ));
+        }
+    }
+    for o in &ours.volumes {
+        if volume.is_none_or(|x| x == o.name) && root.volume(&o.name).is_none() {
+            rep.add(format!(
+                "volume '{}': in dom0's records but not in the archive's root",
+                o.name
+            ));
+        }
+    }
     let ours_vols = meta.volumes()?;
     let mut vols: BTreeSet<String> = ours_vols.iter().cloned().collect();
     vols.extend(client.volumes(at_most(ours_vols.len()))?);

@@ -39,6 +39,10 @@ pub fn diff(
         // Hashing is all a comparison needs.
         compression: Compression::None,
         workers,
+        keys: meta.keys.clone(),
+        volume: meta
+            .volume_id(volume)?
+            .unwrap_or(protocol::keys::VolumeId([0; 16])),
     };
     let total = live_size.div_ceil(cs);
     let mut progress = Progress::new(volume, total);

@@ -1,17 +1,25 @@
-//! `sparsebak arch-init`: a new archive at the destination, and dom0's
-//! record of it. The receiver creates the archive first; dom0 records it
-//! only once the receiver said Ok, so a failed init leaves dom0 as it was.
+//! `sparsebak arch-init`: a new archive at the destination, its key, and
+//! dom0's record of it.
+//!
+//! Order of events: the key is made and wrapped with the passphrase (so a
+//! typo'd confirmation changes nothing anywhere); the receiver creates the
+//! archive with the wrapped key and a first, empty root; dom0 records the
+//! archive and its key only once the receiver said Ok, so a failed init
+//! leaves dom0 as it was. (If dom0 fails to record it after that, the
+//! archive is not lost: `arch-import` adopts it.)
 
+use crate::catalog;
 use crate::client::Client;
 use crate::context::Ctx;
 use crate::meta::{parse_compression, ArchiveRecord};
 use crate::units::{self, parse_size};
+use crate::{passphrase, random};
 use anyhow::{bail, Context, Result};
+use protocol::keys::{KeyFile, MasterKey, WrappedKey, DEFAULT_KDF};
 use protocol::message::{ArchiveId, ArchiveParams};
-use std::io::Read;
-use std::time::{SystemTime, UNIX_EPOCH};
+use protocol::root::Root;
 
-pub fn run(ctx: &Ctx, chunk_size: &str, compression: &str) -> Result<i32> {
+pub fn run(ctx: &Ctx, chunk_size: &str, compression: &str, encrypt: bool) -> Result<i32> {
     let dest = ctx.dest()?;
     let cs = parse_size(chunk_size)?;
     let cs = u32::try_from(cs).ok().context("chunk size too large")?;
@@ -25,39 +33,65 @@ pub fn run(ctx: &Ctx, chunk_size: &str, compression: &str) -> Result<i32> {
             ctx.meta_dir.display()
         );
     }
-    let id = random_id()?;
+    let pass = passphrase::read(
+        ctx.passphrase_file.as_deref(),
+        "Passphrase for the new archive (keep it safe: it recovers the archive without dom0): ",
+        true,
+    )?;
+    let id = ArchiveId(random::bytes()?);
+    let key = KeyFile {
+        archive: id,
+        encrypt,
+        master: MasterKey::from_bytes(random::bytes()?),
+    };
+    let wrapped = WrappedKey::wrap(
+        &key.master,
+        id,
+        encrypt,
+        pass.as_bytes(),
+        DEFAULT_KDF,
+        random::bytes()?,
+        random::bytes()?,
+    )?;
     let params = ArchiveParams {
         id,
         chunk_size: cs,
         compression,
     };
-    let mut client = Client::connect_new(&dest, &ctx.reach)?;
-    client.init(params)?;
-    client.finish()?;
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    store.create(ArchiveRecord {
-        id: id.to_hex(),
-        dest: dest.canonical(),
-        chunk_size: cs,
-        compression: compression.to_string(),
-        created,
+    let keys = key.keys();
+    let root = Root {
+        generation: 1,
+        written: catalog::now(),
+        params,
+        encrypt,
+        configured: Vec::new(),
         volumes: Vec::new(),
-    })?;
+    };
+    let mut client = Client::connect_new(&dest, &ctx.reach)?;
+    client.init(params, wrapped.encode(), catalog::seal(&root, &keys)?)?;
+    client.finish()?;
+    let meta = store.create(
+        ArchiveRecord {
+            id: id.to_hex(),
+            dest: dest.canonical(),
+            chunk_size: cs,
+            compression: compression.to_string(),
+            created: root.written,
+            encrypt,
+            volumes: Vec::new(),
+        },
+        &key,
+    )?;
+    meta.set_generation(1)?;
     println!(
-        "created archive {} at {dest} (chunk size {}, {compression})",
+        "created archive {} at {dest} (chunk size {}, {compression}, {})",
         id.to_hex(),
-        units::human(cs as u64)
+        units::human(cs as u64),
+        if encrypt {
+            "encrypted"
+        } else {
+            "not encrypted, authenticated"
+        }
     );
     Ok(0)
-}
-
-fn random_id() -> Result<ArchiveId> {
-    let mut id = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut id))
-        .context("reading /dev/urandom")?;
-    Ok(ArchiveId(id))
 }

@@ -68,8 +68,9 @@ pub fn text(meta: &ArchiveMeta, vols: &[(String, Vec<SessionInfo>)], cfg: &Confi
         for x in sessions {
             let _ = writeln!(
                 s,
-                "  {}  size {:>10}  {:>7} chunks {:>6} zero  stored {}",
+                "  {}  {}  size {:>10}  {:>7} chunks {:>6} zero  stored {}",
                 x.name,
+                crate::timefmt::format_local(x.time),
                 human(x.volume_size),
                 x.chunks,
                 x.zero_chunks,

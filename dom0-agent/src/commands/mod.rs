@@ -5,14 +5,16 @@
 pub mod backup;
 pub mod check;
 pub mod diff;
+pub mod import;
 pub mod init;
+pub mod key;
 pub mod list;
 pub mod prune;
 pub mod restore;
 pub mod verify;
 pub mod volumes;
 
-use crate::cli::{Cli, Cmd};
+use crate::cli::{Cli, Cmd, KeyCmd};
 use crate::context::Ctx;
 use anyhow::Result;
 
@@ -23,7 +25,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::ArchInit {
             chunk_size,
             compression,
-        } => init::run(&ctx, &chunk_size, &compression),
+            encrypt,
+        } => init::run(&ctx, &chunk_size, &compression, encrypt == "on"),
+        Cmd::ArchImport { key_file } => import::run(&ctx, key_file.as_deref()),
+        Cmd::Key(KeyCmd::Export { file }) => key::export(&ctx, &file),
+        Cmd::Key(KeyCmd::Passwd) => key::passwd(&ctx),
         Cmd::Backup { volumes, autoprune } => backup::run(&ctx, volumes, autoprune),
         Cmd::Prune {
             volume,

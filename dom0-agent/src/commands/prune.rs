@@ -187,7 +187,16 @@ pub fn prune_volume(
             println!("would prune {volume} {s}");
             continue;
         }
-        let info = prune_one(meta, client, volume, s)?;
+        // One new root for the whole run, also when a prune fails midway.
+        let info = match prune_one(meta, client, volume, s) {
+            Ok(i) => i,
+            Err(e) => {
+                if i > 0 {
+                    let _ = crate::catalog::publish(meta, client);
+                }
+                return Err(e);
+            }
+        };
         println!(
             "pruned {volume} {s} ({}/{}): merged into {} (now {} data, {} zero chunks)",
             i + 1,
@@ -198,6 +207,7 @@ pub fn prune_volume(
         );
     }
     if !dry_run && !picked.is_empty() {
+        crate::catalog::publish(meta, client)?;
         println!(
             "prune {volume}: {} sessions pruned, {} remain, {:.2} s",
             picked.len(),

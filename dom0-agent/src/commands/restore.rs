@@ -15,7 +15,8 @@ use crate::target::{Out, Target};
 use crate::units::human;
 use anyhow::{bail, Context, Result};
 use protocol::chunk::{Codec, Hash};
-use protocol::envelope::{self, OpenError};
+use protocol::envelope::{OpenError, Opener, Place};
+use protocol::keys::VolumeId;
 use protocol::message::Operation;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel};
@@ -27,7 +28,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum VerifyError {
-    #[error("volume '{volume}' session {session}: chunk at {addr:#x} failed verification: its SHA-256 does not match dom0's manifest")]
+    #[error("volume '{volume}' session {session}: chunk at {addr:#x} failed verification: its keyed id does not match dom0's manifest (a stale, swapped or altered chunk)")]
     HashMismatch {
         volume: String,
         session: String,
@@ -100,6 +101,9 @@ pub fn restore(
     let cs = meta.params.chunk_size as u64;
     let mut out = Out::open(&target, size)?;
     let view = meta.view(volume, chosen)?;
+    let vid = meta
+        .volume_id(volume)?
+        .with_context(|| format!("dom0 has no archive id for volume '{volume}'"))?;
     client.restore(volume, &info.name)?;
     let mut progress = Progress::new(volume, size.div_ceil(cs));
     let (mut chunks, mut bytes) = (0u64, 0u64);
@@ -121,17 +125,25 @@ pub fn restore(
             .map(|_| {
                 let (work_rx, pool_tx, err_tx, names) =
                     (&work_rx, pool_tx.clone(), err_tx.clone(), &names);
+                let mut opener = Opener::new(meta.keys.clone());
                 scope.spawn(move || {
                     let mut plain = AlignedBuf::new(cs as usize);
                     loop {
                         let Ok(w) = work_rx.lock().expect("work lock").recv() else {
                             return;
                         };
-                        let r = check_chunk(&w, plain.whole_mut(), volume, names[w.session])
-                            .and_then(|p| match target {
-                                Some((o, d)) => o.write_at(d, p, w.addr),
-                                None => Ok(()),
-                            });
+                        let r = check_chunk(
+                            &w,
+                            &mut opener,
+                            vid,
+                            plain.whole_mut(),
+                            volume,
+                            names[w.session],
+                        )
+                        .and_then(|p| match target {
+                            Some((o, d)) => o.write_at(d, p, w.addr),
+                            None => Ok(()),
+                        });
                         if let Err(e) = r {
                             let _ = err_tx.send(e);
                         }
@@ -181,9 +193,20 @@ pub fn restore(
                 let mut buf = pool_rx.try_recv().unwrap_or_default();
                 buf.clear();
                 buf.extend_from_slice(data);
+                if h.codec != Codec::Sealed || h.raw_len as usize != raw_len {
+                    return Err(VerifyError::BadChunk {
+                        volume: volume.into(),
+                        session: from.clone(),
+                        addr: e.addr,
+                        detail: format!(
+                            "the receiver sent a {:?} record of {} bytes for a chunk of {raw_len}",
+                            h.codec, h.raw_len
+                        ),
+                    }
+                    .into());
+                }
                 let w = Work {
                     addr: e.addr,
-                    codec: h.codec,
                     raw_len,
                     hash: e.hash,
                     session: idx,
@@ -244,7 +267,6 @@ pub fn restore(
 /// One received chunk, to be checked (and written) by a worker.
 struct Work {
     addr: u64,
-    codec: Codec,
     raw_len: usize,
     hash: Hash,
     /// Index of the session the chunk belongs to, for error messages.
@@ -255,14 +277,21 @@ struct Work {
 /// Opens a chunk (see `protocol::envelope`); returns its plain bytes if
 /// they match dom0's manifest.
 fn check_chunk<'a>(
-    w: &'a Work,
+    w: &Work,
+    opener: &mut Opener,
+    vid: VolumeId,
     plain: &'a mut [u8],
     volume: &str,
     session: &str,
 ) -> Result<&'a [u8]> {
-    envelope::open(w.codec, &w.data, w.raw_len, &w.hash, plain).map_err(|err| {
+    let at = Place {
+        volume: vid,
+        addr: w.addr,
+        raw_len: w.raw_len as u32,
+    };
+    opener.open(&w.data, &at, &w.hash, plain).map_err(|err| {
         match err {
-            OpenError::Hash => VerifyError::HashMismatch {
+            OpenError::Id => VerifyError::HashMismatch {
                 volume: volume.into(),
                 session: session.into(),
                 addr: w.addr,

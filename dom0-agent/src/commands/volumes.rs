@@ -3,7 +3,6 @@
 //! and each command is idempotent, so one interrupted between the two
 //! sides is completed by running it again.
 
-use crate::client::at_most;
 use crate::context::Ctx;
 use anyhow::{bail, Result};
 use protocol::message::Operation;
@@ -57,8 +56,9 @@ pub fn delete(ctx: &Ctx, volume: &str, force: bool) -> Result<i32> {
     let mut client = ctx.connect(&dest, &meta, Operation::Admin)?;
     // False: already gone from the archive (a repeated delete).
     client.delete_volume(volume)?;
-    client.finish()?;
     meta.delete_volume(volume)?;
+    crate::catalog::publish(&meta, &mut client)?;
+    client.finish()?;
     ctx.forget_snapshots(&meta, volume)?;
     let mut meta = meta;
     meta.rec.volumes.retain(|v| v != volume);
@@ -67,22 +67,20 @@ pub fn delete(ctx: &Ctx, volume: &str, force: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// `rename`: in the archive, then in dom0's records.
+/// `rename`: in dom0's records, then in the archive's root. The receiver
+/// knows the volume by its opaque id, which stays: nothing moves there.
 pub fn rename(ctx: &Ctx, volume: &str, new_name: &str) -> Result<i32> {
     let (dest, mut meta) = ctx.archive()?;
     validate_volume_name(volume)?;
     validate_volume_name(new_name)?;
     let mut client = ctx.connect(&dest, &meta, Operation::Admin)?;
-    let remote = client.volumes(at_most(meta.volumes()?.len()))?;
-    if remote.iter().any(|v| v == volume) {
-        client.rename_volume(volume, new_name)?;
-    } else if !remote.iter().any(|v| v == new_name) {
-        bail!("the archive at {dest} has no volume '{volume}'");
-    }
-    client.finish()?;
     if meta.volume_dir(volume)?.exists() {
         meta.rename_volume(volume, new_name)?;
+    } else if !meta.volume_dir(new_name)?.exists() {
+        bail!("the archive at {dest} has no volume '{volume}'");
     }
+    crate::catalog::publish(&meta, &mut client)?;
+    client.finish()?;
     ctx.forget_snapshots(&meta, volume)?;
     if meta.rec.volumes.iter().any(|v| v == volume) {
         meta.rec.volumes.retain(|v| v != volume);

@@ -73,6 +73,8 @@ fn main() {
                 .arg(&cfg)
                 .arg("--remote-receiver")
                 .arg(bin_dir().join("sparsebak-receiver"))
+                .arg("--passphrase-file")
+                .arg(s.passphrase_file())
                 .args(args)
                 .env("PATH", format!("{}:/usr/bin:/bin", dom0_bin.display()))
                 .env("SBK_FAKE_QUBES", &qubes)

@@ -1,5 +1,6 @@
 //! The sparse-bundle archive on disk (see `vm-receiver/FORMAT.md`).
 
+pub mod blob;
 pub mod check;
 pub mod chunk_reader;
 pub mod chunk_writer;
@@ -21,8 +22,8 @@ use store::fs::FsStore;
 use store::ChunkStore;
 
 /// Archive info file magic; the last two bytes are the format version.
-pub const ARCHIVE_MAGIC: [u8; 8] = *b"SBKARC01";
-pub const FORMAT_VERSION: u32 = 1;
+pub const ARCHIVE_MAGIC: [u8; 8] = *b"SBKARC02";
+pub const FORMAT_VERSION: u32 = 2;
 pub const ARCHIVE_FILE: &str = "sparsebak.archive";
 pub const VOLUMES_DIR: &str = "volumes";
 /// A volume being deleted is renamed to this prefix first.
@@ -50,6 +51,16 @@ impl Archive {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Failure::io("read archive info", &info, e)),
         };
+        if bytes.starts_with(b"SBKARC") && !bytes.starts_with(&ARCHIVE_MAGIC) {
+            return Err(Failure::new(
+                ErrorCode::Corrupt,
+                format!(
+                    "archive '{}' is of format {} (an unencrypted archive of an older sparsebak); this receiver reads format {FORMAT_VERSION} only and there is no migration: make a new archive with arch-init",
+                    root.display(),
+                    String::from_utf8_lossy(&bytes[6..8.min(bytes.len())])
+                ),
+            ));
+        }
         let f: ArchiveFile = protocol::codec::decode_sealed("archive info", &ARCHIVE_MAGIC, &bytes)
             .map_err(|e| {
                 Failure::new(
@@ -75,8 +86,15 @@ impl Archive {
         }))
     }
 
-    /// Creates a new archive at `root` (which may exist, but must not hold one).
-    pub fn init(root: &Path, params: ArchiveParams) -> Result<Archive> {
+    /// Creates a new archive at `root` (which may exist, but must not hold
+    /// one), with dom0's first wrapped key and root; the archive info is
+    /// written last, so an archive never exists without them.
+    pub fn init(
+        root: &Path,
+        params: ArchiveParams,
+        key: &[u8],
+        root_rec: &[u8],
+    ) -> Result<Archive> {
         let params = params.validate()?;
         if Archive::open(root)?.is_some() {
             return Err(Failure::new(
@@ -94,6 +112,8 @@ impl Archive {
             },
         );
         fsutil::fsync_dir(&root.join(VOLUMES_DIR))?;
+        blob::write_initial(root, protocol::message::Blob::Key, key)?;
+        blob::write_initial(root, protocol::message::Blob::Root, root_rec)?;
         fsutil::write_atomic(&root.join(ARCHIVE_FILE), &bytes)?;
         Ok(Archive {
             root: root.to_path_buf(),

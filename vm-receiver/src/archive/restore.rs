@@ -52,12 +52,12 @@ pub fn stream_view(
         Ok((idx, e)) => Some(Ok(((dirs[idx].clone(), e.addr), (idx, e)))),
         Err(f) => Some(Err(f)),
     });
-    // A chunk file longer than a chunk is corrupt; the reader says so by
-    // returning one byte more.
+    // A chunk file longer than a chunk's largest envelope is corrupt; the
+    // reader says so by returning one byte more.
     read_in_order(
         archive.store.as_ref(),
         items,
-        cs as usize,
+        protocol::envelope::max_stored(cs as usize),
         |(idx, e), path, data| {
             let data = data.map_err(|err| match err {
                 ReadFailure::Open(err) => Failure::new(

@@ -182,7 +182,10 @@ impl SessionWriter {
         w.writer = Some(ChunkWriter::new(
             archive.store.clone(),
             w.incoming.clone(),
-            FRAME_AT + chunk::HEADER_LEN + archive.chunk_size() as usize + TRAILER_LEN,
+            FRAME_AT
+                + chunk::HEADER_LEN
+                + protocol::envelope::max_stored(archive.chunk_size() as usize)
+                + TRAILER_LEN,
         ));
         let f = File::create(&mpath).map_err(|e| Failure::io("create manifest", &mpath, e))?;
         w.manifest = Some(

@@ -1,0 +1,149 @@
+//! dom0's side of the archive's root (`protocol::root`): built from dom0's
+//! records, sealed and stored in the archive after every change dom0
+//! makes there, and read back (and authenticated) at every connection.
+//!
+//! Order of events, and why: a change (commit, prune, delete, rename) is
+//! made and recorded in dom0 first; then the new root (generation + 1) is
+//! written; dom0 records the generation only once the receiver said Ok. A
+//! run cut between the two leaves a root one change behind dom0's records,
+//! which the next connection finds (same generation, different content)
+//! and rewrites. A root *older* than the generation dom0 recorded is a
+//! rollback of the archive: refused, unless the user says they rolled it
+//! back on purpose (`--accept-rollback`).
+
+use crate::client::Client;
+use crate::meta::ArchiveMeta;
+use anyhow::{bail, Context, Result};
+use protocol::keys::Keys;
+use protocol::message::Blob;
+use protocol::root::{Root, RootSession, RootVolume};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// The root that describes dom0's records of `meta` (generation unset).
+pub fn build(meta: &ArchiveMeta) -> Result<Root> {
+    let mut volumes = Vec::new();
+    for v in meta.volumes()? {
+        let Some(id) = meta.volume_id(&v)? else {
+            continue;
+        };
+        let mut sessions = Vec::new();
+        for s in meta.sessions(&v)? {
+            sessions.push(RootSession {
+                manifest_mac: meta.manifest_mac(&v, &s.name)?,
+                name: s.name,
+                time: s.time,
+                volume_size: s.volume_size,
+                chunks: s.chunks,
+                zero_chunks: s.zero_chunks,
+                stored_bytes: s.stored_bytes,
+            });
+        }
+        volumes.push(RootVolume {
+            name: v,
+            id: id.0,
+            sessions,
+        });
+    }
+    Ok(Root {
+        generation: 0,
+        written: now(),
+        params: meta.params,
+        encrypt: meta.rec.encrypt,
+        configured: meta.rec.volumes.clone(),
+        volumes,
+    })
+}
+
+/// Seals `root` with a fresh nonce.
+pub fn seal(root: &Root, keys: &Keys) -> Result<Vec<u8>> {
+    Ok(root.seal(keys, crate::random::bytes()?))
+}
+
+/// Writes a new root describing dom0's records; returns its generation.
+pub fn publish(meta: &ArchiveMeta, client: &mut Client) -> Result<u64> {
+    // Cleared before the root is built: a change made while it is written
+    // sets it again.
+    meta.clear_dirty()?;
+    let mut root = match build(meta) {
+        Ok(r) => r,
+        Err(e) => {
+            meta.mark_dirty()?;
+            return Err(e);
+        }
+    };
+    root.generation = meta.generation()? + 1;
+    let res = client
+        .put_blob(Blob::Root, &seal(&root, &meta.keys)?)
+        .context("writing the archive's root record");
+    if res.is_err() {
+        meta.mark_dirty()?;
+    }
+    res?;
+    meta.set_generation(root.generation)?;
+    Ok(root.generation)
+}
+
+/// Reads and authenticates the archive's root.
+pub fn fetch(client: &mut Client, keys: &Keys) -> Result<Root> {
+    let bytes = client
+        .get_blob(Blob::Root, Blob::Root.cap())
+        .context("reading the archive's root record")?;
+    Root::open(keys, &bytes).with_context(|| {
+        format!(
+            "the archive's root record at {} does not authenticate with this archive's key",
+            client.label()
+        )
+    })
+}
+
+/// At every connection: the root must authenticate and be no older than
+/// what dom0 has seen. A newer one is accepted (and its generation
+/// recorded); one that is behind dom0's records (a run cut before it was
+/// rewritten: the records are marked dirty) is rewritten when `fix` (the
+/// connection may write).
+pub fn check_fresh(
+    meta: &ArchiveMeta,
+    client: &mut Client,
+    accept_rollback: bool,
+    fix: bool,
+) -> Result<Root> {
+    let root = fetch(client, &meta.keys)?;
+    let seen = meta.generation()?;
+    if root.generation < seen {
+        if !accept_rollback {
+            bail!(
+                "the archive at {} was rolled back: its root is generation {}, dom0 has seen generation {seen}. Someone put back an older copy of the archive, or the backup qube is replaying one. If you rolled it back on purpose, run again with --accept-rollback",
+                client.label(),
+                root.generation,
+            );
+        }
+        eprintln!(
+            "sparsebak: accepting the rolled-back root (generation {} < {seen}) as asked; run arch-import to make dom0's records match it",
+            root.generation
+        );
+        meta.set_generation(root.generation)?;
+        return Ok(root);
+    } else if root.generation > seen {
+        meta.set_generation(root.generation)?;
+    }
+    // dom0's records changed since the root was written (a run cut before
+    // it was rewritten), or someone else wrote it: compare.
+    if fix && (meta.dirty() || root.generation > seen) {
+        let mut ours = build(meta)?;
+        ours.generation = root.generation;
+        ours.written = root.written;
+        if ours != root {
+            publish(meta, client)?;
+        } else {
+            meta.clear_dirty()?;
+        }
+    }
+    Ok(root)
+}

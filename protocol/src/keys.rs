@@ -1,0 +1,502 @@
+//! Keys: one random master key per archive, and the subkeys derived from
+//! it per purpose (BLAKE3 `derive_key`, one context string each), so that
+//! no key is used for two things:
+//!
+//! - *chunk id*: keyed BLAKE3 of a chunk's plaintext. It is what manifests
+//!   pin and the receiver sees; without the key it confirms nothing about
+//!   guessed contents (a bare hash would).
+//! - *chunk* and *record*: XChaCha20-Poly1305 keys for chunk envelopes
+//!   ([`crate::envelope`]) and sealed records (the root, [`crate::root`]).
+//! - *manifest MAC*: keyed BLAKE3 of a manifest file's bytes, pinned by
+//!   the root.
+//!
+//! Also here: the master key wrapped by a passphrase (Argon2id, its
+//! parameters stored beside it and bounded when read, since the archive
+//! that stores them is hostile) and the key file dom0 keeps and exports.
+//!
+//! Pure: the caller supplies every random byte (salts, nonces, the key).
+
+use crate::message::ArchiveId;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+pub const KEY_LEN: usize = 32;
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
+
+/// An archive's master key: 32 random bytes, wiped from memory on drop.
+#[derive(Clone)]
+pub struct MasterKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl MasterKey {
+    pub fn from_bytes(b: [u8; KEY_LEN]) -> Self {
+        MasterKey(Zeroizing::new(b))
+    }
+
+    pub fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+/// A volume's opaque id: what the receiver knows the volume by (as 32
+/// lowercase hex digits, its directory name), chosen at random by dom0
+/// when the volume is first backed up, kept across renames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VolumeId(pub [u8; 16]);
+
+impl VolumeId {
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut b = [0u8; 16];
+        unhex(s, &mut b)?;
+        Some(VolumeId(b))
+    }
+}
+
+/// Everything derived from one master key, for one archive.
+pub struct Keys {
+    pub archive: ArchiveId,
+    /// Chunks are encrypted (else stored in the clear, authenticated by
+    /// their keyed ids).
+    pub encrypt: bool,
+    id: Zeroizing<[u8; 32]>,
+    mac: Zeroizing<[u8; 32]>,
+    chunk: XChaCha20Poly1305,
+    record: XChaCha20Poly1305,
+}
+
+fn subkey(purpose: &str, master: &MasterKey) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(blake3::derive_key(
+        &format!("sparsebak 2026-11 {purpose}"),
+        master.bytes(),
+    ))
+}
+
+impl Keys {
+    pub fn derive(master: &MasterKey, archive: ArchiveId, encrypt: bool) -> Keys {
+        let cipher = |p| XChaCha20Poly1305::new((&*subkey(p, master)).into());
+        Keys {
+            archive,
+            encrypt,
+            id: subkey("chunk id", master),
+            mac: subkey("manifest mac", master),
+            chunk: cipher("chunk aead"),
+            record: cipher("record aead"),
+        }
+    }
+
+    /// A chunk's keyed id: keyed BLAKE3 of its plaintext.
+    pub fn chunk_id(&self, plain: &[u8]) -> [u8; 32] {
+        blake3::keyed_hash(&self.id, plain).into()
+    }
+
+    /// A streaming MAC over a manifest file's bytes.
+    pub fn manifest_mac(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.mac)
+    }
+
+    pub(crate) fn chunk_cipher(&self) -> &XChaCha20Poly1305 {
+        &self.chunk
+    }
+
+    /// Seals a record: `magic | nonce | AEAD(body) | tag`, the magic and the
+    /// archive id authenticated as associated data.
+    pub fn seal_record(&self, magic: &[u8; 8], body: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + NONCE_LEN + body.len() + TAG_LEN);
+        out.extend_from_slice(magic);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(body);
+        let tag = self
+            .record
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&nonce),
+                &self.record_ad(magic),
+                &mut out[8 + NONCE_LEN..],
+            )
+            .expect("a record is far below the AEAD's length limit");
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Opens a record sealed by [`Keys::seal_record`] with this key.
+    pub fn open_record(&self, magic: &[u8; 8], bytes: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if bytes.len() < 8 + NONCE_LEN + TAG_LEN || &bytes[..8] != magic {
+            return Err(KeyError::Format(
+                "not a sealed record of this kind or version",
+            ));
+        }
+        let nonce = XNonce::from_slice(&bytes[8..8 + NONCE_LEN]);
+        let (ct, tag) = bytes[8 + NONCE_LEN..].split_at(bytes.len() - 8 - NONCE_LEN - TAG_LEN);
+        let mut body = ct.to_vec();
+        self.record
+            .decrypt_in_place_detached(
+                nonce,
+                &self.record_ad(magic),
+                &mut body,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| KeyError::Authentication)?;
+        Ok(body)
+    }
+
+    fn record_ad(&self, magic: &[u8; 8]) -> [u8; 24] {
+        let mut ad = [0u8; 24];
+        ad[..8].copy_from_slice(magic);
+        ad[8..].copy_from_slice(&self.archive.0);
+        ad
+    }
+}
+
+/// Why a key, a wrapped key or a sealed record did not open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("malformed: {0}")]
+    Format(&'static str),
+    #[error("does not authenticate with this key (wrong key, or altered)")]
+    Authentication,
+    #[error("wrong passphrase (or the wrapped key was altered)")]
+    Passphrase,
+    #[error("key derivation parameters out of bounds: {0}")]
+    Params(String),
+}
+
+/// Argon2id parameters, stored beside the wrapped key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+/// 64 MiB, 3 passes, one lane: the least DESIGN §10 allows.
+pub const DEFAULT_KDF: KdfParams = KdfParams {
+    m_kib: 64 * 1024,
+    t: 3,
+    p: 1,
+};
+
+impl KdfParams {
+    /// The archive holding these is hostile: at least 64 MiB (no
+    /// downgrade), at most 1 GiB and 16 passes (no memory or time bomb).
+    pub fn validate(self) -> Result<Self, KeyError> {
+        if !(64 * 1024..=1024 * 1024).contains(&self.m_kib)
+            || !(1..=16).contains(&self.t)
+            || !(1..=8).contains(&self.p)
+        {
+            return Err(KeyError::Params(format!(
+                "{} KiB, {} passes, {} lanes (allowed: 64 MiB to 1 GiB, 1 to 16 passes, 1 to 8 lanes)",
+                self.m_kib, self.t, self.p
+            )));
+        }
+        Ok(self)
+    }
+
+    fn kek(&self, passphrase: &[u8], salt: &[u8; 16]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(32))
+            .map_err(|e| KeyError::Params(e.to_string()))?;
+        let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut k = Zeroizing::new([0u8; 32]);
+        a.hash_password_into(passphrase, salt, &mut *k)
+            .map_err(|e| KeyError::Params(e.to_string()))?;
+        Ok(k)
+    }
+}
+
+pub const WRAPPED_MAGIC: [u8; 8] = *b"SBKKEY01";
+/// magic, archive id, encrypt, m, t, p, salt, nonce, key + tag.
+pub const WRAPPED_LEN: usize = 8 + 16 + 1 + 12 + 16 + NONCE_LEN + KEY_LEN + TAG_LEN;
+const WRAPPED_AD: usize = 8 + 16 + 1 + 12 + 16;
+
+/// The master key wrapped by a passphrase, as the archive stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub archive: ArchiveId,
+    pub encrypt: bool,
+    pub kdf: KdfParams,
+    salt: [u8; 16],
+    nonce: [u8; NONCE_LEN],
+    sealed: [u8; KEY_LEN + TAG_LEN],
+}
+
+impl WrappedKey {
+    /// Wraps `master` with a key derived from `passphrase` (slow: Argon2id).
+    pub fn wrap(
+        master: &MasterKey,
+        archive: ArchiveId,
+        encrypt: bool,
+        passphrase: &[u8],
+        kdf: KdfParams,
+        salt: [u8; 16],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Self, KeyError> {
+        let kdf = kdf.validate()?;
+        let mut w = WrappedKey {
+            archive,
+            encrypt,
+            kdf,
+            salt,
+            nonce,
+            sealed: [0; KEY_LEN + TAG_LEN],
+        };
+        let kek = kdf.kek(passphrase, &salt)?;
+        let mut buf = *master.bytes();
+        let tag = XChaCha20Poly1305::new((&*kek).into())
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &w.ad(), &mut buf)
+            .expect("32 bytes always seal");
+        w.sealed[..KEY_LEN].copy_from_slice(&buf);
+        w.sealed[KEY_LEN..].copy_from_slice(&tag);
+        Ok(w)
+    }
+
+    /// The master key, if `passphrase` is right and nothing was altered.
+    pub fn unwrap(&self, passphrase: &[u8]) -> Result<MasterKey, KeyError> {
+        let kek = self.kdf.validate()?.kek(passphrase, &self.salt)?;
+        let mut buf = Zeroizing::new([0u8; KEY_LEN]);
+        buf.copy_from_slice(&self.sealed[..KEY_LEN]);
+        XChaCha20Poly1305::new((&*kek).into())
+            .decrypt_in_place_detached(
+                XNonce::from_slice(&self.nonce),
+                &self.ad(),
+                &mut *buf,
+                Tag::from_slice(&self.sealed[KEY_LEN..]),
+            )
+            .map_err(|_| KeyError::Passphrase)?;
+        Ok(MasterKey::from_bytes(*buf))
+    }
+
+    fn ad(&self) -> [u8; WRAPPED_AD] {
+        let b = self.encode();
+        let mut ad = [0u8; WRAPPED_AD];
+        ad.copy_from_slice(&b[..WRAPPED_AD]);
+        ad
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(WRAPPED_LEN);
+        b.extend_from_slice(&WRAPPED_MAGIC);
+        b.extend_from_slice(&self.archive.0);
+        b.push(self.encrypt as u8);
+        for v in [self.kdf.m_kib, self.kdf.t, self.kdf.p] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&self.salt);
+        b.extend_from_slice(&self.nonce);
+        b.extend_from_slice(&self.sealed);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, KeyError> {
+        if b.len() != WRAPPED_LEN {
+            return Err(KeyError::Format("a wrapped key is 148 bytes"));
+        }
+        if b[..8] != WRAPPED_MAGIC {
+            return Err(KeyError::Format("not a sparsebak wrapped key (magic)"));
+        }
+        let u32at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let encrypt = match b[24] {
+            0 => false,
+            1 => true,
+            _ => return Err(KeyError::Format("encrypt flag")),
+        };
+        let mut w = WrappedKey {
+            archive: ArchiveId(b[8..24].try_into().expect("16 bytes")),
+            encrypt,
+            kdf: KdfParams {
+                m_kib: u32at(25),
+                t: u32at(29),
+                p: u32at(33),
+            }
+            .validate()?,
+            salt: [0; 16],
+            nonce: [0; NONCE_LEN],
+            sealed: [0; KEY_LEN + TAG_LEN],
+        };
+        w.salt.copy_from_slice(&b[37..53]);
+        w.nonce.copy_from_slice(&b[53..53 + NONCE_LEN]);
+        w.sealed.copy_from_slice(&b[53 + NONCE_LEN..]);
+        Ok(w)
+    }
+}
+
+/// The key file dom0 keeps (and `key export` writes): four text lines,
+/// so that it can be printed and typed back in.
+///
+/// ```text
+/// sparsebak-key 1
+/// archive <32 hex digits>
+/// encrypt on|off
+/// key <64 hex digits>
+/// ```
+pub struct KeyFile {
+    pub archive: ArchiveId,
+    pub encrypt: bool,
+    pub master: MasterKey,
+}
+
+impl KeyFile {
+    pub fn encode(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "sparsebak-key 1\narchive {}\nencrypt {}\nkey {}\n",
+            self.archive.to_hex(),
+            if self.encrypt { "on" } else { "off" },
+            hex(self.master.bytes())
+        ))
+    }
+
+    pub fn decode(text: &str) -> Result<Self, KeyError> {
+        let mut lines = text.lines();
+        let mut field = |name: &str| -> Result<&str, KeyError> {
+            lines
+                .next()
+                .and_then(|l| l.strip_prefix(name))
+                .and_then(|l| l.strip_prefix(' '))
+                .map(str::trim_end)
+                .ok_or(KeyError::Format("not a sparsebak key file"))
+        };
+        if field("sparsebak-key")? != "1" {
+            return Err(KeyError::Format("unknown key file version"));
+        }
+        let archive = ArchiveId::from_hex(field("archive")?)
+            .ok_or(KeyError::Format("bad archive id in key file"))?;
+        let encrypt = match field("encrypt")? {
+            "on" => true,
+            "off" => false,
+            _ => return Err(KeyError::Format("encrypt must be on or off")),
+        };
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        unhex(field("key")?, &mut *k).ok_or(KeyError::Format("bad key in key file"))?;
+        Ok(KeyFile {
+            archive,
+            encrypt,
+            master: MasterKey::from_bytes(*k),
+        })
+    }
+
+    pub fn keys(&self) -> Keys {
+        Keys::derive(&self.master, self.archive, self.encrypt)
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Exactly `N` bytes of hex.
+pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut b = [0u8; N];
+    unhex(s, &mut b)?;
+    Some(b)
+}
+
+/// Lowercase or uppercase hex of exactly `out.len()` bytes.
+fn unhex(s: &str, out: &mut [u8]) -> Option<()> {
+    if s.len() != out.len() * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(k: u8) -> Keys {
+        Keys::derive(&MasterKey::from_bytes([k; 32]), ArchiveId([1; 16]), true)
+    }
+
+    #[test]
+    fn subkeys_differ_and_ids_are_keyed() {
+        let (a, b) = (keys(1), keys(2));
+        assert_ne!(a.chunk_id(b"x"), b.chunk_id(b"x"));
+        assert_ne!(a.chunk_id(b"x"), *blake3::hash(b"x").as_bytes());
+        assert_ne!(
+            a.chunk_id(b"x"),
+            *a.manifest_mac().update(b"x").finalize().as_bytes()
+        );
+    }
+
+    #[test]
+    fn records_open_only_with_their_key_magic_and_archive() {
+        let k = keys(1);
+        let r = k.seal_record(b"SBKTEST1", b"hello", [3; 24]);
+        assert_eq!(k.open_record(b"SBKTEST1", &r).unwrap(), b"hello");
+        assert!(k.open_record(b"SBKTEST2", &r).is_err());
+        assert!(keys(2).open_record(b"SBKTEST1", &r).is_err());
+        let other = Keys::derive(&MasterKey::from_bytes([1; 32]), ArchiveId([2; 16]), true);
+        assert!(other.open_record(b"SBKTEST1", &r).is_err());
+        for i in 0..r.len() {
+            let mut c = r.clone();
+            c[i] ^= 1;
+            assert!(k.open_record(b"SBKTEST1", &c).is_err(), "flip at {i}");
+            assert!(k.open_record(b"SBKTEST1", &r[..i]).is_err(), "cut at {i}");
+        }
+    }
+
+    #[test]
+    fn wrap_unwrap_and_wrong_passphrase() {
+        let m = MasterKey::from_bytes([9; 32]);
+        let w = WrappedKey::wrap(
+            &m,
+            ArchiveId([4; 16]),
+            true,
+            b"pw",
+            DEFAULT_KDF,
+            [5; 16],
+            [6; 24],
+        )
+        .unwrap();
+        let b = w.encode();
+        assert_eq!(b.len(), WRAPPED_LEN);
+        let d = WrappedKey::decode(&b).unwrap();
+        assert_eq!(d.unwrap(b"pw").unwrap().bytes(), m.bytes());
+        assert_eq!(d.unwrap(b"pW").unwrap_err(), KeyError::Passphrase);
+        // The archive id, the flag and the parameters are authenticated.
+        let mut c = b.clone();
+        c[24] = 0;
+        assert_eq!(
+            WrappedKey::decode(&c).unwrap().unwrap(b"pw").unwrap_err(),
+            KeyError::Passphrase
+        );
+        assert!(WrappedKey::decode(&b[..b.len() - 1]).is_err());
+        // A hostile archive cannot make dom0 spend 4 GiB, or weaken the KDF.
+        let mut big = b.clone();
+        big[25..29].copy_from_slice(&(4u32 << 20).to_le_bytes());
+        assert!(matches!(WrappedKey::decode(&big), Err(KeyError::Params(_))));
+        let mut weak = b;
+        weak[25..29].copy_from_slice(&8u32.to_le_bytes());
+        assert!(matches!(
+            WrappedKey::decode(&weak),
+            Err(KeyError::Params(_))
+        ));
+    }
+
+    #[test]
+    fn key_file_round_trip() {
+        let f = KeyFile {
+            archive: ArchiveId([0xab; 16]),
+            encrypt: false,
+            master: MasterKey::from_bytes([0x5c; 32]),
+        };
+        let t = f.encode();
+        let d = KeyFile::decode(&t).unwrap();
+        assert_eq!((d.archive, d.encrypt), (f.archive, false));
+        assert_eq!(d.master.bytes(), f.master.bytes());
+        assert!(KeyFile::decode(&t.replace("key 5c", "key zz")).is_err());
+        assert!(KeyFile::decode("sparsebak-key 2\n").is_err());
+        assert!(KeyFile::decode("").is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! The root: the sealed record at the top of an archive's authentication
+//! chain. It names every volume (its name and opaque id) and every session
+//! of each (its time, size and counts), and pins each session manifest's
+//! MAC; each manifest pins its chunks' keyed ids; each chunk's envelope
+//! binds archive, volume and address. So from the key alone dom0 detects a
+//! session added or dropped behind its back, an older or truncated
+//! manifest, and a stale or moved chunk.
+//!
+//! dom0 writes a new root (generation + 1) after every change it makes to
+//! the archive: it is dom0's record of the archive, less the manifests,
+//! sealed (encrypted and authenticated) with the record key. A root with a
+//! smaller generation than dom0 has seen is a rollback.
+
+use crate::keys::{KeyError, Keys, VolumeId, NONCE_LEN};
+use crate::message::{ArchiveParams, SessionInfo};
+use crate::names::{validate_session_name, validate_volume_name};
+use crate::{codec, ProtocolError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+pub const ROOT_MAGIC: [u8; 8] = *b"SBKROOT1";
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    pub generation: u64,
+    /// When dom0 wrote this root (seconds since the epoch, dom0's clock).
+    pub written: u64,
+    pub params: ArchiveParams,
+    pub encrypt: bool,
+    /// The volumes `backup` with no arguments backs up.
+    pub configured: Vec<String>,
+    /// By name, ascending.
+    pub volumes: Vec<RootVolume>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RootVolume {
+    pub name: String,
+    pub id: [u8; 16],
+    /// Oldest first.
+    pub sessions: Vec<RootSession>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RootSession {
+    pub name: String,
+    pub time: u64,
+    pub volume_size: u64,
+    pub chunks: u64,
+    pub zero_chunks: u64,
+    pub stored_bytes: u64,
+    /// Keyed MAC of the session's manifest file.
+    pub manifest_mac: [u8; 32],
+}
+
+/// Why a root was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RootError {
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error("{0}")]
+    Decode(#[from] ProtocolError),
+    #[error("inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl RootVolume {
+    pub fn volume_id(&self) -> VolumeId {
+        VolumeId(self.id)
+    }
+
+    /// The sessions as the protocol describes them (`prev` filled in).
+    pub fn session_infos(&self) -> Vec<SessionInfo> {
+        let mut prev: Option<String> = None;
+        self.sessions
+            .iter()
+            .map(|s| {
+                let i = SessionInfo {
+                    name: s.name.clone(),
+                    time: s.time,
+                    volume_size: s.volume_size,
+                    chunks: s.chunks,
+                    zero_chunks: s.zero_chunks,
+                    stored_bytes: s.stored_bytes,
+                    prev: prev.take(),
+                };
+                prev = Some(s.name.clone());
+                i
+            })
+            .collect()
+    }
+}
+
+impl Root {
+    pub fn seal(&self, keys: &Keys, nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+        keys.seal_record(&ROOT_MAGIC, &codec::encode_large(self), nonce)
+    }
+
+    /// Opens and checks a root read from the archive.
+    pub fn open(keys: &Keys, bytes: &[u8]) -> Result<Root, RootError> {
+        let body = keys.open_record(&ROOT_MAGIC, bytes)?;
+        let r: Root = codec::decode_large("root", &body)?;
+        r.validate(keys)?;
+        Ok(r)
+    }
+
+    /// What must hold of any root dom0 accepts (it sealed it, but a root
+    /// is checked like any record: no name dom0 would not write).
+    pub fn validate(&self, keys: &Keys) -> Result<(), RootError> {
+        let bad = |m: String| Err(RootError::Inconsistent(m));
+        if self.params.id != keys.archive || self.encrypt != keys.encrypt {
+            return bad("it belongs to another archive, or another mode".into());
+        }
+        self.params.validate()?;
+        let mut ids = BTreeSet::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            validate_volume_name(&v.name)?;
+            if i > 0 && self.volumes[i - 1].name >= v.name {
+                return bad("volumes out of order".into());
+            }
+            if !ids.insert(v.id) {
+                return bad(format!("volume id of '{}' used twice", v.name));
+            }
+            for (j, s) in v.sessions.iter().enumerate() {
+                validate_session_name(&s.name)?;
+                if j > 0 && v.sessions[j - 1].name >= s.name {
+                    return bad(format!("sessions of '{}' out of order", v.name));
+                }
+            }
+        }
+        for c in &self.configured {
+            validate_volume_name(c)?;
+        }
+        Ok(())
+    }
+
+    pub fn volume(&self, name: &str) -> Option<&RootVolume> {
+        self.volumes
+            .binary_search_by(|v| v.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.volumes[i])
+    }
+
+    /// The newest session of any volume: (volume, session).
+    pub fn newest(&self) -> Option<(&RootVolume, &RootSession)> {
+        self.volumes
+            .iter()
+            .filter_map(|v| v.sessions.last().map(|s| (v, s)))
+            .max_by_key(|(_, s)| s.time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MasterKey;
+    use crate::message::{ArchiveId, Compression};
+
+    fn keys() -> Keys {
+        Keys::derive(&MasterKey::from_bytes([3; 32]), ArchiveId([4; 16]), true)
+    }
+
+    fn root() -> Root {
+        Root {
+            generation: 7,
+            written: 1,
+            params: ArchiveParams {
+                id: ArchiveId([4; 16]),
+                chunk_size: 65536,
+                compression: Compression::None,
+            },
+            encrypt: true,
+            configured: vec!["a".into()],
+            volumes: vec![RootVolume {
+                name: "a".into(),
+                id: [1; 16],
+                sessions: vec![RootSession {
+                    name: "S_000000000001".into(),
+                    time: 5,
+                    volume_size: 65536,
+                    chunks: 1,
+                    zero_chunks: 0,
+                    stored_bytes: 10,
+                    manifest_mac: [2; 32],
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let k = keys();
+        let b = root().seal(&k, [0; 24]);
+        assert_eq!(Root::open(&k, &b).unwrap(), root());
+        assert!(!b.windows(14).any(|w| w == b"S_000000000001"));
+        for i in (0..b.len()).step_by(7) {
+            let mut c = b.clone();
+            c[i] ^= 0x20;
+            assert!(Root::open(&k, &c).is_err());
+        }
+        let other = Keys::derive(&MasterKey::from_bytes([3; 32]), ArchiveId([5; 16]), true);
+        assert!(Root::open(&other, &b).is_err());
+    }
+
+    #[test]
+    fn inconsistent_roots_are_refused() {
+        let k = keys();
+        let mut r = root();
+        r.volumes.push(r.volumes[0].clone());
+        assert!(Root::open(&k, &r.seal(&k, [0; 24])).is_err());
+        let mut r = root();
+        let s = r.volumes[0].sessions[0].clone();
+        r.volumes[0].sessions.push(s);
+        assert!(Root::open(&k, &r.seal(&k, [0; 24])).is_err());
+        let infos = root().volumes[0].session_infos();
+        assert_eq!(infos[0].prev, None);
+    }
+}
