@@ -65,8 +65,10 @@ BORG_OPTS=(--chunker-params fixed,262144 --compression zstd,3)
 
 echo "== data: ${SIZE_MIB} MiB semi-compressible image, $(nproc) cores, best of $ROUNDS"
 "$BIN/gen-image" create "$VOLS/img" "$SIZE_MIB" 1
-limit() { warm "$VOLS/img"; costed "$BIN/bench-limit" "$VOLS/img" 262144 3; }
+limit() { warm "$VOLS/img"; costed "$BIN/bench-limit" "$VOLS/img" 262144 3 on; }
+limit_off() { warm "$VOLS/img"; costed "$BIN/bench-limit" "$VOLS/img" 262144 3 off; }
 read -r T_LIMIT C_LIMIT S_LIMIT <<<"$(best limit)"
+read -r T_LIMIT_OFF C_LIMIT_OFF S_LIMIT_OFF <<<"$(best limit_off)"
 
 # Full backups, each into a new archive / repository.
 sb_full() {
@@ -78,6 +80,15 @@ borg_full() {
     rm -rf "$ARCH/borg"; borg init -e none >/dev/null
     warm "$VOLS/img"; costed timed borg create "${BORG_OPTS[@]}" ::full "$VOLS/img"
 }
+# The same with --encrypt off (chunks in the clear, still authenticated),
+# into an archive of its own on the same disk.
+SBO=("$BIN/sparsebak" --dest "file://$ARCH/archive-clear" --meta-dir "$MNT/meta-clear" --local "$VOLS" --passphrase-file "$W/passphrase")
+sb_full_off() {
+    rm -rf "$ARCH/archive-clear" "$MNT/meta-clear" "$VOLS/.sparsebak"
+    "${SBO[@]}" arch-init --chunk-size 256K --compression zstd:3 --encrypt off >/dev/null
+    warm "$VOLS/img"; costed timed "${SBO[@]}" backup img
+}
+read -r T_FULL_OFF C_FULL_OFF S_FULL_OFF <<<"$(best sb_full_off)"
 read -r T_FULL C_FULL S_FULL <<<"$(best sb_full)"
 read -r T_BFULL C_BFULL S_BFULL <<<"$(best borg_full)"
 
@@ -123,10 +134,19 @@ sb_restore() { rm -f "$R/img"; cold; timed "${SB[@]}" restore img --save-to "$R/
 borg_extract() { rm -rf "${R:?}"/*; cold; (cd "$R" && timed borg extract "::inc$ROUNDS"); }
 borg_extract_sync() { rm -rf "${R:?}"/*; cold; (cd "$R" && timed sh -c "borg extract ::inc$ROUNDS && sync"); }
 sb_verify() { cold; timed "${SB[@]}" verify img; }
-T_REST=$(best sb_restore); rm -f "$R/img"
+sb_restore_off() { rm -f "$R/img"; cold; timed "${SBO[@]}" restore img --save-to "$R/img"; }
+sb_verify_off() { cold; timed "${SBO[@]}" verify img; }
+# Interleaved, so that drift hits both alike.
+RV=$W/rv; : >"$RV"
+for r in $(seq "$ROUNDS"); do
+    echo "$(sb_restore) $(sb_restore_off) $(sb_verify) $(sb_verify_off)" >>"$RV"
+done
+col_min() { awk -v c="$1" 'NR == 1 || $c < m { m = $c } END { printf "%.3f", m }' "$RV"; }
+T_REST=$(col_min 1) T_REST_OFF=$(col_min 2) T_VER=$(col_min 3) T_VER_OFF=$(col_min 4)
+rm -f "$R/img"
 T_BREST=$(best borg_extract); T_BRESTS=$(best borg_extract_sync); rm -rf "${R:?}"/*
-T_VER=$(best sb_verify)
 RSS_B=$(rss "${SB[@]}" backup img); RSS_R=$(rss "${SB[@]}" verify img)
+RSS_BO=$(rss "${SBO[@]}" backup img); RSS_RO=$(rss "${SBO[@]}" verify img)
 
 # 16 GiB sparse volume with the same absolute change
 truncate -s 16G "$VOLS/big"; dd if="$VOLS/img" of="$VOLS/big" bs=1M conv=notrunc 2>/dev/null
@@ -143,18 +163,42 @@ truncate -s 1T "$VOLS/huge"; dd if=/dev/urandom of="$VOLS/huge" bs=1M count=16 c
 dd if=/dev/urandom of="$VOLS/huge" bs=1M seek=500000 count=4 conv=notrunc 2>/dev/null
 RSS_HB=$(rss "${SB[@]}" backup huge); RSS_HR=$(rss "${SB[@]}" verify huge)
 
+# Recovery: an archive of IMPORT_SESSIONS sessions (the full one, then 1 %
+# rewritten each time) in RAM, dom0's records deleted, arch-import with
+# the passphrase (Argon2id included), then a verify of the newest session.
+IMPORT_SESSIONS=${IMPORT_SESSIONS:-100}
+rm -rf "$SHM"/* "$VOLS/.sparsebak"
+"${SBM[@]}" arch-init --chunk-size 256K --compression zstd:3 >/dev/null
+"${SBM[@]}" backup img >/dev/null
+for i in $(seq 2 "$IMPORT_SESSIONS"); do
+    "$BIN/gen-image" rewrite "$VOLS/img" 1 $((i + 100)) >/dev/null
+    "${SBM[@]}" backup img >/dev/null
+done
+rm -rf "$SHM/meta"
+T_IMPORT=$(timed "${SBM[@]}" arch-import)
+T_IMPORT_VER=$(timed "${SBM[@]}" verify img)
+rm -rf "$SHM"/*
+
 printf '\n== sparsebak benchmark (%s MiB image, %s cores, best of %s)\n' "$SIZE_MIB" "$(nproc)" "$ROUNDS"
 printf '%-44s %9s\n' "what" "seconds"
-printf '%-44s %9s\n' "machine limit: SHA-256 + zstd-3, all cores" "$T_LIMIT" \
-    "sparsebak full backup" "$T_FULL" "borg create (full)" "$T_BFULL" \
+printf '%-44s %9s\n' "machine limit: BLAKE3 id + zstd-3 + XChaCha20" "$T_LIMIT" \
+    "machine limit, --encrypt off (no cipher)" "$T_LIMIT_OFF" \
+    "sparsebak full backup (encrypted)" "$T_FULL" "sparsebak full backup, --encrypt off" "$T_FULL_OFF" \
+    "borg create (full)" "$T_BFULL" \
     "sparsebak incremental (1 %, reflink XFS)" "$T_INC" "borg create (incremental)" "$T_BINC" \
     "sparsebak incremental, 16 GiB sparse volume" "$T_BIG" \
     "sparsebak restore (ends with fsync)" "$T_REST" "borg extract (no fsync)" "$T_BREST" \
     "borg extract, then sync" "$T_BRESTS" "sparsebak verify" "$T_VER" \
+    "sparsebak restore, --encrypt off" "$T_REST_OFF" "sparsebak verify, --encrypt off" "$T_VER_OFF" \
+    "arch-import of $IMPORT_SESSIONS sessions (passphrase)" "$T_IMPORT" "verify right after arch-import" "$T_IMPORT_VER" \
     "sparsebak full backup, archive in RAM" "$T_FULL_RAM" "borg create (full), repository in RAM" "$T_BFULL_RAM" \
     "archive disk: write 512 MiB direct + fsync (dd)" "$T_DISK"
 printf '\n%-52s %7s %s\n' "ratio" "value" "target"
 printf '%-52s %7s %s\n' "full / machine limit" "$(ratio "$T_FULL" "$T_LIMIT")" "<= 1.3" \
+    "encrypted full / --encrypt off full" "$(ratio "$T_FULL" "$T_FULL_OFF")" "<= 1.10" \
+    "encrypted restore / --encrypt off restore" "$(ratio "$T_REST" "$T_REST_OFF")" "<= 1.10" \
+    "encrypted verify / --encrypt off verify" "$(ratio "$T_VER" "$T_VER_OFF")" "" \
+    "limit with cipher / limit without" "$(ratio "$T_LIMIT" "$T_LIMIT_OFF")" "" \
     "borg full / sparsebak full" "$(ratio "$T_BFULL" "$T_FULL")" ">= 1.8" \
     "borg incremental / sparsebak incremental" "$(ratio "$T_BINC" "$T_INC")" ">= 10" \
     "16 GiB incremental / ${SIZE_MIB} MiB incremental" "$(ratio "$T_BIG" "$T_INC")" "<= 1.5" \
@@ -165,10 +209,13 @@ printf '%-52s %7s %s\n' "full / machine limit" "$(ratio "$T_FULL" "$T_LIMIT")" "
     "borg full / sparsebak full, both in RAM" "$(ratio "$T_BFULL_RAM" "$T_FULL_RAM")" "(>= 1.8)"
 printf '\n%-44s %9s %10s %9s\n' "CPU cost (whole machine, $(nproc) cores)" "seconds" "busy CPU-s" "stolen"
 printf '%-44s %9s %10s %9s\n' "machine limit" "$T_LIMIT" "$C_LIMIT" "$S_LIMIT" \
+    "machine limit, --encrypt off" "$T_LIMIT_OFF" "$C_LIMIT_OFF" "$S_LIMIT_OFF" \
     "sparsebak full backup" "$T_FULL" "$C_FULL" "$S_FULL" \
+    "sparsebak full backup, --encrypt off" "$T_FULL_OFF" "$C_FULL_OFF" "$S_FULL_OFF" \
     "borg create (full)" "$T_BFULL" "$C_BFULL" "$S_BFULL" \
     "sparsebak full backup, archive in RAM" "$T_FULL_RAM" "$C_FULL_RAM" "$S_FULL_RAM" \
     "borg create (full), repository in RAM" "$T_BFULL_RAM" "$C_BFULL_RAM" "$S_BFULL_RAM"
 printf '\n%-52s %7s\n' "peak RSS (MiB)" ""
 printf '%-52s %7s\n' "backup, ${SIZE_MIB} MiB image (no change)" "$((RSS_B / 1024))" "verify, ${SIZE_MIB} MiB image" "$((RSS_R / 1024))" \
+    "backup, --encrypt off" "$((RSS_BO / 1024))" "verify, --encrypt off" "$((RSS_RO / 1024))" \
     "backup, 1 TiB sparse volume, 4 MiB delta" "$((RSS_HB / 1024))" "verify, 1 TiB sparse volume" "$((RSS_HR / 1024))"

@@ -69,7 +69,18 @@ pub fn run(ctx: &Ctx, key_file: Option<&Path>) -> Result<i32> {
         }
     }
     let report = check_listings(&mut client, &root)?;
-    let staged = stage(&store, &dest.canonical(), &key, &root, &mut client)?;
+    let staging = store
+        .root
+        .join("archives")
+        .join(format!(".import-{}", root.params.id.to_hex()));
+    let staged = match stage(&store, &staging, &dest.canonical(), &key, &root, &mut client) {
+        Ok(()) => staging,
+        Err(e) => {
+            // Nothing unauthenticated is kept: the staged records go.
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
     client.finish()?;
     let differences = existing
         .as_ref()
@@ -183,25 +194,22 @@ fn check_listings(client: &mut Client, root: &Root) -> Result<Vec<String>> {
     Ok(report)
 }
 
-/// Builds dom0's records in a staging directory; returns it.
+/// Builds dom0's records in the staging directory `dir`.
 fn stage(
     store: &MetaStore,
+    dir: &Path,
     dest: &str,
     key: &KeyFile,
     root: &Root,
     client: &mut Client,
-) -> Result<std::path::PathBuf> {
-    let dir = store
-        .root
-        .join("archives")
-        .join(format!(".import-{}", root.params.id.to_hex()));
+) -> Result<()> {
     if dir.exists() {
         fs::remove_dir_all(&dir)
             .with_context(|| format!("unable to remove '{}'", dir.display()))?;
     }
     private_dir(&store.root)?;
     let meta = ArchiveMeta::create_in(
-        &dir,
+        dir,
         ArchiveRecord {
             id: root.params.id.to_hex(),
             dest: dest.to_string(),
@@ -260,8 +268,8 @@ fn stage(
         }
     }
     meta.set_generation(root.generation)?;
-    sysio::atomic::syncfs(&dir).with_context(|| format!("unable to sync '{}'", dir.display()))?;
-    Ok(dir)
+    sysio::atomic::syncfs(dir).with_context(|| format!("unable to sync '{}'", dir.display()))?;
+    Ok(())
 }
 
 /// What the root says that dom0's existing records did not.
