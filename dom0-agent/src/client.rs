@@ -85,7 +85,10 @@ impl Client {
     pub fn connect_new(dest: &Dest, reach: &Reach) -> Result<Self> {
         let conn = transport::connect(dest, reach, Operation::Admin, None)?;
         if let Some(p) = conn.archive {
-            bail!("there is already an archive ({}) at {dest}", p.id.to_hex());
+            bail!(
+                "there is already an archive ({}) at {dest}: to adopt it on this dom0, run arch-import",
+                p.id.to_hex()
+            );
         }
         Ok(Client { conn, ids: None })
     }

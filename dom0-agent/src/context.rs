@@ -84,7 +84,7 @@ impl Ctx {
     pub fn archive(&self) -> Result<(Dest, ArchiveMeta)> {
         let dest = self.dest()?;
         let meta = self.meta_store().find_by_dest(&dest.canonical())?.with_context(|| {
-            format!("no archive for {dest} in dom0 metadata '{}' (run arch-init, or give the right --meta-dir)", self.meta_dir.display())
+            format!("no archive for {dest} in dom0 metadata '{}' (run arch-init for a new one, arch-import to recover an existing one, or give the right --meta-dir)", self.meta_dir.display())
         })?;
         Ok((dest, meta))
     }

@@ -198,8 +198,6 @@ pub enum Request {
     Prune { volume: String, session: String },
     /// Remove a volume and all its sessions (Admin).
     DeleteVolume { volume: String },
-    /// Rename a volume (Admin); `new_name` must not exist yet.
-    RenameVolume { volume: String, new_name: String },
     /// Re-read and re-hash every chunk of one volume or all (Admin).
     /// Answered with `Reply::CheckReport`.
     Check { volume: Option<String> },
@@ -263,7 +261,6 @@ impl Request {
             Request::Bye => "bye",
             Request::Prune { .. } => "prune",
             Request::DeleteVolume { .. } => "delete-volume",
-            Request::RenameVolume { .. } => "rename-volume",
             Request::Check { .. } => "check",
             Request::GetManifest { .. } => "get-manifest",
             Request::ListSessions { .. } => "list-sessions",

@@ -270,10 +270,6 @@ fn enum_indexes_match_the_table() {
             session: s(),
         },
         Request::DeleteVolume { volume: s() },
-        Request::RenameVolume {
-            volume: s(),
-            new_name: s(),
-        },
         Request::Check { volume: None },
         Request::GetManifest {
             volume: s(),

@@ -177,14 +177,6 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
                 session: real.clone(),
             },
             Request::DeleteVolume { volume: vol.into() },
-            Request::RenameVolume {
-                volume: vol.into(),
-                new_name: "x".into(),
-            },
-            Request::RenameVolume {
-                volume: vid.clone(),
-                new_name: vol.into(),
-            },
             Request::Check {
                 volume: Some(vol.into()),
             },

@@ -264,7 +264,10 @@ fn a_fresh_dom0_recovers_everything_from_the_archive_and_the_passphrase() {
     h.expect
         .insert(("a.img".into(), sess), fs::read(h.s.vol("a.img")).unwrap());
     h.s.ok(&["arch-check"]);
-    assert!(h.restore_all(&h.s, "after the incremental").iter().all(|r| r.1));
+    assert!(h
+        .restore_all(&h.s, "after the incremental")
+        .iter()
+        .all(|r| r.1));
 
     // The exported key recovers too, on yet another dom0, with no
     // passphrase at all.
@@ -288,7 +291,11 @@ fn wrong_passphrase_key_file_or_wrapped_key_change_nothing() {
     fs::write(d.passphrase_file(), "Correct horse battery staple\n").unwrap();
     let e = d.fails(&["arch-import"]);
     assert!(e.contains("wrong passphrase"), "{e}");
-    assert_eq!(dom0_files(&d), Vec::<PathBuf>::new(), "dom0 records written");
+    assert_eq!(
+        dom0_files(&d),
+        Vec::<PathBuf>::new(),
+        "dom0 records written"
+    );
     fs::write(d.passphrase_file(), format!("{PASSPHRASE}\n")).unwrap();
 
     // Another archive's key file; a file that is no key at all.
@@ -312,9 +319,16 @@ fn wrong_passphrase_key_file_or_wrapped_key_change_nothing() {
     bad[60] ^= 1;
     fs::write(&wrapped, &bad).unwrap();
     let e = d.fails(&["arch-import"]);
-    assert!(e.contains("wrong passphrase (or the wrapped key was altered)"), "{e}");
+    assert!(
+        e.contains("wrong passphrase (or the wrapped key was altered)"),
+        "{e}"
+    );
     fs::write(&wrapped, &good).unwrap();
-    assert_eq!(dom0_files(&d), Vec::<PathBuf>::new(), "a failed import left dom0 records");
+    assert_eq!(
+        dom0_files(&d),
+        Vec::<PathBuf>::new(),
+        "a failed import left dom0 records"
+    );
     assert_eq!(sparsebak_tests::tree_digest(&d.arch), before);
     // And with the right passphrase it works.
     d.ok(&["arch-import"]);
@@ -341,6 +355,9 @@ fn dom0_files(d: &Setup) -> Vec<PathBuf> {
     }
 }
 
+/// One way of altering an archive file, in place.
+type Mutation = Box<dyn Fn(&Path)>;
+
 /// A digest of every file under `dir` except the one named.
 fn digest_except(dir: &Path, except: &str) -> Vec<(PathBuf, Vec<u8>)> {
     files(dir)
@@ -355,19 +372,16 @@ fn digest_except(dir: &Path, except: &str) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn every_archive_file_altered_fails_by_name_or_restores_exactly() {
-    let h = History::new("tamper");
+    let mut h = History::new("tamper");
+    // An older copy of the same archive (same key: taken before the last
+    // backup), and another archive of the same volumes (another key).
+    let older = Setup::new("tamper-older");
+    copy_tree(&h.s.arch, &older.arch);
+    h.change_and_backup(1);
     let a = &h.s;
     let key = a.dir.path().join("k");
     a.ok(&["key", "export", key.to_str().unwrap()]);
-    // An older copy of the same archive (same key), and another archive.
-    let older = {
-        let o = Setup::new("tamper-older");
-        copy_tree(&a.arch, &o.arch);
-        o
-    };
-    let mut h2 = History::new("tamper-newer");
-    h2.change_and_backup(1);
-    let _ = &older;
+    let h2 = History::new("tamper-other");
     let other = &h2.s;
     let ids: Vec<(String, String)> = ["a.img", "b.img"]
         .iter()
@@ -400,7 +414,8 @@ fn every_archive_file_altered_fails_by_name_or_restores_exactly() {
             in_other = in_other.replace(ours, theirs);
         }
         swaps.push(("other archive".into(), other.arch.join(&in_other)));
-        let mut mutations: Vec<(String, Box<dyn Fn(&Path)>)> = vec![
+        swaps.push(("older copy, same key".into(), older.arch.join(&fs_path)));
+        let mut mutations: Vec<(String, Mutation)> = vec![
             (
                 "flip".into(),
                 Box::new(|p: &Path| {
@@ -421,7 +436,10 @@ fn every_archive_file_altered_fails_by_name_or_restores_exactly() {
                     fs::write(p, &b[..b.len() * 2 / 3]).unwrap();
                 }),
             ),
-            ("delete".into(), Box::new(|p: &Path| fs::remove_file(p).unwrap())),
+            (
+                "delete".into(),
+                Box::new(|p: &Path| fs::remove_file(p).unwrap()),
+            ),
         ];
         for (what, from) in swaps {
             if from.is_file() && fs::read(&from).unwrap() != fs::read(a.arch.join(&f)).unwrap() {
@@ -449,7 +467,10 @@ fn every_archive_file_altered_fails_by_name_or_restores_exactly() {
             let err = String::from_utf8_lossy(&o.stderr).into_owned();
             assert!(!err.contains("panicked"), "{ctx}: {err}");
             if !o.status.success() {
-                assert!(err.contains("sparsebak: error"), "{ctx}: unnamed failure: {err}");
+                assert!(
+                    err.contains("sparsebak: error"),
+                    "{ctx}: unnamed failure: {err}"
+                );
                 assert_eq!(dom0_files(&d), Vec::<PathBuf>::new(), "{ctx}: records left");
                 failed_named += 1;
                 continue;
@@ -467,7 +488,10 @@ fn every_archive_file_altered_fails_by_name_or_restores_exactly() {
         "{cases} alterations of {} files: {failed_named} named failures, {exact} exact restores",
         files(&a.arch).len()
     );
-    assert!(cases > 60 && failed_named > 30, "{cases} cases, {failed_named} failures");
+    assert!(
+        cases > 60 && failed_named > 30,
+        "{cases} cases, {failed_named} failures"
+    );
     drop(h2);
 }
 
@@ -480,14 +504,24 @@ fn a_rolled_back_archive_is_refused_by_a_dom0_that_saw_the_newer_one() {
     // The qube puts back the copy taken before the last backup.
     fs::remove_dir_all(&h.s.arch).unwrap();
     fs::rename(&before_last, &h.s.arch).unwrap();
-    for args in [&["verify", "a.img"][..], &["backup", "a.img"], &["arch-check"]] {
+    for args in [
+        &["verify", "a.img"][..],
+        &["backup", "a.img"],
+        &["arch-check"],
+    ] {
         let e = h.s.fails(args);
-        assert!(e.contains("was rolled back") && e.contains("--accept-rollback"), "{args:?}: {e}");
+        assert!(
+            e.contains("was rolled back") && e.contains("--accept-rollback"),
+            "{args:?}: {e}"
+        );
     }
     let e = h.s.fails(&["arch-import"]);
     assert!(e.contains("rolled back"), "{e}");
     // The user says they did it on purpose: import takes the archive's word.
     let out = h.s.ok(&["--accept-rollback", "arch-import"]);
-    assert!(out.contains("changed: volume 'a.img': sessions differ"), "{out}");
+    assert!(
+        out.contains("changed: volume 'a.img': sessions differ"),
+        "{out}"
+    );
     expect_success(h.s.run(&["verify", "a.img"]), "verify after accepting");
 }

@@ -186,10 +186,6 @@ pub fn serve<R: Read, W: Write>(
                 let r = a.delete_volume(&volume).map(|_| Reply::Ok);
                 reply_result(&mut wr, r)?;
             }
-            Request::RenameVolume { volume, new_name } if op == Operation::Admin => {
-                let r = a.rename_volume(&volume, &new_name).map(|_| Reply::Ok);
-                reply_result(&mut wr, r)?;
-            }
             Request::Check { volume } if op == Operation::Admin => {
                 let r = check::check(a, volume.as_deref()).map(|r| Reply::CheckReport {
                     checked: r.checked,

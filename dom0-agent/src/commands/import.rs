@@ -73,7 +73,14 @@ pub fn run(ctx: &Ctx, key_file: Option<&Path>) -> Result<i32> {
         .root
         .join("archives")
         .join(format!(".import-{}", root.params.id.to_hex()));
-    let staged = match stage(&store, &staging, &dest.canonical(), &key, &root, &mut client) {
+    let staged = match stage(
+        &store,
+        &staging,
+        &dest.canonical(),
+        &key,
+        &root,
+        &mut client,
+    ) {
         Ok(()) => staging,
         Err(e) => {
             // Nothing unauthenticated is kept: the staged records go.
@@ -204,8 +211,7 @@ fn stage(
     client: &mut Client,
 ) -> Result<()> {
     if dir.exists() {
-        fs::remove_dir_all(&dir)
-            .with_context(|| format!("unable to remove '{}'", dir.display()))?;
+        fs::remove_dir_all(dir).with_context(|| format!("unable to remove '{}'", dir.display()))?;
     }
     private_dir(&store.root)?;
     let meta = ArchiveMeta::create_in(

@@ -54,6 +54,9 @@ pub fn delete(ctx: &Ctx, volume: &str, force: bool) -> Result<i32> {
         )?;
     }
     let mut client = ctx.connect(&dest, &meta, Operation::Admin)?;
+    // The root will name a volume the archive no longer has until it is
+    // rewritten: say so first, in case this run is cut.
+    meta.mark_dirty()?;
     // False: already gone from the archive (a repeated delete).
     client.delete_volume(volume)?;
     meta.delete_volume(volume)?;

@@ -195,25 +195,6 @@ impl Archive {
         fs::remove_dir_all(&gone).map_err(|e| Failure::io("remove deleted volume", &gone, e))
     }
 
-    pub fn rename_volume(&self, volume: &str, new_name: &str) -> Result<()> {
-        let from = self.volume_dir(volume)?;
-        let to = self.volume_dir(new_name)?;
-        if !from.is_dir() {
-            return Err(self.no_volume(volume));
-        }
-        if to.exists() {
-            return Err(Failure::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "volume '{new_name}' already exists in '{}'",
-                    self.root.display()
-                ),
-            ));
-        }
-        fs::rename(&from, &to).map_err(|e| Failure::io("rename volume", &from, e))?;
-        fsutil::fsync_dir(&self.root.join(VOLUMES_DIR))
-    }
-
     fn no_volume(&self, volume: &str) -> Failure {
         Failure::new(
             ErrorCode::NoSuchVolume,
