@@ -49,7 +49,7 @@ fn both_packages_build_offline_and_hold_exactly_their_files() {
     );
     assert!(o.status.success(), "rpm/build.sh failed:\n{log}");
     assert_eq!(
-        log.matches("rpm-check: backup, restore and verify OK")
+        log.matches("rpm-check: backup, restore, verify and recovery OK")
             .count(),
         2,
         "both %check runs: {log}"
