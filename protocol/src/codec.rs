@@ -12,11 +12,16 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Upper bound for any bincode-encoded record; larger claims fail to decode.
 pub const DECODE_LIMIT: usize = 4 * 1024 * 1024;
 
-fn config() -> impl bincode::config::Config {
+/// The fixed configuration, with a decode limit of `LIMIT` bytes.
+fn limited<const LIMIT: usize>() -> impl bincode::config::Config {
     bincode::config::standard()
         .with_little_endian()
         .with_fixed_int_encoding()
-        .with_limit::<DECODE_LIMIT>()
+        .with_limit::<LIMIT>()
+}
+
+fn config() -> impl bincode::config::Config {
+    limited::<DECODE_LIMIT>()
 }
 
 /// Upper bound for the one record that grows with the archive: dom0's
@@ -24,10 +29,7 @@ fn config() -> impl bincode::config::Config {
 pub const LARGE_LIMIT: usize = 64 * 1024 * 1024;
 
 fn large_config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<LARGE_LIMIT>()
+    limited::<LARGE_LIMIT>()
 }
 
 /// Encodes a large record (see [`LARGE_LIMIT`]).
