@@ -46,6 +46,7 @@ pub fn build(meta: &ArchiveMeta) -> Result<Root> {
             });
         }
         volumes.push(RootVolume {
+            mode: meta.volume_mode(&v)?.unwrap_or(0),
             name: v,
             id: id.0,
             sessions,
@@ -124,10 +125,10 @@ pub fn check_fresh(
                 root.generation,
             );
         }
-        eprintln!(
-            "sparsebak: accepting the rolled-back root (generation {} < {seen}) as asked; run arch-import to make dom0's records match it",
+        crate::report::warn(format!(
+            "accepting the rolled-back root (generation {} < {seen}) as asked; run arch-import to make dom0's records match it",
             root.generation
-        );
+        ));
         meta.set_generation(root.generation)?;
         return Ok(root);
     } else if root.generation > seen {

@@ -63,6 +63,15 @@ pub struct Cli {
     /// Accept an archive whose root is older than the newest dom0 has seen (you restored an older copy of the archive on purpose).
     #[arg(long, global = true)]
     pub accept_rollback: bool,
+    /// Print one JSON document on stdout when the command ends (errors included) instead of text; the schema of each command's document is in the README.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but warnings and errors (no progress, no summary lines).
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Say more about what is being done (on stderr).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -71,6 +80,7 @@ pub struct Cli {
 pub enum KeyCmd {
     /// Write the archive's key to FILE (0600): with it, `arch-import --key-file` needs no passphrase. Keep it offline.
     Export {
+        /// Where to write the key (must not exist yet).
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
@@ -97,6 +107,9 @@ pub enum Cmd {
         /// Encrypt chunks (on), or store them in the clear, still authenticated (off).
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         encrypt: String,
+        /// Create missing parent directories of the archive directory. Without it a missing parent is refused: it is most often a backup disk that is not mounted.
+        #[arg(long)]
+        mkdir: bool,
     },
     /// Adopt an existing archive on a dom0 that lost (or never had) its records.
     ///
@@ -115,11 +128,20 @@ pub enum Cmd {
     #[command(subcommand)]
     Key(KeyCmd),
     /// Back up volumes (the configured ones if none are named): full the first time, incremental after.
+    ///
+    /// Chunks that `arch-check`, `verify` or `restore` found missing or
+    /// damaged in the archive are re-read and re-sent by the next backup
+    /// of their volume, so its newest session is whole again.
+    #[command(verbatim_doc_comment)]
     Backup {
+        /// Volumes to back up: file names in --local DIR, or thin LVs in --local VG/POOL [default: the configured set].
         volumes: Vec<String>,
         /// After each successful backup, prune the volume by the `keep` policy in the config.
         #[arg(long)]
         autoprune: bool,
+        /// Have the receiver check the volumes' chunks first, then read each volume whole and send every chunk that differs from the archive's view (what is damaged or missing there, and whatever the delta may have missed).
+        #[arg(long)]
+        resend_all: bool,
     },
     /// Remove old sessions of a volume, merging each into the next one
     ///
@@ -136,6 +158,7 @@ pub enum Cmd {
     #[command(verbatim_doc_comment)]
     #[command(group(clap::ArgGroup::new("which").required(true).args(["session", "all_before", "keep"])))]
     Prune {
+        /// The volume, by the name it was backed up under (see `list`).
         volume: String,
         /// One session, or an inclusive range OLDER,NEWER.
         #[arg(long, value_name = "S[,S2]")]
@@ -158,10 +181,14 @@ pub enum Cmd {
     /// which replaces an existing LV only with --force. Either way the
     /// target appears only once every chunk has been verified.
     Restore {
+        /// The volume, by the name it was backed up under (see `list`).
         volume: String,
-        /// Session name, as shown by `list`.
+        /// Session name, as shown by `list` [default: the newest].
         #[arg(long)]
         session: Option<String>,
+        /// Write every chunk that verifies and zeros for those that do not, list the failed ones, and exit with status 1. Without it, the first failure stops the restore and nothing is written.
+        #[arg(long)]
+        salvage: bool,
         /// File to write.
         #[arg(long, value_name = "PATH", conflicts_with = "to_lv")]
         save_to: Option<PathBuf>,
@@ -174,13 +201,18 @@ pub enum Cmd {
     },
     /// Add volumes to the set `backup` takes when none are named.
     Add {
+        /// Volumes to add: file names in --local DIR, or thin LVs in --local VG/POOL (they must exist there).
         #[arg(required = true)]
         volumes: Vec<String>,
     },
     /// Remove a volume from that set and drop its snapshots (its sessions stay in the archive).
-    Remove { volume: String },
+    Remove {
+        /// The volume (configured, or backed up by name).
+        volume: String,
+    },
     /// Delete a volume from the archive and from dom0's metadata: every session, for good.
     Delete {
+        /// The volume, by the name it was backed up under (see `list`).
         volume: String,
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -190,27 +222,44 @@ pub enum Cmd {
     ///
     /// The old name's snapshots are dropped, so the next backup of the new
     /// name reads the volume once and compares it by hash.
-    Rename { volume: String, new_name: String },
+    Rename {
+        /// The volume's current name.
+        volume: String,
+        /// Its new name (that of the renamed LV or image).
+        new_name: String,
+    },
     /// Check the archive: the receiver re-hashes every chunk, dom0 compares every manifest with its own.
     ///
     /// Missing, extra and corrupt chunks are reported by volume, session
     /// and address. Exit status 1 if anything is wrong.
-    ArchCheck { volume: Option<String> },
+    ArchCheck {
+        /// Check only this volume [default: every volume].
+        volume: Option<String>,
+    },
     /// Compare the live volume with its newest session and report the chunks that differ.
     ///
     /// Reads and hashes the whole volume; exit status 1 if it differs.
-    Diff { volume: String },
+    Diff {
+        /// The volume, in --local, compared with its newest session.
+        volume: String,
+    },
     /// Read a session back from the archive and check every chunk, writing nothing.
     Verify {
+        /// The volume, by the name it was backed up under (see `list`).
         volume: String,
+        /// Session name, as shown by `list` [default: the newest].
         #[arg(long)]
         session: Option<String>,
+        /// Check every chunk and list all that fail, rather than stopping at the first.
+        #[arg(long)]
+        all: bool,
     },
     /// List volumes and sessions this dom0 knows for the archive at --dest.
     List {
+        /// Only this volume.
         volume: Option<String>,
-        /// Machine-readable output.
+        /// Only dom0's records, without asking the receiver (for when the archive is out of reach, e.g. its disk is not mounted); the output says so.
         #[arg(long)]
-        json: bool,
+        offline: bool,
     },
 }

@@ -186,8 +186,19 @@ impl Client {
         }
     }
 
-    pub fn init(&mut self, params: ArchiveParams, key: Vec<u8>, root: Vec<u8>) -> Result<()> {
-        self.call_ok(&Request::Init { params, key, root })
+    pub fn init(
+        &mut self,
+        params: ArchiveParams,
+        key: Vec<u8>,
+        root: Vec<u8>,
+        mkdir: bool,
+    ) -> Result<()> {
+        self.call_ok(&Request::Init {
+            params,
+            key,
+            root,
+            mkdir,
+        })
     }
 
     /// One of dom0's records kept by the receiver, at most `cap` bytes.

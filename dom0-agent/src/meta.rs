@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const PENDING_PREFIX: &str = ".pending-";
+/// Bounds of [`ArchiveMeta::newest_entries`]' search.
+pub const LOOKUP_SESSIONS: usize = 4096;
+pub const LOOKUP_BYTES: u64 = 64 << 20;
 /// Written while a prune is in flight (see `prune.rs`).
 pub const PRUNE_INTENT: &str = ".prune-intent.toml";
 pub const NEW_MANIFEST: &str = "manifest.new";
@@ -141,6 +144,8 @@ const GENERATION_FILE: &str = "generation";
 const DIRTY_FILE: &str = "root.dirty";
 const ID_FILE: &str = "id";
 const MAC_FILE: &str = "mac";
+const MODE_FILE: &str = "mode";
+const DAMAGED_FILE: &str = "damaged";
 
 impl MetaStore {
     pub fn new(root: &Path) -> Self {
@@ -295,6 +300,106 @@ impl ArchiveMeta {
         fs::create_dir_all(&dir)
             .with_context(|| format!("unable to create '{}'", dir.display()))?;
         write_atomic(&dir.join(ID_FILE), format!("{}\n", id.to_hex()).as_bytes())
+    }
+
+    /// The source image's permission bits at its newest backup (None for
+    /// an LV, or a volume backed up before modes were recorded).
+    pub fn volume_mode(&self, volume: &str) -> Result<Option<u32>> {
+        let p = self.volume_dir(volume)?.join(MODE_FILE);
+        match fs::read_to_string(&p) {
+            Ok(t) => u32::from_str_radix(t.trim(), 8)
+                .map(|m| Some(m & 0o7777))
+                .with_context(|| format!("bad mode in '{}'", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
+        }
+    }
+
+    pub fn set_volume_mode(&self, volume: &str, mode: u32) -> Result<()> {
+        if self.volume_mode(volume)? == Some(mode & 0o7777) {
+            return Ok(());
+        }
+        self.mark_dirty()?;
+        write_atomic(
+            &self.volume_dir(volume)?.join(MODE_FILE),
+            format!("{:o}\n", mode & 0o7777).as_bytes(),
+        )
+    }
+
+    /// Addresses of the volume's chunks found missing or corrupt in the
+    /// archive (by `arch-check`, `verify` or `restore`), which the next
+    /// backup re-reads and re-sends whatever the source's delta says.
+    pub fn damaged(&self, volume: &str) -> Result<std::collections::BTreeSet<u64>> {
+        let p = self.volume_dir(volume)?.join(DAMAGED_FILE);
+        let text = match fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+            Err(e) => return Err(e).with_context(|| format!("unable to read '{}'", p.display())),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                u64::from_str_radix(l.trim().trim_start_matches("0x"), 16)
+                    .with_context(|| format!("bad address '{l}' in '{}'", p.display()))
+            })
+            .collect()
+    }
+
+    /// Adds to the volume's damaged set the chunks of `found` (session,
+    /// address) that the newest view still uses: a damaged chunk a later
+    /// session superseded needs no re-send (the session it is in stays
+    /// damaged). Returns how many were added.
+    pub fn record_damaged(&self, volume: &str, found: &[(String, u64)]) -> Result<usize> {
+        if found.is_empty() || !self.volume_dir(volume)?.is_dir() {
+            return Ok(0);
+        }
+        let cs = self.params.chunk_size as u64;
+        let size = self
+            .session_names(volume)?
+            .last()
+            .map(|s| read_info(&self.session_dir(volume, s)?).map(|i| i.volume_size))
+            .transpose()?
+            .unwrap_or(0);
+        let mut wanted = crate::chunkmap::ChunkMap::new(size.div_ceil(cs));
+        for (_, a) in found {
+            wanted.set_chunks(a / cs, a / cs);
+        }
+        let newest = self.newest_entries(volume, &wanted)?;
+        let mut set = self.damaged(volume)?;
+        let before = set.len();
+        set.extend(found.iter().filter_map(|(s, a)| {
+            match newest.get(&(a / cs)) {
+                Some((_, Some(from))) if &**from == s.as_str() => Some(*a),
+                // Not found within the search's bounds: re-send to be safe.
+                None if *a < size => Some(*a),
+                _ => None,
+            }
+        }));
+        if set.len() == before {
+            return Ok(0);
+        }
+        self.write_damaged(volume, &set)?;
+        Ok(set.len() - before)
+    }
+
+    /// Forgets the damaged addresses a committed session re-sent.
+    pub fn clear_damaged(
+        &self,
+        volume: &str,
+        healed: &std::collections::BTreeSet<u64>,
+    ) -> Result<()> {
+        let mut set = self.damaged(volume)?;
+        set.retain(|a| !healed.contains(a));
+        self.write_damaged(volume, &set)
+    }
+
+    fn write_damaged(&self, volume: &str, set: &std::collections::BTreeSet<u64>) -> Result<()> {
+        let p = self.volume_dir(volume)?.join(DAMAGED_FILE);
+        if set.is_empty() {
+            return remove_if_exists(&p);
+        }
+        let text: String = set.iter().map(|a| format!("{a:#x}\n")).collect();
+        write_atomic(&p, text.as_bytes())
     }
 
     /// A session's manifest MAC, as recorded when its manifest was written.
@@ -457,7 +562,12 @@ impl ArchiveMeta {
         if !dir.exists() {
             return Ok(());
         }
-        let gone = self.dir.join("volumes").join(format!(".deleting-{volume}"));
+        // A fixed-length name: the volume's own may be 255 bytes, which
+        // leaves no room for a prefix.
+        let gone = self.dir.join("volumes").join(format!(
+            ".deleting-{}",
+            &blake3::hash(volume.as_bytes()).to_hex()[..32]
+        ));
         fs::rename(&dir, &gone).with_context(|| format!("unable to remove '{}'", dir.display()))?;
         fsync_dir(&self.dir.join("volumes"))?;
         fs::remove_dir_all(&gone).with_context(|| format!("unable to remove '{}'", gone.display()))
@@ -537,6 +647,57 @@ impl ArchiveMeta {
         fsync_dir(&vdir)
     }
 
+    /// The entries the volume's newest view holds at the chunks set in
+    /// `wanted`, by chunk index: read newest session first, only until
+    /// every one is found, so a backup's cost follows what changed, not how
+    /// many sessions there are. A chunk no session wrote (or cut off by a
+    /// shrink) is `Prev::Absent`. The search stops after `LOOKUP_SESSIONS`
+    /// sessions or `LOOKUP_BYTES` of manifests: chunks not found by then are
+    /// left out (the caller sends them). With each entry, the name of the
+    /// session it belongs to (None for `Absent`).
+    pub fn newest_entries(
+        &self,
+        volume: &str,
+        wanted: &crate::chunkmap::ChunkMap,
+    ) -> Result<NewestEntries> {
+        use crate::pipeline::Prev;
+        let cs = self.params.chunk_size as u64;
+        let mut pending: std::collections::BTreeSet<u64> = wanted.iter().collect();
+        let mut found = std::collections::HashMap::with_capacity(pending.len());
+        let names = self.session_names(volume)?;
+        let dir = self.volume_dir(volume)?;
+        let (mut limit, mut bytes) = (u64::MAX, 0u64);
+        for (n, name) in names.iter().rev().enumerate() {
+            if pending.is_empty() {
+                return Ok(found);
+            }
+            if n >= LOOKUP_SESSIONS || bytes >= LOOKUP_BYTES {
+                return Ok(found);
+            }
+            // Past the smallest size of this or any newer session, the
+            // view is zero (the merge's truncation rule).
+            limit = limit.min(read_info(&dir.join(name))?.volume_size);
+            for i in pending.split_off(&limit.div_ceil(cs)) {
+                found.insert(i, (Prev::Absent, None));
+            }
+            bytes += self.manifest_len(volume, name)?;
+            let from: Arc<str> = Arc::from(name.as_str());
+            for e in self.manifest(volume, name)? {
+                let e = e?;
+                if e.addr < limit && pending.remove(&(e.addr / cs)) {
+                    found.insert(
+                        e.addr / cs,
+                        (Prev::Entry(e.codec, e.hash), Some(from.clone())),
+                    );
+                }
+            }
+        }
+        for i in pending {
+            found.insert(i, (Prev::Absent, None));
+        }
+        Ok(found)
+    }
+
     /// The volume as of `sessions.last()`: merged manifests, streamed.
     pub fn view(&self, volume: &str, sessions: &[SessionInfo]) -> Result<View> {
         let mut srcs = Vec::with_capacity(sessions.len());
@@ -549,6 +710,10 @@ impl ArchiveMeta {
         Ok(merge_view(srcs))
     }
 }
+
+/// By chunk index: the newest view's entry, and the session it is from
+/// (None for `Absent`).
+pub type NewestEntries = std::collections::HashMap<u64, (crate::pipeline::Prev, Option<Arc<str>>)>;
 
 pub type ManifestIter = Box<dyn Iterator<Item = Result<protocol::manifest::Entry>> + Send>;
 pub type View = MergeView<ManifestIter>;

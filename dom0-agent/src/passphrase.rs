@@ -49,6 +49,14 @@ fn from_tty(prompt: &str) -> Result<Passphrase> {
     quiet.local_flags.remove(LocalFlags::ECHO);
     quiet.local_flags.insert(LocalFlags::ECHONL);
     termios::tcsetattr(&tty, SetArg::TCSAFLUSH, &quiet).context("turning echo off")?;
+    // Ctrl-C at the prompt must not leave the terminal without echo.
+    let _restore = match (tty.try_clone(), saved.clone()) {
+        (Ok(t), s) => Some(crate::interrupt::on_interrupt(move || {
+            let _ = termios::tcsetattr(&t, SetArg::TCSAFLUSH, &s);
+            None
+        })),
+        _ => None,
+    };
     let res = (|| -> Result<Passphrase> {
         (&tty).write_all(prompt.as_bytes())?;
         let mut line = Zeroizing::new(String::new());

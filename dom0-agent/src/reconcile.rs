@@ -39,10 +39,10 @@ pub fn settle_prune(meta: &ArchiveMeta, client: &mut Client, volume: &str) -> Re
         );
     };
     check_merged(volume, &intent, q)?;
-    eprintln!(
-        "sparsebak: {volume}: the receiver finished pruning {}; recording it",
+    crate::report::warn(format!(
+        "{volume}: the receiver finished pruning {}; recording it",
         intent.pruned
-    );
+    ));
     meta.finish_prune(volume, &intent, q)?;
     crate::catalog::publish(meta, client).map(|_| ())
 }
@@ -78,9 +78,9 @@ pub fn settle_pending(
     for s in pending {
         let complete = read_info(&meta.pending_dir(volume, &s)?).is_ok();
         if complete && on_receiver.contains(&s) {
-            eprintln!(
-                "sparsebak: {volume}: session {s} was committed by the receiver; recording it"
-            );
+            crate::report::warn(format!(
+                "{volume}: session {s} was committed by the receiver; recording it"
+            ));
             meta.promote_pending(volume, &s)?;
             local.rotate(volume, &s)?;
             crate::catalog::publish(meta, client)?;

@@ -6,7 +6,7 @@
 use crate::source::lvm::LvmPool;
 use anyhow::{bail, Context, Result};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use sysio::aligned::DIRECT_ALIGN;
 use sysio::direct::Direct;
@@ -15,8 +15,13 @@ use sysio::direct::Direct;
 pub enum Target<'a> {
     /// Verify only.
     Nothing,
-    /// Write a file (a new one, or replace an existing one with `force`).
-    File { path: PathBuf, force: bool },
+    /// Write a file (a new one, or replace an existing one with `force`),
+    /// given permission bits `mode` once complete.
+    File {
+        path: PathBuf,
+        force: bool,
+        mode: u32,
+    },
     /// Write a thin LV in the pool (a new one, or replace one with `force`).
     Lv {
         pool: &'a LvmPool,
@@ -30,11 +35,13 @@ pub struct FileOut {
     tmp: PathBuf,
     path: PathBuf,
     file: File,
+    mode: u32,
     done: bool,
+    _interrupt: crate::interrupt::Guard,
 }
 
 impl FileOut {
-    fn create(path: &Path, force: bool, size: u64) -> Result<Self> {
+    fn create(path: &Path, force: bool, size: u64, mode: u32) -> Result<Self> {
         match fs::symlink_metadata(path) {
             Ok(m) if !force => bail!(
                 "'{}' exists ({}); use --force to replace it",
@@ -52,12 +59,16 @@ impl FileOut {
             .file_name()
             .with_context(|| format!("'{}' has no file name", path.display()))?;
         let tmp = path.with_file_name(format!(".{}.sparsebak-partial", name.to_string_lossy()));
+        // Private while it is built (a leftover from a crash may be wider);
+        // the recorded mode is set once it is complete.
+        let _ = fs::remove_file(&tmp);
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("unable to create '{}'", tmp.display()))?;
+        let interrupt = crate::interrupt::remove_file(tmp.clone(), "the partial restore");
         // Zero chunks stay holes: the file starts all hole.
         file.set_len(size)
             .with_context(|| format!("unable to size '{}'", tmp.display()))?;
@@ -65,11 +76,16 @@ impl FileOut {
             tmp,
             path: path.to_path_buf(),
             file,
+            mode,
             done: false,
+            _interrupt: interrupt,
         })
     }
 
     fn finish(mut self) -> Result<()> {
+        self.file
+            .set_permissions(fs::Permissions::from_mode(self.mode & 0o7777))
+            .with_context(|| format!("unable to set the mode of '{}'", self.tmp.display()))?;
         self.file
             .sync_all()
             .with_context(|| format!("unable to sync '{}'", self.tmp.display()))?;
@@ -89,6 +105,7 @@ pub struct LvOut<'a> {
     tmp: String,
     file: File,
     done: bool,
+    _interrupt: crate::interrupt::Guard,
 }
 
 impl<'a> LvOut<'a> {
@@ -102,6 +119,10 @@ impl<'a> LvOut<'a> {
             pool.remove_volume(&tmp)?;
         }
         pool.create_volume(&tmp, size)?;
+        let interrupt = crate::interrupt::note(format!(
+            "kept the partial LV {}/{tmp} (it may be open): the next restore to {name} removes it, or `lvremove {}/{tmp}`",
+            pool.vg, pool.vg
+        ));
         let dev = pool.dev_path(&tmp);
         let file = match OpenOptions::new().write(true).open(&dev) {
             Ok(f) => f,
@@ -116,6 +137,7 @@ impl<'a> LvOut<'a> {
             tmp,
             file,
             done: false,
+            _interrupt: interrupt,
         })
     }
 
@@ -203,7 +225,9 @@ impl<'a> Out<'a> {
     pub fn open(t: &Target<'a>, size: u64) -> Result<Option<Self>> {
         Ok(match t {
             Target::Nothing => None,
-            Target::File { path, force } => Some(Out::File(FileOut::create(path, *force, size)?)),
+            Target::File { path, force, mode } => {
+                Some(Out::File(FileOut::create(path, *force, size, *mode)?))
+            }
             Target::Lv { pool, name, force } => {
                 Some(Out::Lv(LvOut::create(pool, name, *force, size)?))
             }

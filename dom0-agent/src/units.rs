@@ -34,6 +34,15 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// `n` and the word, pluralised: "1 chunk", "2 chunks", "0 chunks".
+pub fn count(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +55,8 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("").is_err());
         assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(count(1, "chunk"), "1 chunk");
+        assert_eq!(count(0, "chunk"), "0 chunks");
+        assert_eq!(count(2, "volume"), "2 volumes");
     }
 }

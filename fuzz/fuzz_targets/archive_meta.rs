@@ -21,7 +21,7 @@ fn scratch() -> &'static (PathBuf, Archive) {
             chunk_size: 65536,
             compression: protocol::message::Compression::None,
         };
-        let a = Archive::init(&d.join("a"), params, b"key", b"root").unwrap();
+        let a = Archive::init(&d.join("a"), params, b"key", b"root", true).unwrap();
         fs::create_dir_all(d.join("a/volumes/v/S_000000000001")).unwrap();
         fs::create_dir_all(d.join("b")).unwrap();
         (d, a)

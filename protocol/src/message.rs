@@ -165,11 +165,14 @@ pub struct SessionInfo {
 pub enum Request {
     /// Create the archive at the destination (Admin), with its first
     /// wrapped key and root (opaque to the receiver; at most `DATA_PART`
-    /// bytes each).
+    /// bytes each). Without `mkdir` the archive directory's parent must
+    /// exist: an unmounted backup disk must not get an archive on the
+    /// filesystem beneath its mount point.
     Init {
         params: ArchiveParams,
         key: Vec<u8>,
         root: Vec<u8>,
+        mkdir: bool,
     },
     /// Volume names after `after` (from the first with None), at most
     /// `LIST_PAGE` of them, ascending. Answered with `Reply::Volumes`.

@@ -37,6 +37,9 @@ pub struct Root {
 pub struct RootVolume {
     pub name: String,
     pub id: [u8; 16],
+    /// Permission bits of the source image at its newest backup, which a
+    /// restore to a file gives it back; 0 where unknown (an LV).
+    pub mode: u32,
     /// Oldest first.
     pub sessions: Vec<RootSession>,
 }
@@ -174,6 +177,7 @@ mod tests {
             volumes: vec![RootVolume {
                 name: "a".into(),
                 id: [1; 16],
+                mode: 0o640,
                 sessions: vec![RootSession {
                     name: "S_000000000001".into(),
                     time: 5,

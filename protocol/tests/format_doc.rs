@@ -246,6 +246,7 @@ fn enum_indexes_match_the_table() {
             },
             key: vec![],
             root: vec![],
+            mkdir: false,
         },
         Request::ListVolumes { after: None },
         Request::BeginSession {

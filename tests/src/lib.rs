@@ -248,6 +248,18 @@ pub fn chunk_frame(addr: u64, raw_len: u32, env: &[u8], id: [u8; 32]) -> Vec<u8>
     std::mem::take(w.get_mut())
 }
 
+/// The single JSON document a `--json` run printed: stdout must be one
+/// line that parses, nothing else.
+pub fn json_doc(stdout: &[u8]) -> serde_json::Value {
+    let s = String::from_utf8_lossy(stdout);
+    assert_eq!(
+        s.lines().count(),
+        1,
+        "--json must print one line on stdout, got:\n{s}"
+    );
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
 /// The passphrase every test archive is made with.
 pub const PASSPHRASE: &str = "correct horse battery staple";
 
@@ -349,28 +361,45 @@ impl Setup {
             .collect()
     }
 
-    /// (name, volume_size) per session, parsed from `list --json`.
+    /// (name, volume_size) per session in dom0's records, parsed from
+    /// `list --offline --json`.
     pub fn session_infos(&self, vol: &str) -> Vec<(String, u64)> {
-        let o = self.run(&["list", vol, "--json"]);
+        let o = self.run(&["list", vol, "--offline", "--json"]);
         if !o.status.success() {
             return Vec::new();
         }
-        let s = String::from_utf8(o.stdout).unwrap();
-        let mut out = Vec::new();
-        for part in s.split("{\"name\":\"S_").skip(1) {
-            let name = format!("S_{}", part.split('"').next().unwrap());
-            let size: u64 = part
-                .split("\"volume_size\":")
-                .nth(1)
-                .unwrap()
-                .split(',')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            out.push((name, size));
-        }
-        out
+        let v = json_doc(&o.stdout);
+        v["volumes"][0]["sessions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| {
+                        (
+                            s["name"].as_str().unwrap().to_string(),
+                            s["volume_size"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs with `--json`; the one JSON document it printed on stdout
+    /// (whatever its exit status), checked for the fields every command's
+    /// document has.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = self.run(&a);
+        let v = json_doc(&o.stdout);
+        assert_eq!(
+            v["exit_status"].as_i64(),
+            Some(o.status.code().unwrap_or(-1) as i64),
+            "{args:?}: {v}"
+        );
+        assert_eq!(v["ok"].as_bool(), Some(o.status.success()), "{args:?}: {v}");
+        assert!(v["command"].is_string(), "{args:?}: {v}");
+        v
     }
 
     /// dom0's directory of a volume's records.

@@ -442,7 +442,7 @@ fn fifty_thousand_sessions_list_prune_and_commit_in_flat_time() {
     let t0 = Instant::now();
     let out = s.ok(&["prune", "v.img", "--session", &names[0]]);
     let prune_secs = t0.elapsed().as_secs_f64();
-    assert!(out.contains("1 sessions pruned"), "{out}");
+    assert!(out.contains("1 session pruned"), "{out}");
     assert_eq!(s.sessions("v.img").len(), N - 1);
     assert!(
         prune_secs < 60.0,

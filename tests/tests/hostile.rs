@@ -566,7 +566,7 @@ fn agent_rejects_hostile_restore_streams() {
         (
             "chunk of another address",
             cat(&[&h, &good[0], &good[2], &good[2], &good[3], &Fake::end(4)]),
-            "expected chunk at 0x10000, the receiver sent 0x20000",
+            "chunk at 0x10000 is missing from the receiver's stream (it sent the chunk at 0x20000 in its place",
         ),
         (
             "duplicated chunk",
@@ -584,7 +584,7 @@ fn agent_rejects_hostile_restore_streams() {
         (
             "reordered",
             cat(&[&h, &good[0], &good[2], &good[1], &good[3], &Fake::end(4)]),
-            "expected chunk at 0x10000",
+            "chunk at 0x10000 is missing from the receiver's stream (it sent the chunk at 0x20000 in its place",
         ),
         (
             "missing chunk",

@@ -70,7 +70,7 @@ fn world() -> World {
         volumes: Vec::new(),
     }
     .seal(&key.keys(), [3; 24]);
-    Archive::init(&archive_dir, params, &wrapped.encode(), &root).unwrap();
+    Archive::init(&archive_dir, params, &wrapped.encode(), &root, true).unwrap();
     let meta = MetaStore::new(&tmp.path().join("meta"))
         .create(
             ArchiveRecord {
@@ -135,6 +135,7 @@ fn backup(w: &World, volume: &str) -> String {
         local: &src,
         client: &mut c,
         workers: 2,
+        resend_all: false,
     }
     .run(volume)
     .unwrap();
@@ -152,7 +153,9 @@ fn restore_to(w: &World, volume: &str, session: Option<&str>, to: &Path) {
         Target::File {
             path: to.to_path_buf(),
             force: true,
+            mode: 0o600,
         },
+        false,
     )
     .unwrap();
     c.finish().unwrap();
@@ -240,7 +243,9 @@ fn a_corrupt_chunk_fails_restore_and_writes_nothing() {
         Target::File {
             path: out.clone(),
             force: false,
+            mode: 0o600,
         },
+        false,
     )
     .err()
     .expect("a corrupt chunk must fail the restore");

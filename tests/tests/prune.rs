@@ -356,8 +356,11 @@ fn delete_and_rename_volumes() {
     assert!(h.s.sessions("w.img").is_empty());
     let l = h.s.ok(&["list"]);
     assert!(!l.contains("w.img"), "{l}");
-    // Repeating it is harmless; v.img is untouched.
-    h.s.ok(&["delete", "w.img", "--force"]);
+    // Repeating it names the volume as unknown (a delete cut between the
+    // two sides still completes: dom0's record is removed last); v.img is
+    // untouched.
+    let e = h.s.fails(&["delete", "w.img", "--force"]);
+    assert!(e.contains("no volume 'w.img'"), "{e}");
     h.assert_intact("after deleting another volume");
 
     // rename: sessions follow, the old name is gone; the source file is

@@ -246,7 +246,10 @@ fn a_fresh_dom0_recovers_everything_from_the_archive_and_the_passphrase() {
     );
     assert!(out.contains("newest session: S_000000000003"), "{out}");
     let list = h.s.ok(&["list"]);
-    assert!(list.contains("a.img: 3 session(s)"), "{list}");
+    assert!(
+        list.contains("a.img: 3 sessions, all in the archive"),
+        "{list}"
+    );
     let restored = h.restore_all(&h.s, "after import");
     assert!(restored.iter().all(|r| r.1), "{restored:?}");
     h.s.ok(&["verify", "b.img"]);

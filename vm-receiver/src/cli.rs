@@ -56,6 +56,7 @@ pub enum Cmd {
     /// QREXEC_SERVICE_ARGUMENT (a name, default "default") under this qube's
     /// archive root; only --op is offered.
     Qrexec {
+        /// The one operation this service offers (each qrexec service passes its own).
         #[arg(long)]
         op: Op,
         #[command(flatten)]

@@ -66,6 +66,9 @@ fn serve_stdio(opts: ServeOptions, conn: &ConnLimits) -> Result<()> {
 }
 
 fn main() {
+    // Everything the receiver creates (chunks, manifests, dom0's records)
+    // is for its own user only, whatever umask it was started with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     if let Err(e) = run() {
         eprintln!("sparsebak-receiver: error: {e:#}");
         std::process::exit(1);

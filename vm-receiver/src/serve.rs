@@ -95,9 +95,15 @@ pub fn serve<R: Read, W: Write>(
         if !matches!(req, Request::PutBlob { .. }) {
             upload = None;
         }
-        if let Request::Init { params, key, root } = req {
+        if let Request::Init {
+            params,
+            key,
+            root,
+            mkdir,
+        } = req
+        {
             let r = if op == Operation::Admin {
-                Archive::init(&opts.archive_dir, params, &key, &root).map(|a| {
+                Archive::init(&opts.archive_dir, params, &key, &root, mkdir).map(|a| {
                     archive = Ok(Some(a));
                 })
             } else {

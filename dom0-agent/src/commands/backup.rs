@@ -13,9 +13,10 @@ use super::prune::{prune_volume, Selection};
 use crate::client::Client;
 use crate::context::Ctx;
 use crate::meta::ArchiveMeta;
-use crate::pipeline::{self, compare_jobs, owned_iter, Job, Outcome, Prev, Settings};
+use crate::pipeline::{self, owned_iter, view_jobs, Job, Look, Outcome, Prev, Settings};
 use crate::progress::Progress;
 use crate::reconcile;
+use crate::report;
 use crate::retention::Policy;
 use crate::source::{Plan, Source};
 use crate::units::human;
@@ -25,6 +26,7 @@ use protocol::manifest::Entry;
 use protocol::message::{Operation, SessionInfo};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+#[derive(serde::Serialize)]
 pub struct Summary {
     pub volume: String,
     pub session: String,
@@ -34,6 +36,8 @@ pub struct Summary {
     pub bytes_sent: u64,
     pub chunks: u64,
     pub zero_chunks: u64,
+    /// Chunks found damaged in the archive and re-sent from the volume.
+    pub healed: u64,
     pub seconds: f64,
 }
 
@@ -51,7 +55,15 @@ impl std::fmt::Display for Summary {
             self.chunks + self.zero_chunks,
             self.zero_chunks,
             self.seconds
-        )
+        )?;
+        if self.healed > 0 {
+            write!(
+                f,
+                "; re-sent {} damaged in the archive: this session is whole again",
+                crate::units::count(self.healed, "chunk")
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -60,6 +72,8 @@ pub struct Backup<'a> {
     pub local: &'a Source,
     pub client: &'a mut Client,
     pub workers: usize,
+    /// Re-read the whole volume rather than the source's delta.
+    pub resend_all: bool,
 }
 
 impl Backup<'_> {
@@ -70,7 +84,17 @@ impl Backup<'_> {
         // Only the newest name: reading every session's record would make a
         // backup's cost grow with the number of sessions.
         let prev = self.meta.session_names(volume)?.pop();
-        let snap = self.local.prepare(volume, prev.as_deref(), cs as u64)?;
+        // --resend-all: no delta base, so the whole volume is read and
+        // compared by keyed id with the view.
+        let base = if self.resend_all {
+            None
+        } else {
+            prev.as_deref()
+        };
+        let mut snap = self.local.prepare(volume, base, cs as u64)?;
+        if self.resend_all && prev.is_some() {
+            snap.method = "re-read in full (--resend-all): hash compare";
+        }
         let res = self.send_session(volume, prev, snap, t0);
         if res.is_err() {
             self.local.discard_new(volume);
@@ -90,13 +114,16 @@ impl Backup<'_> {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let session = protocol::names::session_name(prev.as_deref());
-        let size = snap.size;
+        let (size, mode) = (snap.size, snap.mode);
         let vid = self.meta.ensure_volume_id(volume)?;
         // The receiver is told no time: sessions are an order to it, their
         // times are in dom0's records and the sealed root.
         self.client
             .begin_session(volume, &session, prev.as_deref(), size, 0)?;
         let mut pending = self.meta.begin_pending(volume, &session)?;
+        let _interrupt = crate::interrupt::note(format!(
+            "backup of '{volume}': session {session} did not finish; the receiver drops it unless it was committed, and the next run settles dom0's records either way"
+        ));
         let chunks = size.div_ceil(cs);
         let job_at = |idx: u64, read: bool, prev: Prev| Job {
             addr: idx * cs,
@@ -104,29 +131,51 @@ impl Backup<'_> {
             read,
             prev,
         };
-        let (jobs, total): (Box<dyn Iterator<Item = Result<Job>> + Send>, u64) = match snap.plan {
-            Plan::Full { data } => {
-                let n = data.count();
-                (
-                    Box::new(owned_iter(data).map(move |i| Ok(job_at(i, true, Prev::Absent)))),
-                    n,
-                )
-            }
-            Plan::Changed { changed } => {
-                let n = changed.count();
-                (
-                    Box::new(owned_iter(changed).map(move |i| Ok(job_at(i, true, Prev::Unknown)))),
-                    n,
-                )
-            }
-            Plan::Compare { data } => {
-                // Comparing needs the whole view: every session's manifest.
-                let sessions = self.meta.sessions(volume)?;
-                let view = self.meta.view(volume, &sessions)?;
-                let it = compare_jobs(view, size, cs, move |i| data.get(i));
-                (Box::new(it), chunks)
-            }
-        };
+        // Chunks the archive lost or holds damaged: re-sent whatever the
+        // delta says, so the new session is whole again.
+        let damaged = self.meta.damaged(volume)?;
+        let mut forced = damaged.clone();
+        forced.retain(|a| *a < size);
+        let healing = forced.len() as u64;
+        let (jobs, total): (Box<dyn Iterator<Item = Result<Job>> + Send>, u64) =
+            match (snap.plan, &prev) {
+                (Plan::Full { data }, None) => {
+                    let n = data.count();
+                    (
+                        Box::new(owned_iter(data).map(move |i| Ok(job_at(i, true, Prev::Absent)))),
+                        n,
+                    )
+                }
+                // Every chunk that changed (or may have) is compared with
+                // the newest view's entry by keyed id: a chunk whose bytes
+                // are the same (a copied image, a rewrite of the same data)
+                // is not stored again. The entries are looked up newest
+                // session first, for the changed chunks only.
+                (Plan::Changed { mut changed }, Some(_)) => {
+                    let prev = self.meta.newest_entries(volume, &changed)?;
+                    for a in &forced {
+                        changed.set_chunks(a / cs, a / cs);
+                    }
+                    let n = changed.count();
+                    let it = owned_iter(changed).map(move |i| {
+                        let p = if forced.contains(&(i * cs)) {
+                            Prev::Unknown
+                        } else {
+                            prev.get(&i).map_or(Prev::Unknown, |(p, _)| *p)
+                        };
+                        Ok(job_at(i, true, p))
+                    });
+                    (Box::new(it), n)
+                }
+                (Plan::Full { data } | Plan::Compare { data }, _) => {
+                    let view = self.meta.view(volume, &self.meta.sessions(volume)?)?;
+                    let look = move |i| if data.get(i) { Look::Read } else { Look::Hole };
+                    (Box::new(view_jobs(view, size, cs, look, forced)), chunks)
+                }
+                (Plan::Changed { .. }, None) => bail!(
+                    "volume '{volume}': the source gave a delta but there is no previous session"
+                ),
+            };
         let mut progress = Progress::new(volume, total);
         let (mut n_data, mut n_zero, mut read, mut sent, mut done) = (0u64, 0u64, 0u64, 0u64, 0u64);
         let settings = Settings {
@@ -213,6 +262,11 @@ impl Backup<'_> {
             return Err(e.context(format!("volume '{volume}': commit of session {session}")));
         }
         self.meta.promote_pending(volume, &session)?;
+        if let Some(m) = mode {
+            self.meta.set_volume_mode(volume, m)?;
+        }
+        // Every recorded address was re-sent (or is past the volume's end).
+        self.meta.clear_damaged(volume, &damaged)?;
         self.local
             .rotate(volume, &session)
             .context("rotating snapshots")?;
@@ -227,6 +281,7 @@ impl Backup<'_> {
             bytes_sent: sent,
             chunks: n_data,
             zero_chunks: n_zero,
+            healed: healing,
             seconds: t0.elapsed().as_secs_f64(),
         })
     }
@@ -234,8 +289,10 @@ impl Backup<'_> {
 
 /// `sparsebak backup`: the named volumes, else the config's, else the
 /// configured set; one connection for all of them, then the optional
-/// autoprune on an admin connection.
-pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool) -> Result<i32> {
+/// autoprune on an admin connection. With `resend_all`, the receiver first
+/// checks each volume's chunks (what it finds missing or damaged is
+/// recorded, and re-sent), and each volume is re-read whole.
+pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool, resend_all: bool) -> Result<i32> {
     let (dest, meta) = ctx.archive()?;
     let policy = match (autoprune, &ctx.cfg.keep) {
         (false, _) => None,
@@ -255,21 +312,44 @@ pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool) -> Result<i32> {
     if volumes.is_empty() {
         bail!("no volumes named and none configured (`sparsebak add VOLUME`, or `volumes` in the config)");
     }
+    if resend_all {
+        let mut admin = ctx.connect(&dest, &meta, Operation::Admin)?;
+        for v in &volumes {
+            if meta.volume_id(v).ok().flatten().is_none() {
+                continue; // never backed up: the backup is full anyway
+            }
+            report::detail(format!(
+                "--resend-all: the receiver checks the chunks of '{v}'"
+            ));
+            let rep = super::check::check(&meta, &mut admin, Some(v))?;
+            for (vol, n) in super::check::record_damage(&meta, &rep)? {
+                report::line(format!(
+                    "'{vol}': {} missing or damaged in the archive, to be re-sent",
+                    crate::units::count(n as u64, "chunk")
+                ));
+            }
+        }
+        admin.finish()?;
+    }
     let mut client = ctx.connect(&dest, &meta, Operation::Backup)?;
     let workers = ctx.workers();
     let mut failed = 0;
     let mut done = Vec::new();
     for v in &volumes {
+        let fail = |msg: String| {
+            report::error(&msg);
+            report::push(
+                "volumes",
+                serde_json::json!({"volume": v, "ok": false, "error": msg}),
+            );
+        };
         if let Err(e) = protocol::names::validate_volume_name(v) {
-            eprintln!("sparsebak: error: {e}");
+            fail(e.to_string());
             failed += 1;
             continue;
         }
         if !local.exists(v) {
-            eprintln!(
-                "sparsebak: error: volume '{v}' not found in {}",
-                ctx.local_label()
-            );
+            fail(format!("volume '{v}' not found in {}", ctx.local_label()));
             failed += 1;
             continue;
         }
@@ -278,15 +358,19 @@ pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool) -> Result<i32> {
             local: &local,
             client: &mut client,
             workers,
+            resend_all,
         };
         match b.run(v) {
             Ok(s) => {
-                println!("{s}");
+                report::line(&s);
+                let mut j = serde_json::to_value(&s)?;
+                j["ok"] = true.into();
+                report::push("volumes", j);
                 done.push(v.clone());
             }
             Err(e) => {
                 // The stream may be unusable now: stop here.
-                eprintln!("sparsebak: error: {e:#}");
+                fail(format!("{e:#}"));
                 return Ok(1);
             }
         }
@@ -297,7 +381,7 @@ pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool) -> Result<i32> {
         for v in &done {
             let sel = Selection::Keep(p.clone());
             if let Err(e) = prune_volume(&meta, &mut admin, v, &sel, false) {
-                eprintln!("sparsebak: error: autoprune of '{v}': {e:#}");
+                report::error(format!("autoprune of '{v}': {e:#}"));
                 failed += 1;
             }
         }

@@ -23,6 +23,9 @@ pub struct CheckReport {
     pub chunks_hashed: u64,
     pub problems: Vec<String>,
     pub unlisted: u64,
+    /// Chunks missing or damaged in the archive, by volume: the next
+    /// backup of each re-sends them (see `record_damage`).
+    pub damaged: std::collections::BTreeMap<String, Vec<(String, u64)>>,
 }
 
 impl CheckReport {
@@ -75,6 +78,12 @@ pub fn check(meta: &ArchiveMeta, client: &mut Client, volume: Option<&str>) -> R
     rep.chunks_hashed = remote.checked;
     let mut per: std::collections::HashMap<(&str, &str), usize> = Default::default();
     for f in &remote.findings {
+        if let (FindingKind::Missing | FindingKind::Corrupt, Some(a)) = (f.kind, f.addr) {
+            rep.damaged
+                .entry(f.volume.clone())
+                .or_default()
+                .push((f.session.clone(), a));
+        }
         let n = per.entry((&f.volume, &f.session)).or_default();
         *n += 1;
         if *n <= PER_SESSION {
@@ -190,6 +199,12 @@ fn compare_manifest(
     for p in found.listed {
         rep.add(p);
     }
+    if !found.addrs.is_empty() {
+        rep.damaged
+            .entry(volume.to_string())
+            .or_default()
+            .extend(found.addrs.into_iter().map(|a| (session.to_string(), a)));
+    }
     rep.unlisted = rep.unlisted.saturating_add(found.more);
     Ok(())
 }
@@ -200,6 +215,9 @@ fn compare_manifest(
 struct Found {
     listed: Vec<String>,
     more: u64,
+    /// Addresses whose archive entry is wrong or missing (bounded by
+    /// dom0's own manifest: only its addresses are kept).
+    addrs: Vec<u64>,
 }
 
 impl Found {
@@ -239,6 +257,7 @@ fn diff_manifests(
             (None, None) => return Ok(()),
             (Some(x), Some(y)) if x.addr == y.addr => {
                 if x != y {
+                    out.addrs.push(x.addr);
                     out.push(format!(
                         "{label}: chunk {:#x}: the archive's manifest entry differs from dom0's",
                         x.addr
@@ -248,6 +267,7 @@ fn diff_manifests(
                 theirs.next();
             }
             (Some(x), y) if y.is_none_or(|y| x.addr < y.addr) => {
+                out.addrs.push(x.addr);
                 out.push(format!(
                     "{label}: chunk {:#x}: in dom0's manifest, missing from the archive's",
                     x.addr
@@ -264,6 +284,23 @@ fn diff_manifests(
             (Some(_), None) => unreachable!("covered above"),
         }
     }
+}
+
+/// Records in dom0 what the check found missing or damaged, so the next
+/// backup of each volume re-sends it; returns what was recorded, by volume.
+pub fn record_damage(meta: &ArchiveMeta, rep: &CheckReport) -> Result<Vec<(String, usize)>> {
+    let mut out = Vec::new();
+    for (v, addrs) in &rep.damaged {
+        if protocol::names::validate_volume_name(v).is_err() {
+            continue; // an id dom0 does not know: nothing to re-send from
+        }
+        meta.record_damaged(v, addrs)?;
+        let total = meta.damaged(v)?.len();
+        if total > 0 {
+            out.push((v.clone(), total));
+        }
+    }
+    Ok(out)
 }
 
 /// The report as text, one problem a line, then a summary.
@@ -283,10 +320,10 @@ pub fn text(rep: &CheckReport) -> String {
     }
     let _ = writeln!(
         s,
-        "arch-check: {} volumes, {} sessions, {} chunks hashed: {}",
-        rep.volumes,
-        rep.sessions,
-        rep.chunks_hashed,
+        "arch-check: {}, {}, {} hashed: {}",
+        crate::units::count(rep.volumes as u64, "volume"),
+        crate::units::count(rep.sessions as u64, "session"),
+        crate::units::count(rep.chunks_hashed, "chunk"),
         if rep.problems.is_empty() && rep.unlisted == 0 {
             "no problems".to_string()
         } else {
@@ -302,7 +339,27 @@ pub fn run(ctx: &Ctx, volume: Option<&str>) -> Result<i32> {
     let mut client = ctx.connect(&dest, &meta, Operation::Admin)?;
     let rep = check(&meta, &mut client, volume)?;
     client.finish()?;
-    print!("{}", text(&rep));
+    crate::report::line(text(&rep).trim_end());
+    let recorded = record_damage(&meta, &rep)?;
+    for (v, n) in &recorded {
+        crate::report::line(format!(
+            "recorded {} of '{v}' as damaged: the next backup of '{v}' re-sends {}",
+            crate::units::count(*n as u64, "chunk"),
+            if *n == 1 { "it" } else { "them" }
+        ));
+    }
+    crate::report::set("volumes", rep.volumes);
+    crate::report::set("sessions", rep.sessions);
+    crate::report::set("chunks_hashed", rep.chunks_hashed);
+    crate::report::set("problems", &rep.problems);
+    crate::report::set("unlisted_problems", rep.unlisted);
+    crate::report::set(
+        "damaged",
+        recorded
+            .iter()
+            .map(|(v, n)| serde_json::json!({"volume": v, "chunks": n}))
+            .collect::<Vec<_>>(),
+    );
     Ok(if rep.problems.is_empty() && rep.unlisted == 0 {
         0
     } else {

@@ -5,7 +5,7 @@
 
 use crate::context::Ctx;
 use crate::meta::ArchiveMeta;
-use crate::pipeline::{self, compare_jobs, Outcome, Settings};
+use crate::pipeline::{self, view_jobs, Look, Outcome, Settings};
 use crate::progress::Progress;
 use anyhow::{bail, Result};
 use protocol::message::Compression;
@@ -33,7 +33,7 @@ pub fn diff(
     };
     let cs = meta.params.chunk_size as u64;
     let view = meta.view(volume, &sessions)?;
-    let jobs = compare_jobs(view, live_size, cs, |_| true);
+    let jobs = view_jobs(view, live_size, cs, |_| Look::Read, Default::default());
     let settings = Settings {
         chunk_size: cs as u32,
         // Hashing is all a comparison needs.
@@ -84,20 +84,36 @@ pub fn run(ctx: &Ctx, volume: &str) -> Result<i32> {
     let (file, size) = ctx.source(&meta)?.open_live(volume)?;
     let r = diff(&meta, volume, &file, size, ctx.workers())?;
     let cs = meta.params.chunk_size as u64;
-    for (a, b) in ranges(&r.changed, cs).iter().take(100) {
-        println!("changed {a:#x}-{:#x}", b.min(&r.live_size));
+    let rs = ranges(&r.changed, cs);
+    for (a, b) in rs.iter().take(100) {
+        crate::report::line(format!("changed {a:#x}-{:#x}", b.min(&r.live_size)));
+    }
+    if rs.len() > 100 {
+        crate::report::line(format!("... and {} more ranges", rs.len() - 100));
     }
     if r.live_size != r.session_size {
-        println!(
+        crate::report::line(format!(
             "size: {} in session {}, {} now",
             r.session_size, r.session, r.live_size
-        );
+        ));
     }
-    println!(
-        "diff {volume}: {} of {} chunks differ from session {}",
+    crate::report::line(format!(
+        "diff {volume}: {} of {} differ from session {}",
         r.changed.len(),
-        r.chunks,
+        crate::units::count(r.chunks, "chunk"),
         r.session
+    ));
+    crate::report::set("volume", volume);
+    crate::report::set("session", &r.session);
+    crate::report::set("session_size", r.session_size);
+    crate::report::set("live_size", r.live_size);
+    crate::report::set("chunks", r.chunks);
+    crate::report::set("changed_chunks", r.changed.len());
+    crate::report::set(
+        "changed_ranges",
+        rs.iter()
+            .map(|(a, b)| [*a, (*b).min(r.live_size)])
+            .collect::<Vec<_>>(),
     );
     Ok(if r.changed.is_empty() && r.live_size == r.session_size {
         0

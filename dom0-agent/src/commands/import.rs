@@ -96,26 +96,39 @@ pub fn run(ctx: &Ctx, key_file: Option<&Path>) -> Result<i32> {
         .unwrap_or_default();
     swap_in(&store, &staged, &root)?;
     for r in &report {
-        eprintln!("sparsebak: warning: {r}");
+        crate::report::warn(r);
     }
     for d in &differences {
-        println!("changed: {d}");
+        crate::report::line(format!("changed: {d}"));
     }
+    crate::report::set("changed", &differences);
     let sessions: usize = root.volumes.iter().map(|v| v.sessions.len()).sum();
-    println!(
-        "imported archive {} from {dest}: {} volumes, {sessions} sessions, root generation {}, all authenticated",
+    crate::report::line(format!(
+        "imported archive {} from {dest}: {}, {}, root generation {}, all authenticated",
         params.id.to_hex(),
-        root.volumes.len(),
+        crate::units::count(root.volumes.len() as u64, "volume"),
+        crate::units::count(sessions as u64, "session"),
         root.generation
-    );
+    ));
+    crate::report::set("archive", params.id.to_hex());
+    crate::report::set("dest", dest.to_string());
+    crate::report::set("volumes", root.volumes.len());
+    crate::report::set("sessions", sessions);
+    crate::report::set("generation", root.generation);
     match root.newest() {
-        Some((v, s)) => println!(
-            "newest session: {} of '{}', taken {} (if you expected a later one, the archive may have been rolled back)",
-            s.name,
-            v.name,
-            crate::timefmt::format_local(s.time)
-        ),
-        None => println!("the archive holds no sessions yet"),
+        Some((v, s)) => {
+            crate::report::line(format!(
+                "newest session: {} of '{}', taken {} (if you expected a later one, the archive may have been rolled back)",
+                s.name,
+                v.name,
+                crate::timefmt::format_local(s.time)
+            ));
+            crate::report::set(
+                "newest",
+                serde_json::json!({"volume": v.name, "session": s.name, "time": s.time}),
+            );
+        }
+        None => crate::report::line("the archive holds no sessions yet"),
     }
     Ok(0)
 }
@@ -230,6 +243,9 @@ fn stage(
     client.set_ids(&meta);
     for v in &root.volumes {
         meta.set_volume_id(&v.name, v.volume_id())?;
+        if v.mode != 0 {
+            meta.set_volume_mode(&v.name, v.mode)?;
+        }
         for (s, info) in v.sessions.iter().zip(v.session_infos()) {
             let sdir = meta.session_dir(&v.name, &s.name)?;
             fs::create_dir_all(&sdir)

@@ -19,7 +19,13 @@ use protocol::keys::{KeyFile, MasterKey, WrappedKey, DEFAULT_KDF};
 use protocol::message::{ArchiveId, ArchiveParams};
 use protocol::root::Root;
 
-pub fn run(ctx: &Ctx, chunk_size: &str, compression: &str, encrypt: bool) -> Result<i32> {
+pub fn run(
+    ctx: &Ctx,
+    chunk_size: &str,
+    compression: &str,
+    encrypt: bool,
+    mkdir: bool,
+) -> Result<i32> {
     let dest = ctx.dest()?;
     let cs = parse_size(chunk_size)?;
     let cs = u32::try_from(cs).ok().context("chunk size too large")?;
@@ -32,6 +38,18 @@ pub fn run(ctx: &Ctx, chunk_size: &str, compression: &str, encrypt: bool) -> Res
             m.rec.id,
             ctx.meta_dir.display()
         );
+    }
+    // Checked before the passphrase is asked for (the receiver checks
+    // again, for every kind of destination).
+    if let crate::transport::dest::Dest::File(dir) = &dest {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !mkdir && !parent.is_dir() {
+                bail!(
+                    "the archive's parent directory '{}' does not exist (is the backup disk mounted?); create it, or give --mkdir",
+                    parent.display()
+                );
+            }
+        }
     }
     let pass = passphrase::read(
         ctx.passphrase_file.as_deref(),
@@ -68,7 +86,12 @@ pub fn run(ctx: &Ctx, chunk_size: &str, compression: &str, encrypt: bool) -> Res
         volumes: Vec::new(),
     };
     let mut client = Client::connect_new(&dest, &ctx.reach)?;
-    client.init(params, wrapped.encode(), catalog::seal(&root, &keys)?)?;
+    client.init(
+        params,
+        wrapped.encode(),
+        catalog::seal(&root, &keys)?,
+        mkdir,
+    )?;
     client.finish()?;
     let meta = store.create(
         ArchiveRecord {
@@ -83,7 +106,7 @@ pub fn run(ctx: &Ctx, chunk_size: &str, compression: &str, encrypt: bool) -> Res
         &key,
     )?;
     meta.set_generation(1)?;
-    println!(
+    crate::report::line(format!(
         "created archive {} at {dest} (chunk size {}, {compression}, {})",
         id.to_hex(),
         units::human(cs as u64),
@@ -92,6 +115,11 @@ pub fn run(ctx: &Ctx, chunk_size: &str, compression: &str, encrypt: bool) -> Res
         } else {
             "not encrypted, authenticated"
         }
-    );
+    ));
+    crate::report::set("archive", id.to_hex());
+    crate::report::set("dest", dest.canonical());
+    crate::report::set("chunk_size", cs);
+    crate::report::set("compression", compression.to_string());
+    crate::report::set("encrypted", encrypt);
     Ok(0)
 }

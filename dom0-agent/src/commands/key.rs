@@ -21,11 +21,13 @@ pub fn export(ctx: &Ctx, file: &Path) -> Result<i32> {
     }
     sysio::atomic::write_atomic_mode(file, key.encode().as_bytes(), 0o600)
         .with_context(|| format!("unable to write '{}'", file.display()))?;
-    println!(
+    crate::report::line(format!(
         "wrote the key of archive {} to '{}': anyone holding it can read the archive; keep it offline",
         meta.rec.id,
         file.display()
-    );
+    ));
+    crate::report::set("archive", &meta.rec.id);
+    crate::report::set("file", file);
     Ok(0)
 }
 
@@ -49,8 +51,9 @@ pub fn passwd(ctx: &Ctx) -> Result<i32> {
     )?;
     client.put_blob(Blob::Key, &w.encode())?;
     client.finish()?;
-    println!(
+    crate::report::line(format!(
         "the archive at {dest} now opens with the new passphrase (the old one no longer does)"
-    );
+    ));
+    crate::report::set("archive", &meta.rec.id);
     Ok(0)
 }

@@ -1,71 +1,205 @@
-//! `list`: dom0's record of the archive (the sessions it can verify).
+//! `list`: per volume, what dom0's records hold (the sessions it can
+//! verify) and, unless `--offline`, what the archive holds, and where the
+//! two disagree. An archive out of reach is an error that says so: dom0's
+//! records alone could describe an archive that is no longer there.
 
+use crate::client::{at_most, Client};
 use crate::context::Ctx;
 use crate::meta::ArchiveMeta;
-use crate::units::human;
-use anyhow::Result;
-use protocol::message::SessionInfo;
+use crate::report;
+use crate::units::{count, human};
+use anyhow::{Context, Result};
+use protocol::message::{Operation, SessionInfo};
+use serde::Serialize;
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
-pub fn volumes_and_sessions(
+#[derive(Serialize)]
+pub struct SessionRow {
+    pub name: String,
+    /// Seconds since the epoch.
+    pub time: u64,
+    pub volume_size: u64,
+    pub chunks: u64,
+    pub zero_chunks: u64,
+    pub stored_bytes: u64,
+    pub prev: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct VolumeRow {
+    pub name: String,
+    /// dom0's sessions, oldest first.
+    pub sessions: Vec<SessionRow>,
+    /// The archive's session names (None with --offline).
+    pub archive_sessions: Option<Vec<String>>,
+    /// Where dom0 and the archive disagree (empty with --offline).
+    pub disagreements: Vec<String>,
+    /// Chunks recorded as damaged in the archive, re-sent by the next backup.
+    pub damaged_chunks: usize,
+}
+
+#[derive(Serialize)]
+pub struct Listing {
+    pub archive: String,
+    pub dest: String,
+    pub chunk_size: u32,
+    pub compression: String,
+    pub encrypted: bool,
+    /// The archive was asked (false: `--offline`, dom0's records only).
+    pub online: bool,
+    /// The configured set (`add`), what `backup` takes with no names.
+    pub configured: Vec<String>,
+    /// Configured volumes the source lacks (None: no `--local` given).
+    pub missing: Option<Vec<String>>,
+    pub volumes: Vec<VolumeRow>,
+    /// Volumes the archive has and dom0 has no record of (`id:HEX`).
+    pub unknown_to_dom0: Vec<String>,
+}
+
+fn row(x: SessionInfo) -> SessionRow {
+    SessionRow {
+        name: x.name,
+        time: x.time,
+        volume_size: x.volume_size,
+        chunks: x.chunks,
+        zero_chunks: x.zero_chunks,
+        stored_bytes: x.stored_bytes,
+        prev: x.prev,
+    }
+}
+
+/// dom0's records, and with a client the archive's listing compared.
+pub fn build(
     meta: &ArchiveMeta,
     volume: Option<&str>,
-) -> Result<Vec<(String, Vec<SessionInfo>)>> {
-    let vols = match volume {
+    mut client: Option<&mut Client>,
+    missing: Option<Vec<String>>,
+) -> Result<Listing> {
+    let mut names: Vec<String> = match volume {
         Some(v) => vec![v.to_string()],
         None => {
             let mut v = meta.volumes()?;
             v.extend(meta.rec.volumes.iter().cloned());
-            v.sort();
-            v.dedup();
             v
         }
     };
-    vols.into_iter()
-        .map(|v| Ok((v.clone(), meta.sessions(&v)?)))
-        .collect()
+    let mut unknown = Vec::new();
+    if let (Some(c), None) = (client.as_deref_mut(), volume) {
+        let known: BTreeSet<String> = names.iter().cloned().collect();
+        for v in c.volumes(at_most(known.len()))? {
+            if v.starts_with("id:") {
+                unknown.push(v);
+            } else if !known.contains(&v) {
+                names.push(v);
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    let mut volumes = Vec::new();
+    for v in names {
+        let ours = meta.sessions(&v)?;
+        let mut disagreements = Vec::new();
+        let archive_sessions = match client.as_deref_mut() {
+            None => None,
+            Some(c) => {
+                let theirs: Vec<String> = c
+                    .sessions(&v, at_most(ours.len()))?
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect();
+                let t: BTreeSet<&str> = theirs.iter().map(String::as_str).collect();
+                let o: BTreeSet<&str> = ours.iter().map(|s| s.name.as_str()).collect();
+                for s in o.difference(&t) {
+                    disagreements.push(format!(
+                        "session {s} is in dom0's records but not in the archive"
+                    ));
+                }
+                for s in t.difference(&o) {
+                    disagreements.push(format!(
+                        "session {} is in the archive but not in dom0's records (cannot be verified)",
+                        protocol::names::display_safe(s)
+                    ));
+                }
+                Some(theirs)
+            }
+        };
+        volumes.push(VolumeRow {
+            damaged_chunks: meta.damaged(&v)?.len(),
+            name: v,
+            sessions: ours.into_iter().map(row).collect(),
+            archive_sessions,
+            disagreements,
+        });
+    }
+    Ok(Listing {
+        archive: meta.rec.id.clone(),
+        dest: meta.rec.dest.clone(),
+        chunk_size: meta.params.chunk_size,
+        compression: meta.params.compression.to_string(),
+        encrypted: meta.rec.encrypt,
+        online: client.is_some(),
+        configured: meta.rec.volumes.clone(),
+        missing,
+        volumes,
+        unknown_to_dom0: unknown,
+    })
 }
 
-/// The configured set, and which of it the source lacks (None: no source given).
-pub struct Configured<'a> {
-    pub volumes: &'a [String],
-    pub missing: Option<Vec<String>>,
-}
-
-pub fn text(meta: &ArchiveMeta, vols: &[(String, Vec<SessionInfo>)], cfg: &Configured) -> String {
+pub fn text(l: &Listing) -> String {
     let mut s = format!(
-        "archive {} at {} (chunk size {}, {})\n",
-        meta.rec.id,
-        meta.rec.dest,
-        human(meta.params.chunk_size as u64),
-        meta.params.compression
+        "archive {} at {} (chunk size {}, {}, {})\n",
+        l.archive,
+        l.dest,
+        human(l.chunk_size as u64),
+        l.compression,
+        if l.encrypted {
+            "encrypted"
+        } else {
+            "not encrypted"
+        }
     );
+    if !l.online {
+        let _ = writeln!(
+            s,
+            "OFFLINE: dom0's records only; the archive was not asked and may differ"
+        );
+    }
     let _ = writeln!(
         s,
         "configured: {}",
-        if cfg.volumes.is_empty() {
+        if l.configured.is_empty() {
             "(none)".to_string()
         } else {
-            cfg.volumes.join(" ")
+            l.configured.join(" ")
         }
     );
-    if let Some(missing) = &cfg.missing {
-        if !missing.is_empty() {
-            let _ = writeln!(
-                s,
-                "MISSING from the source (configured but not present): {}",
-                missing.join(" ")
-            );
-        }
+    if let Some(missing) = l.missing.as_ref().filter(|m| !m.is_empty()) {
+        let _ = writeln!(
+            s,
+            "MISSING from the source (configured but not present): {}",
+            missing.join(" ")
+        );
     }
-    for (v, sessions) in vols {
-        let mark = if cfg.missing.as_ref().is_some_and(|m| m.contains(v)) {
+    for v in &l.volumes {
+        let mark = if l.missing.as_ref().is_some_and(|m| m.contains(&v.name)) {
             " [missing]"
         } else {
             ""
         };
-        let _ = writeln!(s, "{v}{mark}: {} session(s)", sessions.len());
-        for x in sessions {
+        let archive = match &v.archive_sessions {
+            Some(_) if v.disagreements.is_empty() => ", all in the archive".to_string(),
+            Some(a) => format!(", the archive has {}", count(a.len() as u64, "session")),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "{}{mark}: {}{archive}",
+            v.name,
+            count(v.sessions.len() as u64, "session")
+        );
+        for x in &v.sessions {
             let _ = writeln!(
                 s,
                 "  {}  {}  size {:>10}  {:>7} chunks {:>6} zero  stored {}",
@@ -77,70 +211,30 @@ pub fn text(meta: &ArchiveMeta, vols: &[(String, Vec<SessionInfo>)], cfg: &Confi
                 human(x.stored_bytes)
             );
         }
-    }
-    s
-}
-
-fn js(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
+        for d in &v.disagreements {
+            let _ = writeln!(s, "  DISAGREE: {d}");
         }
-    }
-    o.push('"');
-    o
-}
-
-/// `{"archive": ID, "dest": URL, "chunk_size": N, "volumes": [{"name": V,
-/// "sessions": [{"name", "time", "volume_size", ...}, ...]}, ...]}`,
-/// sessions oldest first.
-pub fn json(meta: &ArchiveMeta, vols: &[(String, Vec<SessionInfo>)], cfg: &Configured) -> String {
-    let list = |v: &[String]| v.iter().map(|x| js(x)).collect::<Vec<_>>().join(",");
-    let mut s = format!(
-        "{{\"archive\":{},\"dest\":{},\"chunk_size\":{},\"configured\":[{}],\"missing\":{},\"volumes\":[",
-        js(&meta.rec.id),
-        js(&meta.rec.dest),
-        meta.params.chunk_size,
-        list(cfg.volumes),
-        cfg.missing.as_ref().map_or("null".to_string(), |m| format!("[{}]", list(m)))
-    );
-    for (i, (v, sessions)) in vols.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        let _ = write!(s, "{{\"name\":{},\"sessions\":[", js(v));
-        for (k, x) in sessions.iter().enumerate() {
-            if k > 0 {
-                s.push(',');
-            }
-            let _ = write!(
+        if v.damaged_chunks > 0 {
+            let _ = writeln!(
                 s,
-                "{{\"name\":{},\"time\":{},\"volume_size\":{},\"chunks\":{},\"zero_chunks\":{},\"stored_bytes\":{},\"prev\":{}}}",
-                js(&x.name),
-                x.time,
-                x.volume_size,
-                x.chunks,
-                x.zero_chunks,
-                x.stored_bytes,
-                x.prev.as_deref().map_or("null".to_string(), js)
+                "  DAMAGED: {} in the archive; the next backup re-sends them",
+                count(v.damaged_chunks as u64, "chunk")
             );
         }
-        s.push_str("]}");
     }
-    s.push_str("]}");
+    for u in &l.unknown_to_dom0 {
+        let _ = writeln!(
+            s,
+            "{u}: in the archive, unknown to dom0 (arch-import names it if the archive's root does)"
+        );
+    }
     s
 }
 
-/// `sparsebak list`: dom0's records, as text or JSON.
-pub fn run(ctx: &Ctx, volume: Option<&str>, json_out: bool) -> Result<i32> {
-    let (_, meta) = ctx.archive()?;
-    let vols = volumes_and_sessions(&meta, volume)?;
+/// `sparsebak list`: disagreements are shown, not an error (`arch-check`
+/// is the command whose exit status judges the archive).
+pub fn run(ctx: &Ctx, volume: Option<&str>, offline: bool) -> Result<i32> {
+    let (dest, meta) = ctx.archive()?;
     let missing = match &ctx.local {
         Some(_) => {
             let src = ctx.source(&meta)?;
@@ -155,14 +249,24 @@ pub fn run(ctx: &Ctx, volume: Option<&str>, json_out: bool) -> Result<i32> {
         }
         None => None,
     };
-    let cfg = Configured {
-        volumes: &meta.rec.volumes,
-        missing,
-    };
-    if json_out {
-        println!("{}", json(&meta, &vols, &cfg));
+    let listing = if offline {
+        build(&meta, volume, None, missing)?
     } else {
-        print!("{}", text(&meta, &vols, &cfg));
+        let mut c = ctx
+            .connect(&dest, &meta, Operation::Restore)
+            .with_context(|| {
+                format!("the archive at {dest} is out of reach (`list --offline` shows dom0's records alone)")
+            })?;
+        let l = build(&meta, volume, Some(&mut c), missing)?;
+        c.finish()?;
+        l
+    };
+    report::line(text(&listing).trim_end());
+    for (k, v) in serde_json::to_value(&listing)?
+        .as_object()
+        .expect("a struct")
+    {
+        report::set(k, v);
     }
     Ok(0)
 }

@@ -26,11 +26,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             chunk_size,
             compression,
             encrypt,
-        } => init::run(&ctx, &chunk_size, &compression, encrypt == "on"),
+            mkdir,
+        } => init::run(&ctx, &chunk_size, &compression, encrypt == "on", mkdir),
         Cmd::ArchImport { key_file } => import::run(&ctx, key_file.as_deref()),
         Cmd::Key(KeyCmd::Export { file }) => key::export(&ctx, &file),
         Cmd::Key(KeyCmd::Passwd) => key::passwd(&ctx),
-        Cmd::Backup { volumes, autoprune } => backup::run(&ctx, volumes, autoprune),
+        Cmd::Backup {
+            volumes,
+            autoprune,
+            resend_all,
+        } => backup::run(&ctx, volumes, autoprune, resend_all),
         Cmd::Prune {
             volume,
             session,
@@ -50,8 +55,21 @@ pub fn run(cli: Cli) -> Result<i32> {
             save_to,
             to_lv,
             force,
-        } => restore::run(&ctx, &volume, session.as_deref(), save_to, to_lv, force),
-        Cmd::Verify { volume, session } => verify::run(&ctx, &volume, session.as_deref()),
-        Cmd::List { volume, json } => list::run(&ctx, volume.as_deref(), json),
+            salvage,
+        } => restore::run(
+            &ctx,
+            &volume,
+            session.as_deref(),
+            save_to,
+            to_lv,
+            force,
+            salvage,
+        ),
+        Cmd::Verify {
+            volume,
+            session,
+            all,
+        } => verify::run(&ctx, &volume, session.as_deref(), all),
+        Cmd::List { volume, offline } => list::run(&ctx, volume.as_deref(), offline),
     }
 }

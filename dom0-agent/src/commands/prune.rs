@@ -12,8 +12,10 @@ use crate::client::{at_most, Client};
 use crate::context::Ctx;
 use crate::meta::{ArchiveMeta, PruneIntent, NEW_MANIFEST};
 use crate::reconcile::{check_merged, settle_prune};
+use crate::report;
 use crate::retention::{self, Policy};
 use crate::timefmt::{local_offset, parse_local};
+use crate::units::count;
 use anyhow::{bail, Context, Result};
 use protocol::chunk::Codec;
 use protocol::manifest::ManifestWriter;
@@ -184,7 +186,11 @@ pub fn prune_volume(
     let t0 = std::time::Instant::now();
     for (i, s) in picked.iter().enumerate() {
         if dry_run {
-            println!("would prune {volume} {s}");
+            report::line(format!("would prune {volume} {s}"));
+            report::push(
+                "pruned",
+                serde_json::json!({"volume": volume, "session": s, "dry_run": true}),
+            );
             continue;
         }
         // One new root for the whole run, also when a prune fails midway.
@@ -197,23 +203,28 @@ pub fn prune_volume(
                 return Err(e);
             }
         };
-        println!(
+        report::line(format!(
             "pruned {volume} {s} ({}/{}): merged into {} (now {} data, {} zero chunks)",
             i + 1,
             picked.len(),
             info.name,
             info.chunks,
             info.zero_chunks
+        ));
+        report::push(
+            "pruned",
+            serde_json::json!({"volume": volume, "session": s, "merged_into": info.name,
+                "chunks": info.chunks, "zero_chunks": info.zero_chunks}),
         );
     }
     if !dry_run && !picked.is_empty() {
         crate::catalog::publish(meta, client)?;
-        println!(
-            "prune {volume}: {} sessions pruned, {} remain, {:.2} s",
-            picked.len(),
+        report::line(format!(
+            "prune {volume}: {} pruned, {} remain, {:.2} s",
+            count(picked.len() as u64, "session"),
             ours.len() - picked.len(),
             t0.elapsed().as_secs_f64()
-        );
+        ));
     }
     Ok(picked.len())
 }
@@ -244,7 +255,11 @@ pub fn run(
     let n = prune_volume(&meta, &mut client, volume, &sel, dry_run)?;
     client.finish()?;
     if n == 0 {
-        println!("prune {volume}: nothing to prune");
+        report::line(format!("prune {volume}: nothing to prune"));
     }
+    report::set("volume", volume);
+    report::set("dry_run", dry_run);
+    report::set("sessions_pruned", if dry_run { 0 } else { n });
+    report::set("remaining", meta.session_names(volume)?.len());
     Ok(0)
 }

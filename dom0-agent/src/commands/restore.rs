@@ -10,9 +10,10 @@ use crate::client::{Client, RestoreFrame};
 use crate::context::Ctx;
 use crate::meta::ArchiveMeta;
 use crate::progress::Progress;
+use crate::report;
 use crate::source::Source;
 use crate::target::{Out, Target};
-use crate::units::human;
+use crate::units::{count, human};
 use anyhow::{bail, Context, Result};
 use protocol::chunk::{Codec, Hash};
 use protocol::envelope::{OpenError, Opener, Place};
@@ -50,11 +51,16 @@ pub enum VerifyError {
         expected: u64,
         got: u64,
     },
-    #[error("volume '{volume}' session {session}: chunk at {addr:#x} is missing from the receiver's stream")]
+    #[error("volume '{volume}' session {session}: chunk at {addr:#x} is missing from the receiver's stream ({})", match next {
+        Some(n) => format!("it sent the chunk at {n:#x} in its place: the archive lacks this one or cannot read it"),
+        None => "the stream ended: the archive lacks it or cannot read it".to_string(),
+    })]
     MissingChunk {
         volume: String,
         session: String,
         addr: u64,
+        /// The address the receiver sent instead (None: the stream ended).
+        next: Option<u64>,
     },
     #[error("volume '{volume}' session {session}: the receiver sent chunks that session does not have (first at {addr:#x})")]
     ExtraChunk {
@@ -64,21 +70,54 @@ pub enum VerifyError {
     },
 }
 
+#[derive(serde::Serialize)]
 pub struct Summary {
     pub volume: String,
     pub session: String,
     pub volume_size: u64,
+    /// Chunks verified (and written).
     pub chunks: u64,
     pub bytes: u64,
+    /// With --salvage: chunks that failed, written as zeros.
+    pub bad_chunks: Vec<BadChunk>,
     pub seconds: f64,
 }
 
+/// A chunk a salvage restore could not verify.
+#[derive(serde::Serialize, Clone)]
+pub struct BadChunk {
+    pub addr: u64,
+    /// The session the chunk belongs to.
+    pub session: String,
+    pub error: String,
+}
+
+impl VerifyError {
+    /// The session and address of the chunk that failed (for
+    /// `ExtraChunk`, none of the session's: nothing to re-send).
+    pub fn chunk(&self) -> Option<(String, u64)> {
+        match self {
+            VerifyError::HashMismatch { session, addr, .. }
+            | VerifyError::BadChunk { session, addr, .. }
+            | VerifyError::MissingChunk { session, addr, .. } => Some((session.clone(), *addr)),
+            VerifyError::WrongChunk {
+                session, expected, ..
+            } => Some((session.clone(), *expected)),
+            VerifyError::ExtraChunk { .. } => None,
+        }
+    }
+}
+
+/// Reads a session back and checks every chunk (see the module doc).
+/// With `salvage`, a chunk that fails is recorded, left as zeros, and the
+/// rest goes on; the target is still put in place.
 pub fn restore(
     meta: &ArchiveMeta,
     client: &mut Client,
     volume: &str,
     session: Option<&str>,
     target: Target,
+    salvage: bool,
 ) -> Result<Summary> {
     let t0 = Instant::now();
     let sessions = meta.sessions(volume)?;
@@ -117,14 +156,30 @@ pub fn restore(
     let target = out.as_ref().map(|o| (o, Direct::reopen(o.file(), true)));
     let target = target.as_ref();
     let (work_tx, work_rx) = sync_channel::<Work>(workers * 2);
+    let bad: Mutex<Vec<BadChunk>> = Mutex::new(Vec::new());
+    // With --salvage the stream may end early or skip chunks: a frame read
+    // ahead of its place in the view waits here; `ended` holds the count
+    // of an early end.
+    let mut ended: Option<u64> = None;
+    let mut ahead: Option<(protocol::chunk::ChunkHeader, Vec<u8>)> = None;
+    let mut received = 0u64;
+    let good = std::sync::atomic::AtomicU64::new(0);
+    let good_bytes = std::sync::atomic::AtomicU64::new(0);
     let work_rx = Mutex::new(work_rx);
     let streamed: Result<()> = std::thread::scope(|scope| {
         let (pool_tx, pool_rx) = channel::<Vec<u8>>();
         let (err_tx, err_rx) = channel::<anyhow::Error>();
         let handles: Vec<_> = (0..workers)
             .map(|_| {
-                let (work_rx, pool_tx, err_tx, names) =
-                    (&work_rx, pool_tx.clone(), err_tx.clone(), &names);
+                let (work_rx, pool_tx, err_tx, names, bad, good, good_bytes) = (
+                    &work_rx,
+                    pool_tx.clone(),
+                    err_tx.clone(),
+                    &names,
+                    &bad,
+                    &good,
+                    &good_bytes,
+                );
                 let mut opener = Opener::new(meta.keys.clone());
                 scope.spawn(move || {
                     let mut plain = AlignedBuf::new(cs as usize);
@@ -144,8 +199,23 @@ pub fn restore(
                             Some((o, d)) => o.write_at(d, p, w.addr),
                             None => Ok(()),
                         });
+                        if r.is_ok() {
+                            good.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            good_bytes
+                                .fetch_add(w.raw_len as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
                         if let Err(e) = r {
-                            let _ = err_tx.send(e);
+                            match (salvage, e.downcast_ref::<VerifyError>()) {
+                                // Not written: the target holds zeros there.
+                                (true, Some(ve)) => bad.lock().expect("bad lock").push(BadChunk {
+                                    addr: w.addr,
+                                    session: names[w.session].to_string(),
+                                    error: ve.to_string(),
+                                }),
+                                _ => {
+                                    let _ = err_tx.send(e);
+                                }
+                            }
                         }
                         let _ = pool_tx.send(w.data);
                     }
@@ -164,37 +234,88 @@ pub fn restore(
                 }
                 let from = &chosen[idx].name;
                 let raw_len = (size - e.addr).min(cs) as usize;
-                let frame = client.restore_frame().with_context(|| {
-                    format!(
-                        "volume '{volume}': reading the restore stream at chunk {:#x}",
-                        e.addr
-                    )
-                })?;
-                let (h, data) = match frame {
-                    RestoreFrame::Chunk(h, data) => (h, data),
-                    RestoreFrame::End(_) => {
-                        return Err(VerifyError::MissingChunk {
-                            volume: volume.into(),
-                            session: from.clone(),
-                            addr: e.addr,
+                // In salvage mode a failure of this chunk is noted and the
+                // next one is looked at.
+                let note = |err: VerifyError| -> Result<()> {
+                    if !salvage {
+                        return Err(err.into());
+                    }
+                    bad.lock().expect("bad lock").push(BadChunk {
+                        addr: e.addr,
+                        session: from.clone(),
+                        error: err.to_string(),
+                    });
+                    Ok(())
+                };
+                let (h, buf) = match ahead.take() {
+                    Some(f) => f,
+                    None if ended.is_some() => (
+                        // Past an early end: every chunk left is missing.
+                        protocol::chunk::ChunkHeader {
+                            addr: u64::MAX,
+                            codec: Codec::Zero,
+                            raw_len: 0,
+                            hash: [0; 32],
+                        },
+                        Vec::new(),
+                    ),
+                    None => {
+                        let frame = client.restore_frame().with_context(|| {
+                            format!(
+                                "volume '{volume}': reading the restore stream at chunk {:#x}",
+                                e.addr
+                            )
+                        })?;
+                        match frame {
+                            RestoreFrame::Chunk(h, data) => {
+                                received += 1;
+                                let mut buf = pool_rx.try_recv().unwrap_or_default();
+                                buf.clear();
+                                buf.extend_from_slice(data);
+                                (h, buf)
+                            }
+                            RestoreFrame::End(n) => {
+                                ended = Some(n);
+                                note(VerifyError::MissingChunk {
+                                    volume: volume.into(),
+                                    session: from.clone(),
+                                    addr: e.addr,
+                                    next: None,
+                                })?;
+                                continue;
+                            }
                         }
-                        .into())
                     }
                 };
                 if h.addr != e.addr {
-                    return Err(VerifyError::WrongChunk {
-                        volume: volume.into(),
-                        session: from.clone(),
-                        expected: e.addr,
-                        got: h.addr,
+                    let err = if h.addr > e.addr {
+                        // The receiver left this one out (it could not
+                        // read it); the frame is for a later chunk.
+                        VerifyError::MissingChunk {
+                            volume: volume.into(),
+                            session: from.clone(),
+                            addr: e.addr,
+                            next: (h.addr != u64::MAX).then_some(h.addr),
+                        }
+                    } else {
+                        VerifyError::WrongChunk {
+                            volume: volume.into(),
+                            session: from.clone(),
+                            expected: e.addr,
+                            got: h.addr,
+                        }
+                    };
+                    if h.addr > e.addr && ended.is_none() {
+                        ahead = Some((h, buf));
+                    } else if salvage && h.addr < e.addr {
+                        // Out of order, or a duplicate: a hostile stream.
+                        return Err(err.into());
                     }
-                    .into());
+                    note(err)?;
+                    continue;
                 }
-                let mut buf = pool_rx.try_recv().unwrap_or_default();
-                buf.clear();
-                buf.extend_from_slice(data);
                 if h.codec != Codec::Sealed || h.raw_len as usize != raw_len {
-                    return Err(VerifyError::BadChunk {
+                    note(VerifyError::BadChunk {
                         volume: volume.into(),
                         session: from.clone(),
                         addr: e.addr,
@@ -202,8 +323,8 @@ pub fn restore(
                             "the receiver sent a {:?} record of {} bytes for a chunk of {raw_len}",
                             h.codec, h.raw_len
                         ),
-                    }
-                    .into());
+                    })?;
+                    continue;
                 }
                 let w = Work {
                     addr: e.addr,
@@ -234,32 +355,41 @@ pub fn restore(
     });
     streamed?;
     progress.finish();
-    match client
-        .restore_frame()
-        .with_context(|| format!("volume '{volume}': reading the end of the restore stream"))?
-    {
-        RestoreFrame::End(n) if n == chunks => {}
-        RestoreFrame::End(n) => {
-            bail!("volume '{volume}': the receiver claims {n} chunks, {chunks} were expected")
+    let extra = |addr| -> anyhow::Error {
+        VerifyError::ExtraChunk {
+            volume: volume.into(),
+            session: info.name.clone(),
+            addr,
         }
-        RestoreFrame::Chunk(h, _) => {
-            return Err(VerifyError::ExtraChunk {
-                volume: volume.into(),
-                session: info.name.clone(),
-                addr: h.addr,
-            }
-            .into())
-        }
+        .into()
+    };
+    let n = match (ended, ahead) {
+        (_, Some((h, _))) => return Err(extra(h.addr)),
+        (Some(n), None) => n,
+        (None, None) => match client
+            .restore_frame()
+            .with_context(|| format!("volume '{volume}': reading the end of the restore stream"))?
+        {
+            RestoreFrame::End(n) => n,
+            RestoreFrame::Chunk(h, _) => return Err(extra(h.addr)),
+        },
+    };
+    if n != received {
+        bail!("volume '{volume}': the receiver claims {n} chunks, it sent {received}");
     }
+    let mut bad = bad.into_inner().expect("bad lock");
+    bad.sort_by_key(|b| b.addr);
     if let Some(o) = out.take() {
         o.finish()?;
     }
+
     Ok(Summary {
         volume: volume.into(),
         session: info.name.clone(),
         volume_size: size,
-        chunks,
-        bytes,
+        chunks: good.into_inner(),
+        bytes: good_bytes.into_inner(),
+        bad_chunks: bad,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
@@ -311,29 +441,96 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: session {}: volume {}, {} chunks ({}) verified, {:.2} s",
+            "{}: session {}: volume {}, {} ({}) verified",
             self.volume,
             self.session,
             human(self.volume_size),
-            self.chunks,
+            count(self.chunks, "chunk"),
             human(self.bytes),
-            self.seconds
-        )
+        )?;
+        if !self.bad_chunks.is_empty() {
+            write!(
+                f,
+                ", {} FAILED (written as zeros)",
+                count(self.bad_chunks.len() as u64, "chunk")
+            )?;
+        }
+        write!(f, ", {:.2} s", self.seconds)
     }
 }
 
-/// Restore or verify: one restore connection, every chunk checked.
+/// Records what a restore or verify found damaged, so the next backup of
+/// the volume re-sends it; says so.
+fn record(meta: &ArchiveMeta, volume: &str, chunks: &[(String, u64)]) {
+    match meta.record_damaged(volume, chunks) {
+        Ok(0) => {}
+        Ok(n) => report::warn(format!(
+            "recorded {} of '{volume}' as damaged in the archive: the next backup of '{volume}' re-sends {}",
+            count(n as u64, "chunk"),
+            if n == 1 { "it" } else { "them" }
+        )),
+        Err(e) => report::warn(format!(
+            "unable to record the damaged chunks of '{volume}': {e:#}"
+        )),
+    }
+}
+
+/// Restore or verify: one restore connection, every chunk checked. A
+/// chunk that fails is recorded as damaged (see `backup`).
 pub fn read_back(
     ctx: &Ctx,
     volume: &str,
     session: Option<&str>,
     target: Target,
+    salvage: bool,
 ) -> Result<Summary> {
     let (dest, meta) = ctx.archive()?;
     let mut client = ctx.connect(&dest, &meta, Operation::Restore)?;
-    let s = restore(&meta, &mut client, volume, session, target)?;
+    let s = match restore(&meta, &mut client, volume, session, target, salvage) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<VerifyError>().and_then(VerifyError::chunk) {
+                record(&meta, volume, &[c]);
+            }
+            return Err(e);
+        }
+    };
     client.finish()?;
+    let bad: Vec<(String, u64)> = s
+        .bad_chunks
+        .iter()
+        .map(|b| (b.session.clone(), b.addr))
+        .collect();
+    record(&meta, volume, &bad);
     Ok(s)
+}
+
+/// The summary line and JSON fields of a restore or verify, and its exit
+/// status: 1 when chunks failed (--salvage), each listed.
+pub fn report_summary(verb: &str, s: &Summary, to: Option<&str>) -> i32 {
+    report::line(format!(
+        "{verb} {s}{}",
+        to.map_or(String::new(), |t| format!(" to {t}"))
+    ));
+    for b in &s.bad_chunks {
+        report::line(format!(
+            "  FAILED chunk {:#x} (session {}): {}",
+            b.addr, b.session, b.error
+        ));
+    }
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(s) {
+        for (k, v) in m {
+            report::set(&k, v);
+        }
+    }
+    if let Some(t) = to {
+        report::set("target", t);
+    }
+    if s.bad_chunks.is_empty() {
+        0
+    } else {
+        1
+    }
 }
 
 /// `sparsebak restore`: into a file (`--save-to`) or a thin LV.
@@ -344,6 +541,7 @@ pub fn run(
     save_to: Option<PathBuf>,
     to_lv: Option<String>,
     force: bool,
+    salvage: bool,
 ) -> Result<i32> {
     let (_, meta) = ctx.archive()?;
     let source = match (&save_to, &ctx.local) {
@@ -355,6 +553,8 @@ pub fn run(
             Target::File {
                 path: path.clone(),
                 force,
+                // Never more open than the image was; private if unknown.
+                mode: meta.volume_mode(volume)?.unwrap_or(0o600),
             },
             format!("'{}'", path.display()),
         ),
@@ -365,7 +565,6 @@ pub fn run(
         }
         _ => bail!("give --save-to PATH (or a thin pool as --local to restore into an LV)"),
     };
-    let s = read_back(ctx, volume, session, target)?;
-    println!("restored {s} to {label}");
-    Ok(0)
+    let s = read_back(ctx, volume, session, target, salvage)?;
+    Ok(report_summary("restored", &s, Some(&label)))
 }

@@ -4,6 +4,7 @@
 //! sides is completed by running it again.
 
 use crate::context::Ctx;
+use crate::report;
 use anyhow::{bail, Result};
 use protocol::message::Operation;
 use protocol::names::validate_volume_name;
@@ -23,20 +24,34 @@ pub fn add(ctx: &Ctx, volumes: &[String]) -> Result<i32> {
     }
     meta.rec.volumes.sort();
     meta.save()?;
-    println!("configured volumes: {}", meta.rec.volumes.join(" "));
+    report::line(format!(
+        "configured volumes: {}",
+        meta.rec.volumes.join(" ")
+    ));
+    report::set("configured", &meta.rec.volumes);
     Ok(0)
 }
 
 /// `remove`: out of the set, snapshots dropped; the sessions stay.
 pub fn remove(ctx: &Ctx, volume: &str) -> Result<i32> {
     let (_, mut meta) = ctx.archive()?;
-    if !meta.rec.volumes.iter().any(|v| v == volume) {
-        bail!("volume '{volume}' is not in the configured set");
+    validate_volume_name(volume)?;
+    let configured = meta.rec.volumes.iter().any(|v| v == volume);
+    // A volume backed up by name was never added, but has snapshots.
+    if !configured && !meta.volume_dir(volume)?.exists() {
+        bail!("volume '{volume}' is neither in the configured set nor backed up to this archive");
     }
     ctx.forget_snapshots(&meta, volume)?;
-    meta.rec.volumes.retain(|v| v != volume);
-    meta.save()?;
-    println!("removed '{volume}' from the configured set; its sessions stay in the archive");
+    if configured {
+        meta.rec.volumes.retain(|v| v != volume);
+        meta.save()?;
+        report::line(format!("removed '{volume}' from the configured set and dropped its snapshots; its sessions stay in the archive"));
+    } else {
+        report::line(format!("'{volume}' was not in the configured set; dropped its snapshots; its sessions stay in the archive"));
+    }
+    report::set("volume", volume);
+    report::set("was_configured", configured);
+    report::set("configured", &meta.rec.volumes);
     Ok(0)
 }
 
@@ -44,6 +59,20 @@ pub fn remove(ctx: &Ctx, volume: &str) -> Result<i32> {
 pub fn delete(ctx: &Ctx, volume: &str, force: bool) -> Result<i32> {
     let (dest, meta) = ctx.archive()?;
     validate_volume_name(volume)?;
+    // dom0's records are what names a volume (the archive knows ids only):
+    // a name they never had is an error, not a silent success.
+    if !meta.volume_dir(volume)?.exists() {
+        if meta.rec.volumes.iter().any(|v| v == volume) {
+            let mut meta = meta;
+            meta.rec.volumes.retain(|v| v != volume);
+            meta.save()?;
+            report::line(format!("volume '{volume}' was configured but never backed up: removed it from the configured set; nothing was in the archive"));
+            report::set("volume", volume);
+            report::set("sessions_deleted", 0);
+            return Ok(0);
+        }
+        bail!("no volume '{volume}' in the archive at {dest} (dom0's records name none by that name); nothing deleted");
+    }
     if !force {
         confirm(
             &format!(
@@ -53,6 +82,7 @@ pub fn delete(ctx: &Ctx, volume: &str, force: bool) -> Result<i32> {
             volume,
         )?;
     }
+    let sessions = meta.session_names(volume)?.len();
     let mut client = ctx.connect(&dest, &meta, Operation::Admin)?;
     // The root will name a volume the archive no longer has until it is
     // rewritten: say so first, in case this run is cut.
@@ -66,7 +96,12 @@ pub fn delete(ctx: &Ctx, volume: &str, force: bool) -> Result<i32> {
     let mut meta = meta;
     meta.rec.volumes.retain(|v| v != volume);
     meta.save()?;
-    println!("deleted volume '{volume}' from {dest} and from dom0's metadata");
+    report::line(format!(
+        "deleted volume '{volume}' ({}) from {dest} and from dom0's metadata",
+        crate::units::count(sessions as u64, "session")
+    ));
+    report::set("volume", volume);
+    report::set("sessions_deleted", sessions);
     Ok(0)
 }
 
@@ -91,7 +126,9 @@ pub fn rename(ctx: &Ctx, volume: &str, new_name: &str) -> Result<i32> {
         meta.rec.volumes.sort();
         meta.save()?;
     }
-    println!("renamed volume '{volume}' to '{new_name}'");
+    report::line(format!("renamed volume '{volume}' to '{new_name}'"));
+    report::set("volume", volume);
+    report::set("new_name", new_name);
     Ok(0)
 }
 

@@ -14,6 +14,7 @@ use nix::unistd::{lseek, Whence};
 use protocol::names::validate_volume_name;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub struct LocalDir {
@@ -38,11 +39,12 @@ impl LocalDir {
     }
 
     fn base_path(&self, volume: &str, session: &str) -> PathBuf {
-        self.snap_dir.join(format!("{volume}@{session}.snap"))
+        self.snap_dir
+            .join(format!("{}@{session}.snap", snap_stem(volume)))
     }
 
     fn new_path(&self, volume: &str) -> PathBuf {
-        self.snap_dir.join(format!("{volume}.new"))
+        self.snap_dir.join(format!("{}.new", snap_stem(volume)))
     }
 
     /// Freezes `volume` and works out which chunks to read, relative to
@@ -55,14 +57,29 @@ impl LocalDir {
         if !meta.is_file() {
             bail!("volume '{}' is not a regular file", live_path.display());
         }
-        fs::create_dir_all(&self.snap_dir)
-            .with_context(|| format!("unable to create '{}'", self.snap_dir.display()))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        // Snapshots are full copies of volumes their owners may have
+        // locked: both directories private, each snapshot no more open
+        // than its source (and never more than owner read-write).
+        for d in [
+            self.snap_dir.parent().expect("has a parent"),
+            &self.snap_dir,
+        ] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .with_context(|| format!("unable to create '{}'", d.display()))?;
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("unable to make '{}' private", d.display()))?;
+        }
         let new_path = self.new_path(volume);
         let _ = fs::remove_file(&new_path);
         let snap = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(mode & 0o600)
             .open(&new_path)
             .with_context(|| format!("unable to create snapshot '{}'", new_path.display()))?;
         match fiemap::reflink(&live, &snap) {
@@ -106,6 +123,7 @@ impl LocalDir {
                     size,
                     plan,
                     method,
+                    mode: Some(mode),
                 })
             }
             Err(
@@ -125,6 +143,7 @@ impl LocalDir {
                     size,
                     plan,
                     method: "plain file (no reflink): hash compare",
+                    mode: Some(mode),
                 })
             }
             Err(e) => {
@@ -145,7 +164,7 @@ impl LocalDir {
         let base = self.base_path(volume, session);
         fs::rename(&new_path, &base)
             .with_context(|| format!("unable to keep snapshot '{}'", base.display()))?;
-        let prefix = format!("{volume}@");
+        let prefix = format!("{}@", snap_stem(volume));
         for ent in fs::read_dir(&self.snap_dir)?.flatten() {
             let name = ent.file_name().to_string_lossy().into_owned();
             if name.starts_with(&prefix) && name.ends_with(".snap") && ent.path() != base {
@@ -159,7 +178,7 @@ impl LocalDir {
     /// Drops every snapshot of a volume.
     pub fn forget(&self, volume: &str) -> Result<()> {
         self.discard_new(volume);
-        let prefix = format!("{volume}@");
+        let prefix = format!("{}@", snap_stem(volume));
         if let Ok(rd) = fs::read_dir(&self.snap_dir) {
             for ent in rd.flatten() {
                 if ent.file_name().to_string_lossy().starts_with(&prefix) {
@@ -173,6 +192,17 @@ impl LocalDir {
     /// Drops an unfinished snapshot (the base stays for the next run).
     pub fn discard_new(&self, volume: &str) {
         let _ = fs::remove_file(self.new_path(volume));
+    }
+}
+
+/// The start of a volume's snapshot names: the volume's own name, or for
+/// names too long to take a suffix within a file name's 255 bytes, a
+/// digest of it (volume names may be 255 bytes long).
+fn snap_stem(volume: &str) -> String {
+    if volume.len() <= 200 {
+        volume.to_string()
+    } else {
+        format!("#{}", blake3::hash(volume.as_bytes()).to_hex())
     }
 }
 

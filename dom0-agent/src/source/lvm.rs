@@ -295,6 +295,7 @@ impl LvmPool {
             size,
             plan,
             method,
+            mode: None,
         })
     }
 

@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub plan: Plan,
     /// How the plan was made, for the summary line.
     pub method: &'static str,
+    /// The image file's permission bits (None for an LV), recorded so a
+    /// restore to a file is no more open than its source was.
+    pub mode: Option<u32>,
 }
 
 pub mod cmd;

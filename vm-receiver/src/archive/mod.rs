@@ -94,6 +94,7 @@ impl Archive {
         params: ArchiveParams,
         key: &[u8],
         root_rec: &[u8],
+        mkdir: bool,
     ) -> Result<Archive> {
         let params = params.validate()?;
         if Archive::open(root)?.is_some() {
@@ -101,6 +102,19 @@ impl Archive {
                 ErrorCode::ArchiveExists,
                 format!("an archive already exists at '{}'", root.display()),
             ));
+        }
+        // A missing parent is most often an unmounted disk: creating it
+        // would put the archive on the filesystem beneath the mount point.
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !mkdir && !parent.is_dir() {
+                return Err(Failure::new(
+                    ErrorCode::NoArchive,
+                    format!(
+                        "the archive's parent directory '{}' does not exist (is the backup disk mounted?); create it, or give arch-init --mkdir",
+                        parent.display()
+                    ),
+                ));
+            }
         }
         fs::create_dir_all(root.join(VOLUMES_DIR))
             .map_err(|e| Failure::io("create archive", root, e))?;

@@ -59,18 +59,22 @@ pub fn stream_view(
         items,
         protocol::envelope::max_stored(cs as usize),
         |(idx, e), path, data| {
-            let data = data.map_err(|err| match err {
-                ReadFailure::Open(err) => Failure::new(
-                    ErrorCode::Corrupt,
-                    format!(
-                        "volume '{volume}' session {}: chunk {:#x} unreadable at '{}': {err}",
-                        names[idx],
-                        e.addr,
-                        path.display()
-                    ),
-                ),
-                ReadFailure::Read(err) => Failure::io("read chunk", &path, err),
-            })?;
+            // A chunk that cannot be read or cannot be a chunk is left out
+            // of the stream, not the end of it: dom0 names what is missing
+            // and can still salvage the rest (`restore --salvage`).
+            let skip = |why: String| {
+                eprintln!(
+                    "sparsebak-receiver: volume '{volume}' session {}: chunk {:#x} left out of the restore stream: {why}",
+                    names[idx], e.addr
+                );
+            };
+            let data = match data {
+                Ok(d) => d,
+                Err(ReadFailure::Open(err)) | Err(ReadFailure::Read(err)) => {
+                    skip(format!("unreadable at '{}': {err}", path.display()));
+                    return Ok(());
+                }
+            };
             let raw_len = (target_size - e.addr).min(cs) as u32;
             let h = ChunkHeader {
                 addr: e.addr,
@@ -78,17 +82,10 @@ pub fn stream_view(
                 raw_len,
                 hash: e.hash,
             };
-            h.validate(archive.chunk_size(), data.len())
-                .map_err(|err| {
-                    Failure::new(
-                        ErrorCode::Corrupt,
-                        format!(
-                            "volume '{volume}' session {}: chunk file '{}': {err}",
-                            names[idx],
-                            path.display()
-                        ),
-                    )
-                })?;
+            if let Err(err) = h.validate(archive.chunk_size(), data.len()) {
+                skip(format!("chunk file '{}': {err}", path.display()));
+                return Ok(());
+            }
             send(&h, data)?;
             sent += 1;
             Ok(())

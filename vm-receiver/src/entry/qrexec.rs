@@ -51,9 +51,12 @@ pub fn archive_dir(
         None | Some("") => DEFAULT_ARCHIVE,
         Some(a) => validate_archive_name(a)?,
     };
-    let root = match (&cfg.archive_root, home) {
-        (Some(r), _) => r.clone(),
-        (None, Some(h)) => h.join("sparsebak"),
+    // The default root is made on first use; a configured one is often a
+    // mount point and is never created here (`Archive::init` then names it
+    // as a missing parent, unless dom0 asked for --mkdir).
+    let (root, default) = match (&cfg.archive_root, home) {
+        (Some(r), _) => (r.clone(), false),
+        (None, Some(h)) => (h.join("sparsebak"), true),
         (None, None) => {
             return Err(Failure::new(
                 ErrorCode::BadRequest,
@@ -67,7 +70,9 @@ pub fn archive_dir(
             format!("archive_root '{}' must be absolute", root.display()),
         ));
     }
-    std::fs::create_dir_all(&root).map_err(|e| Failure::io("create archive root", &root, e))?;
+    if default {
+        std::fs::create_dir_all(&root).map_err(|e| Failure::io("create archive root", &root, e))?;
+    }
     Ok(root.join(name))
 }
 
