@@ -8,8 +8,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-$ROOT/target/rpm}
 cd "$ROOT"
 version=$(awk -F'"' '/^version = / {print $2; exit}' Cargo.toml)
-[ -x target/release/sparsebak ] && [ -x target/release/sparsebak-receiver ] ||
-    cargo build -q --release -p sparsebak -p sparsebak-receiver
+[ -x target/release/sparsebak ] && [ -x target/release/sparsebak-receiver ] &&
+    [ -x target/release/sparsebak-docgen ] ||
+    cargo build -q --release -p sparsebak -p sparsebak-receiver -p sparsebak-docgen
 top=$(mktemp -d)
 trap 'rm -rf "$top"' EXIT
 src=$top/SOURCES
@@ -19,6 +20,9 @@ cp qubes-rpc/sparsebak.Backup qubes-rpc/sparsebak.Restore qubes-rpc/sparsebak.Ad
    qubes-rpc/sparsebak.SshRelay qubes-rpc/policy.d/30-sparsebak.policy \
    qubes-rpc/post-install.d/30-sparsebak-features.sh "$src/"
 tar -C qubes-rpc/rpc-config -cf "$src/rpc-config.tar" .
+# Man pages and completions, from the binaries' own clap definitions.
+target/release/sparsebak-docgen "$top/docs"
+tar -C "$top/docs" -cf "$src/docs.tar" .
 cp dom0-agent/sparsebak.toml.example vm-receiver/receiver.toml.example \
    dom0-agent/systemd/sparsebak-backup.service dom0-agent/systemd/sparsebak-backup.timer \
    README.md rpm/rpm-check.sh "$src/"

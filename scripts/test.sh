@@ -10,7 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_cargo
 need_pkgs mkfs.xfs xfsprogs mkfs.btrfs btrfs-progs thin_restore thin-provisioning-tools \
     strace strace mkfs.ext4 e2fsprogs /usr/sbin/sshd openssh-server ssh openssh-client \
-    rpmbuild rpm cpio cpio
+    rpmbuild rpm cpio cpio dpkg-deb dpkg-dev
 if ! command -v qemu-system-x86_64 >/dev/null; then
     # qemu-system-x86 and qemu-utils must come from the same release: a newer
     # preinstalled qemu-utils is brought to qemu-system-x86's version.

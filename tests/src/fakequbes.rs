@@ -7,9 +7,18 @@
 //!   `etc/sparsebak/receiver.toml`, and `home/user/`;
 //! - the service is looked up as qrexec does: `NAME+ARG` first, then `NAME`;
 //!   missing → exit status 127;
-//! - the argument is sanitized as qrexec does (anything outside
-//!   `[A-Za-z0-9_.-]` becomes `_`; a leading `-` is left alone);
-//! - the service runs with `QREXEC_REMOTE_DOMAIN=dom0`,
+//! - the caller is dom0, or with `SBK_FAKE_QUBES_CALLER=QUBE` another qube
+//!   (a management qube running `qvm-run`; `qrexec-client` exists only in
+//!   dom0). From dom0 the argument passes unchanged, as `qrexec-client -d`
+//!   passes it; from a qube it is sanitized as qrexec-daemon does
+//!   (anything outside `[A-Za-z0-9_.-]` becomes `_`; a leading `-` stays);
+//! - a call from a qube goes through policy as Qubes' does, with the rules
+//!   in the file `$SBK_FAKE_QUBES_POLICY` (first match wins, no match is a
+//!   deny): `qvm-run` there is an Admin API client, which first needs
+//!   `admin.vm.List` (for `@adminvm` and for the target) and
+//!   `admin.vm.CurrentState` of the target, then the service itself; a
+//!   refusal exits 126 with "Request refused", as `qrexec-client-vm` does;
+//! - the service runs with `QREXEC_REMOTE_DOMAIN` (the caller),
 //!   `QREXEC_SERVICE_ARGUMENT` (only when there is one),
 //!   `QREXEC_SERVICE_FULL_NAME`, `HOME=VM/home/user`, PATH with the qube's
 //!   programs (`$SBK_FAKE_QUBES_PATH`), and the qube's config paths;
@@ -113,10 +122,34 @@ pub fn call(tool: &str, vm: &str, service_and_arg: &str) -> ! {
         eprintln!("{tool}: domain '{vm}' does not exist");
         std::process::exit(1);
     }
+    let caller = std::env::var("SBK_FAKE_QUBES_CALLER").unwrap_or_else(|_| "dom0".into());
+    let from_qube = caller != "dom0";
     let (service, arg) = match service_and_arg.split_once('+') {
-        Some((s, a)) => (s.to_string(), Some(sanitize_arg(a))),
+        Some((s, a)) if from_qube => (s.to_string(), Some(sanitize_arg(a))),
+        Some((s, a)) => (s.to_string(), Some(a.to_string())),
         None => (service_and_arg.to_string(), None),
     };
+    if from_qube {
+        if tool != "qvm-run" {
+            die(tool, "runs only in dom0");
+        }
+        let file = std::env::var("SBK_FAKE_QUBES_POLICY")
+            .unwrap_or_else(|_| die(tool, "a call from a qube needs SBK_FAKE_QUBES_POLICY"));
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| die(tool, &format!("policy file {file}: {e}")));
+        let rules = parse_policy(&text);
+        for (svc, target) in [
+            ("admin.vm.List", "@adminvm"),
+            ("admin.vm.List", vm),
+            ("admin.vm.CurrentState", vm),
+            (service.as_str(), vm),
+        ] {
+            if evaluate(&rules, svc, &caller, target) != "allow" {
+                eprintln!("{tool}: Request refused ({svc} from {caller} to {target})");
+                std::process::exit(126);
+            }
+        }
+    }
     let full = match &arg {
         Some(a) => format!("{service}+{a}"),
         None => service.clone(),
@@ -138,7 +171,7 @@ pub fn call(tool: &str, vm: &str, service_and_arg: &str) -> ! {
         )
         .env("HOME", &home)
         .env("USER", "user")
-        .env("QREXEC_REMOTE_DOMAIN", "dom0")
+        .env("QREXEC_REMOTE_DOMAIN", &caller)
         .env("QREXEC_SERVICE_FULL_NAME", &full)
         .env(
             "SPARSEBAK_RECEIVER_CONFIG",
@@ -223,4 +256,86 @@ pub fn make_qube(qubes: &Path, vm: &str, with_package: bool) -> PathBuf {
         }
     }
     root
+}
+
+pub struct Rule {
+    pub service: String,
+    pub source: String,
+    pub target: String,
+    pub action: String,
+}
+
+/// Qubes policy v5 lines: service argument source target action [options].
+pub fn parse_policy(text: &str) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert!(f.len() >= 5, "line {}: too few fields: {line}", n + 1);
+        assert!(
+            f[0].chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                && f[0] != "*",
+            "line {}: service {}",
+            n + 1,
+            f[0]
+        );
+        assert!(
+            f[1] == "*" || f[1].starts_with('+'),
+            "line {}: argument {}",
+            n + 1,
+            f[1]
+        );
+        for tok in [f[2], f[3]] {
+            let ok = ["@anyvm", "@adminvm", "@dispvm", "@default"].contains(&tok)
+                || tok.starts_with("@tag:")
+                || tok.starts_with("@type:")
+                || tok.starts_with("@dispvm:")
+                || (tok.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                    && tok
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+            assert!(ok, "line {}: bad qube token {tok}", n + 1);
+        }
+        assert!(
+            ["allow", "deny", "ask"].contains(&f[4]),
+            "line {}: action {}",
+            n + 1,
+            f[4]
+        );
+        for opt in &f[5..] {
+            let (k, _) = opt.split_once('=').unwrap_or((opt, ""));
+            assert!(
+                ["target", "user", "default_target", "notify", "autostart"].contains(&k),
+                "line {}: option {opt}",
+                n + 1
+            );
+            assert!(
+                f[4] != "deny" || k == "notify",
+                "line {}: deny takes only notify",
+                n + 1
+            );
+        }
+        out.push(Rule {
+            service: f[0].into(),
+            source: f[2].into(),
+            target: f[3].into(),
+            action: f[4].into(),
+        });
+    }
+    out
+}
+
+/// First match wins; no match is a deny.
+pub fn evaluate(rules: &[Rule], service: &str, source: &str, target: &str) -> &'static str {
+    let m = |tok: &str, q: &str| tok == "@anyvm" || tok == q;
+    for r in rules {
+        if r.service == service && m(&r.source, source) && m(&r.target, target) {
+            return if r.action == "allow" { "allow" } else { "deny" };
+        }
+    }
+    "deny"
 }

@@ -3,13 +3,13 @@
 //! stand-ins the way Qubes runs them (see `sparsebak_tests::fakequbes`),
 //! and a check of the dom0 policy file.
 
-use sparsebak_tests::fakequbes::{make_qube, nobody, qvm_run, repo};
+use sparsebak_tests::fakequbes::{evaluate, make_qube, nobody, parse_policy, qvm_run, repo};
 use sparsebak_tests::{
     bin_dir, expect_success, require_root_and_loop, transport_round_trip, Setup,
 };
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 struct Q {
@@ -48,7 +48,14 @@ impl Q {
     }
 
     fn run(&self, dest: &str, args: &[&str]) -> Output {
+        self.run_env(dest, args, &[])
+    }
+
+    fn run_env(&self, dest: &str, args: &[&str], env: &[(&str, &Path)]) -> Output {
         let mut c = self.s.cmd(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
         // The last --dest wins.
         c.arg("--dest").arg(dest);
         c.env("PATH", &self.dom0_path)
@@ -137,11 +144,20 @@ fn missing_service_and_hostile_arguments() {
         let e = q.fails(bad, &["arch-init"]);
         assert!(e.contains("destination"), "{bad}: {e}");
     }
-    // Called directly with arguments qrexec would deliver (sanitized, or
-    // starting with '-'), the service refuses and writes nothing.
+    // Called directly from dom0, where qrexec passes the argument unchanged
+    // (`qrexec-client -d`; only calls from other qubes are sanitized), the
+    // service refuses anything that is not an archive name and writes
+    // nothing.
     let home = q.backup_qube.join("home/user");
-    // ("a/b" would arrive as "a_b": one harmless name inside the root.)
-    for arg in ["-rf", "../../etc", "..", ".hidden", "-", &"x".repeat(65)] {
+    for arg in [
+        "-rf",
+        "../../etc",
+        "..",
+        ".hidden",
+        "-",
+        "a/b",
+        &"x".repeat(65),
+    ] {
         let o = qvm_run(&q.qubes, "backup-qube", &format!("sparsebak.Admin+{arg}"))
             .stdin(std::process::Stdio::null())
             .output()
@@ -168,6 +184,76 @@ fn missing_service_and_hostile_arguments() {
         .output()
         .unwrap();
     assert!(!o.status.success());
+}
+
+/// From a management qube, `qvm-run` is an Admin API client: the policy
+/// file's documented lines (sparsebak services and the admin.* calls)
+/// are exactly what it needs, and the service argument arrives sanitized.
+#[test]
+fn a_management_qube_needs_the_documented_policy_lines() {
+    let q = Q::new("qubes-mgmt", true);
+    let shipped =
+        fs::read_to_string(repo().join("qubes-rpc/policy.d/30-sparsebak.policy")).unwrap();
+    let documented: Vec<String> = shipped
+        .lines()
+        .filter_map(|l| l.strip_prefix("##   "))
+        .filter(|l| l.starts_with("sparsebak.") || l.starts_with("admin."))
+        .map(|l| l.replace("mgmt-qube", "mgmt"))
+        .collect();
+    assert!(documented.len() >= 9, "{documented:?}");
+    let policy = q.s.dir.path().join("policy");
+    let write = |lines: &[String]| {
+        fs::write(&policy, format!("{}\n{shipped}", lines.join("\n"))).unwrap();
+    };
+    let caller = Path::new("mgmt");
+    let env = [
+        ("SBK_FAKE_QUBES_CALLER", caller),
+        ("SBK_FAKE_QUBES_POLICY", &policy),
+    ];
+    // The sparsebak lines alone are not enough: qvm-run first lists qubes.
+    let services: Vec<String> = documented
+        .iter()
+        .filter(|l| l.starts_with("sparsebak."))
+        .cloned()
+        .collect();
+    write(&services);
+    let o = q.run_env("qubes://backup-qube/m", &["arch-init"], &env);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("Request refused (admin.vm.List"),
+        "{e}"
+    );
+    // With every documented line, the whole round trip works.
+    write(&documented);
+    let ok = |args: &[&str]| {
+        expect_success(
+            q.run_env("qubes://backup-qube/m", args, &env),
+            &format!("{args:?} from mgmt"),
+        )
+    };
+    transport_round_trip(&q.s, &ok);
+    // A caller the lines do not name is refused the service itself.
+    let other = Path::new("work");
+    let o = q.run_env(
+        "qubes://backup-qube/m",
+        &["list"],
+        &[
+            ("SBK_FAKE_QUBES_CALLER", other),
+            ("SBK_FAKE_QUBES_POLICY", &policy),
+        ],
+    );
+    assert!(!o.status.success());
+    // From a qube, qrexec sanitizes the argument: "a/b" arrives as "a_b",
+    // a valid archive name (from dom0 it arrives unchanged and is refused,
+    // see missing_service_and_hostile_arguments).
+    let o = qvm_run(&q.qubes, "backup-qube", "sparsebak.Admin+a/b")
+        .env("SBK_FAKE_QUBES_CALLER", "mgmt")
+        .env("SBK_FAKE_QUBES_POLICY", &policy)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!e.contains("archive name"), "{e}");
 }
 
 #[test]
@@ -240,86 +326,4 @@ fn policy_file_is_well_formed_and_denies_other_qubes() {
         evaluate(&with_local, "sparsebak.Restore", "mgmt-qube", "work"),
         "deny"
     );
-}
-
-struct Rule {
-    service: String,
-    source: String,
-    target: String,
-    action: String,
-}
-
-/// Qubes policy v5 lines: service argument source target action [options].
-fn parse_policy(text: &str) -> Vec<Rule> {
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let f: Vec<&str> = line.split_whitespace().collect();
-        assert!(f.len() >= 5, "line {}: too few fields: {line}", n + 1);
-        assert!(
-            f[0].chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-                && f[0] != "*",
-            "line {}: service {}",
-            n + 1,
-            f[0]
-        );
-        assert!(
-            f[1] == "*" || f[1].starts_with('+'),
-            "line {}: argument {}",
-            n + 1,
-            f[1]
-        );
-        for tok in [f[2], f[3]] {
-            let ok = ["@anyvm", "@adminvm", "@dispvm", "@default"].contains(&tok)
-                || tok.starts_with("@tag:")
-                || tok.starts_with("@type:")
-                || tok.starts_with("@dispvm:")
-                || (tok.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                    && tok
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
-            assert!(ok, "line {}: bad qube token {tok}", n + 1);
-        }
-        assert!(
-            ["allow", "deny", "ask"].contains(&f[4]),
-            "line {}: action {}",
-            n + 1,
-            f[4]
-        );
-        for opt in &f[5..] {
-            let (k, _) = opt.split_once('=').unwrap_or((opt, ""));
-            assert!(
-                ["target", "user", "default_target", "notify", "autostart"].contains(&k),
-                "line {}: option {opt}",
-                n + 1
-            );
-            assert!(
-                f[4] != "deny" || k == "notify",
-                "line {}: deny takes only notify",
-                n + 1
-            );
-        }
-        out.push(Rule {
-            service: f[0].into(),
-            source: f[2].into(),
-            target: f[3].into(),
-            action: f[4].into(),
-        });
-    }
-    out
-}
-
-/// First match wins; no match is a deny.
-fn evaluate(rules: &[Rule], service: &str, source: &str, target: &str) -> &'static str {
-    let m = |tok: &str, q: &str| tok == "@anyvm" || tok == q;
-    for r in rules {
-        if r.service == service && m(&r.source, source) && m(&r.target, target) {
-            return if r.action == "allow" { "allow" } else { "deny" };
-        }
-    }
-    "deny"
 }

@@ -70,8 +70,68 @@ fn both_packages_build_offline_and_hold_exactly_their_files() {
     };
     let dom0 = find("sparsebak-dom0");
     let vm = find("sparsebak-vm");
+    // Man pages (one per command; rpm may compress them) and completions,
+    // checked apart from the rest.
+    let split = |all: Vec<String>, bin: &str| -> Vec<String> {
+        let (pages, rest): (Vec<String>, Vec<String>) = all
+            .into_iter()
+            .partition(|f| f.starts_with("/usr/share/man/man1/"));
+        for cmd in ["", "-backup", "-restore", "-verify", "-list", "-key-export"] {
+            if bin == "sparsebak-receiver" && !cmd.is_empty() {
+                continue;
+            }
+            let want = format!("/usr/share/man/man1/{bin}{cmd}.1");
+            assert!(
+                pages
+                    .iter()
+                    .any(|p| p == &want || p == &format!("{want}.gz")),
+                "no {want}: {pages:?}"
+            );
+        }
+        assert!(pages
+            .iter()
+            .all(|p| p.starts_with(&format!("/usr/share/man/man1/{bin}"))));
+        if bin == "sparsebak" {
+            assert!(!pages.iter().any(|p| p.contains("receiver")), "{pages:?}");
+        }
+        let comp = [
+            format!("/usr/share/bash-completion/completions/{bin}"),
+            format!("/usr/share/fish/vendor_completions.d/{bin}.fish"),
+            format!("/usr/share/zsh/site-functions/_{bin}"),
+        ];
+        for c in &comp {
+            assert!(rest.contains(c), "no {c}: {rest:?}");
+        }
+        rest.into_iter().filter(|f| !comp.contains(f)).collect()
+    };
+    let requires = |rpm: &Path| -> String {
+        let o = Command::new("rpm")
+            .args(["-qp", "--requires", "--recommends"])
+            .arg(rpm)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let r = requires(&dom0);
+    for want in [
+        "lvm2",
+        "device-mapper-persistent-data",
+        "qubes-core-admin-client",
+    ] {
+        assert!(
+            r.lines().any(|l| l.trim() == want),
+            "dom0 package does not require {want}:\n{r}"
+        );
+    }
+    let r = requires(&vm);
+    for want in ["/bin/sh", "qubes-core-agent-qrexec", "openssh-clients"] {
+        assert!(
+            r.lines().any(|l| l.trim() == want),
+            "vm package does not require {want}:\n{r}"
+        );
+    }
     assert_eq!(
-        list(&dom0),
+        split(list(&dom0), "sparsebak"),
         [
             "/etc/qubes/policy.d/30-sparsebak.policy",
             "/etc/sparsebak",
@@ -85,7 +145,7 @@ fn both_packages_build_offline_and_hold_exactly_their_files() {
         ]
     );
     assert_eq!(
-        list(&vm),
+        split(list(&vm), "sparsebak-receiver"),
         [
             "/etc/qubes-rpc/sparsebak.Admin",
             "/etc/qubes-rpc/sparsebak.Backup",
