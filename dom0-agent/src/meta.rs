@@ -6,7 +6,9 @@
 //!
 //! Layout under the meta dir (0700; the key file 0600):
 //! `archives/ID/{archive.toml,key,generation}`,
-//! `archives/ID/volumes/VOL/id`, `archives/ID/volumes/VOL/SESSION/{manifest,mac,info.toml}`,
+//! `archives/ID/volumes/VOL/{id,mode,damaged}` (the image's permission
+//! bits; chunk addresses to re-send, see `backup.rs`),
+//! `archives/ID/volumes/VOL/SESSION/{manifest,mac,info.toml}`,
 //! and `archives/ID/volumes/VOL/.pending-SESSION/` while a session is being
 //! committed (see `backup.rs` for how a pending session is resolved).
 

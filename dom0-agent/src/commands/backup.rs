@@ -8,6 +8,10 @@
 //! receiver whether the pending session exists and either finishes or drops
 //! it (`crate::reconcile`), so dom0 and the archive never disagree about
 //! which sessions exist.
+//!
+//! Healing: chunks recorded as damaged in the archive (`meta::damaged`)
+//! join the delta as chunks sent whatever they hold; the record is cleared
+//! only after the commit, so a cut backup re-sends them next time.
 
 use super::prune::{prune_volume, Selection};
 use crate::client::Client;
@@ -176,6 +180,19 @@ impl Backup<'_> {
                     "volume '{volume}': the source gave a delta but there is no previous session"
                 ),
             };
+        report::detail(format!(
+            "{volume}: {}, {} to look at{}",
+            snap.method,
+            crate::units::count(total, "chunk"),
+            if healing > 0 {
+                format!(
+                    ", {} damaged in the archive to re-send",
+                    crate::units::count(healing, "chunk")
+                )
+            } else {
+                String::new()
+            }
+        ));
         let mut progress = Progress::new(volume, total);
         let (mut n_data, mut n_zero, mut read, mut sent, mut done) = (0u64, 0u64, 0u64, 0u64, 0u64);
         let settings = Settings {
