@@ -260,6 +260,27 @@ pub fn json_doc(stdout: &[u8]) -> serde_json::Value {
     serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// Runs a repository script (`bash SCRIPT ARGS…`) and returns its stdout
+/// and stderr together; panics with them if it failed.
+pub fn run_script(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let o = Command::new("bash")
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(script),
+        )
+        .args(args)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{script} failed:\n{log}");
+    log
+}
+
 /// The passphrase every test archive is made with.
 pub const PASSPHRASE: &str = "correct horse battery staple";
 

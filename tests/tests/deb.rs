@@ -4,7 +4,7 @@
 //! own receiver (extracted from the .deb) runs a real backup, restore,
 //! verify and recovery (deb/build.sh's check).
 
-use sparsebak_tests::TempDir;
+use sparsebak_tests::{run_script, TempDir};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -25,17 +25,7 @@ fn dpkg_deb(args: &[&str], deb: &std::path::Path) -> String {
 #[test]
 fn the_template_deb_builds_offline_holds_its_files_and_backs_up() {
     let out = TempDir::new("deb");
-    let o = Command::new("bash")
-        .arg(repo().join("deb/build.sh"))
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "deb/build.sh failed:\n{log}");
+    let log = run_script("deb/build.sh", &[out.path().as_os_str()]);
     assert!(
         log.contains("deb-check: backup, restore, verify and recovery OK"),
         "{log}"

@@ -3,7 +3,7 @@
 //! and verify with the packaged binary), and each package holds exactly
 //! the files it should, with the right modes, owners and config flags.
 
-use sparsebak_tests::TempDir;
+use sparsebak_tests::{run_script, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,17 +37,7 @@ fn list(rpm: &Path) -> Vec<String> {
 #[test]
 fn both_packages_build_offline_and_hold_exactly_their_files() {
     let out = TempDir::new("rpm");
-    let o = Command::new("bash")
-        .arg(repo().join("rpm/build.sh"))
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "rpm/build.sh failed:\n{log}");
+    let log = run_script("rpm/build.sh", &[out.path().as_os_str()]);
     assert_eq!(
         log.matches("rpm-check: backup, restore, verify and recovery OK")
             .count(),

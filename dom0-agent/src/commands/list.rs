@@ -15,22 +15,11 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 
 #[derive(Serialize)]
-pub struct SessionRow {
-    pub name: String,
-    /// Seconds since the epoch.
-    pub time: u64,
-    pub volume_size: u64,
-    pub chunks: u64,
-    pub zero_chunks: u64,
-    pub stored_bytes: u64,
-    pub prev: Option<String>,
-}
-
-#[derive(Serialize)]
 pub struct VolumeRow {
     pub name: String,
-    /// dom0's sessions, oldest first.
-    pub sessions: Vec<SessionRow>,
+    /// dom0's sessions, oldest first (as the protocol's `SessionInfo`:
+    /// name, time, volume_size, chunks, zero_chunks, stored_bytes, prev).
+    pub sessions: Vec<SessionInfo>,
     /// The archive's session names (None with --offline).
     pub archive_sessions: Option<Vec<String>>,
     /// Where dom0 and the archive disagree (empty with --offline).
@@ -55,18 +44,6 @@ pub struct Listing {
     pub volumes: Vec<VolumeRow>,
     /// Volumes the archive has and dom0 has no record of (`id:HEX`).
     pub unknown_to_dom0: Vec<String>,
-}
-
-fn row(x: SessionInfo) -> SessionRow {
-    SessionRow {
-        name: x.name,
-        time: x.time,
-        volume_size: x.volume_size,
-        chunks: x.chunks,
-        zero_chunks: x.zero_chunks,
-        stored_bytes: x.stored_bytes,
-        prev: x.prev,
-    }
 }
 
 /// dom0's records, and with a client the archive's listing compared.
@@ -128,7 +105,7 @@ pub fn build(
         volumes.push(VolumeRow {
             damaged_chunks: meta.damaged(&v)?.len(),
             name: v,
-            sessions: ours.into_iter().map(row).collect(),
+            sessions: ours,
             archive_sessions,
             disagreements,
         });
