@@ -7,14 +7,10 @@
 # config) plus its man page and completions. Then, like the RPM's %check,
 # it runs a real backup, restore, verify and recovery through the packaged
 # receiver (extracted from the .deb) and prints "deb-check: ... OK".
-set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OUT=${1:-$ROOT/target/deb}
-cd "$ROOT"
+OUT=$(realpath -m "${1:-$(dirname "${BASH_SOURCE[0]}")/../target/deb}")
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 version=$(awk -F'"' '/^version = / {print $2; exit}' Cargo.toml)
-[ -x target/release/sparsebak ] && [ -x target/release/sparsebak-receiver ] &&
-    [ -x target/release/sparsebak-docgen ] ||
-    cargo build -q --release -p sparsebak -p sparsebak-receiver -p sparsebak-docgen
+need_release_bins
 arch=$(dpkg --print-architecture)
 top=$(mktemp -d)
 trap 'rm -rf "$top"' EXIT

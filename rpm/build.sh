@@ -3,14 +3,10 @@
 #   bash rpm/build.sh [OUTDIR]   (default: target/rpm)
 # Needs rpmbuild (Debian/Fedora package `rpm`/`rpm-build`) and a release
 # build (`cargo build --release`; done here if missing).
-set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OUT=${1:-$ROOT/target/rpm}
-cd "$ROOT"
+OUT=$(realpath -m "${1:-$(dirname "${BASH_SOURCE[0]}")/../target/rpm}")
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 version=$(awk -F'"' '/^version = / {print $2; exit}' Cargo.toml)
-[ -x target/release/sparsebak ] && [ -x target/release/sparsebak-receiver ] &&
-    [ -x target/release/sparsebak-docgen ] ||
-    cargo build -q --release -p sparsebak -p sparsebak-receiver -p sparsebak-docgen
+need_release_bins
 top=$(mktemp -d)
 trap 'rm -rf "$top"' EXIT
 src=$top/SOURCES

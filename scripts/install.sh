@@ -6,14 +6,10 @@
 # DESTDIR=/some/root stages everything under that root instead (packaging,
 # and the test that checks this script). Builds the release binaries first
 # if they are missing; run as root for a real install.
-set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PREFIX=${1:-/usr/local}
 D=${DESTDIR:-}
-cd "$ROOT"
-[ -x target/release/sparsebak ] && [ -x target/release/sparsebak-receiver ] &&
-    [ -x target/release/sparsebak-docgen ] ||
-    cargo build -q --release -p sparsebak -p sparsebak-receiver -p sparsebak-docgen
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_release_bins
 docs=$(mktemp -d)
 trap 'rm -rf "$docs"' EXIT
 target/release/sparsebak-docgen "$docs"

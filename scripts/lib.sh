@@ -1,4 +1,5 @@
-# Shared setup for scripts/demo.sh and scripts/test.sh (sourced).
+# Shared setup for the scripts in scripts/, rpm/ and deb/ (sourced): strict
+# mode, ROOT, and the working directory at the repository root.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -22,6 +23,14 @@ need_pkgs() {
         as_root apt-get update -q >/dev/null
         as_root apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
     }
+}
+
+# The release binaries the packaging and install scripts ship (and docgen,
+# which writes their man pages and completions), built if missing.
+need_release_bins() {
+    [ -x target/release/sparsebak ] && [ -x target/release/sparsebak-receiver ] &&
+        [ -x target/release/sparsebak-docgen ] ||
+        cargo build -q --release -p sparsebak -p sparsebak-receiver -p sparsebak-docgen
 }
 
 need_cargo() {

@@ -246,27 +246,16 @@ pub fn is_zero(buf: &[u8]) -> bool {
     blocks.remainder().iter().all(|&b| b == 0)
 }
 
-/// Which chunks a session looks at, and what the source knows of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Look {
-    /// Not changed since the base: skipped.
-    Skip,
-    /// Read it (it holds data, or may).
-    Read,
-    /// A known hole: only matters if the view has data there.
-    Hole,
-}
-
-/// Jobs for a volume of `size`, each compared with `view` (the volume as
-/// of the previous session) by keyed id, so a chunk whose bytes did not
-/// change is never stored twice, whatever the source's delta said.
+/// Jobs comparing every chunk of a volume of `size` with `view` (the
+/// previous session): chunks that hold data (`has_data`) are read and
+/// compared by keyed id; the rest only matter if the view has data there.
 /// Chunks in `forced` (damaged in the archive) are re-read and re-sent
 /// whatever they hold.
 pub fn view_jobs(
     view: View,
     size: u64,
     cs: u64,
-    look: impl Fn(u64) -> Look + Send,
+    has_data: impl Fn(u64) -> bool + Send,
     forced: std::collections::BTreeSet<u64>,
 ) -> impl Iterator<Item = Result<Job>> + Send {
     let mut view = view.peekable();
@@ -301,11 +290,7 @@ pub fn view_jobs(
         if forced.contains(&addr) {
             return Some(Ok(job_at(i, true, Prev::Unknown)));
         }
-        let has_data = match look(i) {
-            Look::Skip => return None,
-            Look::Read => true,
-            Look::Hole => false,
-        };
+        let has_data = has_data(i);
         let prev_zero = matches!(prev, Prev::Absent | Prev::Entry(Codec::Zero, _));
         (has_data || !prev_zero).then(|| Ok(job_at(i, has_data, prev)))
     })

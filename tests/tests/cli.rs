@@ -59,9 +59,7 @@ fn nothing_is_readable_by_other_users() {
     // A reflink filesystem, so that snapshots are taken; a umask that
     // would make everything world-readable.
     let fs_ = LoopFs::new(FsKind::Xfs, 300);
-    let vols = fs_.mnt.join("vols");
-    fs::create_dir_all(&vols).unwrap();
-    let s = Setup::with_vols("modes", Some(&vols));
+    let s = Setup::with_vols("modes", Some(&fs_.mnt));
     let run = |args: &[&str]| {
         let mut c = s.cmd(args);
         // umask 022 for the agent and (through it) the receiver.
@@ -88,7 +86,7 @@ fn nothing_is_readable_by_other_users() {
     write_at(&v, 0, b"changed");
     run(&["backup", "locked.img"]);
     // Snapshots: private directories, files no more open than the source.
-    let snaps = vols.join(".sparsebak");
+    let snaps = fs_.mnt.join(".sparsebak");
     let mut found = Vec::new();
     modes_under(&snaps, &mut found);
     assert_eq!(mode(&snaps), 0o700);
@@ -232,9 +230,7 @@ fn a_copied_image_is_not_stored_twice() {
     // `cp same.img vols/img` rewrites every extent on a reflink
     // filesystem: the delta says everything changed; ids say nothing did.
     let fs_ = LoopFs::new(FsKind::Xfs, 300);
-    let vols = fs_.mnt.join("vols");
-    fs::create_dir_all(&vols).unwrap();
-    let s = Setup::with_vols("copied", Some(&vols));
+    let s = Setup::with_vols("copied", Some(&fs_.mnt));
     s.init("64K");
     let v = s.vol("img");
     let data = semi_compressible(&mut Rng::new(3), 32 * CS as usize);

@@ -17,7 +17,7 @@ use super::prune::{prune_volume, Selection};
 use crate::client::Client;
 use crate::context::Ctx;
 use crate::meta::ArchiveMeta;
-use crate::pipeline::{self, owned_iter, view_jobs, Job, Look, Outcome, Prev, Settings};
+use crate::pipeline::{self, owned_iter, view_jobs, Job, Outcome, Prev, Settings};
 use crate::progress::Progress;
 use crate::reconcile;
 use crate::report;
@@ -173,8 +173,8 @@ impl Backup<'_> {
                 }
                 (Plan::Full { data } | Plan::Compare { data }, _) => {
                     let view = self.meta.view(volume, &self.meta.sessions(volume)?)?;
-                    let look = move |i| if data.get(i) { Look::Read } else { Look::Hole };
-                    (Box::new(view_jobs(view, size, cs, look, forced)), chunks)
+                    let it = view_jobs(view, size, cs, move |i| data.get(i), forced);
+                    (Box::new(it), chunks)
                 }
                 (Plan::Changed { .. }, None) => bail!(
                     "volume '{volume}': the source gave a delta but there is no previous session"

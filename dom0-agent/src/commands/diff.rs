@@ -5,7 +5,7 @@
 
 use crate::context::Ctx;
 use crate::meta::ArchiveMeta;
-use crate::pipeline::{self, view_jobs, Look, Outcome, Settings};
+use crate::pipeline::{self, view_jobs, Outcome, Settings};
 use crate::progress::Progress;
 use anyhow::{bail, Result};
 use protocol::message::Compression;
@@ -33,7 +33,7 @@ pub fn diff(
     };
     let cs = meta.params.chunk_size as u64;
     let view = meta.view(volume, &sessions)?;
-    let jobs = view_jobs(view, live_size, cs, |_| Look::Read, Default::default());
+    let jobs = view_jobs(view, live_size, cs, |_| true, Default::default());
     let settings = Settings {
         chunk_size: cs as u32,
         // Hashing is all a comparison needs.
