@@ -224,7 +224,23 @@ pub enum Request {
         data: Vec<u8>,
         last: bool,
     },
+    /// Send chunks of one session by address (Restore): for random-access
+    /// reads of an opened session. `addrs` ascend strictly, at most
+    /// `MAX_READ_CHUNKS` of them. Answered with a chunk frame for each
+    /// chunk the session holds and the receiver can read, in that order
+    /// (`hash` all zero: dom0 checks against its own manifest), then
+    /// `Reply::StreamEnd` with their number.
+    ReadChunks {
+        volume: String,
+        session: String,
+        addrs: Vec<u64>,
+    },
 }
+
+/// Most addresses in one `ReadChunks` request: 64 chunks are 16 MiB at the
+/// default chunk size, enough for read-ahead, and bound what one request
+/// makes either side hold.
+pub const MAX_READ_CHUNKS: usize = 64;
 
 /// dom0's records that the receiver keeps for it without reading them.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +285,7 @@ impl Request {
             Request::ListSessions { .. } => "list-sessions",
             Request::GetBlob { .. } => "get-blob",
             Request::PutBlob { .. } => "put-blob",
+            Request::ReadChunks { .. } => "read-chunks",
         }
     }
 }
@@ -457,6 +474,12 @@ mod tests {
             message: "full".into(),
         });
         assert_eq!(decode_reply(&encode_reply(&e)).unwrap(), e);
+        let rc = Request::ReadChunks {
+            volume: "0123".into(),
+            session: "S_000000000001".into(),
+            addrs: vec![0, 1 << 18],
+        };
+        assert_eq!(decode_request(&encode_request(&rc)).unwrap(), rc);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use crate::archive::blob::{self, Upload};
 use crate::archive::session::SessionWriter;
-use crate::archive::{self, check, prune, restore, Archive};
+use crate::archive::{self, check, prune, read, restore, Archive};
 use crate::error::Failure;
 use protocol::message::{ErrorCode, Hello, HelloBody, Operation, Reply, Request};
 use protocol::stream::{FrameReader, FrameWriter, Incoming, Pace, StreamError};
@@ -235,6 +235,17 @@ pub fn serve<R: Read, W: Write>(
             }
             Request::Restore { volume, session } if op == Operation::Restore => {
                 let r = restore::stream_view(a, &volume, &session, |h, data| {
+                    wr.chunk(h, data)
+                        .map_err(|e| Failure::new(ErrorCode::Io, format!("sending chunk: {e}")))
+                });
+                reply_result(&mut wr, r.map(|chunks| Reply::StreamEnd { chunks }))?;
+            }
+            Request::ReadChunks {
+                volume,
+                session,
+                addrs,
+            } if op == Operation::Restore => {
+                let r = read::read_chunks(a, &volume, &session, &addrs, |h, data| {
                     wr.chunk(h, data)
                         .map_err(|e| Failure::new(ErrorCode::Io, format!("sending chunk: {e}")))
                 });

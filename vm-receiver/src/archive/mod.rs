@@ -6,6 +6,7 @@ pub mod chunk_reader;
 pub mod chunk_writer;
 pub mod fsutil;
 pub mod prune;
+pub mod read;
 pub mod restore;
 pub mod session;
 pub mod store;
