@@ -476,6 +476,47 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Chunks of one session by address (`addrs` ascending, at most
+    /// `MAX_READ_CHUNKS`): the frames the receiver sent, at most one per
+    /// address asked for. Which ones came, and whether each is the chunk
+    /// asked for, is the caller's to check against its manifest; a
+    /// receiver error, or more frames than asked, is an error here.
+    pub fn read_chunks(
+        &mut self,
+        volume: &str,
+        session: &str,
+        addrs: &[u64],
+    ) -> Result<Vec<(ChunkHeader, Vec<u8>)>> {
+        self.send(&Request::ReadChunks {
+            volume: self.need_rid(volume)?,
+            session: session.to_string(),
+            addrs: addrs.to_vec(),
+        })?;
+        let mut got = Vec::with_capacity(addrs.len());
+        loop {
+            match self.restore_frame()? {
+                RestoreFrame::Chunk(h, data) => {
+                    if got.len() == addrs.len() {
+                        bail!(
+                            "the receiver for {} sent more chunks than the {} asked for (volume '{volume}' session {session})",
+                            self.conn.label,
+                            addrs.len()
+                        );
+                    }
+                    got.push((h, data.to_vec()));
+                }
+                RestoreFrame::End(n) if n == got.len() as u64 => return Ok(got),
+                RestoreFrame::End(n) => bail!(
+                    "the receiver for {} claims {n} chunks, it sent {}",
+                    self.conn.label,
+                    got.len()
+                ),
+            }
+        }
+    }
+}
+
 /// The most entries of a listing dom0 accepts when it knows of `known`:
 /// one page more, for what the archive has and dom0 does not (reported,
 /// not refused), and no more: a hostile receiver cannot make dom0 hold an

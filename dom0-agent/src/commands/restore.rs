@@ -419,21 +419,35 @@ fn check_chunk<'a>(
         addr: w.addr,
         raw_len: w.raw_len as u32,
     };
-    opener.open(&w.data, &at, &w.hash, plain).map_err(|err| {
-        match err {
-            OpenError::Id => VerifyError::HashMismatch {
-                volume: volume.into(),
-                session: session.into(),
-                addr: w.addr,
-            },
-            detail => VerifyError::BadChunk {
-                volume: volume.into(),
-                session: session.into(),
-                addr: w.addr,
-                detail: detail.to_string(),
-            },
-        }
-        .into()
+    Ok(open_chunk(
+        opener, &at, &w.hash, &w.data, plain, volume, session,
+    )?)
+}
+
+/// Opens the envelope `data` of the chunk at `at`, whose keyed id dom0's
+/// manifest says is `hash`: its plain bytes, or the error that names
+/// volume, session and address. Every chunk dom0 reads back passes here.
+pub fn open_chunk<'a>(
+    opener: &mut Opener,
+    at: &Place,
+    hash: &Hash,
+    data: &[u8],
+    plain: &'a mut [u8],
+    volume: &str,
+    session: &str,
+) -> Result<&'a [u8], VerifyError> {
+    opener.open(data, at, hash, plain).map_err(|err| match err {
+        OpenError::Id => VerifyError::HashMismatch {
+            volume: volume.into(),
+            session: session.into(),
+            addr: at.addr,
+        },
+        detail => VerifyError::BadChunk {
+            volume: volume.into(),
+            session: session.into(),
+            addr: at.addr,
+            detail: detail.to_string(),
+        },
     })
 }
 
@@ -461,7 +475,7 @@ impl std::fmt::Display for Summary {
 
 /// Records what a restore or verify found damaged, so the next backup of
 /// the volume re-sends it; says so.
-fn record(meta: &ArchiveMeta, volume: &str, chunks: &[(String, u64)]) {
+pub fn record(meta: &ArchiveMeta, volume: &str, chunks: &[(String, u64)]) {
     match meta.record_damaged(volume, chunks) {
         Ok(0) => {}
         Ok(n) => report::warn(format!(
