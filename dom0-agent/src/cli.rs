@@ -199,6 +199,38 @@ pub enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Serve a session read-only as MOUNTPOINT/VOLUME, without restoring it.
+    ///
+    /// Each read fetches the chunks it needs from the archive and verifies them against dom0's manifests before returning a byte; a chunk that fails makes the read fail (EIO), never return unverified data. Zero chunks cost nothing. Attach it read-only as a block device with `losetup -r -f --show MOUNTPOINT/VOLUME`; on Qubes, give that device to a disposable qube (`qvm-block attach --ro`) so that its filesystem is parsed there, never in dom0. Runs in the background until `sparsebak close MOUNTPOINT`; the archive stays busy (no backup or prune of it) while a session is open.
+    Open {
+        /// The volume, by the name it was backed up under (see `list`).
+        volume: String,
+        /// An empty directory to mount on.
+        mountpoint: PathBuf,
+        /// Session name, as shown by `list` [default: the newest].
+        #[arg(long)]
+        session: Option<String>,
+        /// Memory for verified chunks, in MiB: repeated reads of them need no fetch.
+        #[arg(long, value_name = "MIB", default_value_t = 128)]
+        cache: u64,
+        /// Stay in the foreground until closed; Ctrl-C unmounts and exits.
+        #[arg(long)]
+        foreground: bool,
+        /// Where the background server writes its messages [default: META_DIR/open.log].
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        /// Internal: this is the background server `open` started.
+        #[arg(long, hide = true)]
+        serve: bool,
+    },
+    /// Unmount a session `open` served, and wait for its server to end.
+    Close {
+        /// The mount point given to `open`.
+        mountpoint: PathBuf,
+        /// Detach it even while in use (a loop device on it): it goes away when its last user does, and reads fail from then on.
+        #[arg(long)]
+        lazy: bool,
+    },
     /// Add volumes to the set `backup` takes when none are named.
     Add {
         /// Volumes to add: file names in --local DIR, or thin LVs in --local VG/POOL (they must exist there).

@@ -10,11 +10,13 @@
 //! `ssh` and LVM tools as usual.
 //!
 //! What is registered: a partial restore file (removed), the terminal's
-//! echo while a passphrase is asked for (restored), and notes on what an
+//! echo while a passphrase is asked for (restored), an opened session's
+//! mount (unmounted), and notes on what an
 //! interrupted run leaves for the next one to settle (printed).
 
 use nix::sys::signal::{SigSet, Signal};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 type Action = Box<dyn FnOnce() -> Option<String> + Send>;
@@ -22,6 +24,21 @@ type Action = Box<dyn FnOnce() -> Option<String> + Send>;
 struct State {
     next: u64,
     actions: Vec<(u64, Action)>,
+}
+
+/// Set once a signal arrived, before its actions run.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Work that an undo action itself ends (a mount's serving loop, which
+/// returns once the action unmounted) calls this before going on: if a
+/// signal is being handled, it waits for the exit that comes after the
+/// actions, instead of finishing as if nothing happened.
+pub fn hold_if_interrupted() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -80,6 +97,7 @@ pub fn install() {
     }
     std::thread::spawn(move || {
         let Ok(sig) = set.wait() else { return };
+        INTERRUPTED.store(true, Ordering::SeqCst);
         let actions = {
             let mut s = STATE.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut s.actions)

@@ -10,6 +10,7 @@
 //! and `target` (where restores write). Chunks are sealed and opened only
 //! by `protocol::envelope`.
 
+pub mod browse;
 pub mod catalog;
 pub mod chunkmap;
 pub mod cli;

@@ -9,6 +9,7 @@ pub mod import;
 pub mod init;
 pub mod key;
 pub mod list;
+pub mod open;
 pub mod prune;
 pub mod restore;
 pub mod verify;
@@ -71,5 +72,26 @@ pub fn run(cli: Cli) -> Result<i32> {
             all,
         } => verify::run(&ctx, &volume, session.as_deref(), all),
         Cmd::List { volume, offline } => list::run(&ctx, volume.as_deref(), offline),
+        Cmd::Open {
+            volume,
+            mountpoint,
+            session,
+            cache,
+            foreground,
+            log,
+            serve,
+        } => open::run(
+            &ctx,
+            open::OpenArgs {
+                volume,
+                session,
+                mountpoint,
+                cache_mib: cache,
+                foreground,
+                serve,
+                log,
+            },
+        ),
+        Cmd::Close { mountpoint, lazy } => open::close(&mountpoint, lazy),
     }
 }

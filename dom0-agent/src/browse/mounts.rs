@@ -1,0 +1,141 @@
+//! The mounts `open` made, found in `/proc/self/mountinfo` by their source
+//! name `sparsebak:PID` (PID: the process serving it), and their unmount.
+//! `close` acts only on such a mount, never on whatever else a path holds.
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::mount::{umount2, MntFlags};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The source name of a mount serving process `pid`.
+pub fn source_name(pid: u32) -> String {
+    format!("sparsebak:{pid}")
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct OpenMount {
+    pub mountpoint: PathBuf,
+    /// The process serving it.
+    pub pid: u32,
+}
+
+/// sparsebak's mounts in a mountinfo text.
+pub fn parse_mountinfo(text: &str) -> Vec<OpenMount> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(point), Some(fstype), Some(source)) =
+            (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
+        else {
+            continue;
+        };
+        if *fstype != "fuse" && !fstype.starts_with("fuse.") {
+            continue;
+        }
+        let Some(pid) = source
+            .strip_prefix("sparsebak:")
+            .and_then(|p| p.parse().ok())
+        else {
+            continue;
+        };
+        out.push(OpenMount {
+            mountpoint: PathBuf::from(unescape(point)),
+            pid,
+        });
+    }
+    out
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn list() -> Result<Vec<OpenMount>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// The sparsebak mount at `path`, if there is one.
+pub fn find(path: &Path) -> Result<Option<OpenMount>> {
+    let path = std::fs::canonicalize(path)
+        .with_context(|| format!("'{}' does not exist", path.display()))?;
+    Ok(list()?.into_iter().find(|m| m.mountpoint == path))
+}
+
+/// Unmounts `m`; with `lazy`, even while in use (the mount goes away once
+/// the last user does). Then waits (up to `wait`) for its server to exit,
+/// so that the archive it held is free when this returns.
+pub fn unmount(m: &OpenMount, lazy: bool, wait: Duration) -> Result<()> {
+    let flags = if lazy {
+        MntFlags::MNT_DETACH
+    } else {
+        MntFlags::empty()
+    };
+    match umount2(&m.mountpoint, flags) {
+        Ok(()) => {}
+        Err(Errno::EBUSY) => bail!(
+            "'{}' is in use (an open file, a mounted filesystem or a loop device on it): unmount and detach those first (losetup -d), or close --lazy",
+            m.mountpoint.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("unmounting '{}'", m.mountpoint.display()))
+        }
+    }
+    let t0 = Instant::now();
+    let proc_dir = PathBuf::from(format!("/proc/{}", m.pid));
+    while proc_dir.exists() && t0.elapsed() < wait && !lazy {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_only_sparsebak_fuse_mounts() {
+        let text = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+97 22 0:50 / /mnt/a\\040b rw,nosuid,nodev,relatime shared:60 - fuse sparsebak:1234 ro,user_id=0,group_id=0
+98 22 0:51 / /mnt/c rw,nosuid,nodev - fuse.sshfs host:/x rw
+99 22 0:52 / /mnt/d rw - ext4 sparsebak:77 rw
+100 22 0:53 / /mnt/e rw - fuse sparsebak:notapid rw
+";
+        assert_eq!(
+            parse_mountinfo(text),
+            vec![OpenMount {
+                mountpoint: PathBuf::from("/mnt/a b"),
+                pid: 1234
+            }]
+        );
+    }
+
+    #[test]
+    fn unescapes_octal() {
+        assert_eq!(unescape("/a\\040b\\134c\\011"), "/a b\\c\t");
+        assert_eq!(unescape("/x\\04"), "/x\\04");
+    }
+}

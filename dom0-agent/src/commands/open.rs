@@ -1,0 +1,407 @@
+//! `open` and `close`: a session served read-only as `MOUNTPOINT/VOLUME`
+//! without restoring it (see `crate::browse`).
+//!
+//! Order of events for `open`:
+//! 1. dom0's records give the session's view (which chunk is where, and
+//!    its keyed id); the receiver is connected (restore entry point) so
+//!    that a wrong destination fails before anything is mounted.
+//! 2. The FUSE mount is made, read-only, owned by the caller, mode 0400;
+//!    its source name `sparsebak:PID` lets `close` find it.
+//! 3. "Ready" is reported; reads are then served until the mount goes
+//!    away: `close` (or any umount), or a signal, which unmounts first.
+//!
+//! Without `--foreground`, `open` starts itself again in the background
+//! (`--serve`), waits for that process to report ready (or to fail) and
+//! returns, so that a script can go on to `losetup`. The background
+//! process then writes its messages (a failed read, the final counts) to
+//! the log file, not to the terminal it was started from.
+
+use crate::browse::fusefs::SessionFs;
+use crate::browse::image::{ChunkSource, ImageSpec, SessionImage, Stats};
+use crate::browse::mounts;
+use crate::client::Client;
+use crate::context::Ctx;
+use crate::meta::ArchiveMeta;
+use crate::report;
+use crate::transport::dest::Dest;
+use crate::transport::Reach;
+use crate::units::{count, human};
+use anyhow::{bail, Context, Result};
+use protocol::chunk::ChunkHeader;
+use protocol::message::Operation;
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub struct OpenArgs {
+    pub volume: String,
+    pub session: Option<String>,
+    pub mountpoint: PathBuf,
+    /// MiB of verified chunks kept in memory.
+    pub cache_mib: u64,
+    pub foreground: bool,
+    /// The background process `open` started (internal).
+    pub serve: bool,
+    pub log: Option<PathBuf>,
+}
+
+/// What `open` reports once the mount is ready.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+struct Ready {
+    volume: String,
+    session: String,
+    volume_size: u64,
+    mountpoint: PathBuf,
+    file: PathBuf,
+    pid: u32,
+    log: Option<PathBuf>,
+}
+
+pub fn run(ctx: &Ctx, a: OpenArgs) -> Result<i32> {
+    check_mountpoint(&a.mountpoint)?;
+    if !a.foreground && !a.serve {
+        return start_in_background(ctx, &a);
+    }
+    serve(ctx, &a)
+}
+
+fn check_mountpoint(p: &Path) -> Result<()> {
+    let md = std::fs::metadata(p)
+        .with_context(|| format!("mount point '{}' does not exist", p.display()))?;
+    if !md.is_dir() {
+        bail!("mount point '{}' is not a directory", p.display());
+    }
+    if let Some(m) = mounts::find(p)? {
+        bail!(
+            "'{}' already serves a session (process {}): sparsebak close '{}' first",
+            p.display(),
+            m.pid,
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs this same command again as a background server and waits until
+/// it says the mount is ready, or fails.
+fn start_in_background(ctx: &Ctx, a: &OpenArgs) -> Result<i32> {
+    let log = a
+        .log
+        .clone()
+        .unwrap_or_else(|| ctx.meta_dir.join("open.log"));
+    let exe = std::env::current_exe().context("finding the sparsebak binary")?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.push("--serve".into());
+    if a.log.is_none() {
+        args.push("--log".into());
+        args.push(log.clone().into());
+    }
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // Its own process group: Ctrl-C at the terminal that ran `open`
+        // must not take the mount down later.
+        .process_group(0)
+        .spawn()
+        .context("starting the background server")?;
+    let out = child.stdout.take().expect("piped stdout");
+    let mut ready: Option<Ready> = None;
+    let mut error: Option<String> = None;
+    // The server writes one line: its ready record, or (with --json) its
+    // error document; then its stdout closes.
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.context("reading from the background server")?;
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if let Some(r) = v.get("ready") {
+            ready = serde_json::from_value(r.clone()).ok();
+        } else if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            error = Some(e.to_string());
+        }
+    }
+    let Some(r) = ready else {
+        let status = child.wait().context("waiting for the background server")?;
+        bail!(
+            "{}",
+            error.unwrap_or_else(|| format!(
+                "the background server ended ({status}) before the mount was ready"
+            ))
+        );
+    };
+    report_ready(&r);
+    Ok(0)
+}
+
+fn report_ready(r: &Ready) {
+    report::set("volume", &r.volume);
+    report::set("session", &r.session);
+    report::set("volume_size", r.volume_size);
+    report::set("mountpoint", &r.mountpoint);
+    report::set("file", &r.file);
+    report::set("pid", r.pid);
+    report::set("log", &r.log);
+    report::line(format!(
+        "opened {} session {} ({}) read-only at {}",
+        r.volume,
+        r.session,
+        human(r.volume_size),
+        r.file.display()
+    ));
+    report::line(format!(
+        "  served by process {}{}; end it with: sparsebak close {}",
+        r.pid,
+        r.log
+            .as_ref()
+            .map_or(String::new(), |l| format!(" (messages in {})", l.display())),
+        r.mountpoint.display()
+    ));
+}
+
+/// The receiver as a chunk source: one connection, made again after a
+/// failure.
+struct Remote {
+    client: Option<Client>,
+    last_used: std::time::Instant,
+    volume: String,
+    dest: Dest,
+    reach: Reach,
+    meta: Arc<ArchiveMeta>,
+    accept_rollback: bool,
+}
+
+impl Remote {
+    fn connect(&self) -> Result<Client> {
+        let mut c = Client::connect(&self.dest, &self.reach, &self.meta, Operation::Restore)?;
+        crate::catalog::check_fresh(&self.meta, &mut c, self.accept_rollback, false)?;
+        Ok(c)
+    }
+}
+
+impl ChunkSource for Remote {
+    fn fetch(&mut self, session: &str, addrs: &[u64]) -> Result<Vec<(ChunkHeader, Vec<u8>)>> {
+        // A receiver gives up on a connection idle for its idle timeout
+        // (an hour by default): after a long pause, a failure is that,
+        // and one fresh connection is tried before any read fails.
+        let idle = self.last_used.elapsed() > Duration::from_secs(30);
+        self.last_used = std::time::Instant::now();
+        if self.client.is_none() {
+            self.client = Some(self.connect()?);
+        } else if idle {
+            let c = self.client.as_mut().expect("connected");
+            match c.read_chunks(&self.volume, session, addrs) {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    crate::report::detail(format!(
+                        "reconnecting after an idle connection failed: {e:#}"
+                    ));
+                    self.reset();
+                    self.client = Some(self.connect()?);
+                }
+            }
+        }
+        let c = self.client.as_mut().expect("connected");
+        c.read_chunks(&self.volume, session, addrs)
+    }
+
+    fn reset(&mut self) {
+        // Dropping the connection ends (and reaps) the receiver, waiting
+        // a few seconds for a stalled one before killing it: not on the
+        // read that already failed.
+        if let Some(c) = self.client.take() {
+            std::thread::spawn(move || drop(c));
+        }
+    }
+}
+
+fn serve(ctx: &Ctx, a: &OpenArgs) -> Result<i32> {
+    let (dest, meta) = ctx.archive()?;
+    let meta = Arc::new(meta);
+    let volume = a.volume.as_str();
+    let sessions = meta.sessions(volume)?;
+    if sessions.is_empty() {
+        bail!("volume '{volume}' has no sessions in this archive");
+    }
+    let upto = match &a.session {
+        None => sessions.len() - 1,
+        Some(s) => sessions
+            .iter()
+            .position(|x| &x.name == s)
+            .with_context(|| format!("volume '{volume}' has no session {s}"))?,
+    };
+    let chosen = &sessions[..=upto];
+    let info = &chosen[upto];
+    let vid = meta
+        .volume_id(volume)?
+        .with_context(|| format!("dom0 has no archive id for volume '{volume}'"))?;
+    let mut remote = Remote {
+        client: None,
+        last_used: std::time::Instant::now(),
+        volume: volume.to_string(),
+        dest,
+        reach: ctx.reach.clone(),
+        meta: meta.clone(),
+        accept_rollback: ctx.accept_rollback,
+    };
+    remote.client = Some(remote.connect()?);
+    let rec_meta = meta.clone();
+    let rec_volume = volume.to_string();
+    let image = SessionImage::new(
+        ImageSpec {
+            volume: volume.to_string(),
+            vid,
+            volume_size: info.volume_size,
+            chunk_size: meta.params.chunk_size as u64,
+            sessions: chosen.iter().map(|s| s.name.clone()).collect(),
+            keys: meta.keys.clone(),
+            cache_bytes: (a.cache_mib.saturating_mul(1 << 20)).min(usize::MAX as u64) as usize,
+        },
+        meta.view(volume, chosen)?,
+        Box::new(remote),
+        // A chunk that fails is damage, as in a restore: the next backup
+        // of the volume re-sends it if the newest view still uses it.
+        Box::new(move |e| {
+            if let Some(c) = e.chunk() {
+                let _ = rec_meta.record_damaged(&rec_volume, &[c]);
+            }
+        }),
+    )?;
+    let image = Arc::new(image);
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let time = UNIX_EPOCH + Duration::from_secs(info.time);
+    let fs = SessionFs::new(image.clone(), volume, (uid, gid), time, ctx.workers() + 2);
+    let pid = std::process::id();
+    let options = [
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName(mounts::source_name(pid)),
+        fuser::MountOption::Subtype("sparsebak".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoExec,
+        fuser::MountOption::DefaultPermissions,
+    ];
+    let mut session = fuser::Session::new(fs, &a.mountpoint, &options).with_context(|| {
+        format!(
+            "mounting at '{}' (FUSE: is /dev/fuse there, and are you root?)",
+            a.mountpoint.display()
+        )
+    })?;
+    let mountpoint = std::fs::canonicalize(&a.mountpoint)?;
+    let _unmount = {
+        let m = mounts::OpenMount {
+            mountpoint: mountpoint.clone(),
+            pid,
+        };
+        crate::interrupt::on_interrupt(move || {
+            Some(match mounts::unmount(&m, false, Duration::ZERO) {
+                Ok(()) => format!("unmounted '{}'", m.mountpoint.display()),
+                Err(_) => match mounts::unmount(&m, true, Duration::ZERO) {
+                    Ok(()) => format!(
+                        "'{}' was in use: detached it (reads of it now fail)",
+                        m.mountpoint.display()
+                    ),
+                    Err(e) => format!("unable to unmount '{}': {e:#}", m.mountpoint.display()),
+                },
+            })
+        })
+    };
+    let ready = Ready {
+        volume: volume.to_string(),
+        session: info.name.clone(),
+        volume_size: info.volume_size,
+        file: mountpoint.join(volume),
+        mountpoint,
+        pid,
+        log: if a.serve { a.log.clone() } else { None },
+    };
+    if a.serve {
+        hand_over(&ready, a.log.as_deref())?;
+    } else {
+        report_ready(&ready);
+    }
+    session
+        .run()
+        .with_context(|| format!("serving '{}'", ready.mountpoint.display()))?;
+    crate::interrupt::hold_if_interrupted();
+    drop(session);
+    let stats = image.stats();
+    report::set("stats", stats);
+    report::line(closed_line(&ready, &stats));
+    if a.serve {
+        eprintln!("sparsebak: {}", closed_line(&ready, &stats));
+    }
+    Ok(0)
+}
+
+fn closed_line(r: &Ready, s: &Stats) -> String {
+    format!(
+        "closed {} session {}: {}, {} verified, {} from the cache, {} failed",
+        r.volume,
+        r.session,
+        count(s.reads, "read"),
+        count(s.verified, "chunk"),
+        s.cache_hits,
+        count(s.failed_reads, "read"),
+    )
+}
+
+/// Tells the process that started this one that the mount is ready, then
+/// points stdout at /dev/null and stderr at the log, so that nothing it
+/// writes later lands on (or holds open) that process's terminal or pipes.
+fn hand_over(r: &Ready, log: Option<&Path>) -> Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    let log = log
+        .map(|l| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(l)
+                .with_context(|| format!("opening the log '{}'", l.display()))
+        })
+        .transpose()?;
+    let line = serde_json::json!({ "ready": r }).to_string();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|_| out.flush())?;
+    drop(out);
+    nix::unistd::dup2(null.as_raw_fd(), 1).context("redirecting stdout")?;
+    if let Some(f) = log {
+        nix::unistd::dup2(f.as_raw_fd(), 2).context("redirecting stderr")?;
+        eprintln!(
+            "sparsebak: process {} serves {} session {} at '{}'",
+            r.pid,
+            r.volume,
+            r.session,
+            r.file.display()
+        );
+    }
+    Ok(())
+}
+
+/// `close MOUNTPOINT`: unmounts a session `open` made, and waits for its
+/// server to end (so that the archive is free for the next backup).
+pub fn close(mountpoint: &Path, lazy: bool) -> Result<i32> {
+    let Some(m) = mounts::find(mountpoint)? else {
+        bail!(
+            "'{}' is not a session opened by sparsebak (nothing unmounted)",
+            mountpoint.display()
+        );
+    };
+    mounts::unmount(&m, lazy, Duration::from_secs(30))?;
+    report::set("mountpoint", &m.mountpoint);
+    report::set("pid", m.pid);
+    report::line(format!(
+        "closed '{}'{}",
+        m.mountpoint.display(),
+        if lazy {
+            " (detached: it goes away when its last user does)"
+        } else {
+            ""
+        }
+    ));
+    Ok(0)
+}
