@@ -221,6 +221,39 @@ pub fn exit_within(
     (status, err, secs)
 }
 
+/// Feeds `input` to a real receiver serving `s`'s archive, whose stdin
+/// then closes; returns (success, stderr, the replies it sent).
+pub fn feed(s: &Setup, input: &[u8]) -> (bool, String, Vec<protocol::message::Reply>) {
+    use protocol::stream::{FrameReader, Incoming};
+    let mut child = Command::new(receiver_bin())
+        .args(["serve", "--archive"])
+        .arg(&s.arch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let o = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    let mut replies = Vec::new();
+    let mut rd = FrameReader::new(&o.stdout[..]);
+    while let Ok(f) = rd.next_frame() {
+        if let Incoming::Reply(r) = f {
+            replies.push(r);
+        }
+    }
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        replies,
+    )
+}
+
 /// A request frame.
 pub fn request_frame(r: &protocol::message::Request) -> Vec<u8> {
     let payload = protocol::message::encode_request(r);

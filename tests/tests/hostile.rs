@@ -9,9 +9,9 @@ use protocol::frame::{encode_frame, FrameKind, MAX_PAYLOAD};
 use protocol::message::{
     ArchiveId, ArchiveParams, Compression, Hello, HelloBody, Operation, Reply, Request,
 };
-use protocol::stream::{FrameReader, FrameWriter, Incoming};
+use protocol::stream::FrameWriter;
 use sha2::{Digest, Sha256};
-use sparsebak_tests::{chunk_frame, receiver_bin, script, tree_digest, Rng, Setup};
+use sparsebak_tests::{chunk_frame, feed, receiver_bin, script, tree_digest, Rng, Setup};
 use std::fs;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -20,37 +20,6 @@ const CS: usize = 65536;
 
 use sparsebak_tests::{agent_hello as hello, exit_within, receiver_fed, request_frame as request};
 use std::time::Duration;
-
-/// Feeds `input` to a real receiver; returns (success, stderr, replies).
-fn feed(s: &Setup, input: &[u8]) -> (bool, String, Vec<Reply>) {
-    let mut child = Command::new(receiver_bin())
-        .args(["serve", "--archive"])
-        .arg(&s.arch)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = input.to_vec();
-    let w = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let o = child.wait_with_output().unwrap();
-    w.join().unwrap();
-    let mut replies = Vec::new();
-    let mut rd = FrameReader::new(&o.stdout[..]);
-    while let Ok(f) = rd.next_frame() {
-        if let Incoming::Reply(r) = f {
-            replies.push(r);
-        }
-    }
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-        replies,
-    )
-}
 
 fn archive_with_one_session(tag: &str) -> Setup {
     let s = Setup::new(tag);
