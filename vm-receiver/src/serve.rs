@@ -82,6 +82,8 @@ pub fn serve<R: Read, W: Write>(
     }
     // A record upload in progress: its parts must come one after another.
     let mut upload: Option<Upload> = None;
+    // Read buffers, kept across random-access reads.
+    let mut pool = Vec::new();
     loop {
         let req = match rd.read_request() {
             Ok(r) => r,
@@ -245,7 +247,7 @@ pub fn serve<R: Read, W: Write>(
                 session,
                 addrs,
             } if op == Operation::Restore => {
-                let r = read::read_chunks(a, &volume, &session, &addrs, |h, data| {
+                let r = read::read_chunks(a, &volume, &session, &addrs, &mut pool, |h, data| {
                     wr.chunk(h, data)
                         .map_err(|e| Failure::new(ErrorCode::Io, format!("sending chunk: {e}")))
                 });

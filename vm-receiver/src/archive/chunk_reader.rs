@@ -21,6 +21,11 @@ const DEPTH: usize = 12;
 /// A chunk to read: its session (as the store names it) and address.
 pub type ChunkRef = (PathBuf, u64);
 
+/// Buffers kept from one `read_in_order` to the next on a connection:
+/// random-access reads make many short calls, and fresh buffers for each
+/// cost page faults (system time) on every call.
+pub type BufPool = Vec<AlignedBuf>;
+
 /// Reads each item's chunk from `store` (at most `limit` bytes; a longer
 /// chunk comes back with `limit + 1` bytes so the caller sees it is too
 /// long) and calls `each` with the item, the chunk's location (for
@@ -30,6 +35,7 @@ pub fn read_in_order<T, E, I, F>(
     store: &dyn ChunkStore,
     mut items: I,
     limit: usize,
+    pool: &mut BufPool,
     mut each: F,
 ) -> Result<(), E>
 where
@@ -56,7 +62,11 @@ where
             });
         }
         drop(done_tx);
-        let mut free: Vec<AlignedBuf> = (0..DEPTH).map(|_| AlignedBuf::new(cap)).collect();
+        pool.retain(|b| b.capacity() >= cap);
+        let mut free: Vec<AlignedBuf> = std::mem::take(pool);
+        while free.len() < DEPTH {
+            free.push(AlignedBuf::new(cap));
+        }
         let mut held: BTreeMap<u64, Done<T>> = BTreeMap::new();
         let (mut queued, mut next) = (0u64, 0u64);
         // An error from `items` stops the feeding; what was queued before
@@ -103,6 +113,8 @@ where
             }
         };
         drop(job_tx);
+        // What is back (all of them, unless it stopped early) is kept.
+        *pool = free;
         res
     })
 }
@@ -135,7 +147,7 @@ mod tests {
             .cloned()
             .enumerate()
             .map(|(i, p)| Ok::<_, String>((p, i)));
-        read_in_order(&store, items, limit, |i, _, data| {
+        read_in_order(&store, items, limit, &mut Vec::new(), |i, _, data| {
             let data = data.map_err(|_| format!("f{i} unreadable"))?;
             let want: Vec<u8> = (0..lens[i].min(limit + 1)).map(|k| (k + i) as u8).collect();
             assert_eq!(data, &want[..], "file {i}");
@@ -153,7 +165,7 @@ mod tests {
             .into_iter()
             .enumerate()
             .map(|(i, p)| Ok::<_, String>((p, i)));
-        let e = read_in_order(&store, items, limit, |i, p, data| {
+        let e = read_in_order(&store, items, limit, &mut Vec::new(), |i, p, data| {
             n += 1;
             match data {
                 Ok(_) => Ok(()),
@@ -177,7 +189,7 @@ mod tests {
                 Ok((p, i))
             }
         });
-        let e = read_in_order(&store, items, limit, |_, _, _| {
+        let e = read_in_order(&store, items, limit, &mut Vec::new(), |_, _, _| {
             got += 1;
             Ok(())
         })

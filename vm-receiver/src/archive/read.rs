@@ -6,7 +6,7 @@
 //! a chunk it lacks or cannot read is left out (and logged), not the end
 //! of the reply: dom0 names it and fails only the read that needed it.
 
-use super::chunk_reader::{read_in_order, ReadFailure};
+use super::chunk_reader::{read_in_order, BufPool, ReadFailure};
 use super::{session, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::{ChunkHeader, Codec};
@@ -19,6 +19,7 @@ pub fn read_chunks(
     volume: &str,
     session_name: &str,
     addrs: &[u64],
+    pool: &mut BufPool,
     mut send: impl FnMut(&ChunkHeader, &[u8]) -> Result<()>,
 ) -> Result<u64> {
     let dir = archive.session_dir(volume, session_name)?;
@@ -42,6 +43,7 @@ pub fn read_chunks(
         archive.store.as_ref(),
         items,
         protocol::envelope::max_stored(cs as usize),
+        pool,
         |addr, path, data| {
             let skip = |why: String| {
                 eprintln!(

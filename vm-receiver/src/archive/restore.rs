@@ -58,6 +58,7 @@ pub fn stream_view(
         archive.store.as_ref(),
         items,
         protocol::envelope::max_stored(cs as usize),
+        &mut Vec::new(),
         |(idx, e), path, data| {
             // A chunk that cannot be read or cannot be a chunk is left out
             // of the stream, not the end of it: dom0 names what is missing
