@@ -477,39 +477,40 @@ impl Client {
 }
 
 impl Client {
-    /// Chunks of one session by address (`addrs` ascending, at most
-    /// `MAX_READ_CHUNKS`): the frames the receiver sent, at most one per
-    /// address asked for. Which ones came, and whether each is the chunk
-    /// asked for, is the caller's to check against its manifest; a
-    /// receiver error, or more frames than asked, is an error here.
-    pub fn read_chunks(
-        &mut self,
-        volume: &str,
-        session: &str,
-        addrs: &[u64],
-    ) -> Result<Vec<(ChunkHeader, Vec<u8>)>> {
+    /// Asks for chunks of one session by address (`addrs` ascending, at
+    /// most `MAX_READ_CHUNKS`); read the answer with
+    /// [`Client::read_chunks_reply`]. Several may be sent before their
+    /// answers are read: the receiver answers them in order, and never
+    /// waits between them.
+    pub fn send_read_chunks(&mut self, volume: &str, session: &str, addrs: &[u64]) -> Result<()> {
         self.send(&Request::ReadChunks {
             volume: self.need_rid(volume)?,
             session: session.to_string(),
             addrs: addrs.to_vec(),
-        })?;
-        let mut got = Vec::with_capacity(addrs.len());
+        })
+    }
+
+    /// The answer to one `send_read_chunks` for `asked` addresses: the
+    /// frames the receiver sent, at most one per address. Which ones came,
+    /// and whether each is the chunk asked for, is the caller's to check
+    /// against its manifest; a receiver error, or more frames than asked,
+    /// is an error here.
+    pub fn read_chunks_reply(&mut self, asked: usize) -> Result<Vec<(ChunkHeader, Vec<u8>)>> {
+        let label = self.conn.label.clone();
+        let mut got = Vec::with_capacity(asked);
         loop {
             match self.restore_frame()? {
                 RestoreFrame::Chunk(h, data) => {
-                    if got.len() == addrs.len() {
+                    if got.len() == asked {
                         bail!(
-                            "the receiver for {} sent more chunks than the {} asked for (volume '{volume}' session {session})",
-                            self.conn.label,
-                            addrs.len()
+                            "the receiver for {label} sent more chunks than the {asked} asked for"
                         );
                     }
                     got.push((h, data.to_vec()));
                 }
                 RestoreFrame::End(n) if n == got.len() as u64 => return Ok(got),
                 RestoreFrame::End(n) => bail!(
-                    "the receiver for {} claims {n} chunks, it sent {}",
-                    self.conn.label,
+                    "the receiver for {label} claims {n} chunks, it sent {}",
                     got.len()
                 ),
             }

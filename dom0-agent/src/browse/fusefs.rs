@@ -89,7 +89,7 @@ impl SessionFs {
     }
 }
 
-fn serve_reads(image: &SessionImage, jobs: &Mutex<Receiver<ReadJob>>) {
+fn serve_reads(image: &Arc<SessionImage>, jobs: &Mutex<Receiver<ReadJob>>) {
     loop {
         let Ok(job) = jobs.lock().expect("read jobs").recv() else {
             return;

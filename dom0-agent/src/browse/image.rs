@@ -31,14 +31,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-/// Chunks fetched ahead of a sequential read.
-pub const READ_AHEAD: usize = 16;
+/// Bytes of the volume fetched ahead of a sequential read (in chunks:
+/// at least 16), in batches of half that at least.
+pub const READ_AHEAD_BYTES: u64 = 16 << 20;
+
+/// What a source sent for one request: a frame per chunk it had.
+pub type Frames = Vec<(ChunkHeader, Vec<u8>)>;
 
 /// Where chunk envelopes come from: the receiver (`Client::read_chunks`),
 /// or memory in tests.
 pub trait ChunkSource: Send {
-    /// The frames the source sent for `addrs` (ascending) of `session`.
-    fn fetch(&mut self, session: &str, addrs: &[u64]) -> Result<Vec<(ChunkHeader, Vec<u8>)>>;
+    /// Asks for each `(session, addrs)` (addresses ascending) and hands
+    /// each answer to `each`, in order, as it arrives: all requests are
+    /// sent first, so the source never waits between them. After a
+    /// failure, the requests not answered yet fail too.
+    fn fetch(&mut self, requests: &[(&str, Vec<u64>)], each: &mut dyn FnMut(usize, Result<Frames>));
     /// Called after a failed fetch: the next one starts afresh (a new
     /// connection), since the failed one may have left a reply half read.
     fn reset(&mut self) {}
@@ -191,7 +198,7 @@ impl SessionImage {
     }
 
     /// Bytes `[offset, offset + len)` of the volume (fewer at its end).
-    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
+    pub fn read(self: &Arc<Self>, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         let r = self.read_inner(offset, len);
         if r.is_err() {
@@ -200,14 +207,14 @@ impl SessionImage {
         r
     }
 
-    fn read_inner(&self, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
+    fn read_inner(self: &Arc<Self>, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
         if offset >= self.size || len == 0 {
             return Ok(Vec::new());
         }
         let end = offset.saturating_add(len as u64).min(self.size);
         let first = offset - offset % self.cs;
-        // The kernel's own read-ahead sends neighbouring reads in any
-        // order: near the last end counts as sequential.
+        // The kernel sends neighbouring reads of one scan in any order:
+        // near the last end counts as sequential.
         let prev = self.last_end.swap(end, Ordering::Relaxed);
         let sequential = prev.abs_diff(offset) <= 2 * self.cs;
         let lo = self.index.partition_point(|l| l.addr < first);
@@ -216,36 +223,24 @@ impl SessionImage {
         let mut failure: Option<ReadError> = None;
         loop {
             let (want, ahead, waiting) = self.claim(lo, hi, end, sequential, &mut have);
+            // Read-ahead is fetched and verified beside this read (and the
+            // next ones, which wait for what they need of it).
+            if !ahead.is_empty() {
+                let me = self.clone();
+                std::thread::spawn(move || me.read_ahead(ahead));
+            }
             if !want.is_empty() {
-                let mut got = self.fetch(&want, &ahead);
-                let mut st = self.state.lock().expect("image state");
-                for &i in want.iter().chain(&ahead) {
-                    let addr = self.index[i].addr;
-                    st.inflight.remove(&addr);
-                    match got.remove(&addr) {
-                        Some(Ok(d)) => {
-                            st.cache.insert(addr, d.clone());
-                            if i < hi {
-                                have.insert(addr, d);
-                            }
-                        }
-                        Some(Err(e)) if i < hi => {
-                            if let ReadError::Chunk(ve) = &e {
-                                (self.on_bad)(ve);
-                            }
-                            failure.get_or_insert(e);
-                        }
-                        _ => {}
+                self.fetch(&want, |group, got| {
+                    if let Some(e) = self.settle(group, got, Some(&mut have)) {
+                        failure.get_or_insert(e);
                     }
-                }
-                drop(st);
-                self.fetched.notify_all();
+                });
             }
             if failure.is_some() || !waiting {
                 break;
             }
-            // Another read was fetching some of ours: wait for it, then
-            // take what it cached (or fetch what it could not).
+            // Another read (or read-ahead) is fetching some of ours: wait
+            // for it, then take what it cached (or fetch what it could not).
             let st = self.state.lock().expect("image state");
             let pending = |st: &State| {
                 self.index[lo..hi]
@@ -272,10 +267,46 @@ impl SessionImage {
         Ok(out)
     }
 
+    /// Puts what a fetch of `list` got in the cache (and in `have`, for
+    /// the read that needs it), releases the claims and wakes the waiting
+    /// reads. Returns the first failure of a needed chunk, which is
+    /// reported as damage where it is one; read-ahead failures are left
+    /// for the read that needs the chunk to meet and report.
+    fn settle(
+        &self,
+        list: &[usize],
+        mut got: Fetched,
+        mut have: Option<&mut HashMap<u64, Arc<[u8]>>>,
+    ) -> Option<ReadError> {
+        let mut failure = None;
+        let mut st = self.state.lock().expect("image state");
+        for &i in list {
+            let addr = self.index[i].addr;
+            st.inflight.remove(&addr);
+            match (got.remove(&addr), have.as_deref_mut()) {
+                (Some(Ok(d)), have) => {
+                    st.cache.insert(addr, d.clone());
+                    if let Some(h) = have {
+                        h.insert(addr, d);
+                    }
+                }
+                (Some(Err(e)), Some(_)) => {
+                    if let ReadError::Chunk(ve) = &e {
+                        (self.on_bad)(ve);
+                    }
+                    failure.get_or_insert(e);
+                }
+                _ => {}
+            }
+        }
+        drop(st);
+        self.fetched.notify_all();
+        failure
+    }
+
     /// Takes what the cache has into `have`, and claims (marks in flight)
-    /// the chunks this read must fetch: those it needs, and read-ahead.
-    /// Returns their index positions, and whether some are in flight for
-    /// another read.
+    /// the chunks this read must fetch, and read-ahead. Returns their
+    /// index positions, and whether some it needs are in flight already.
     fn claim(
         &self,
         lo: usize,
@@ -301,73 +332,108 @@ impl SessionImage {
                 want.push(i);
             }
         }
-        // Read-ahead rides on a fetch this read makes anyway: the next
-        // READ_AHEAD chunks' worth of the volume, those that hold data.
-        if sequential && !want.is_empty() {
-            let limit = end.saturating_add(READ_AHEAD as u64 * self.cs);
-            for i in hi..(hi + READ_AHEAD).min(self.index.len()) {
-                let addr = self.index[i].addr;
-                if addr >= limit {
-                    break;
-                }
-                if !st.cache.contains(addr) && st.inflight.insert(addr) {
-                    ahead.push(i);
-                }
-            }
+        if sequential {
+            ahead = self.claim_ahead(&mut st, hi, end, !want.is_empty());
         }
         (want, ahead, waiting)
     }
 
-    /// Fetches and verifies the chunks at index positions `want` and
-    /// `ahead` (each ascending): per chunk, its plain bytes or the error.
-    fn fetch(&self, want: &[usize], ahead: &[usize]) -> Fetched {
-        let mut all: Vec<usize> = want.iter().chain(ahead).copied().collect();
-        all.sort_unstable();
-        let mut out: Fetched = HashMap::new();
-        let mut arrived: Vec<(usize, Vec<u8>)> = Vec::new();
-        let mut src = self.source.lock().expect("chunk source");
-        let mut broken: Option<String> = None;
-        // Per session, in requests of at most MAX_READ_CHUNKS.
-        let mut by_session: Vec<(u32, Vec<usize>)> = Vec::new();
-        for i in all {
-            let s = self.index[i].session;
-            match by_session.iter_mut().find(|(x, _)| *x == s) {
-                Some((_, v)) => v.push(i),
-                None => by_session.push((s, vec![i])),
+    /// Read-ahead: of the next window's worth of the volume after `end`
+    /// (`hi`: the first chunk there), the chunks that hold data and that
+    /// nobody has or is fetching, claimed; in batches of a quarter window
+    /// at least, unless `any` (a fetch is made anyway).
+    fn claim_ahead(&self, st: &mut State, hi: usize, end: u64, any: bool) -> Vec<usize> {
+        let window = self.ahead_chunks();
+        let limit = end.saturating_add(window as u64 * self.cs);
+        let mut ahead = Vec::new();
+        for i in hi..(hi + window).min(self.index.len()) {
+            let addr = self.index[i].addr;
+            if addr >= limit {
+                break;
+            }
+            if !st.cache.contains(addr) && !st.inflight.contains(&addr) {
+                ahead.push(i);
             }
         }
-        for (s, list) in by_session {
-            for group in list.chunks(MAX_READ_CHUNKS) {
-                let session = &self.sessions[s as usize];
-                let fail_all = |out: &mut Fetched, detail: &str| {
-                    for &i in group {
-                        out.insert(self.index[i].addr, Err(self.fetch_error(i, detail)));
+        if ahead.len() < window / 4 && !any {
+            ahead.clear();
+        }
+        for &i in &ahead {
+            st.inflight.insert(self.index[i].addr);
+        }
+        ahead
+    }
+
+    /// Fetches read-ahead, then keeps the window ahead of where the
+    /// reads are, as long as they go on from there: the receiver need not
+    /// wait for the next read to be asked for more.
+    fn read_ahead(self: &Arc<Self>, mut ahead: Vec<usize>) {
+        while !ahead.is_empty() {
+            self.fetch(&ahead, |group, got| {
+                self.settle(group, got, None);
+            });
+            let end = self.last_end.load(Ordering::Relaxed);
+            let hi = self.index.partition_point(|l| l.addr < end);
+            let mut st = self.state.lock().expect("image state");
+            ahead = self.claim_ahead(&mut st, hi, end, false);
+        }
+    }
+
+    /// Fetches the chunks at index positions `list` (ascending), in
+    /// pipelined requests, and verifies each request's chunks as its
+    /// answer arrives, beside the transfer of the next; `done` gets each
+    /// request's chunks and, per chunk, its plain bytes or the error.
+    fn fetch(&self, list: &[usize], mut done: impl FnMut(&[usize], Fetched) + Send) {
+        let groups = self.requests(list);
+        let requests: Vec<(&str, Vec<u64>)> = groups
+            .iter()
+            .map(|g| {
+                let l = &self.index[g[0]];
+                (
+                    self.sessions[l.session as usize].as_str(),
+                    g.iter().map(|&i| self.index[i].addr).collect(),
+                )
+            })
+            .collect();
+        type Arrived = (usize, Fetched, Vec<(usize, Vec<u8>)>);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arrived>(4);
+        std::thread::scope(|scope| {
+            let groups = &groups;
+            let verifier = scope.spawn(move || {
+                for (k, mut out, arrived) in rx {
+                    for (addr, r) in self.verify(arrived) {
+                        out.insert(addr, r);
                     }
-                };
-                if let Some(why) = &broken {
-                    fail_all(&mut out, why);
-                    continue;
+                    done(&groups[k], out);
                 }
-                let addrs: Vec<u64> = group.iter().map(|&i| self.index[i].addr).collect();
-                self.counters.requests.fetch_add(1, Ordering::Relaxed);
-                let frames = match src.fetch(session, &addrs) {
-                    Ok(f) => f,
+            });
+            let mut src = self.source.lock().expect("chunk source");
+            self.counters
+                .requests
+                .fetch_add(requests.len() as u64, Ordering::Relaxed);
+            let mut failed = false;
+            src.fetch(&requests, &mut |k, r| {
+                let group = &groups[k];
+                let (mut out, mut arrived) = (Fetched::new(), Vec::new());
+                match r {
+                    Ok(frames) => self.match_frames(group, frames, &mut arrived, &mut out),
                     Err(e) => {
-                        src.reset();
+                        failed = true;
                         let why = format!("{e:#}");
-                        fail_all(&mut out, &why);
-                        broken = Some(why);
-                        continue;
+                        for &i in group {
+                            out.insert(self.index[i].addr, Err(self.fetch_error(i, &why)));
+                        }
                     }
-                };
-                self.match_frames(group, frames, &mut arrived, &mut out);
+                }
+                let _ = tx.send((k, out, arrived));
+            });
+            if failed {
+                src.reset();
             }
-        }
-        drop(src);
-        for (addr, r) in self.verify(arrived) {
-            out.insert(addr, r);
-        }
-        out
+            drop(src);
+            drop(tx);
+            verifier.join().expect("verify thread panicked");
+        });
     }
 
     /// Pairs the frames a source sent with the chunks asked for: a frame
@@ -479,6 +545,32 @@ impl SessionImage {
         })
     }
 
+    /// `list` (ascending index positions) as requests: per session, at
+    /// most `MAX_READ_CHUNKS` each.
+    fn requests(&self, list: &[usize]) -> Vec<Vec<usize>> {
+        let mut by_session: Vec<(u32, Vec<usize>)> = Vec::new();
+        for &i in list {
+            let s = self.index[i].session;
+            match by_session.iter_mut().find(|(x, _)| *x == s) {
+                Some((_, v)) => v.push(i),
+                None => by_session.push((s, vec![i])),
+            }
+        }
+        by_session
+            .into_iter()
+            .flat_map(|(_, v)| {
+                v.chunks(MAX_READ_CHUNKS)
+                    .map(<[usize]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The read-ahead window, in chunks.
+    fn ahead_chunks(&self) -> usize {
+        (READ_AHEAD_BYTES / self.cs).max(16) as usize
+    }
+
     fn raw_len(&self, addr: u64) -> usize {
         (self.size - addr).min(self.cs) as usize
     }
@@ -546,7 +638,23 @@ mod tests {
     }
 
     impl ChunkSource for Mem {
-        fn fetch(&mut self, _s: &str, addrs: &[u64]) -> Result<Vec<(ChunkHeader, Vec<u8>)>> {
+        fn fetch(
+            &mut self,
+            requests: &[(&str, Vec<u64>)],
+            each: &mut dyn FnMut(usize, Result<Frames>),
+        ) {
+            for (k, (_, addrs)) in requests.iter().enumerate() {
+                each(k, self.one(addrs));
+            }
+        }
+
+        fn reset(&mut self) {
+            self.resets.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl Mem {
+        fn one(&mut self, addrs: &[u64]) -> Result<Frames> {
             self.log.lock().unwrap().push(addrs.to_vec());
             let mode = *self.mode.lock().unwrap();
             let chunks = self.chunks.lock().unwrap();
@@ -570,14 +678,10 @@ mod tests {
             }
             Ok(out)
         }
-
-        fn reset(&mut self) {
-            self.resets.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     struct Fixture {
-        image: SessionImage,
+        image: Arc<SessionImage>,
         volume: Vec<u8>,
         mode: Arc<Mutex<Mode>>,
         log: Arc<Mutex<Vec<Vec<u64>>>>,
@@ -643,6 +747,7 @@ mod tests {
             Box::new(move |e: &VerifyError| b2.lock().unwrap().push(e.chunk().unwrap().1)),
         )
         .unwrap();
+        let image = Arc::new(image);
         Fixture {
             image,
             volume,
@@ -696,7 +801,7 @@ mod tests {
         uniq.dedup();
         assert_eq!(asked.len(), uniq.len(), "a chunk was fetched twice");
         assert_eq!(asked.len(), 43);
-        assert!(log.len() <= 5, "{} requests for 43 chunks", log.len());
+        assert!(log.len() <= 8, "{} requests for 43 chunks", log.len());
         assert!(log.iter().all(|r| r.len() <= MAX_READ_CHUNKS));
         let s = f.image.stats();
         assert_eq!(s.verified, 43);

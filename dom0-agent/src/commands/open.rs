@@ -17,7 +17,7 @@
 //! the log file, not to the terminal it was started from.
 
 use crate::browse::fusefs::SessionFs;
-use crate::browse::image::{ChunkSource, ImageSpec, SessionImage, Stats};
+use crate::browse::image::{ChunkSource, Frames, ImageSpec, SessionImage, Stats};
 use crate::browse::mounts;
 use crate::client::Client;
 use crate::context::Ctx;
@@ -27,7 +27,6 @@ use crate::transport::dest::Dest;
 use crate::transport::Reach;
 use crate::units::{count, human};
 use anyhow::{bail, Context, Result};
-use protocol::chunk::ChunkHeader;
 use protocol::message::Operation;
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;
@@ -180,30 +179,59 @@ impl Remote {
     }
 }
 
-impl ChunkSource for Remote {
-    fn fetch(&mut self, session: &str, addrs: &[u64]) -> Result<Vec<(ChunkHeader, Vec<u8>)>> {
-        // A receiver gives up on a connection idle for its idle timeout
-        // (an hour by default): after a long pause, a failure is that,
-        // and one fresh connection is tried before any read fails.
-        let idle = self.last_used.elapsed() > Duration::from_secs(30);
-        self.last_used = std::time::Instant::now();
+impl Remote {
+    /// Sends every request, then reads the answers in order.
+    fn exchange(
+        &mut self,
+        requests: &[(&str, Vec<u64>)],
+        each: &mut dyn FnMut(usize, Result<Frames>),
+        answered: &mut usize,
+    ) -> Result<()> {
         if self.client.is_none() {
             self.client = Some(self.connect()?);
-        } else if idle {
-            let c = self.client.as_mut().expect("connected");
-            match c.read_chunks(&self.volume, session, addrs) {
-                Ok(r) => return Ok(r),
-                Err(e) => {
-                    crate::report::detail(format!(
-                        "reconnecting after an idle connection failed: {e:#}"
-                    ));
-                    self.reset();
-                    self.client = Some(self.connect()?);
-                }
-            }
         }
         let c = self.client.as_mut().expect("connected");
-        c.read_chunks(&self.volume, session, addrs)
+        for (session, addrs) in requests {
+            c.send_read_chunks(&self.volume, session, addrs)?;
+        }
+        while *answered < requests.len() {
+            let r = c.read_chunks_reply(requests[*answered].1.len())?;
+            each(*answered, Ok(r));
+            *answered += 1;
+        }
+        Ok(())
+    }
+}
+
+impl ChunkSource for Remote {
+    fn fetch(
+        &mut self,
+        requests: &[(&str, Vec<u64>)],
+        each: &mut dyn FnMut(usize, Result<Frames>),
+    ) {
+        // A receiver gives up on a connection idle for its idle timeout
+        // (an hour by default): after a long pause, a failure before any
+        // answer is that, and one fresh connection is tried before any
+        // read fails.
+        let idle = self.client.is_some() && self.last_used.elapsed() > Duration::from_secs(30);
+        self.last_used = std::time::Instant::now();
+        let mut answered = 0;
+        let mut r = self.exchange(requests, each, &mut answered);
+        if let Err(e) = &r {
+            if idle && answered == 0 {
+                crate::report::detail(format!(
+                    "reconnecting after an idle connection failed: {e:#}"
+                ));
+                self.reset();
+                r = self.exchange(requests, each, &mut answered);
+            }
+        }
+        if let Err(e) = r {
+            let why = format!("{e:#}");
+            for k in answered..requests.len() {
+                each(k, Err(anyhow::anyhow!("{why}")));
+            }
+        }
     }
 
     fn reset(&mut self) {
