@@ -219,3 +219,7 @@ printf '\n%-52s %7s\n' "peak RSS (MiB)" ""
 printf '%-52s %7s\n' "backup, ${SIZE_MIB} MiB image (no change)" "$((RSS_B / 1024))" "verify, ${SIZE_MIB} MiB image" "$((RSS_R / 1024))" \
     "backup, --encrypt off" "$((RSS_BO / 1024))" "verify, --encrypt off" "$((RSS_RO / 1024))" \
     "backup, 1 TiB sparse volume, 4 MiB delta" "$((RSS_HB / 1024))" "verify, 1 TiB sparse volume" "$((RSS_HR / 1024))"
+
+# Opened sessions, in a scratch dir of their own (see bench/open.sh).
+cleanup; trap - EXIT
+SIZE_MIB=$SIZE_MIB ROUNDS=$ROUNDS bash "$ROOT/bench/open.sh"

@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls exactly this).
 # Installs what the tests need (xfsprogs, btrfs-progs, thin tools, strace for
 # fault injection, openssh-server for the ssh transport, rpm for rpmbuild,
-# qemu for the dm-thin VM), checks format and lints, builds
+# qemu for the dm-thin VM; e2fsprogs for the ext4 images that `open` is
+# tested with, through the kernel's FUSE), checks format and lints, builds
 # once in release mode, runs every test, then every fuzz target for a
 # bounded time. Tests that mount loop filesystems need root and fail with a
 # clear message without it.
@@ -23,6 +24,8 @@ fi
 if [ "$(id -u)" = 0 ]; then
     modprobe loop 2>/dev/null || true
     [ -e /dev/loop-control ] || echo "WARNING: no /dev/loop-control: the XFS/Btrfs tests will fail" >&2
+    modprobe fuse 2>/dev/null || true
+    [ -e /dev/fuse ] || echo "WARNING: no /dev/fuse: the open/close tests will fail" >&2
 fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
