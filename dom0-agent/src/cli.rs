@@ -201,7 +201,7 @@ pub enum Cmd {
     },
     /// Serve a session read-only as MOUNTPOINT/VOLUME, without restoring it.
     ///
-    /// Each read fetches the chunks it needs from the archive and verifies them against dom0's manifests before returning a byte; a chunk that fails makes the read fail (EIO), never return unverified data. Zero chunks cost nothing. Attach it read-only as a block device with `losetup -r -f --show MOUNTPOINT/VOLUME`; on Qubes, give that device to a disposable qube (`qvm-block attach --ro`) so that its filesystem is parsed there, never in dom0. Runs in the background until `sparsebak close MOUNTPOINT`; the archive stays busy (no backup or prune of it) while a session is open.
+    /// Each read fetches the chunks it needs from the archive and verifies them against dom0's manifests before returning a byte; a chunk that fails makes the read fail (EIO), never return unverified data. Zero chunks cost nothing. Attach it read-only as a block device with `losetup -r -f --show MOUNTPOINT/VOLUME`; on Qubes, give that device to a disposable qube (`qvm-block attach --ro`) so that its filesystem is parsed there, never in dom0. Runs in the background until `sparsebak close MOUNTPOINT`. Between reads (after --idle seconds) the archive is released, so scheduled backups and prunes go on; a prune that moves the session's chunks is followed.
     Open {
         /// The volume, by the name it was backed up under (see `list`).
         volume: String,
@@ -216,6 +216,9 @@ pub enum Cmd {
         /// Stay in the foreground until closed; Ctrl-C unmounts and exits.
         #[arg(long)]
         foreground: bool,
+        /// Let go of the archive after this many seconds without a read (the next read connects again), so that backups and prunes run while the session stays open; 0 holds it until closed.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        idle: u64,
         /// Where the background server writes its messages [default: META_DIR/open.log].
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,

@@ -19,7 +19,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const CS: u64 = 64 * 1024;
 
@@ -548,4 +548,37 @@ fn receiver_serves_random_reads_on_the_restore_entry_point_only() {
         matches!(replies.last(), Some(Reply::StreamEnd { chunks: 2 })),
         "{replies:?}"
     );
+}
+
+/// Between reads the archive is released: a backup and a prune run while
+/// a session stays open, and the prune, which moves the opened view's
+/// chunks into the next session, is followed by the next reads.
+#[test]
+fn backups_and_prunes_run_while_a_session_is_open() {
+    require_fuse();
+    let s = Setup::new("open-idle");
+    s.init("64K");
+    let v = s.vol("v.img");
+    let mut rng = Rng::new(21);
+    fs::write(&v, rng.bytes(32 * CS as usize)).unwrap();
+    let s1 = s.backup("v.img");
+    sparsebak_tests::write_at(&v, 8 * CS, &rng.bytes(4 * CS as usize));
+    let s2 = s.backup("v.img");
+    let want = fs::read(&v).unwrap();
+    sparsebak_tests::write_at(&v, 20 * CS, &rng.bytes(4 * CS as usize));
+    s.backup("v.img");
+    // No cache: every read below fetches from the archive.
+    let mut o = Opened::new(&s, "v.img", Some(&s2), &["--idle", "1", "--cache", "0"]);
+    assert_eq!(fs::read(&o.file).unwrap(), want);
+    std::thread::sleep(Duration::from_millis(2500));
+    // Both need the archive: they wait for no one.
+    let t0 = Instant::now();
+    sparsebak_tests::write_at(&v, 0, &rng.bytes(CS as usize));
+    s.backup("v.img");
+    let pruned = s.ok(&["prune", "v.img", "--session", &s1]);
+    assert!(t0.elapsed() < Duration::from_secs(30), "{pruned}");
+    assert!(!s.sessions("v.img").contains(&s1));
+    // Session 1's chunks (most of this view) now live in session 2.
+    assert_eq!(fs::read(&o.file).unwrap(), want, "after the prune");
+    o.close();
 }

@@ -49,6 +49,9 @@ pub trait ChunkSource: Send {
     /// Called after a failed fetch: the next one starts afresh (a new
     /// connection), since the failed one may have left a reply half read.
     fn reset(&mut self) {}
+    /// Called now and then: a source unused for `after` may let go of
+    /// what it holds (the connection, and with it the archive's lock).
+    fn release_idle(&mut self, _after: std::time::Duration) {}
 }
 
 /// A chunk that holds data, from dom0's view of the session.
@@ -194,6 +197,14 @@ impl SessionImage {
             verified: c.verified.load(Ordering::Relaxed),
             cache_hits: c.cache_hits.load(Ordering::Relaxed),
             failed_reads: c.failed_reads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Lets the source release what it holds if unused for `after`; never
+    /// waits for a fetch in progress (then it is not idle).
+    pub fn release_idle(&self, after: std::time::Duration) {
+        if let Ok(mut src) = self.source.try_lock() {
+            src.release_idle(after);
         }
     }
 

@@ -78,6 +78,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             session,
             cache,
             foreground,
+            idle,
             log,
             serve,
         } => open::run(
@@ -90,6 +91,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 foreground,
                 serve,
                 log,
+                idle: (idle > 0).then(|| std::time::Duration::from_secs(idle)),
             },
         ),
         Cmd::Close { mountpoint, lazy } => open::close(&mountpoint, lazy),

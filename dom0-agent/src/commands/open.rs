@@ -9,6 +9,10 @@
 //!    its source name `sparsebak:PID` lets `close` find it.
 //! 3. "Ready" is reported; reads are then served until the mount goes
 //!    away: `close` (or any umount), or a signal, which unmounts first.
+//!    The connection (and with it the archive's lock) is let go after
+//!    `--idle` seconds without a read and made again by the next one, so
+//!    backups and prunes are not shut out; on each new connection dom0's
+//!    records say where a prune moved the view's chunks.
 //!
 //! Without `--foreground`, `open` starts itself again in the background
 //! (`--serve`), waits for that process to report ready (or to fail) and
@@ -45,6 +49,9 @@ pub struct OpenArgs {
     /// The background process `open` started (internal).
     pub serve: bool,
     pub log: Option<PathBuf>,
+    /// Release the archive after this long without a read (None: hold it
+    /// while open).
+    pub idle: Option<Duration>,
 }
 
 /// What `open` reports once the mount is ready.
@@ -169,12 +176,53 @@ struct Remote {
     reach: Reach,
     meta: Arc<ArchiveMeta>,
     accept_rollback: bool,
+    /// The sessions of the view as opened, oldest first.
+    opened: Vec<String>,
+    /// Where each of them is now, if a prune merged it into a later one
+    /// while the archive was released.
+    moved: std::collections::HashMap<String, String>,
 }
 
 impl Remote {
-    fn connect(&self) -> Result<Client> {
+    /// Connects, and follows any prune that ran while the archive was
+    /// released: a pruned session's chunks that the view still uses moved
+    /// into the next session that remains, and are asked for there. What
+    /// comes back is verified as always, so a stale map costs a failed
+    /// read, never a wrong byte.
+    fn connect(&mut self) -> Result<Client> {
         let mut c = Client::connect(&self.dest, &self.reach, &self.meta, Operation::Restore)?;
         crate::catalog::check_fresh(&self.meta, &mut c, self.accept_rollback, false)?;
+        let now: Vec<String> = self
+            .meta
+            .sessions(&self.volume)?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        self.moved.clear();
+        for s in &self.opened {
+            if now.binary_search(s).is_ok() {
+                continue;
+            }
+            match now.iter().find(|n| *n > s) {
+                Some(n) => {
+                    self.moved.insert(s.clone(), n.clone());
+                }
+                None => {
+                    eprintln!("sparsebak: session {s} of '{}' is no longer in the archive: reads of its chunks fail", self.volume);
+                }
+            }
+        }
+        if self
+            .opened
+            .last()
+            .is_some_and(|s| self.moved.contains_key(s))
+        {
+            eprintln!(
+                "sparsebak: the opened session {} of '{}' was pruned: chunks that its successor replaced are gone, and reads of them fail",
+                self.opened.last().expect("non-empty"),
+                self.volume
+            );
+        }
         Ok(c)
     }
 }
@@ -188,11 +236,13 @@ impl Remote {
         answered: &mut usize,
     ) -> Result<()> {
         if self.client.is_none() {
-            self.client = Some(self.connect()?);
+            let c = self.connect()?;
+            self.client = Some(c);
         }
         let c = self.client.as_mut().expect("connected");
         for (session, addrs) in requests {
-            c.send_read_chunks(&self.volume, session, addrs)?;
+            let at = self.moved.get(*session).map_or(*session, String::as_str);
+            c.send_read_chunks(&self.volume, at, addrs)?;
         }
         while *answered < requests.len() {
             let r = c.read_chunks_reply(requests[*answered].1.len())?;
@@ -234,6 +284,16 @@ impl ChunkSource for Remote {
         }
     }
 
+    fn release_idle(&mut self, after: Duration) {
+        if self.client.is_some() && self.last_used.elapsed() >= after {
+            if let Some(c) = self.client.take() {
+                if let Err(e) = c.finish() {
+                    eprintln!("sparsebak: releasing the archive: {e:#}");
+                }
+            }
+        }
+    }
+
     fn reset(&mut self) {
         // Dropping the connection ends (and reaps) the receiver, waiting
         // a few seconds for a stalled one before killing it: not on the
@@ -265,6 +325,8 @@ fn serve(ctx: &Ctx, a: &OpenArgs) -> Result<i32> {
         .volume_id(volume)?
         .with_context(|| format!("dom0 has no archive id for volume '{volume}'"))?;
     let mut remote = Remote {
+        opened: chosen.iter().map(|s| s.name.clone()).collect(),
+        moved: Default::default(),
         client: None,
         last_used: std::time::Instant::now(),
         volume: volume.to_string(),
@@ -273,7 +335,8 @@ fn serve(ctx: &Ctx, a: &OpenArgs) -> Result<i32> {
         meta: meta.clone(),
         accept_rollback: ctx.accept_rollback,
     };
-    remote.client = Some(remote.connect()?);
+    let c = remote.connect()?;
+    remote.client = Some(c);
     let rec_meta = meta.clone();
     let rec_volume = volume.to_string();
     let image = SessionImage::new(
@@ -297,6 +360,18 @@ fn serve(ctx: &Ctx, a: &OpenArgs) -> Result<i32> {
         }),
     )?;
     let image = Arc::new(image);
+    if let Some(idle) = a.idle {
+        // Releases the archive between bursts of reads, so that backups
+        // and prunes run while the session stays open.
+        let img = Arc::downgrade(&image);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(250));
+            match img.upgrade() {
+                Some(i) => i.release_idle(idle),
+                None => return,
+            }
+        });
+    }
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     let time = UNIX_EPOCH + Duration::from_secs(info.time);
