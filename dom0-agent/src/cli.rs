@@ -216,6 +216,9 @@ pub enum Cmd {
         /// Stay in the foreground until closed; Ctrl-C unmounts and exits.
         #[arg(long)]
         foreground: bool,
+        /// Qubes: attach the volume read-only to QUBE (a disposable, ideally without network) as a block device, starting QUBE if needed, so that its filesystem is parsed there and never in dom0; close detaches it.
+        #[arg(long, value_name = "QUBE")]
+        attach: Option<String>,
         /// Let go of the archive after this many seconds without a read (the next read connects again), so that backups and prunes run while the session stays open; 0 holds it until closed.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         idle: u64,

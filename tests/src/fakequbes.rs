@@ -339,3 +339,43 @@ pub fn evaluate(rules: &[Rule], service: &str, source: &str, target: &str) -> &'
     }
     "deny"
 }
+
+/// The stand-in qube `vm` under `$SBK_FAKE_QUBES`, which must exist (as
+/// Qubes' tools refuse a name that is not a qube).
+pub fn existing_qube(tool: &str, vm: &str) -> PathBuf {
+    let root = std::env::var_os("SBK_FAKE_QUBES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| die(tool, "SBK_FAKE_QUBES is not set"));
+    let d = root.join(vm);
+    if vm.is_empty() || vm.starts_with('-') || vm.contains('/') || !d.is_dir() {
+        eprintln!("{tool}: error: no such domain: '{vm}'");
+        std::process::exit(2);
+    }
+    d
+}
+
+/// Whether a stand-in qube runs (`qvm-start` makes it so).
+pub fn running(qube: &Path) -> bool {
+    qube.join(".running").exists()
+}
+
+/// The block devices attached to a stand-in qube: `BACKEND:DEVICE ro|rw`
+/// lines, in `VM/.block`.
+pub fn attached_blocks(qube: &Path) -> Vec<(String, bool)> {
+    std::fs::read_to_string(qube.join(".block"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (dev, mode) = l.split_once(' ')?;
+            Some((dev.to_string(), mode == "ro"))
+        })
+        .collect()
+}
+
+pub fn set_attached_blocks(qube: &Path, blocks: &[(String, bool)]) {
+    let text: String = blocks
+        .iter()
+        .map(|(d, ro)| format!("{d} {}\n", if *ro { "ro" } else { "rw" }))
+        .collect();
+    std::fs::write(qube.join(".block"), text).unwrap();
+}

@@ -582,3 +582,90 @@ fn backups_and_prunes_run_while_a_session_is_open() {
     assert_eq!(fs::read(&o.file).unwrap(), want, "after the prune");
     o.close();
 }
+
+/// `--attach QUBE`: the opened file becomes a read-only loop device
+/// attached read-only to the qube (started first), through the Qubes
+/// tools' stand-ins; close detaches and removes it before unmounting. A
+/// name that is not a qube never reaches a tool, and a failed attach
+/// leaves no mount and no loop device behind.
+#[test]
+fn attach_gives_a_qube_the_volume_read_only_and_close_takes_it_back() {
+    use sparsebak_tests::fakequbes::{attached_blocks, make_qube, running};
+    require_fuse();
+    let s = Setup::new("open-attach");
+    s.init("64K");
+    fs::write(s.vol("v.img"), Rng::new(8).bytes(16 * CS as usize)).unwrap();
+    s.backup("v.img");
+    let qubes = s.dir.path().join("qubes");
+    let disp = make_qube(&qubes, "disp-browse", false);
+    let mnt = s.dir.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let path = format!(
+        "{}:{}",
+        sparsebak_tests::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sb = |args: &[&str]| {
+        let mut c = s.cmd(args);
+        c.arg("--json")
+            .env("PATH", &path)
+            .env("SBK_FAKE_QUBES", &qubes);
+        let o = c.output().unwrap();
+        (
+            o.status.success(),
+            sparsebak_tests::json_doc(&o.stdout),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let loops_on = |needle: &str| -> Vec<String> {
+        run("losetup", &["-a"])
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    };
+    let m = mnt.to_str().unwrap();
+
+    // Refused before anything happens: not a qube name, or no such qube.
+    let (ok, doc, _) = sb(&["open", "v.img", m, "--attach=-x"]);
+    assert!(
+        !ok && doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not a qube name"),
+        "{doc}"
+    );
+    let (ok, doc, _) = sb(&["open", "v.img", m, "--attach", "nosuch"]);
+    assert!(
+        !ok && doc["error"].as_str().unwrap().contains("no such domain"),
+        "{doc}"
+    );
+    assert!(!mounted(&mnt), "a failed attach left the mount");
+    assert!(loops_on(m).is_empty(), "a failed attach left a loop device");
+    assert!(!running(&disp));
+
+    let (ok, doc, err) = sb(&["open", "v.img", m, "--attach", "disp-browse"]);
+    assert!(ok, "{doc} {err}");
+    let dev = doc["attached"]["device"].as_str().unwrap().to_string();
+    let name = dev.strip_prefix("/dev/").unwrap();
+    assert!(running(&disp), "the qube was not started");
+    assert_eq!(attached_blocks(&disp), vec![(format!("dom0:{name}"), true)]);
+    assert_eq!(run("blockdev", &["--getro", &dev]).trim(), "1");
+    let file = doc["file"].as_str().unwrap();
+    assert!(loops_on(file)
+        .iter()
+        .any(|l| l.starts_with(&format!("{dev}:"))));
+    // What the qube reads through the device is the volume.
+    assert_eq!(fs::read(&dev).unwrap(), fs::read(s.vol("v.img")).unwrap());
+
+    let pid = doc["pid"].as_u64().unwrap();
+    let (ok, doc, err) = sb(&["close", m]);
+    assert!(ok, "{doc} {err}");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert!(
+        attached_blocks(&disp).is_empty(),
+        "still attached after close"
+    );
+    assert!(loops_on(file).is_empty(), "loop device left after close");
+    assert!(!mounted(&mnt));
+}

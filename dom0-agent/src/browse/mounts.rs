@@ -8,9 +8,10 @@ use nix::mount::{umount2, MntFlags};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The source name of a mount serving process `pid`.
-pub fn source_name(pid: u32) -> String {
-    format!("sparsebak:{pid}")
+/// The source name of a mount served by process `pid` (`:attached` when
+/// its file is attached to a qube, which only the server may undo).
+pub fn source_name(pid: u32, attached: bool) -> String {
+    format!("sparsebak:{pid}{}", if attached { ":attached" } else { "" })
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub struct OpenMount {
     pub mountpoint: PathBuf,
     /// The process serving it.
     pub pid: u32,
+    /// Its file is attached to a qube (`open --attach`).
+    pub attached: bool,
 }
 
 /// sparsebak's mounts in a mountinfo text.
@@ -37,15 +40,18 @@ pub fn parse_mountinfo(text: &str) -> Vec<OpenMount> {
         if *fstype != "fuse" && !fstype.starts_with("fuse.") {
             continue;
         }
-        let Some(pid) = source
-            .strip_prefix("sparsebak:")
-            .and_then(|p| p.parse().ok())
-        else {
+        let Some(rest) = source.strip_prefix("sparsebak:") else {
             continue;
         };
+        let (pid, attached) = match rest.strip_suffix(":attached") {
+            Some(p) => (p, true),
+            None => (rest, false),
+        };
+        let Ok(pid) = pid.parse() else { continue };
         out.push(OpenMount {
             mountpoint: PathBuf::from(unescape(point)),
             pid,
+            attached,
         });
     }
     out
@@ -111,6 +117,40 @@ pub fn unmount(m: &OpenMount, lazy: bool, wait: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Asks the server of `m` to end (SIGTERM: it undoes an attachment,
+/// unmounts and exits) and waits for it, at most `wait`.
+pub fn stop_server(m: &OpenMount, wait: Duration) -> Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(m.pid as i32);
+    kill(pid, Signal::SIGTERM).with_context(|| {
+        format!(
+            "signalling process {} (serving '{}')",
+            m.pid,
+            m.mountpoint.display()
+        )
+    })?;
+    let t0 = Instant::now();
+    let proc_dir = PathBuf::from(format!("/proc/{}", m.pid));
+    while proc_dir.exists() {
+        if t0.elapsed() > wait {
+            bail!(
+                "process {} serving '{}' did not end within {} s",
+                m.pid,
+                m.mountpoint.display(),
+                wait.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if list()?.iter().any(|x| x.mountpoint == m.mountpoint) {
+        bail!(
+            "'{}' is still mounted after its server ended: see its log",
+            m.mountpoint.display()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,16 +160,25 @@ mod tests {
         let text = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 97 22 0:50 / /mnt/a\\040b rw,nosuid,nodev,relatime shared:60 - fuse sparsebak:1234 ro,user_id=0,group_id=0
+96 22 0:49 / /mnt/q rw - fuse sparsebak:55:attached ro
 98 22 0:51 / /mnt/c rw,nosuid,nodev - fuse.sshfs host:/x rw
 99 22 0:52 / /mnt/d rw - ext4 sparsebak:77 rw
 100 22 0:53 / /mnt/e rw - fuse sparsebak:notapid rw
 ";
         assert_eq!(
             parse_mountinfo(text),
-            vec![OpenMount {
-                mountpoint: PathBuf::from("/mnt/a b"),
-                pid: 1234
-            }]
+            vec![
+                OpenMount {
+                    mountpoint: PathBuf::from("/mnt/a b"),
+                    pid: 1234,
+                    attached: false
+                },
+                OpenMount {
+                    mountpoint: PathBuf::from("/mnt/q"),
+                    pid: 55,
+                    attached: true
+                }
+            ]
         );
     }
 

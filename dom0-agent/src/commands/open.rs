@@ -22,7 +22,7 @@
 
 use crate::browse::fusefs::SessionFs;
 use crate::browse::image::{ChunkSource, Frames, ImageSpec, SessionImage, Stats};
-use crate::browse::mounts;
+use crate::browse::{attach, mounts};
 use crate::client::Client;
 use crate::context::Ctx;
 use crate::meta::ArchiveMeta;
@@ -52,6 +52,8 @@ pub struct OpenArgs {
     /// Release the archive after this long without a read (None: hold it
     /// while open).
     pub idle: Option<Duration>,
+    /// Qubes: the qube to give the volume to, read-only.
+    pub attach: Option<String>,
 }
 
 /// What `open` reports once the mount is ready.
@@ -64,10 +66,15 @@ struct Ready {
     file: PathBuf,
     pid: u32,
     log: Option<PathBuf>,
+    /// With --attach: the qube and the loop device given to it.
+    attached: Option<attach::Attachment>,
 }
 
 pub fn run(ctx: &Ctx, a: OpenArgs) -> Result<i32> {
     check_mountpoint(&a.mountpoint)?;
+    if let Some(q) = &a.attach {
+        crate::transport::dest::validate_vm_name(q)?;
+    }
     if !a.foreground && !a.serve {
         return start_in_background(ctx, &a);
     }
@@ -149,6 +156,7 @@ fn report_ready(r: &Ready) {
     report::set("file", &r.file);
     report::set("pid", r.pid);
     report::set("log", &r.log);
+    report::set("attached", &r.attached);
     report::line(format!(
         "opened {} session {} ({}) read-only at {}",
         r.volume,
@@ -164,6 +172,14 @@ fn report_ready(r: &Ready) {
             .map_or(String::new(), |l| format!(" (messages in {})", l.display())),
         r.mountpoint.display()
     ));
+    if let Some(at) = &r.attached {
+        report::line(format!(
+            "  attached read-only to qube '{}' as {} ({}): mount it there, e.g. mount -o ro,noload /dev/xvdi /mnt",
+            at.qube,
+            at.ident(),
+            at.device
+        ));
+    }
 }
 
 /// The receiver as a chunk source: one connection, made again after a
@@ -379,24 +395,39 @@ fn serve(ctx: &Ctx, a: &OpenArgs) -> Result<i32> {
     let pid = std::process::id();
     let options = [
         fuser::MountOption::RO,
-        fuser::MountOption::FSName(mounts::source_name(pid)),
+        fuser::MountOption::FSName(mounts::source_name(pid, a.attach.is_some())),
         fuser::MountOption::Subtype("sparsebak".into()),
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
         fuser::MountOption::NoExec,
         fuser::MountOption::DefaultPermissions,
     ];
-    let mut session = fuser::Session::new(fs, &a.mountpoint, &options).with_context(|| {
+    let session = fuser::Session::new(fs, &a.mountpoint, &options).with_context(|| {
         format!(
             "mounting at '{}' (FUSE: is /dev/fuse there, and are you root?)",
             a.mountpoint.display()
         )
     })?;
     let mountpoint = std::fs::canonicalize(&a.mountpoint)?;
+    // Reads are served from here on (the attach below reads the file).
+    let mut session = session;
+    let serving = std::thread::spawn(move || {
+        let r = session.run();
+        drop(session);
+        r
+    });
+    let _stats_on_signal = {
+        let (img, v, sn) = (image.clone(), volume.to_string(), info.name.clone());
+        // Registered first, so it runs last: the counts once all is undone.
+        crate::interrupt::on_interrupt(move || {
+            Some(format!("{v} session {sn}: {}", counts(&img.stats())))
+        })
+    };
     let _unmount = {
         let m = mounts::OpenMount {
             mountpoint: mountpoint.clone(),
             pid,
+            attached: a.attach.is_some(),
         };
         crate::interrupt::on_interrupt(move || {
             Some(match mounts::unmount(&m, false, Duration::ZERO) {
@@ -411,25 +442,45 @@ fn serve(ctx: &Ctx, a: &OpenArgs) -> Result<i32> {
             })
         })
     };
+    let file = mountpoint.join(volume);
+    // A failure from here on must not leave a mount nobody serves.
+    let unmount_now = |e: anyhow::Error| {
+        let m = mounts::OpenMount {
+            mountpoint: mountpoint.clone(),
+            pid,
+            attached: false,
+        };
+        let _ = mounts::unmount(&m, true, Duration::ZERO);
+        e
+    };
+    let attached = match &a.attach {
+        Some(q) => Some(attach::attach(&file, q).map_err(unmount_now)?),
+        None => None,
+    };
+    // Registered after the unmount, so it runs before it.
+    let _detach = attached
+        .clone()
+        .map(|at| crate::interrupt::on_interrupt(move || Some(attach::detach(&at))));
     let ready = Ready {
         volume: volume.to_string(),
         session: info.name.clone(),
         volume_size: info.volume_size,
-        file: mountpoint.join(volume),
+        file,
         mountpoint,
         pid,
         log: if a.serve { a.log.clone() } else { None },
+        attached,
     };
     if a.serve {
         hand_over(&ready, a.log.as_deref())?;
     } else {
         report_ready(&ready);
     }
-    session
-        .run()
+    serving
+        .join()
+        .expect("FUSE session thread panicked")
         .with_context(|| format!("serving '{}'", ready.mountpoint.display()))?;
     crate::interrupt::hold_if_interrupted();
-    drop(session);
     let stats = image.stats();
     report::set("stats", stats);
     report::line(closed_line(&ready, &stats));
@@ -440,10 +491,12 @@ fn serve(ctx: &Ctx, a: &OpenArgs) -> Result<i32> {
 }
 
 fn closed_line(r: &Ready, s: &Stats) -> String {
+    format!("closed {} session {}: {}", r.volume, r.session, counts(s))
+}
+
+fn counts(s: &Stats) -> String {
     format!(
-        "closed {} session {}: {}, {} verified, {} from the cache, {} failed",
-        r.volume,
-        r.session,
+        "{}, {} verified, {} from the cache, {} failed",
         count(s.reads, "read"),
         count(s.verified, "chunk"),
         s.cache_hits,
@@ -494,7 +547,13 @@ pub fn close(mountpoint: &Path, lazy: bool) -> Result<i32> {
             mountpoint.display()
         );
     };
-    mounts::unmount(&m, lazy, Duration::from_secs(30))?;
+    if m.attached {
+        // Its server detaches the loop device from the qube and removes
+        // it before it unmounts: a signal asks it to, as Ctrl-C would.
+        mounts::stop_server(&m, Duration::from_secs(60))?;
+    } else {
+        mounts::unmount(&m, lazy, Duration::from_secs(30))?;
+    }
     report::set("mountpoint", &m.mountpoint);
     report::set("pid", m.pid);
     report::line(format!(
