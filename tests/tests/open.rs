@@ -267,18 +267,31 @@ fn every_session_of_an_ext4_image_opens_as_it_was() {
     o.close();
 }
 
-#[test]
-fn a_bad_chunk_fails_its_read_and_only_its_read() {
+/// `v.img` of `chunks` chunks backed up, then chunks `changed..changed+4`
+/// rewritten and backed up again: the two sessions, the volume as of the
+/// second, and the generator for more.
+fn two_sessions(
+    tag: &str,
+    chunks: u64,
+    changed: u64,
+    seed: u64,
+) -> (Setup, [String; 2], Vec<u8>, Rng) {
     require_fuse();
-    let s = Setup::new("open-hostile");
+    let s = Setup::new(tag);
     s.init("64K");
     let v = s.vol("v.img");
-    let mut rng = Rng::new(9);
-    fs::write(&v, rng.bytes(16 * CS as usize)).unwrap();
+    let mut rng = Rng::new(seed);
+    fs::write(&v, rng.bytes((chunks * CS) as usize)).unwrap();
     let s1 = s.backup("v.img");
-    sparsebak_tests::write_at(&v, 4 * CS, &rng.bytes(4 * CS as usize));
+    sparsebak_tests::write_at(&v, changed * CS, &rng.bytes(4 * CS as usize));
     let s2 = s.backup("v.img");
     let want = fs::read(&v).unwrap();
+    (s, [s1, s2], want, rng)
+}
+
+#[test]
+fn a_bad_chunk_fails_its_read_and_only_its_read() {
+    let (s, [s1, s2], want, _) = two_sessions("open-hostile", 16, 4, 9);
     let file = |session: &str, idx: u64| chunk_file(&s, session, idx * CS);
     // Chunk 2 (session 1's) swapped for chunk 3; chunk 5 (session 2's)
     // rolled back to session 1's; chunk 6 (session 2's) lost.
@@ -555,16 +568,8 @@ fn receiver_serves_random_reads_on_the_restore_entry_point_only() {
 /// chunks into the next session, is followed by the next reads.
 #[test]
 fn backups_and_prunes_run_while_a_session_is_open() {
-    require_fuse();
-    let s = Setup::new("open-idle");
-    s.init("64K");
+    let (s, [s1, s2], want, mut rng) = two_sessions("open-idle", 32, 8, 21);
     let v = s.vol("v.img");
-    let mut rng = Rng::new(21);
-    fs::write(&v, rng.bytes(32 * CS as usize)).unwrap();
-    let s1 = s.backup("v.img");
-    sparsebak_tests::write_at(&v, 8 * CS, &rng.bytes(4 * CS as usize));
-    let s2 = s.backup("v.img");
-    let want = fs::read(&v).unwrap();
     sparsebak_tests::write_at(&v, 20 * CS, &rng.bytes(4 * CS as usize));
     s.backup("v.img");
     // No cache: every read below fetches from the archive.

@@ -271,16 +271,7 @@ fn send_manifest<W: Write>(
     session: &str,
     wr: &mut FrameWriter<W>,
 ) -> Result<u64, Failure> {
-    let dir = a.session_dir(volume, session)?;
-    if !dir.is_dir() {
-        return Err(Failure::new(
-            ErrorCode::NoSuchSession,
-            format!(
-                "no session {session} of volume '{volume}' in '{}'",
-                a.root.display()
-            ),
-        ));
-    }
+    let dir = a.committed_session_dir(volume, session)?;
     send_file(
         &dir.join(crate::archive::session::MANIFEST_FILE),
         "manifest",

@@ -8,6 +8,7 @@
 
 use super::store::ChunkStore;
 pub use super::store::ReadFailure;
+use protocol::chunk::ChunkHeader;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel};
@@ -117,6 +118,33 @@ where
         *pool = free;
         res
     })
+}
+
+/// Sends one chunk a stream read, if it can be one: a chunk file that
+/// cannot be read, or whose length cannot be a chunk's, is left out of the
+/// stream (`why` tells the log), not the end of it: dom0 names what is
+/// missing, fails only what needed it, and can salvage the rest.
+pub fn send_or_skip<E>(
+    h: &ChunkHeader,
+    chunk_size: u32,
+    path: &std::path::Path,
+    data: Result<&[u8], ReadFailure>,
+    why: impl Fn(String),
+    send: impl FnOnce(&ChunkHeader, &[u8]) -> Result<(), E>,
+) -> Result<bool, E> {
+    let data = match data {
+        Ok(d) => d,
+        Err(ReadFailure::Open(err)) | Err(ReadFailure::Read(err)) => {
+            why(format!("unreadable at '{}': {err}", path.display()));
+            return Ok(false);
+        }
+    };
+    if let Err(err) = h.validate(chunk_size, data.len()) {
+        why(format!("chunk file '{}': {err}", path.display()));
+        return Ok(false);
+    }
+    send(h, data)?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -153,6 +153,21 @@ impl Archive {
         Ok(self.volume_dir(volume)?.join(session))
     }
 
+    /// The directory of a session that exists (NoSuchSession otherwise).
+    pub fn committed_session_dir(&self, volume: &str, session: &str) -> Result<PathBuf> {
+        let dir = self.session_dir(volume, session)?;
+        if !dir.is_dir() {
+            return Err(Failure::new(
+                ErrorCode::NoSuchSession,
+                format!(
+                    "no session {session} of volume '{volume}' in '{}'",
+                    self.root.display()
+                ),
+            ));
+        }
+        Ok(dir)
+    }
+
     /// Committed session names of a volume, oldest first. In-progress
     /// (`.incoming-*`) and temporary entries are skipped.
     pub fn session_names(&self, volume: &str) -> Result<Vec<String>> {

@@ -6,7 +6,7 @@
 //! a chunk it lacks or cannot read is left out (and logged), not the end
 //! of the reply: dom0 names it and fails only the read that needed it.
 
-use super::chunk_reader::{read_in_order, BufPool, ReadFailure};
+use super::chunk_reader::{read_in_order, send_or_skip, BufPool};
 use super::{session, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::{ChunkHeader, Codec};
@@ -22,16 +22,7 @@ pub fn read_chunks(
     pool: &mut BufPool,
     mut send: impl FnMut(&ChunkHeader, &[u8]) -> Result<()>,
 ) -> Result<u64> {
-    let dir = archive.session_dir(volume, session_name)?;
-    if !dir.is_dir() {
-        return Err(Failure::new(
-            ErrorCode::NoSuchSession,
-            format!(
-                "no session {session_name} of volume '{volume}' in '{}'",
-                archive.root.display()
-            ),
-        ));
-    }
+    let dir = archive.committed_session_dir(volume, session_name)?;
     let info = session::read_info(&dir)?;
     check_addrs(addrs, archive.chunk_size(), info.volume_size)?;
     let cs = archive.chunk_size() as u64;
@@ -45,30 +36,20 @@ pub fn read_chunks(
         protocol::envelope::max_stored(cs as usize),
         pool,
         |addr, path, data| {
-            let skip = |why: String| {
-                eprintln!(
-                    "sparsebak-receiver: volume '{volume}' session {session_name}: chunk {addr:#x} left out of a read: {why}"
-                );
-            };
-            let data = match data {
-                Ok(d) => d,
-                Err(ReadFailure::Open(err)) | Err(ReadFailure::Read(err)) => {
-                    skip(format!("unreadable at '{}': {err}", path.display()));
-                    return Ok(());
-                }
-            };
             let h = ChunkHeader {
                 addr,
                 codec: Codec::Sealed,
                 raw_len: (info.volume_size - addr).min(cs) as u32,
                 hash: [0; 32],
             };
-            if let Err(err) = h.validate(archive.chunk_size(), data.len()) {
-                skip(format!("chunk file '{}': {err}", path.display()));
-                return Ok(());
+            let why = |why: String| {
+                eprintln!(
+                    "sparsebak-receiver: volume '{volume}' session {session_name}: chunk {addr:#x} left out of a read: {why}"
+                );
+            };
+            if send_or_skip(&h, archive.chunk_size(), &path, data, why, &mut send)? {
+                sent += 1;
             }
-            send(&h, data)?;
-            sent += 1;
             Ok(())
         },
     )?;

@@ -1,7 +1,7 @@
 //! Serving a session back: the volume as of a session is the merge of that
 //! session's and all earlier sessions' manifests (see `protocol::merge`).
 
-use super::chunk_reader::{read_in_order, ReadFailure};
+use super::chunk_reader::{read_in_order, send_or_skip};
 use super::{session, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::{ChunkHeader, Codec};
@@ -60,35 +60,21 @@ pub fn stream_view(
         protocol::envelope::max_stored(cs as usize),
         &mut Vec::new(),
         |(idx, e), path, data| {
-            // A chunk that cannot be read or cannot be a chunk is left out
-            // of the stream, not the end of it: dom0 names what is missing
-            // and can still salvage the rest (`restore --salvage`).
-            let skip = |why: String| {
+            let h = ChunkHeader {
+                addr: e.addr,
+                codec: e.codec,
+                raw_len: (target_size - e.addr).min(cs) as u32,
+                hash: e.hash,
+            };
+            let why = |why: String| {
                 eprintln!(
                     "sparsebak-receiver: volume '{volume}' session {}: chunk {:#x} left out of the restore stream: {why}",
                     names[idx], e.addr
                 );
             };
-            let data = match data {
-                Ok(d) => d,
-                Err(ReadFailure::Open(err)) | Err(ReadFailure::Read(err)) => {
-                    skip(format!("unreadable at '{}': {err}", path.display()));
-                    return Ok(());
-                }
-            };
-            let raw_len = (target_size - e.addr).min(cs) as u32;
-            let h = ChunkHeader {
-                addr: e.addr,
-                codec: e.codec,
-                raw_len,
-                hash: e.hash,
-            };
-            if let Err(err) = h.validate(archive.chunk_size(), data.len()) {
-                skip(format!("chunk file '{}': {err}", path.display()));
-                return Ok(());
+            if send_or_skip(&h, archive.chunk_size(), &path, data, why, &mut send)? {
+                sent += 1;
             }
-            send(&h, data)?;
-            sent += 1;
             Ok(())
         },
     )?;
