@@ -674,3 +674,37 @@ fn attach_gives_a_qube_the_volume_read_only_and_close_takes_it_back() {
     assert!(loops_on(file).is_empty(), "loop device left after close");
     assert!(!mounted(&mnt));
 }
+
+/// A server killed outright leaves a mount nobody serves: reads of it
+/// fail (never hang), and close removes it.
+#[test]
+fn close_removes_the_mount_of_a_killed_server() {
+    require_fuse();
+    let s = Setup::new("open-killed");
+    s.init("64K");
+    fs::write(s.vol("v.img"), Rng::new(6).bytes(4 * CS as usize)).unwrap();
+    s.backup("v.img");
+    let mut o = Opened::new(&s, "v.img", None, &[]);
+    run("kill", &["-KILL", &o.pid.to_string()]);
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{}", o.pid)).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(fs::read(&o.file).is_err(), "a dead mount was read");
+    let doc = s.json(&["close", o.mnt.to_str().unwrap()]);
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert!(
+        doc["warnings"][0].as_str().unwrap().contains("is gone"),
+        "{doc}"
+    );
+    assert!(!mounted(&o.mnt));
+    o.pid = 0;
+    // The mount point can serve again.
+    let mut again = Opened::new(&s, "v.img", None, &[]);
+    assert_eq!(
+        fs::read(&again.file).unwrap(),
+        fs::read(s.vol("v.img")).unwrap()
+    );
+    again.close();
+}

@@ -85,9 +85,30 @@ pub fn list() -> Result<Vec<OpenMount>> {
 
 /// The sparsebak mount at `path`, if there is one.
 pub fn find(path: &Path) -> Result<Option<OpenMount>> {
-    let path = std::fs::canonicalize(path)
-        .with_context(|| format!("'{}' does not exist", path.display()))?;
+    // A mount whose server died cannot be resolved (ENOTCONN): its parent
+    // can, and the mount is still listed under that name.
+    let path = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) => {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(e).with_context(|| format!("'{}'", path.display()));
+            };
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            std::fs::canonicalize(parent)
+                .with_context(|| format!("'{}' does not exist", path.display()))?
+                .join(name)
+        }
+    };
     Ok(list()?.into_iter().find(|m| m.mountpoint == path))
+}
+
+/// Whether the server of `m` still runs.
+pub fn server_alive(m: &OpenMount) -> bool {
+    Path::new(&format!("/proc/{}", m.pid)).exists()
 }
 
 /// Unmounts `m`; with `lazy`, even while in use (the mount goes away once

@@ -547,7 +547,22 @@ pub fn close(mountpoint: &Path, lazy: bool) -> Result<i32> {
             mountpoint.display()
         );
     };
-    if m.attached {
+    let alive = mounts::server_alive(&m);
+    if !alive {
+        // Killed or crashed: nothing serves the mount, and every read of
+        // it fails; only the mount itself is left to remove.
+        report::warn(format!(
+            "process {} that served '{}' is gone: removing its mount{}",
+            m.pid,
+            m.mountpoint.display(),
+            if m.attached {
+                " (a loop device or qube attachment it made may be left: see losetup -a and qvm-block list)"
+            } else {
+                ""
+            }
+        ));
+        mounts::unmount(&m, true, Duration::ZERO)?;
+    } else if m.attached {
         // Its server detaches the loop device from the qube and removes
         // it before it unmounts: a signal asks it to, as Ctrl-C would.
         mounts::stop_server(&m, Duration::from_secs(60))?;
