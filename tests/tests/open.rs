@@ -708,3 +708,68 @@ fn close_removes_the_mount_of_a_killed_server() {
     );
     again.close();
 }
+
+/// The hostile-peer harness (a receiver that sends prepared bytes and
+/// reads nothing): mid-read, a chunk of another address, another chunk's
+/// bytes under this address, and a stale chunk each fail their read with
+/// EIO; the honest answers between and after them, on the same
+/// connection, read exactly.
+#[test]
+fn a_lying_receiver_fails_single_reads_and_the_mount_goes_on() {
+    use protocol::message::{ArchiveId, ArchiveParams, Compression, Reply};
+    let (mut s, [s1, s2], want, _) = two_sessions("open-liar", 16, 12, 13);
+    let params = ArchiveParams {
+        id: ArchiveId::from_hex(&s.archive_id()).unwrap(),
+        chunk_size: CS as u32,
+        compression: Compression::Zstd { level: 3 },
+    };
+    let env = |session: &str, i: u64| s.stored_chunk("v.img", session, i, CS).0;
+    // Chunk `i` claimed to be `env`, then the end of the answer.
+    let answer = |i: u64, env: Vec<u8>| {
+        let mut w = protocol::stream::FrameWriter::new(Vec::new());
+        w.reply(&Reply::StreamEnd { chunks: 1 }).unwrap();
+        [
+            sparsebak_tests::chunk_frame(i * CS, CS as u32, &env, [0; 32]),
+            std::mem::take(w.get_mut()),
+        ]
+        .concat()
+    };
+    // Reads three chunks apart or more from the last (none sequential: no
+    // read-ahead),
+    // each with the answer prepared for it; true: honest.
+    let reads: Vec<(u64, Vec<u8>, bool)> = vec![
+        (3, answer(4, env(&s1, 4)), false),
+        (7, answer(7, env(&s1, 8)), false),
+        (11, answer(11, env(&s1, 11)), true),
+        (14, answer(14, env(&s1, 14)), false),
+        (0, answer(0, env(&s1, 0)), true),
+    ];
+    let mut stream = s.fake_hello(params);
+    for (_, a, _) in &reads {
+        stream.extend_from_slice(a);
+    }
+    let file = s.dir.path().join("lies.bin");
+    fs::write(&file, &stream).unwrap();
+    let liar = s.dir.path().join("lying-receiver.sh");
+    script(&liar, &format!("cat '{}'\nexec sleep 600", file.display()));
+    s.receiver = liar;
+    let mut o = Opened::new(&s, "v.img", Some(&s2), &["--cache", "0", "--idle", "0"]);
+    let f = fs::File::open(&o.file).unwrap();
+    for (i, _, honest) in &reads {
+        let mut b = vec![0u8; 4096];
+        let r = f.read_exact_at(&mut b, i * CS);
+        if *honest {
+            r.unwrap_or_else(|e| panic!("honest chunk {i}: {e}"));
+            assert_eq!(
+                b,
+                want[(i * CS) as usize..(i * CS) as usize + 4096],
+                "chunk {i}"
+            );
+        } else {
+            let e = r.expect_err("a lie was read");
+            assert_eq!(e.raw_os_error(), Some(5), "chunk {i}: {e}");
+        }
+    }
+    drop(f);
+    o.close();
+}
