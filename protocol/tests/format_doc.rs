@@ -124,6 +124,14 @@ fn every_example_in_format_md_decodes_as_documented() {
                 }
                 assert_eq!(HEADER_LEN, 5);
             }
+            "request-read-chunks" => assert_eq!(
+                decode_request(&b).unwrap(),
+                Request::ReadChunks {
+                    volume: "v".into(),
+                    session: "S_000000000001".into(),
+                    addrs: vec![0, 0x40000]
+                }
+            ),
             "hello-agent" => match frame(&b) {
                 Incoming::Hello(h) => assert_eq!(
                     h.body,
@@ -175,6 +183,7 @@ fn every_example_in_format_md_decodes_as_documented() {
         "reply-error",
         "reply-sessions",
         "reply-check-report",
+        "request-read-chunks",
         "hello-agent",
         "hello-receiver",
         "chunk-header",
