@@ -122,6 +122,10 @@ pub struct SessionImage {
     source: Mutex<Box<dyn ChunkSource>>,
     state: Mutex<State>,
     fetched: Condvar,
+    /// Read-ahead only where the cache holds two windows (or the whole
+    /// volume twice): fetched chunks it would drop at once are fetched for
+    /// nothing.
+    cache_holds_window: bool,
     /// Where the last read ended: a read starting near it is sequential.
     last_end: AtomicU64,
     counters: Counters,
@@ -160,7 +164,10 @@ impl SessionImage {
             }
         }
         index.shrink_to_fit();
+        let window =
+            ((READ_AHEAD_BYTES / spec.chunk_size).max(16) * spec.chunk_size).min(spec.volume_size);
         Ok(SessionImage {
+            cache_holds_window: spec.cache_bytes as u64 >= 2 * window,
             volume: spec.volume,
             vid: spec.vid,
             size: spec.volume_size,
@@ -343,7 +350,7 @@ impl SessionImage {
                 want.push(i);
             }
         }
-        if sequential {
+        if sequential && self.cache_holds_window {
             ahead = self.claim_ahead(&mut st, hi, end, !want.is_empty());
         }
         (want, ahead, waiting)
@@ -380,10 +387,17 @@ impl SessionImage {
     /// wait for the next read to be asked for more.
     fn read_ahead(self: &Arc<Self>, mut ahead: Vec<usize>) {
         while !ahead.is_empty() {
+            let before = self.last_end.load(Ordering::Relaxed);
             self.fetch(&ahead, |group, got| {
                 self.settle(group, got, None);
             });
             let end = self.last_end.load(Ordering::Relaxed);
+            if end == before {
+                // The reads paused: the next one asks for more if it
+                // needs it; fetching on would only refill what the cache
+                // may already be dropping.
+                return;
+            }
             let hi = self.index.partition_point(|l| l.addr < end);
             let mut st = self.state.lock().expect("image state");
             ahead = self.claim_ahead(&mut st, hi, end, false);
@@ -860,6 +874,33 @@ mod tests {
             }
             assert!(f.image.stats().failed_reads >= 2);
         }
+    }
+
+    #[test]
+    fn read_ahead_stops_when_reads_do_and_needs_a_cache_that_holds_it() {
+        // A cache too small for the window: only what reads need.
+        let f = fixture(4 * CS as usize);
+        let mut off = 0;
+        while off < 8 * CS {
+            f.image.read(off, 1000).unwrap();
+            off += 1000;
+        }
+        let asked: usize = f.log.lock().unwrap().iter().map(Vec::len).sum();
+        assert!(asked <= 6, "{asked} chunks fetched for 6 read");
+        // With room, a scan that stops leaves the read-ahead stopped too.
+        let f = fixture(1 << 20);
+        for k in 0..3 {
+            f.image.read(k * 1000, 1000).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let n = f.log.lock().unwrap().len();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(
+            f.log.lock().unwrap().len(),
+            n,
+            "read-ahead went on without reads"
+        );
+        assert!(f.image.stats().verified <= 43);
     }
 
     #[test]
