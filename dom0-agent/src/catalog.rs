@@ -59,6 +59,7 @@ pub fn build(meta: &ArchiveMeta) -> Result<Root> {
         encrypt: meta.rec.encrypt,
         configured: meta.rec.volumes.clone(),
         volumes,
+        qubes: meta.qubes()?,
     })
 }
 

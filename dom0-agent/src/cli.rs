@@ -229,6 +229,46 @@ pub enum Cmd {
         #[arg(long, hide = true)]
         serve: bool,
     },
+    /// Recreate qubes from the Qubes settings a backup recorded, with their data.
+    ///
+    /// For a fresh Qubes install after a disaster: arch-import, then
+    /// restore-qubes. Qubes are created with Qubes' own tools in
+    /// dependency order (templates, net qubes, the rest), each with its
+    /// class, label, template, properties, features, tags, firewall and
+    /// notes; its volumes are restored (every chunk verified) through
+    /// `qvm-volume import`; last, the properties that name other qubes
+    /// (netvm, default_dispvm…) and device assignments, mapped through any
+    /// renames. A qube the system already has is refused unless
+    /// --rename-conflicting or --skip-conflicting; a template or net qube
+    /// neither restored nor on the system is refused unless
+    /// --ignore-missing. Not restored: what a Qubes install assigns itself
+    /// (qid, uuid, xid, ip, mac…).
+    ///
+    /// Examples:
+    ///   sparsebak restore-qubes --dry-run
+    ///   sparsebak restore-qubes work personal --rename-conflicting
+    RestoreQubes {
+        /// Qubes to restore, by their recorded names [default: every qube of the session].
+        names: Vec<String>,
+        /// Settings session, as shown by `list --qubes` [default: the newest].
+        #[arg(long)]
+        session: Option<String>,
+        /// Print the plan (qubes in order with their settings, conflicts, missing dependencies) and change nothing; exit 1 if it would be refused.
+        #[arg(long)]
+        dry_run: bool,
+        /// Restore a qube whose name the system has under a new name (NAME-restored); references to it follow.
+        #[arg(long, conflicts_with = "skip_conflicting")]
+        rename_conflicting: bool,
+        /// Leave out a qube whose name the system has; references to it use the existing one.
+        #[arg(long)]
+        skip_conflicting: bool,
+        /// Create the qubes' volumes in this Qubes pool (qvm-create -P).
+        #[arg(long, value_name = "POOL")]
+        pool: Option<String>,
+        /// Go ahead when a template, net qube or other qube referred to is neither restored nor on the system: the system's default is used instead.
+        #[arg(long)]
+        ignore_missing: bool,
+    },
     /// Unmount a session `open` served, and wait for its server to end.
     Close {
         /// The mount point given to `open`.
@@ -238,10 +278,18 @@ pub enum Cmd {
         lazy: bool,
     },
     /// Add volumes to the set `backup` takes when none are named.
+    ///
+    /// On Qubes, --qube NAME adds a qube's volumes by Qubes' naming in its
+    /// pool: vm-NAME-private, and vm-NAME-root for a template or standalone
+    /// qube (never -volatile). Every backup then also records the qube's
+    /// settings, for `restore-qubes`.
     Add {
         /// Volumes to add: file names in --local DIR, or thin LVs in --local VG/POOL (they must exist there).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "qube")]
         volumes: Vec<String>,
+        /// A qube whose volumes to add (repeatable), as dom0's qubes.xml names it.
+        #[arg(long, value_name = "NAME")]
+        qube: Vec<String>,
     },
     /// Remove a volume from that set and drop its snapshots (its sessions stay in the archive).
     Remove {
@@ -295,7 +343,11 @@ pub enum Cmd {
     /// List volumes and sessions this dom0 knows for the archive at --dest.
     List {
         /// Only this volume.
+        #[arg(conflicts_with = "qubes")]
         volume: Option<String>,
+        /// List the Qubes settings sessions instead: per backup run of a Qubes dom0, the qubes `restore-qubes` can recreate from it (dom0's records; the archive is not asked).
+        #[arg(long)]
+        qubes: bool,
         /// Only dom0's records, without asking the receiver (for when the archive is out of reach, e.g. its disk is not mounted); the output says so.
         #[arg(long)]
         offline: bool,

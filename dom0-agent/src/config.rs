@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG: &str = "/etc/sparsebak/sparsebak.toml";
 pub const DEFAULT_META_DIR: &str = "/var/lib/sparsebak";
+pub const DEFAULT_QUBES_XML: &str = "/var/lib/qubes/qubes.xml";
 
 #[derive(Deserialize, Default, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +37,9 @@ pub struct Config {
     /// ssh and its options for ssh:// destinations, e.g.
     /// `["ssh", "-F", "/etc/sparsebak/ssh_config"]` (default `["ssh"]`).
     pub ssh_command: Option<Vec<String>>,
+    /// dom0's Qubes record, whose settings every backup run records
+    /// (default `/var/lib/qubes/qubes.xml`; absent: not a Qubes dom0).
+    pub qubes_xml: Option<PathBuf>,
 }
 
 impl Config {

@@ -119,6 +119,14 @@ impl Ctx {
         Ok(c)
     }
 
+    /// dom0's `qubes.xml` (the config's `qubes_xml`, else Qubes' own path).
+    pub fn qubes_xml(&self) -> PathBuf {
+        self.cfg
+            .qubes_xml
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_QUBES_XML))
+    }
+
     pub fn workers(&self) -> usize {
         self.cfg
             .workers

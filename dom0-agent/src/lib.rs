@@ -23,6 +23,7 @@ pub mod meta;
 pub mod passphrase;
 pub mod pipeline;
 pub mod progress;
+pub mod qubes;
 pub mod random;
 pub mod reconcile;
 pub mod report;

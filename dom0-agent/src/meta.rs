@@ -148,6 +148,9 @@ const ID_FILE: &str = "id";
 const MAC_FILE: &str = "mac";
 const MODE_FILE: &str = "mode";
 const DAMAGED_FILE: &str = "damaged";
+/// The Qubes settings of every backup run (`protocol::qubes`), as the
+/// sealed root carries them.
+const QUBES_FILE: &str = "qubes";
 
 impl MetaStore {
     pub fn new(root: &Path) -> Self {
@@ -257,6 +260,32 @@ impl ArchiveMeta {
 
     pub fn clear_dirty(&self) -> Result<()> {
         remove_if_exists(&self.dir.join(DIRTY_FILE))
+    }
+
+    /// The Qubes settings recorded so far (empty if none).
+    pub fn qubes(&self) -> Result<protocol::qubes::QubesCatalog> {
+        let p = self.dir.join(QUBES_FILE);
+        match fs::read(&p) {
+            Ok(b) => {
+                let c: protocol::qubes::QubesCatalog =
+                    protocol::codec::decode_large("qubes", &b)
+                        .with_context(|| format!("unable to read '{}'", p.display()))?;
+                c.validate()
+                    .with_context(|| format!("'{}' is not valid", p.display()))?;
+                Ok(c)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
+        }
+    }
+
+    /// Records `c` (the root must then be rewritten: marked dirty first).
+    pub fn set_qubes(&self, c: &protocol::qubes::QubesCatalog) -> Result<()> {
+        self.mark_dirty()?;
+        write_atomic(
+            &self.dir.join(QUBES_FILE),
+            &protocol::codec::encode_large(c),
+        )
     }
 
     /// The newest root generation dom0 has written or accepted.

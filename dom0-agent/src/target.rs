@@ -28,6 +28,10 @@ pub enum Target<'a> {
         name: String,
         force: bool,
     },
+    /// Stream the whole volume, in order, to a program's standard input
+    /// (`qvm-volume import`, which commits it only when all of it arrived
+    /// and the program exits 0). An argument vector, never a shell.
+    Command { argv: Vec<String> },
 }
 
 /// A file being restored: a temp file beside the target, renamed at the end.
@@ -165,18 +169,116 @@ impl Drop for LvOut<'_> {
     }
 }
 
+/// A program the volume is streamed to: chunks arrive in ascending order
+/// (one restore worker), the holes between them are sent as zeros, and
+/// the program is killed, not finished, if the restore fails: it must
+/// then discard what it got (`qvm-volume import` does: the size it was
+/// promised never arrives).
+pub struct PipeOut {
+    argv: Vec<String>,
+    child: std::process::Child,
+    /// Its stdin and how far the volume was sent.
+    stdin: std::sync::Mutex<(Option<std::process::ChildStdin>, u64)>,
+    size: u64,
+    done: bool,
+    _interrupt: crate::interrupt::Guard,
+}
+
+static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+
+impl PipeOut {
+    fn spawn(argv: &[String], size: u64) -> Result<Self> {
+        let (prog, args) = argv.split_first().context("an empty command")?;
+        let mut child = std::process::Command::new(prog)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("unable to run {prog}"))?;
+        let stdin = child.stdin.take();
+        let interrupt = crate::interrupt::note(format!(
+            "{} did not get the whole volume: it discards what it got",
+            argv.join(" ")
+        ));
+        Ok(PipeOut {
+            argv: argv.to_vec(),
+            child,
+            stdin: std::sync::Mutex::new((stdin, 0)),
+            size,
+            done: false,
+            _interrupt: interrupt,
+        })
+    }
+
+    fn label(&self) -> String {
+        self.argv.join(" ")
+    }
+
+    fn send(&self, data: &[u8], at: u64) -> Result<()> {
+        let mut g = self.stdin.lock().expect("pipe lock");
+        let (w, cursor) = &mut *g;
+        let w = w.as_mut().context("the pipe is closed")?;
+        if at < *cursor {
+            bail!("out of order write at {at:#x} (already sent up to {cursor:#x})");
+        }
+        use std::io::Write;
+        while *cursor < at {
+            let n = (at - *cursor).min(ZEROS.len() as u64) as usize;
+            w.write_all(&ZEROS[..n])?;
+            *cursor += n as u64;
+        }
+        w.write_all(data)?;
+        *cursor += data.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.send(&[], self.size)
+            .with_context(|| format!("unable to write to {}", self.label()))?;
+        drop(self.stdin.lock().expect("pipe lock").0.take());
+        let st = self
+            .child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.label()))?;
+        self.done = true;
+        if !st.success() {
+            bail!("{} failed ({st})", self.label());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PipeOut {
+    fn drop(&mut self) {
+        if !self.done {
+            // Killed before its input is closed: it never sees a complete
+            // volume.
+            let _ = self.child.kill();
+            drop(self.stdin.lock().map(|mut g| g.0.take()));
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// An open target.
 pub enum Out<'a> {
     File(FileOut),
     Lv(LvOut<'a>),
+    Pipe(PipeOut),
 }
 
 impl Out<'_> {
-    pub fn file(&self) -> &File {
+    /// The direct-I/O twin of the target (none for a pipe).
+    pub fn direct(&self) -> Direct {
         match self {
-            Out::File(o) => &o.file,
-            Out::Lv(o) => &o.file,
+            Out::File(o) => Direct::reopen(&o.file, true),
+            Out::Lv(o) => Direct::reopen(&o.file, true),
+            Out::Pipe(_) => Direct::none(),
         }
+    }
+
+    /// Whether chunks must be written in ascending order.
+    pub fn in_order(&self) -> bool {
+        matches!(self, Out::Pipe(_))
     }
 
     /// Writes `data` at `at`: its whole blocks directly (from the worker's
@@ -184,7 +286,15 @@ impl Out<'_> {
     /// busy during the stream rather than at the final fsync) when `data`
     /// and `at` are aligned and the target takes it, the rest buffered.
     pub fn write_at(&self, direct: &Direct, data: &[u8], at: u64) -> Result<()> {
-        let f = self.file();
+        let f = match self {
+            Out::File(o) => &o.file,
+            Out::Lv(o) => &o.file,
+            Out::Pipe(p) => {
+                return p
+                    .send(data, at)
+                    .with_context(|| format!("unable to write to {}", p.label()))
+            }
+        };
         let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
         let aligned = (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
             && at.is_multiple_of(DIRECT_ALIGN as u64);
@@ -199,6 +309,7 @@ impl Out<'_> {
             let what = match self {
                 Out::File(o) => o.tmp.display().to_string(),
                 Out::Lv(o) => o.tmp.clone(),
+                Out::Pipe(p) => p.label(),
             };
             format!("unable to write '{what}'")
         })
@@ -208,6 +319,7 @@ impl Out<'_> {
         match self {
             Out::File(o) => o.finish(),
             Out::Lv(o) => o.finish(),
+            Out::Pipe(p) => p.finish(),
         }
     }
 }
@@ -231,6 +343,7 @@ impl<'a> Out<'a> {
             Target::Lv { pool, name, force } => {
                 Some(Out::Lv(LvOut::create(pool, name, *force, size)?))
             }
+            Target::Command { argv } => Some(Out::Pipe(PipeOut::spawn(argv, size)?)),
         })
     }
 }

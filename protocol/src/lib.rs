@@ -16,6 +16,7 @@ pub mod merge;
 pub mod message;
 pub mod names;
 pub mod prune;
+pub mod qubes;
 pub mod remote;
 pub mod root;
 pub mod stream;

@@ -14,11 +14,14 @@
 use crate::keys::{KeyError, Keys, VolumeId, NONCE_LEN};
 use crate::message::{ArchiveParams, SessionInfo};
 use crate::names::{validate_session_name, validate_volume_name};
+use crate::qubes::QubesCatalog;
 use crate::{codec, ProtocolError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-pub const ROOT_MAGIC: [u8; 8] = *b"SBKROOT1";
+pub const ROOT_MAGIC: [u8; 8] = *b"SBKROOT2";
+/// Roots before Qubes settings: read (as having none), never written.
+pub const ROOT_MAGIC_V1: [u8; 8] = *b"SBKROOT1";
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Root {
@@ -31,6 +34,19 @@ pub struct Root {
     pub configured: Vec<String>,
     /// By name, ascending.
     pub volumes: Vec<RootVolume>,
+    /// The Qubes settings every backup run of a Qubes dom0 recorded.
+    pub qubes: QubesCatalog,
+}
+
+/// A root as version 1 wrote it.
+#[derive(Serialize, Deserialize)]
+struct RootV1 {
+    generation: u64,
+    written: u64,
+    params: ArchiveParams,
+    encrypt: bool,
+    configured: Vec<String>,
+    volumes: Vec<RootVolume>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -101,8 +117,21 @@ impl Root {
 
     /// Opens and checks a root read from the archive.
     pub fn open(keys: &Keys, bytes: &[u8]) -> Result<Root, RootError> {
-        let body = keys.open_record(&ROOT_MAGIC, bytes)?;
-        let r: Root = codec::decode_large("root", &body)?;
+        let r: Root = if bytes.starts_with(&ROOT_MAGIC_V1) {
+            let v1: RootV1 =
+                codec::decode_large("root", &keys.open_record(&ROOT_MAGIC_V1, bytes)?)?;
+            Root {
+                generation: v1.generation,
+                written: v1.written,
+                params: v1.params,
+                encrypt: v1.encrypt,
+                configured: v1.configured,
+                volumes: v1.volumes,
+                qubes: QubesCatalog::default(),
+            }
+        } else {
+            codec::decode_large("root", &keys.open_record(&ROOT_MAGIC, bytes)?)?
+        };
         r.validate(keys)?;
         Ok(r)
     }
@@ -134,6 +163,7 @@ impl Root {
         for c in &self.configured {
             validate_volume_name(c)?;
         }
+        self.qubes.validate()?;
         Ok(())
     }
 
@@ -188,7 +218,49 @@ mod tests {
                     manifest_mac: [2; 32],
                 }],
             }],
+            qubes: QubesCatalog::default(),
         }
+    }
+
+    #[test]
+    fn qubes_settings_ride_in_the_root_and_v1_roots_still_open() {
+        let k = keys();
+        let mut r = root();
+        let q = crate::qubes::QubeSettings {
+            name: "work".into(),
+            class: "AppVM".into(),
+            label: "blue".into(),
+            properties: vec![],
+            features: vec![],
+            tags: vec![],
+            devices: vec![],
+            firewall: None,
+            notes: Some("secret plans".into()),
+            volumes: vec![],
+        };
+        r.qubes.add(
+            9,
+            vec![q.clone()],
+            vec![("a".into(), "S_000000000001".into())],
+        );
+        let b = r.seal(&k, [0; 24]);
+        assert!(!b.windows(12).any(|w| w == b"secret plans"));
+        assert_eq!(Root::open(&k, &b).unwrap(), r);
+        let mut bad = q;
+        bad.label = "-x".into();
+        r.qubes.qubes[0] = bad;
+        assert!(Root::open(&k, &r.seal(&k, [0; 24])).is_err());
+        let old = root();
+        let v1 = RootV1 {
+            generation: old.generation,
+            written: old.written,
+            params: old.params,
+            encrypt: old.encrypt,
+            configured: old.configured.clone(),
+            volumes: old.volumes.clone(),
+        };
+        let sealed = k.seal_record(&ROOT_MAGIC_V1, &codec::encode_large(&v1), [1; 24]);
+        assert_eq!(Root::open(&k, &sealed).unwrap(), old);
     }
 
     #[test]

@@ -32,6 +32,15 @@ impl Direct {
         }
     }
 
+    /// No direct descriptor: every transfer goes through the caller's own
+    /// (a pipe, say).
+    pub fn none() -> Self {
+        Direct {
+            file: None,
+            refused: AtomicBool::new(true),
+        }
+    }
+
     /// Runs `op` on the direct descriptor. None if there is none, it was
     /// given up, or `op` got `EINVAL` (then it is given up): the caller
     /// does the transfer through the page cache instead.

@@ -68,6 +68,7 @@ fn world() -> World {
         encrypt: true,
         configured: Vec::new(),
         volumes: Vec::new(),
+        qubes: Default::default(),
     }
     .seal(&key.keys(), [3; 24]);
     Archive::init(&archive_dir, params, &wrapped.encode(), &root, true).unwrap();

@@ -392,6 +392,14 @@ pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool, resend_all: bool) -
             }
         }
     }
+    // The settings of the qubes whose volumes the archive holds (Qubes
+    // dom0 only), once their volumes are committed.
+    if !done.is_empty() {
+        if let Err(e) = super::qubes::capture(ctx, &meta, &mut client) {
+            report::error(format!("recording the Qubes settings: {e:#}"));
+            failed += 1;
+        }
+    }
     client.finish()?;
     if let Some(p) = policy {
         let mut admin = ctx.connect(&dest, &meta, Operation::Admin)?;

@@ -289,6 +289,10 @@ fn stage(
             fs::write(sdir.join("info.toml"), toml::to_string(&info)?)?;
         }
     }
+    if !root.qubes.sessions.is_empty() {
+        meta.set_qubes(&root.qubes)?;
+        meta.clear_dirty()?;
+    }
     meta.set_generation(root.generation)?;
     sysio::atomic::syncfs(dir).with_context(|| format!("unable to sync '{}'", dir.display()))?;
     Ok(())
@@ -313,6 +317,9 @@ fn differences(m: &ArchiveMeta, root: &Root) -> Result<Vec<String>> {
         if root.volume(&o.name).is_none() {
             d.push(format!("volume '{}' is no longer in the archive", o.name));
         }
+    }
+    if ours.qubes != root.qubes {
+        d.push("Qubes settings differ".into());
     }
     Ok(d)
 }

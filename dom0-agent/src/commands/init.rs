@@ -84,6 +84,7 @@ pub fn run(
         encrypt,
         configured: Vec::new(),
         volumes: Vec::new(),
+        qubes: Default::default(),
     };
     let mut client = Client::connect_new(&dest, &ctx.reach)?;
     client.init(

@@ -11,6 +11,7 @@ pub mod key;
 pub mod list;
 pub mod open;
 pub mod prune;
+pub mod qubes;
 pub mod restore;
 pub mod verify;
 pub mod volumes;
@@ -46,7 +47,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         } => prune::run(&ctx, &volume, session, all_before, keep, dry_run),
         Cmd::Delete { volume, force } => volumes::delete(&ctx, &volume, force),
         Cmd::Rename { volume, new_name } => volumes::rename(&ctx, &volume, &new_name),
-        Cmd::Add { volumes } => volumes::add(&ctx, &volumes),
+        Cmd::Add { mut volumes, qube } => {
+            volumes.extend(qubes::volumes_of_qubes(&ctx, &qube)?);
+            volumes::add(&ctx, &volumes)
+        }
         Cmd::Remove { volume } => volumes::remove(&ctx, &volume),
         Cmd::ArchCheck { volume } => check::run(&ctx, volume.as_deref()),
         Cmd::Diff { volume } => diff::run(&ctx, &volume),
@@ -71,7 +75,33 @@ pub fn run(cli: Cli) -> Result<i32> {
             session,
             all,
         } => verify::run(&ctx, &volume, session.as_deref(), all),
-        Cmd::List { volume, offline } => list::run(&ctx, volume.as_deref(), offline),
+        Cmd::List { qubes: true, .. } => qubes::list(&ctx),
+        Cmd::List {
+            volume, offline, ..
+        } => list::run(&ctx, volume.as_deref(), offline),
+        Cmd::RestoreQubes {
+            names,
+            session,
+            dry_run,
+            rename_conflicting,
+            skip_conflicting,
+            pool,
+            ignore_missing,
+        } => qubes::restore(
+            &ctx,
+            qubes::RestoreArgs {
+                names,
+                session,
+                dry_run,
+                on_conflict: match (rename_conflicting, skip_conflicting) {
+                    (true, _) => crate::qubes::plan::OnConflict::Rename,
+                    (_, true) => crate::qubes::plan::OnConflict::Skip,
+                    _ => crate::qubes::plan::OnConflict::Refuse,
+                },
+                pool,
+                ignore_missing,
+            },
+        ),
         Cmd::Open {
             volume,
             mountpoint,

@@ -24,7 +24,6 @@ use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
 use std::time::Instant;
 use sysio::aligned::AlignedBuf;
-use sysio::direct::Direct;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -151,9 +150,13 @@ pub fn restore(
     // into place once everything checked, so a late failure changes nothing.
     // Two more workers than cores: a worker waiting for its direct write
     // leaves its core to another.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
+    // A pipe takes the volume in order: one worker.
+    let workers = match &out {
+        Some(o) if o.in_order() => 1,
+        _ => std::thread::available_parallelism().map_or(2, |n| n.get()) + 2,
+    };
     let names: Vec<&str> = chosen.iter().map(|s| s.name.as_str()).collect();
-    let target = out.as_ref().map(|o| (o, Direct::reopen(o.file(), true)));
+    let target = out.as_ref().map(|o| (o, o.direct()));
     let target = target.as_ref();
     let (work_tx, work_rx) = sync_channel::<Work>(workers * 2);
     let bad: Mutex<Vec<BadChunk>> = Mutex::new(Vec::new());

@@ -1,0 +1,262 @@
+//! The `qvm-*` command lines `restore-qubes` runs, built as argument
+//! vectors (never a shell) from a checked plan, and the runner. Forms
+//! are those of qubes-core-admin-client (Qubes 4.2; `qvm-notes` 4.3):
+//!
+//! - `qvm-create --class C --label L [--template T] [-P POOL]
+//!   [--property=K=V]… NAME`: plain properties in the same call;
+//! - `qvm-volume import --size=N NAME:VOLUME -`: the data on stdin;
+//! - `qvm-features -- NAME FEATURE VALUE` (`--`: a value may start with
+//!   `-`);
+//! - `qvm-tags NAME add TAG…`;
+//! - `qvm-firewall NAME add K=V…` per rule, then `qvm-firewall NAME del
+//!   --rule-no 0` (a new qube starts with one rule, accept all);
+//! - `qvm-notes --force --set=TEXT NAME`;
+//! - `qvm-prefs NAME PROPERTY VALUE` (`''` for none) for references;
+//! - `qvm-device CLASS attach --persistent [--option K=V]… NAME
+//!   BACKEND:IDENT`.
+//!
+//! Every value that is not a checked name rides inside an `--opt=value`
+//! argument or after `--`, so none can be read as an option.
+
+use super::plan::Step;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+
+/// The qubes this system has (`qvm-ls --raw-list`).
+pub fn existing_qubes() -> Result<BTreeSet<String>> {
+    let out = Command::new("qvm-ls")
+        .arg("--raw-list")
+        .stdin(Stdio::null())
+        .output()
+        .context("unable to run qvm-ls (restore-qubes runs in a Qubes dom0)")?;
+    if !out.status.success() {
+        bail!(
+            "qvm-ls --raw-list failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// Runs one tool; its error output on failure.
+pub fn run(argv: &[String]) -> Result<()> {
+    crate::report::detail(format!("running {}", shown(argv)));
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("unable to run {}", argv[0]))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            shown(argv),
+            out.status,
+            protocol::names::escape_text(String::from_utf8_lossy(&out.stderr).trim(), 500)
+        );
+    }
+    Ok(())
+}
+
+/// A command line for messages (values escaped, long ones cut).
+pub fn shown(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| protocol::names::escape_text(a, 80))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn v(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn create_command(s: &Step, pool: Option<&str>) -> Vec<String> {
+    let mut a = v(&["qvm-create", "--class", &s.class, "--label", &s.label]);
+    if let Some(t) = &s.template {
+        a.extend(v(&["--template", t]));
+    }
+    if let Some(p) = pool {
+        a.extend(v(&["-P", p]));
+    }
+    for (k, val) in &s.properties {
+        a.push(format!("--property={k}={val}"));
+    }
+    a.push(s.name.clone());
+    a
+}
+
+pub fn import_command(qube: &str, volume: &str, size: u64) -> Vec<String> {
+    vec![
+        "qvm-volume".into(),
+        "import".into(),
+        format!("--size={size}"),
+        format!("{qube}:{volume}"),
+        "-".into(),
+    ]
+}
+
+/// A qube's own settings, once it exists and holds its data.
+pub fn settings_commands(s: &Step) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (k, val) in &s.features {
+        out.push(v(&["qvm-features", "--", &s.name, k, val]));
+    }
+    if !s.tags.is_empty() {
+        let mut a = v(&["qvm-tags", &s.name, "add"]);
+        a.extend(s.tags.iter().cloned());
+        out.push(a);
+    }
+    if let Some(rules) = &s.firewall {
+        let default =
+            rules.len() == 1 && rules[0] == [("action".to_string(), "accept".to_string())];
+        if !default {
+            for r in rules {
+                let mut a = v(&["qvm-firewall", &s.name, "add"]);
+                a.extend(r.iter().map(|(k, val)| format!("{k}={val}")));
+                out.push(a);
+            }
+            out.push(v(&["qvm-firewall", &s.name, "del", "--rule-no", "0"]));
+        }
+    }
+    if let Some(n) = &s.notes {
+        out.push(vec![
+            "qvm-notes".into(),
+            "--force".into(),
+            format!("--set={n}"),
+            s.name.clone(),
+        ]);
+    }
+    out
+}
+
+/// What refers to other qubes: set once every qube exists.
+pub fn last_commands(s: &Step) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (k, target) in &s.references {
+        out.push(v(&["qvm-prefs", &s.name, k, target]));
+    }
+    for d in &s.devices {
+        let mut a = v(&["qvm-device", &d.class, "attach", "--persistent"]);
+        for (k, val) in &d.options {
+            a.push("--option".into());
+            a.push(format!("{k}={val}"));
+        }
+        a.push(s.name.clone());
+        a.push(format!("{}:{}", d.backend, d.ident));
+        out.push(a);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step() -> Step {
+        Step {
+            qube: "work".into(),
+            name: "work-restored".into(),
+            class: "AppVM".into(),
+            label: "blue".into(),
+            template: Some("fedora".into()),
+            properties: vec![("kernelopts".into(), "-x --help".into())],
+            references: vec![("netvm".into(), String::new())],
+            features: vec![("f".into(), "-rf".into())],
+            tags: vec!["a".into(), "b".into()],
+            firewall: Some(vec![vec![
+                ("action".into(), "accept".into()),
+                ("dsthost".into(), "example.com".into()),
+            ]]),
+            notes: Some("--delete".into()),
+            devices: vec![protocol::qubes::Device {
+                class: "pci".into(),
+                backend: "dom0".into(),
+                ident: "00_14.3".into(),
+                options: vec![("no-strict-reset".into(), "True".into())],
+            }],
+            volumes: vec![],
+        }
+    }
+
+    #[test]
+    fn values_never_stand_alone_as_options() {
+        let s = step();
+        assert_eq!(
+            create_command(&s, Some("lvm2")),
+            v(&[
+                "qvm-create",
+                "--class",
+                "AppVM",
+                "--label",
+                "blue",
+                "--template",
+                "fedora",
+                "-P",
+                "lvm2",
+                "--property=kernelopts=-x --help",
+                "work-restored"
+            ])
+        );
+        let cmds = settings_commands(&s);
+        assert_eq!(
+            cmds[0],
+            v(&["qvm-features", "--", "work-restored", "f", "-rf"])
+        );
+        assert_eq!(cmds[1], v(&["qvm-tags", "work-restored", "add", "a", "b"]));
+        assert_eq!(
+            cmds[2],
+            v(&[
+                "qvm-firewall",
+                "work-restored",
+                "add",
+                "action=accept",
+                "dsthost=example.com"
+            ])
+        );
+        assert_eq!(
+            cmds[3],
+            v(&["qvm-firewall", "work-restored", "del", "--rule-no", "0"])
+        );
+        assert_eq!(
+            cmds[4],
+            v(&["qvm-notes", "--force", "--set=--delete", "work-restored"])
+        );
+        let last = last_commands(&s);
+        assert_eq!(last[0], v(&["qvm-prefs", "work-restored", "netvm", ""]));
+        assert_eq!(
+            last[1],
+            v(&[
+                "qvm-device",
+                "pci",
+                "attach",
+                "--persistent",
+                "--option",
+                "no-strict-reset=True",
+                "work-restored",
+                "dom0:00_14.3"
+            ])
+        );
+        assert_eq!(
+            import_command("work-restored", "private", 4096),
+            v(&[
+                "qvm-volume",
+                "import",
+                "--size=4096",
+                "work-restored:private",
+                "-"
+            ])
+        );
+    }
+
+    #[test]
+    fn the_default_firewall_is_left_alone() {
+        let mut s = step();
+        s.firewall = Some(vec![vec![("action".into(), "accept".into())]]);
+        assert!(!settings_commands(&s).iter().any(|c| c[0] == "qvm-firewall"));
+    }
+}
