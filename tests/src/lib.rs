@@ -3,6 +3,7 @@
 //! loop-mounted filesystems. Nothing here stands in for project code.
 
 pub mod fakequbes;
+pub mod fakequbesd;
 pub mod sshd;
 
 use sha2::{Digest, Sha256};

@@ -60,12 +60,21 @@ pub fn capture(ctx: &Ctx, meta: &ArchiveMeta, client: &mut Client) -> Result<()>
         ));
         return Ok(());
     }
-    let found = xml::read(&path, Some(&|n: &str| wanted.contains(n)))?;
-    for r in &found.refused {
-        report::warn(format!("{}: {r}", path.display()));
+    // Every qube is read: a named disposable keeps no volume, and is
+    // recorded with the disposable template it is made from.
+    let mut found = xml::read(&path, None)?;
+    let keep = |q: &QubeSettings| {
+        wanted.contains(&q.name)
+            || (q.class == "DispVM" && q.template().is_some_and(|t| wanted.contains(t)))
+    };
+    found.qubes.retain(|_, q| keep(q));
+    for (name, why) in &found.refused {
+        if wanted.contains(name) {
+            report::warn(format!("{}: {why}", path.display()));
+        }
     }
     for q in &wanted {
-        if !found.qubes.contains_key(q) && !found.refused.iter().any(|r| r.contains(q)) {
+        if !found.qubes.contains_key(q) && !found.refused.iter().any(|(n, _)| n == q) {
             report::detail(format!(
                 "qube '{q}' has volumes in the archive but is not in {} (removed?): its settings are not recorded",
                 path.display()
@@ -113,8 +122,8 @@ pub fn volumes_of_qubes(ctx: &Ctx, names: &[String]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for n in names {
         let Some(q) = found.qubes.get(n) else {
-            if let Some(r) = found.refused.iter().find(|r| r.contains(n.as_str())) {
-                bail!("{}: {r}", path.display());
+            if let Some((_, why)) = found.refused.iter().find(|(q, _)| q == n) {
+                bail!("{}: {why}", path.display());
             }
             bail!("no qube '{n}' in {}", path.display());
         };

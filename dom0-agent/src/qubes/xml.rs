@@ -55,7 +55,8 @@ const MAX_XML: u64 = 64 << 20;
 #[derive(Default, Debug)]
 pub struct Found {
     pub qubes: BTreeMap<String, QubeSettings>,
-    pub refused: Vec<String>,
+    /// (qube name, why it was left out)
+    pub refused: Vec<(String, String)>,
 }
 
 fn read_capped(path: &Path, cap: u64) -> Result<Option<String>> {
@@ -145,9 +146,10 @@ pub fn parse(
             continue;
         }
         let Some(name) = prop_text(d, "name") else {
-            found
-                .refused
-                .push("a domain without a name: left out".to_string());
+            found.refused.push((
+                String::new(),
+                "a domain without a name: left out".to_string(),
+            ));
             continue;
         };
         if wanted.is_some_and(|w| !w(&name)) {
@@ -158,14 +160,20 @@ pub fn parse(
                 Ok(()) => {
                     found.qubes.insert(name, q);
                 }
-                Err(e) => found.refused.push(format!(
-                    "qube {}: {e}: left out",
-                    protocol::names::display_safe(&name)
+                Err(e) => found.refused.push((
+                    name.clone(),
+                    format!(
+                        "qube {}: {e}: left out",
+                        protocol::names::display_safe(&name)
+                    ),
                 )),
             },
-            Err(e) => found.refused.push(format!(
-                "qube {}: {e:#}: left out",
-                protocol::names::display_safe(&name)
+            Err(e) => found.refused.push((
+                name.clone(),
+                format!(
+                    "qube {}: {e:#}: left out",
+                    protocol::names::display_safe(&name)
+                ),
             )),
         }
     }
@@ -419,8 +427,8 @@ mod tests {
         assert!(t.property("qid").is_none() && t.property("uuid").is_none());
         // A bad name and a property given twice: refused, not cleaned up.
         assert_eq!(f.refused.len(), 2, "{:?}", f.refused);
-        assert!(f.refused[0].contains("'-x'"));
-        assert!(f.refused[1].contains("twice"));
+        assert!(f.refused[0].1.contains("'-x'"));
+        assert_eq!(f.refused[1].0, "twice");
     }
 
     #[test]
