@@ -45,6 +45,9 @@ pub struct Qube {
     pub devices: Vec<Assigned>,
     /// Volume name → size of the imported data (absent: never imported).
     pub volumes: BTreeMap<String, u64>,
+    /// The pool its volumes were created in (`-P`; None: the default).
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// A persistent device assignment: (class, backend:ident, options).
@@ -355,6 +358,7 @@ pub fn qvm_create(args: &[String]) -> i32 {
         label: label.into(),
         template,
         firewall: vec![vec![("action".into(), "accept".into())]],
+        pool: p.get("-P").map(str::to_string),
         ..Default::default()
     };
     s.qubes.insert(name.clone(), q.clone());

@@ -678,6 +678,7 @@ fn whole_qubes_come_back_on_a_fresh_install() {
     for q in &qubes2 {
         assert_restored(&st.qubes[q.name], q, &same);
         assert_volumes(&e, q, q.name, &sources);
+        assert_eq!(st.qubes[q.name].pool, None);
     }
     assert_eq!(st.qubes.len(), qubes2.len() + 1);
 
@@ -771,10 +772,11 @@ fn missing_dependencies_are_refused_up_front_or_defaulted() {
     assert_eq!(j["plan"]["missing"].as_array().unwrap().len(), 3);
     assert_eq!(fs::read(&e.qubesd).unwrap(), before);
 
-    let (ok, j) = e.json(&["restore-qubes", "--ignore-missing"]);
+    let (ok, j) = e.json(&["restore-qubes", "--ignore-missing", "--pool", "vm-pool2"]);
     assert!(ok, "{j}");
     let st = e.state();
     let w = &st.qubes["work"];
+    assert_eq!(w.pool.as_deref(), Some("vm-pool2"));
     assert_eq!(
         w.template.as_deref(),
         Some("fedora-41-xfce"),
