@@ -223,3 +223,5 @@ printf '%-52s %7s\n' "backup, ${SIZE_MIB} MiB image (no change)" "$((RSS_B / 102
 # Opened sessions, in a scratch dir of their own (see bench/open.sh).
 cleanup; trap - EXIT
 SIZE_MIB=$SIZE_MIB ROUNDS=$ROUNDS bash "$ROOT/bench/open.sh"
+# Whole-qube restore, likewise (see bench/qubes.sh).
+SIZE_MIB=$SIZE_MIB ROUNDS=$ROUNDS bash "$ROOT/bench/qubes.sh"

@@ -169,22 +169,63 @@ impl Drop for LvOut<'_> {
     }
 }
 
-/// A program the volume is streamed to: chunks arrive in ascending order
-/// (one restore worker), the holes between them are sent as zeros, and
-/// the program is killed, not finished, if the restore fails: it must
-/// then discard what it got (`qvm-volume import` does: the size it was
-/// promised never arrives).
+/// A program the volume is streamed to, in order: chunks are verified on
+/// all cores and arrive here numbered in stream order; each is sent when
+/// all before it were (the holes between them as zeros), a later one
+/// waits in memory, at most `AHEAD` of them. The program is killed, not
+/// finished, if the restore fails: it must then discard what it got
+/// (`qvm-volume import` does: the size it was promised never arrives).
 pub struct PipeOut {
     argv: Vec<String>,
     child: std::process::Child,
-    /// Its stdin and how far the volume was sent.
-    stdin: std::sync::Mutex<(Option<std::process::ChildStdin>, u64)>,
+    order: std::sync::Mutex<Order>,
+    /// Signalled when `Order::next` moves.
+    moved: std::sync::Condvar,
     size: u64,
     done: bool,
     _interrupt: crate::interrupt::Guard,
 }
 
+/// Chunks held back before a worker with a later one waits: any worker
+/// holding a later chunk means the next one is already with a worker that
+/// never waits, so waiting cannot deadlock.
+const AHEAD: u64 = 32;
+
+struct Order {
+    w: Option<std::process::ChildStdin>,
+    /// Bytes of the volume sent.
+    cursor: u64,
+    /// The number of the chunk to send next.
+    next: u64,
+    /// Chunks that came early: number → (address, bytes; None: skipped).
+    early: std::collections::BTreeMap<u64, (u64, Option<Vec<u8>>)>,
+}
+
 static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+
+impl Order {
+    fn write(&mut self, data: &[u8], at: u64) -> std::io::Result<()> {
+        use std::io::Write;
+        let w = self
+            .w
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the pipe is closed"))?;
+        if at < self.cursor {
+            return Err(std::io::Error::other(format!(
+                "out of order write at {at:#x} (sent up to {:#x})",
+                self.cursor
+            )));
+        }
+        while self.cursor < at {
+            let n = (at - self.cursor).min(ZEROS.len() as u64) as usize;
+            w.write_all(&ZEROS[..n])?;
+            self.cursor += n as u64;
+        }
+        w.write_all(data)?;
+        self.cursor += data.len() as u64;
+        Ok(())
+    }
+}
 
 impl PipeOut {
     fn spawn(argv: &[String], size: u64) -> Result<Self> {
@@ -194,7 +235,7 @@ impl PipeOut {
             .stdin(std::process::Stdio::piped())
             .spawn()
             .with_context(|| format!("unable to run {prog}"))?;
-        let stdin = child.stdin.take();
+        let w = child.stdin.take();
         let interrupt = crate::interrupt::note(format!(
             "{} did not get the whole volume: it discards what it got",
             argv.join(" ")
@@ -202,7 +243,13 @@ impl PipeOut {
         Ok(PipeOut {
             argv: argv.to_vec(),
             child,
-            stdin: std::sync::Mutex::new((stdin, 0)),
+            order: std::sync::Mutex::new(Order {
+                w,
+                cursor: 0,
+                next: 0,
+                early: Default::default(),
+            }),
+            moved: std::sync::Condvar::new(),
             size,
             done: false,
             _interrupt: interrupt,
@@ -213,28 +260,42 @@ impl PipeOut {
         self.argv.join(" ")
     }
 
-    fn send(&self, data: &[u8], at: u64) -> Result<()> {
-        let mut g = self.stdin.lock().expect("pipe lock");
-        let (w, cursor) = &mut *g;
-        let w = w.as_mut().context("the pipe is closed")?;
-        if at < *cursor {
-            bail!("out of order write at {at:#x} (already sent up to {cursor:#x})");
+    /// Chunk number `seq`, at `at` (None: it failed and is left as zeros).
+    fn put(&self, seq: u64, at: u64, data: Option<&[u8]>) -> Result<()> {
+        let mut o = self.order.lock().expect("pipe lock");
+        while seq >= o.next + AHEAD {
+            o = self.moved.wait(o).expect("pipe lock");
         }
-        use std::io::Write;
-        while *cursor < at {
-            let n = (at - *cursor).min(ZEROS.len() as u64) as usize;
-            w.write_all(&ZEROS[..n])?;
-            *cursor += n as u64;
+        if seq != o.next {
+            o.early.insert(seq, (at, data.map(<[u8]>::to_vec)));
+            return Ok(());
         }
-        w.write_all(data)?;
-        *cursor += data.len() as u64;
-        Ok(())
+        let mut r = match data {
+            Some(d) => o.write(d, at),
+            None => Ok(()),
+        };
+        o.next += 1;
+        while r.is_ok() {
+            let n = o.next;
+            let Some((at, d)) = o.early.remove(&n) else {
+                break;
+            };
+            if let Some(d) = d {
+                r = o.write(&d, at);
+            }
+            o.next += 1;
+        }
+        self.moved.notify_all();
+        r.with_context(|| format!("unable to write to {}", self.label()))
     }
 
     fn finish(mut self) -> Result<()> {
-        self.send(&[], self.size)
-            .with_context(|| format!("unable to write to {}", self.label()))?;
-        drop(self.stdin.lock().expect("pipe lock").0.take());
+        {
+            let mut o = self.order.lock().expect("pipe lock");
+            o.write(&[], self.size)
+                .with_context(|| format!("unable to write to {}", self.label()))?;
+            drop(o.w.take());
+        }
         let st = self
             .child
             .wait()
@@ -253,7 +314,7 @@ impl Drop for PipeOut {
             // Killed before its input is closed: it never sees a complete
             // volume.
             let _ = self.child.kill();
-            drop(self.stdin.lock().map(|mut g| g.0.take()));
+            drop(self.order.lock().map(|mut o| o.w.take()));
             let _ = self.child.wait();
         }
     }
@@ -276,9 +337,22 @@ impl Out<'_> {
         }
     }
 
-    /// Whether chunks must be written in ascending order.
-    pub fn in_order(&self) -> bool {
-        matches!(self, Out::Pipe(_))
+    /// Writes verified chunk number `seq` of the stream (its place in
+    /// the order a pipe needs) at `at`.
+    pub fn put(&self, direct: &Direct, seq: u64, data: &[u8], at: u64) -> Result<()> {
+        match self {
+            Out::Pipe(p) => p.put(seq, at, Some(data)),
+            _ => self.write_at(direct, data, at),
+        }
+    }
+
+    /// Chunk number `seq` failed and is not written (a pipe sends zeros
+    /// there and goes on: the restore ends, or with --salvage keeps them).
+    pub fn skip(&self, seq: u64, at: u64) -> Result<()> {
+        match self {
+            Out::Pipe(p) => p.put(seq, at, None),
+            _ => Ok(()),
+        }
     }
 
     /// Writes `data` at `at`: its whole blocks directly (from the worker's
@@ -289,11 +363,7 @@ impl Out<'_> {
         let f = match self {
             Out::File(o) => &o.file,
             Out::Lv(o) => &o.file,
-            Out::Pipe(p) => {
-                return p
-                    .send(data, at)
-                    .with_context(|| format!("unable to write to {}", p.label()))
-            }
+            Out::Pipe(p) => bail!("{}: a pipe takes numbered chunks", p.label()),
         };
         let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
         let aligned = (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
@@ -345,5 +415,87 @@ impl<'a> Out<'a> {
             }
             Target::Command { argv } => Some(Out::Pipe(PipeOut::spawn(argv, size)?)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sbk-target-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_pipe_gets_the_volume_in_order_from_many_threads() {
+        let d = tmp("pipe");
+        let f = d.join("out");
+        let argv = vec![
+            "dd".to_string(),
+            format!("of={}", f.display()),
+            "status=none".into(),
+        ];
+        let cs = 4096u64;
+        // Chunks 0..200, every third a hole (never put), odd size at the end.
+        let size = 200 * cs - 100;
+        let data: Vec<(u64, Vec<u8>)> = (0..200u64)
+            .filter(|i| i % 3 != 1)
+            .map(|i| {
+                let len = (size - i * cs).min(cs) as usize;
+                (i * cs, vec![(i % 251) as u8 + 1; len])
+            })
+            .collect();
+        let out = Out::open(&Target::Command { argv }, size).unwrap().unwrap();
+        let direct = out.direct();
+        // As restore's workers do: each takes the next chunk in stream
+        // order, one at a time, and finishes it after a while of its own.
+        let queue = std::sync::Mutex::new(data.iter().enumerate());
+        std::thread::scope(|s| {
+            for t in 0..6u64 {
+                let (out, queue, direct) = (&out, &queue, &direct);
+                s.spawn(move || loop {
+                    let Some((seq, (at, bytes))) = queue.lock().unwrap().next() else {
+                        return;
+                    };
+                    let wait = (seq as u64 * 7919 + t * 104729) % 3000;
+                    std::thread::sleep(std::time::Duration::from_micros(wait));
+                    if seq % 7 == 0 {
+                        out.skip(seq as u64, *at).unwrap();
+                    } else {
+                        out.put(direct, seq as u64, bytes, *at).unwrap();
+                    }
+                });
+            }
+        });
+        out.finish().unwrap();
+        let got = fs::read(&f).unwrap();
+        let mut want = vec![0u8; size as usize];
+        for (seq, (at, bytes)) in data.iter().enumerate() {
+            if seq % 7 != 0 {
+                want[*at as usize..*at as usize + bytes.len()].copy_from_slice(bytes);
+            }
+        }
+        assert!(got == want);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_unfinished_pipe_is_killed_and_a_failing_program_is_an_error() {
+        let d = tmp("kill");
+        let argv = vec!["sleep".to_string(), "30".into()];
+        let t0 = std::time::Instant::now();
+        drop(Out::open(&Target::Command { argv }, 1 << 20).unwrap());
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+        let argv = vec!["false".to_string()];
+        let out = Out::open(&Target::Command { argv }, 0).unwrap().unwrap();
+        assert!(out
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("false failed"));
+        let _ = fs::remove_dir_all(&d);
     }
 }

@@ -648,28 +648,36 @@ pub fn qvm_volume(args: &[String]) -> i32 {
             &format!("volume {volume} of {name} cannot be imported into (not persistent)"),
         );
     }
-    let mut data = Vec::new();
-    let r = if path == "-" {
-        std::io::stdin().take(size + 1).read_to_end(&mut data)
-    } else {
-        std::fs::File::open(path).and_then(|f| f.take(size + 1).read_to_end(&mut data))
-    };
-    if let Err(e) = r {
-        refuse(t, &format!("reading the data: {e}"));
-    }
-    if data.len() as u64 != size {
-        // qubesd's ImportWithSize: the volume is left as it was.
-        refuse(
-            t,
-            &format!(
-                "Got {} bytes of data, expected {size}: import discarded",
-                data.len()
-            ),
-        );
-    }
+    // Streamed to a temporary file, kept only if exactly `size` bytes came.
     let f = volume_file(name, volume);
     std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-    std::fs::write(&f, &data).unwrap();
+    let tmp = f.with_extension("importing");
+    let mut input: Box<dyn Read> = if path == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(path).unwrap_or_else(|e| refuse(t, &format!("{path}: {e}"))))
+    };
+    // Synced before it counts, as a volume Qubes commits is.
+    let n = std::fs::File::create(&tmp).and_then(|mut out| {
+        let n = std::io::copy(&mut input.by_ref().take(size + 1), &mut out)?;
+        out.sync_all()?;
+        Ok(n)
+    });
+    match n {
+        Ok(n) if n == size => std::fs::rename(&tmp, &f).unwrap(),
+        Ok(n) => {
+            let _ = std::fs::remove_file(&tmp);
+            // qubesd's ImportWithSize: the volume is left as it was.
+            refuse(
+                t,
+                &format!("Got {n} bytes of data, expected {size}: import discarded"),
+            );
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            refuse(t, &format!("reading the data: {e}"));
+        }
+    }
     q.volumes.insert(volume.to_string(), size);
     save(&s);
     0

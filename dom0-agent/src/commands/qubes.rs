@@ -85,15 +85,9 @@ pub fn capture(ctx: &Ctx, meta: &ArchiveMeta, client: &mut Client) -> Result<()>
     volumes.retain(|(v, _)| qube_of_volume(v).is_some_and(|(q, _)| found.qubes.contains_key(q)));
     let n = found.qubes.len();
     let mut cat = meta.qubes()?;
-    let known: BTreeMap<String, BTreeSet<String>> = meta
-        .volumes()?
-        .into_iter()
-        .map(|v| {
-            let s = meta.session_names(&v).unwrap_or_default();
-            (v, s.into_iter().collect())
-        })
-        .collect();
-    cat.retain(|v, s| known.get(v).is_some_and(|set| set.contains(s)));
+    // Settings sessions whose volume sessions were all pruned go (a
+    // directory lookup each: only pinned sessions are looked at).
+    cat.retain(|v, s| meta.session_dir(v, s).is_ok_and(|d| d.is_dir()));
     let name = cat.add(
         crate::catalog::now(),
         found.qubes.into_values().collect(),

@@ -150,11 +150,7 @@ pub fn restore(
     // into place once everything checked, so a late failure changes nothing.
     // Two more workers than cores: a worker waiting for its direct write
     // leaves its core to another.
-    // A pipe takes the volume in order: one worker.
-    let workers = match &out {
-        Some(o) if o.in_order() => 1,
-        _ => std::thread::available_parallelism().map_or(2, |n| n.get()) + 2,
-    };
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
     let names: Vec<&str> = chosen.iter().map(|s| s.name.as_str()).collect();
     let target = out.as_ref().map(|o| (o, o.direct()));
     let target = target.as_ref();
@@ -197,11 +193,17 @@ pub fn restore(
                             plain.whole_mut(),
                             volume,
                             names[w.session],
-                        )
-                        .and_then(|p| match target {
-                            Some((o, d)) => o.write_at(d, p, w.addr),
-                            None => Ok(()),
-                        });
+                        );
+                        // Every chunk reaches the target, written or
+                        // skipped: a pipe takes them in stream order.
+                        let r = match (target, r) {
+                            (Some((o, d)), Ok(p)) => o.put(d, w.seq, p, w.addr),
+                            (Some((o, _)), Err(e)) => {
+                                let _ = o.skip(w.seq, w.addr);
+                                Err(e)
+                            }
+                            (None, r) => r.map(|_| ()),
+                        };
                         if r.is_ok() {
                             good.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             good_bytes
@@ -330,6 +332,7 @@ pub fn restore(
                     continue;
                 }
                 let w = Work {
+                    seq: chunks,
                     addr: e.addr,
                     raw_len,
                     hash: e.hash,
@@ -399,6 +402,8 @@ pub fn restore(
 
 /// One received chunk, to be checked (and written) by a worker.
 struct Work {
+    /// Its number in the stream (the chunks sent to workers, from 0).
+    seq: u64,
     addr: u64,
     raw_len: usize,
     hash: Hash,
