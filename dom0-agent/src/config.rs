@@ -70,4 +70,21 @@ mod tests {
         assert_eq!(c.volumes, vec!["a.img"]);
         assert!(toml::from_str::<Config>("dset = 1").is_err());
     }
+
+    #[test]
+    fn every_key_of_the_shipped_example_exists() {
+        let text = include_str!("../sparsebak.toml.example");
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c: Config = toml::from_str(&uncommented).unwrap();
+        assert_eq!(
+            c.qubes_xml.as_deref(),
+            Some(Path::new("/var/lib/qubes/qubes.xml"))
+        );
+        assert!(c.dest.is_some() && c.keep.is_some() && c.ssh_command.is_some());
+    }
 }

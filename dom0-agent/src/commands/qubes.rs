@@ -107,7 +107,16 @@ pub fn capture(ctx: &Ctx, meta: &ArchiveMeta, client: &mut Client) -> Result<()>
 
 /// `add --qube NAME`: the qube's persistent volumes, by Qubes' naming.
 pub fn volumes_of_qubes(ctx: &Ctx, names: &[String]) -> Result<Vec<String>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
     let path = ctx.qubes_xml();
+    if !path.exists() {
+        bail!(
+            "--qube needs dom0's Qubes record, and '{}' does not exist (not a Qubes dom0? set `qubes_xml` in the config)",
+            path.display()
+        );
+    }
     let want: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     for n in names {
         protocol::qubes::validate_qube_name(n)?;
