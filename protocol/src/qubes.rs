@@ -95,6 +95,10 @@ pub struct Device {
     pub backend: String,
     pub ident: String,
     pub options: Vec<(String, String)>,
+    /// The element's other attributes as Qubes wrote them (4.3:
+    /// `device-id`, `mode`), kept so nothing is lost; a restore assigns
+    /// the device as required (`attach --persistent`).
+    pub attrs: Vec<(String, String)>,
 }
 
 fn bad(what: &'static str, detail: String) -> ProtocolError {
@@ -209,6 +213,10 @@ impl QubeSettings {
                 validate_qube_name(&d.backend)?;
             }
             validate_ident("device id", &d.ident)?;
+            for (k, v) in &d.attrs {
+                validate_ident("device attribute", k)?;
+                validate_value("device attribute value", v)?;
+            }
             for (k, v) in &d.options {
                 validate_ident("device option", k)?;
                 validate_value("device option value", v)?;
@@ -428,6 +436,7 @@ mod tests {
                 backend: "dom0".into(),
                 ident: "00_14.3".into(),
                 options: vec![("no-strict-reset".into(), "True".into())],
+                attrs: vec![],
             }],
             firewall: Some(vec![vec![
                 ("action".into(), "accept".into()),

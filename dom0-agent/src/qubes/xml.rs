@@ -251,10 +251,18 @@ fn domain(
             "devices" => {
                 let dclass = part.attribute("class").unwrap_or("").to_string();
                 for dev in part.children().filter(|c| c.has_tag_name("device")) {
-                    let ident = dev
-                        .attribute("id")
-                        .or_else(|| dev.attribute("port-id"))
-                        .unwrap_or("");
+                    let ident_attr = if dev.attribute("id").is_some() {
+                        "id"
+                    } else {
+                        "port-id"
+                    };
+                    let ident = dev.attribute(ident_attr).unwrap_or("");
+                    let mut attrs: Vec<(String, String)> = dev
+                        .attributes()
+                        .filter(|a| a.name() != ident_attr && a.name() != "backend-domain")
+                        .map(|a| (a.name().to_string(), a.value().to_string()))
+                        .collect();
+                    attrs.sort();
                     q.devices.push(Device {
                         class: dclass.clone(),
                         backend: dev.attribute("backend-domain").unwrap_or("").to_string(),
@@ -269,6 +277,7 @@ fn domain(
                                 )
                             })
                             .collect(),
+                        attrs,
                     });
                 }
             }
@@ -362,7 +371,7 @@ mod tests {
       <features><feature name="service.crond">1</feature><feature name="gui-default-secure-copy-sequence">Ctrl-Shift-c</feature></features>
       <tags><tag name="created-by-dom0"/><tag name="work"/></tags>
       <devices class="pci"><device backend-domain="dom0" id="00_14.3"><option name="no-strict-reset">True</option></device></devices>
-      <devices class="usb"/>
+      <devices class="usb"><device backend-domain="dom0" port-id="2-1" device-id="0x1234:0x5678::p0e0100" mode="required"/></devices>
     </domain>
     <domain id="domain-3" class="AppVM">
       <properties><property name="name">-x</property><property name="label" ref="label-1"/></properties>
@@ -414,10 +423,23 @@ mod tests {
         assert_eq!(w.text("memory"), Some("800"));
         assert_eq!(w.tags, ["created-by-dom0", "work"]);
         assert_eq!(w.features.len(), 2);
-        assert_eq!(w.devices.len(), 1);
+        assert_eq!(w.devices.len(), 2);
         assert_eq!(
             w.devices[0].options,
             [("no-strict-reset".to_string(), "True".to_string())]
+        );
+        // Qubes 4.3's form: the port is the id, the rest is kept.
+        let usb = &w.devices[1];
+        assert_eq!((usb.class.as_str(), usb.ident.as_str()), ("usb", "2-1"));
+        assert_eq!(
+            usb.attrs,
+            [
+                (
+                    "device-id".to_string(),
+                    "0x1234:0x5678::p0e0100".to_string()
+                ),
+                ("mode".to_string(), "required".to_string())
+            ]
         );
         let fw = w.firewall.as_ref().unwrap();
         assert_eq!(fw.len(), 2);
