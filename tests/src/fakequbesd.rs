@@ -215,48 +215,42 @@ fn qube<'a>(tool: &str, s: &'a mut State, name: &str) -> &'a mut Qube {
 }
 
 /// Checks `value` for property `prop` of qube `owner` as qubesd does.
-fn check_property(tool: &str, s: &State, owner: &str, prop: &str, value: &str) {
+fn check_property(s: &State, owner: &str, prop: &str, value: &str) -> Result<(), String> {
     if REFS.contains(&prop) {
         if value.is_empty() {
-            return;
+            return Ok(());
         }
         let Some(t) = s.qubes.get(value) else {
-            refuse(tool, &format!("{owner}: {prop}: no such qube '{value}'"));
+            return Err(format!("{owner}: {prop}: no such qube '{value}'"));
         };
-        if prop == "netvm"
-            && t.properties.get("provides_network").map(String::as_str) != Some("True")
-        {
-            refuse(
-                tool,
-                &format!("{owner}: netvm {value} does not provide network"),
-            );
+        let is = |k: &str| t.properties.get(k).map(String::as_str) == Some("True");
+        if prop == "netvm" && !is("provides_network") {
+            return Err(format!("{owner}: netvm {value} does not provide network"));
         }
-        if prop == "default_dispvm"
-            && t.properties.get("template_for_dispvms").map(String::as_str) != Some("True")
-        {
-            refuse(
-                tool,
-                &format!("{owner}: default_dispvm {value} is not a disposable template"),
-            );
+        if prop == "default_dispvm" && !is("template_for_dispvms") {
+            return Err(format!(
+                "{owner}: default_dispvm {value} is not a disposable template"
+            ));
         }
         if value == owner {
-            refuse(tool, &format!("{owner}: {prop} cannot be the qube itself"));
+            return Err(format!("{owner}: {prop} cannot be the qube itself"));
         }
     } else if INTS.contains(&prop) {
         if value.parse::<u64>().is_err() {
-            refuse(tool, &format!("{prop}: invalid value '{value}'"));
+            return Err(format!("{prop}: invalid value '{value}'"));
         }
     } else if BOOLS.contains(&prop) {
         if !matches!(value, "True" | "False") {
-            refuse(tool, &format!("{prop}: invalid boolean '{value}'"));
+            return Err(format!("{prop}: invalid boolean '{value}'"));
         }
     } else if prop == "virt_mode" {
         if !matches!(value, "pv" | "pvh" | "hvm") {
-            refuse(tool, &format!("virt_mode: invalid value '{value}'"));
+            return Err(format!("virt_mode: invalid value '{value}'"));
         }
     } else if !TEXTS.contains(&prop) {
-        refuse(tool, &format!("no such property: '{prop}'"));
+        return Err(format!("no such property: '{prop}'"));
     }
+    Ok(())
 }
 
 pub fn qvm_ls(args: &[String]) -> i32 {
@@ -361,7 +355,7 @@ pub fn qvm_create(args: &[String]) -> i32 {
         pool: p.get("-P").map(str::to_string),
         ..Default::default()
     };
-    s.qubes.insert(name.clone(), q.clone());
+    let mut props = Vec::new();
     for kv in p.all("--property") {
         let Some((k, v)) = kv.split_once('=') else {
             die(
@@ -369,12 +363,26 @@ pub fn qvm_create(args: &[String]) -> i32 {
                 &format!("argument --property: expected NAME=VALUE, got '{kv}'"),
             );
         };
-        check_property(t, &s, name, k, v);
-        q.properties.insert(k.into(), v.into());
+        props.push((k.to_string(), v.to_string()));
+    }
+    // As qvm-create does: the qube is created, then each property set; one
+    // that fails is reported and the status is 2 ("but VM created").
+    s.qubes.insert(name.clone(), q.clone());
+    let mut status = 0;
+    for (k, v) in props {
+        match check_property(&s, name, &k, &v) {
+            Ok(()) => {
+                q.properties.insert(k, v);
+            }
+            Err(e) => {
+                eprintln!("qvm-create: error: Error setting property {k} (but VM created): {e}");
+                status = 2;
+            }
+        }
     }
     s.qubes.insert(name.clone(), q);
     save(&s);
-    0
+    status
 }
 
 pub fn qvm_prefs(args: &[String]) -> i32 {
@@ -388,7 +396,9 @@ pub fn qvm_prefs(args: &[String]) -> i32 {
     };
     let mut s = load();
     qube(t, &mut s, name);
-    check_property(t, &s, name, prop, value);
+    if let Err(e) = check_property(&s, name, prop, value) {
+        refuse(t, &e);
+    }
     qube(t, &mut s, name)
         .properties
         .insert(prop.clone(), value.clone());

@@ -479,23 +479,6 @@ fn assert_volumes(e: &Env, q: &Fq, as_name: &str, sources: &BTreeMap<String, Vec
     }
 }
 
-/// Every file under `dir`, read.
-fn all_bytes(dir: &Path) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn whole_qubes_come_back_on_a_fresh_install() {
     let e = Env::new("qubes-restore");
@@ -580,7 +563,8 @@ fn whole_qubes_come_back_on_a_fresh_install() {
     );
 
     // Nothing of the settings is readable in the archive.
-    for b in all_bytes(&e.s.arch) {
+    for f in sparsebak_tests::files_under(&e.s.arch) {
+        let b = fs::read(e.s.arch.join(f)).unwrap();
         for needle in [
             &b"SECRET-NOTE-4711"[..],
             b"example.com",
@@ -940,4 +924,50 @@ fn the_receiver_cannot_alter_the_settings() {
         "a partial import was kept"
     );
     assert!(!e.volume_file("debian-12-xfce", "private").exists());
+}
+
+#[test]
+fn a_setting_qubes_refuses_is_reported_and_the_rest_goes_on() {
+    let e = Env::new("qubes-refused");
+    let mut qubes = fixture();
+    qubes.retain(|q| q.name == "debian-12-xfce" || q.name == "vault");
+    // A property this Qubes does not have (a newer one's, say).
+    qubes[1].props.push(("preload_dispvm_max", "2"));
+    let mut rng = Rng::new(5);
+    e.volumes(&qubes, &mut rng);
+    write_qubes_xml(&e.qubes_dir, &qubes, "");
+    e.ok(&["arch-init", "--chunk-size", "64K"]);
+    e.ok(&["add", "--qube", "debian-12-xfce", "--qube", "vault"]);
+    e.ok(&["backup"]);
+    fs::remove_dir_all(&e.s.meta).unwrap();
+    e.fresh_install(State::default());
+    e.ok(&["arch-import"]);
+    let (ok, j) = e.json(&["restore-qubes"]);
+    assert!(!ok, "{j}");
+    let v = j["qubes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "vault")
+        .unwrap();
+    assert_eq!(v["created"], true);
+    let errs = v["errors"].to_string();
+    assert!(
+        errs.contains("preload_dispvm_max") && errs.contains("but VM created"),
+        "{errs}"
+    );
+    // Everything else of it is there: other properties, features, data.
+    let st = e.state();
+    assert_eq!(st.qubes["vault"].properties["kernelopts"], "--help -x");
+    assert!(!st.qubes["vault"]
+        .properties
+        .contains_key("preload_dispvm_max"));
+    assert_eq!(st.qubes["vault"].features["odd-value"], "-rf");
+    let src = fs::read(e.s.vol("vm-vault-private")).unwrap();
+    assert_eq!(fs::read(e.volume_file("vault", "private")).unwrap(), src);
+    assert!(j["qubes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|q| q["name"] == "debian-12-xfce" && q["errors"].as_array().unwrap().is_empty()));
 }

@@ -21,22 +21,8 @@ const CS: usize = 65536;
 const MARKER: &[u8] = b"SPARSEBAK-PLANTED-MARKER-9f27c1";
 const SECRET_NAME: &str = "vm-secret-project-private.img";
 
-/// Every file under `dir`, relative to it, sorted.
 fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
+    sparsebak_tests::files_under(dir)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

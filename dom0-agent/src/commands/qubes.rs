@@ -455,7 +455,7 @@ fn create_one(
     if let Some(t) = step.template.as_ref().filter(|t| failed.contains(*t)) {
         bail!("not created: its template '{t}' could not be restored");
     }
-    tools::run(&tools::create_command(step, pool))?;
+    let mut errs = tools::create(&tools::create_command(step, pool))?;
     let mut bytes = 0;
     for v in &step.volumes {
         if client.is_none() {
@@ -483,7 +483,6 @@ fn create_one(
             }
         }
     }
-    let mut errs = Vec::new();
     for argv in tools::settings_commands(step) {
         if let Err(e) = tools::run(&argv) {
             errs.push(format!("{e:#}"));

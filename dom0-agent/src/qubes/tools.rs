@@ -63,6 +63,25 @@ pub fn run(argv: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `qvm-create`: Ok with the errors of properties it could not set
+/// (exit status 2: "but VM created"), an error if the qube was not made.
+pub fn create(argv: &[String]) -> Result<Vec<String>> {
+    crate::report::detail(format!("running {}", shown(argv)));
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("unable to run {}", argv[0]))?;
+    let err = protocol::names::escape_text(String::from_utf8_lossy(&out.stderr).trim(), 2000);
+    match out.status.code() {
+        Some(0) => Ok(Vec::new()),
+        Some(2) => Ok(vec![format!(
+            "created, but some properties were refused: {err}"
+        )]),
+        _ => bail!("{} failed ({}): {err}", shown(argv), out.status),
+    }
+}
+
 /// A command line for messages (values escaped, long ones cut).
 pub fn shown(argv: &[String]) -> String {
     argv.iter()
@@ -178,6 +197,7 @@ mod tests {
                 backend: "dom0".into(),
                 ident: "00_14.3".into(),
                 options: vec![("no-strict-reset".into(), "True".into())],
+                attrs: vec![],
             }],
             volumes: vec![],
         }
