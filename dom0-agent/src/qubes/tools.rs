@@ -23,21 +23,27 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 
-/// The qubes this system has (`qvm-ls --raw-list`).
-pub fn existing_qubes() -> Result<BTreeSet<String>> {
-    let out = Command::new("qvm-ls")
-        .arg("--raw-list")
+/// Runs `argv` to its end, stdin empty: its exit status, stdout, and
+/// stderr made safe to print.
+fn output(argv: &[String]) -> Result<(std::process::ExitStatus, Vec<u8>, String)> {
+    crate::report::detail(format!("running {}", shown(argv)));
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
         .stdin(Stdio::null())
         .output()
-        .context("unable to run qvm-ls (restore-qubes runs in a Qubes dom0)")?;
-    if !out.status.success() {
-        bail!(
-            "qvm-ls --raw-list failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        .with_context(|| format!("unable to run {}", argv[0]))?;
+    let err = protocol::names::escape_text(String::from_utf8_lossy(&out.stderr).trim(), 2000);
+    Ok((out.status, out.stdout, err))
+}
+
+/// The qubes this system has (`qvm-ls --raw-list`).
+pub fn existing_qubes() -> Result<BTreeSet<String>> {
+    let (st, stdout, err) =
+        output(&v(&["qvm-ls", "--raw-list"])).context("restore-qubes runs in a Qubes dom0")?;
+    if !st.success() {
+        bail!("qvm-ls --raw-list failed ({st}): {err}");
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(String::from_utf8_lossy(&stdout)
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
@@ -46,19 +52,9 @@ pub fn existing_qubes() -> Result<BTreeSet<String>> {
 
 /// Runs one tool; its error output on failure.
 pub fn run(argv: &[String]) -> Result<()> {
-    crate::report::detail(format!("running {}", shown(argv)));
-    let out = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("unable to run {}", argv[0]))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}): {}",
-            shown(argv),
-            out.status,
-            protocol::names::escape_text(String::from_utf8_lossy(&out.stderr).trim(), 500)
-        );
+    let (st, _, err) = output(argv)?;
+    if !st.success() {
+        bail!("{} failed ({st}): {err}", shown(argv));
     }
     Ok(())
 }
@@ -66,19 +62,13 @@ pub fn run(argv: &[String]) -> Result<()> {
 /// Runs `qvm-create`: Ok with the errors of properties it could not set
 /// (exit status 2: "but VM created"), an error if the qube was not made.
 pub fn create(argv: &[String]) -> Result<Vec<String>> {
-    crate::report::detail(format!("running {}", shown(argv)));
-    let out = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("unable to run {}", argv[0]))?;
-    let err = protocol::names::escape_text(String::from_utf8_lossy(&out.stderr).trim(), 2000);
-    match out.status.code() {
+    let (st, _, err) = output(argv)?;
+    match st.code() {
         Some(0) => Ok(Vec::new()),
         Some(2) => Ok(vec![format!(
             "created, but some properties were refused: {err}"
         )]),
-        _ => bail!("{} failed ({}): {err}", shown(argv), out.status),
+        _ => bail!("{} failed ({st}): {err}", shown(argv)),
     }
 }
 
