@@ -60,14 +60,13 @@ pub fn capture(ctx: &Ctx, meta: &ArchiveMeta, client: &mut Client) -> Result<()>
         ));
         return Ok(());
     }
-    // Every qube is read: a named disposable keeps no volume, and is
-    // recorded with the disposable template it is made from.
-    let mut found = xml::read(&path, None)?;
+    // A named disposable keeps no volume: it is recorded with the
+    // disposable template it is made from.
     let keep = |q: &QubeSettings| {
         wanted.contains(&q.name)
             || (q.class == "DispVM" && q.template().is_some_and(|t| wanted.contains(t)))
     };
-    found.qubes.retain(|_, q| keep(q));
+    let found = xml::read(&path, Some(&keep))?;
     for (name, why) in &found.refused {
         if wanted.contains(name) {
             report::warn(format!("{}: {why}", path.display()));
@@ -121,7 +120,10 @@ pub fn volumes_of_qubes(ctx: &Ctx, names: &[String]) -> Result<Vec<String>> {
     for n in names {
         protocol::qubes::validate_qube_name(n)?;
     }
-    let found = xml::read(&path, Some(&|n: &str| want.contains(n)))?;
+    let found = xml::read(
+        &path,
+        Some(&|q: &QubeSettings| want.contains(q.name.as_str())),
+    )?;
     let mut out = Vec::new();
     for n in names {
         let Some(q) = found.qubes.get(n) else {

@@ -77,8 +77,8 @@ fn read_capped(path: &Path, cap: u64) -> Result<Option<String>> {
 }
 
 /// Reads `qubes_xml` and the qubes' own files beside it; only the qubes
-/// `wanted` names (all, if None).
-pub fn read(qubes_xml: &Path, wanted: Option<&dyn Fn(&str) -> bool>) -> Result<Found> {
+/// qubes `wanted` keeps (all, if None).
+pub fn read(qubes_xml: &Path, wanted: Option<&Wanted>) -> Result<Found> {
     let text = read_capped(qubes_xml, MAX_XML)?
         .with_context(|| format!("'{}' does not exist", qubes_xml.display()))?;
     let base = qubes_xml.parent().unwrap_or(Path::new("/"));
@@ -98,6 +98,11 @@ pub fn read(qubes_xml: &Path, wanted: Option<&dyn Fn(&str) -> bool>) -> Result<F
     .with_context(|| format!("reading '{}'", qubes_xml.display()))
 }
 
+/// Which qubes to keep, asked of each qube's record before its own files
+/// are read (name, class and properties are there; firewall and notes
+/// not yet).
+pub type Wanted<'a> = dyn Fn(&QubeSettings) -> bool + 'a;
+
 type FileReader<'a> = dyn Fn(&str, &str, &str) -> Result<Option<String>> + 'a;
 
 fn child<'a, 'i>(n: Node<'a, 'i>, tag: &str) -> Option<Node<'a, 'i>> {
@@ -106,11 +111,7 @@ fn child<'a, 'i>(n: Node<'a, 'i>, tag: &str) -> Option<Node<'a, 'i>> {
 
 /// Parses the text of a `qubes.xml`; `file(class, qube, name)` reads a
 /// qube's own `firewall.xml` or `notes.txt` (the name is checked first).
-pub fn parse(
-    text: &str,
-    wanted: Option<&dyn Fn(&str) -> bool>,
-    file: &FileReader,
-) -> Result<Found> {
+pub fn parse(text: &str, wanted: Option<&Wanted>, file: &FileReader) -> Result<Found> {
     let doc = Document::parse(text).context("not well-formed XML")?;
     let root = doc.root_element();
     if root.tag_name().name() != "qubes" {
@@ -152,11 +153,9 @@ pub fn parse(
             ));
             continue;
         };
-        if wanted.is_some_and(|w| !w(&name)) {
-            continue;
-        }
-        match domain(d, &class, &name, &labels, &ids, file) {
-            Ok(q) => match q.validate() {
+        match domain(d, &class, &name, &labels, &ids, wanted, file) {
+            Ok(None) => {}
+            Ok(Some(q)) => match q.validate() {
                 Ok(()) => {
                     found.qubes.insert(name, q);
                 }
@@ -186,8 +185,9 @@ fn domain(
     name: &str,
     labels: &BTreeMap<String, String>,
     ids: &BTreeMap<String, String>,
+    wanted: Option<&Wanted>,
     file: &FileReader,
-) -> Result<QubeSettings> {
+) -> Result<Option<QubeSettings>> {
     // Checked before the name becomes part of a path.
     protocol::qubes::validate_qube_name(name)?;
     let mut q = QubeSettings {
@@ -301,11 +301,14 @@ fn domain(
     q.features.sort();
     q.tags.sort();
     q.volumes.sort();
+    if wanted.is_some_and(|w| !w(&q)) {
+        return Ok(None);
+    }
     if let Some(fw) = file(class, name, "firewall.xml")? {
         q.firewall = Some(firewall(&fw).context("firewall.xml")?);
     }
     q.notes = file(class, name, "notes.txt")?.filter(|n| !n.is_empty());
-    Ok(q)
+    Ok(Some(q))
 }
 
 /// A qube's `firewall.xml`: `<firewall><rules><rule><properties>
@@ -456,13 +459,18 @@ mod tests {
     #[test]
     fn only_wanted_qubes_and_no_path_for_a_bad_name() {
         let asked = std::cell::RefCell::new(Vec::new());
-        let f = parse(XML, Some(&|n: &str| n != "fedora-40"), &|c, n, file| {
-            asked.borrow_mut().push(n.to_string());
-            files(c, n, file)
-        })
+        let f = parse(
+            XML,
+            Some(&|q: &QubeSettings| q.name != "fedora-40"),
+            &|c, n, file| {
+                asked.borrow_mut().push(n.to_string());
+                files(c, n, file)
+            },
+        )
         .unwrap();
         assert_eq!(f.qubes.keys().collect::<Vec<_>>(), ["work"]);
-        assert!(!asked.borrow().iter().any(|n| n == "-x"));
+        // Files are read for the wanted qubes only, never for a bad name.
+        assert!(!asked.borrow().iter().any(|n| n == "-x" || n == "fedora-40"));
         assert!(parse("<qubes><domains>", None, &files).is_err());
         assert!(parse("<other/>", None, &files).is_err());
     }
