@@ -4,7 +4,7 @@
 //! no process spawned. The process-level suites still run the binaries.
 
 use agent::client::{at_most, Client};
-use agent::commands::backup::Backup;
+use agent::commands::backup::{back_up, How};
 use agent::commands::prune::{prune_volume, Selection};
 use agent::commands::{check, restore};
 use agent::meta::{ArchiveMeta, ArchiveRecord, MetaStore};
@@ -131,17 +131,16 @@ fn client(w: &World, op: Operation) -> Client {
 fn backup(w: &World, volume: &str) -> String {
     let src = Source::open(&w.images, &w.meta.rec.id).unwrap();
     let mut c = client(w, Operation::Backup);
-    let s = Backup {
-        meta: &w.meta,
-        local: &src,
-        client: &mut c,
+    let how = How {
         workers: 2,
         resend_all: false,
-    }
-    .run(volume)
-    .unwrap();
+        source_label: w.images.display().to_string(),
+    };
+    let sent = back_up(&w.meta, &src, &mut c, &[volume.to_string()], &how).unwrap();
+    assert_eq!((sent.failed, sent.stopped, sent.done.len()), (0, false, 1));
+    agent::catalog::publish(&w.meta, &mut c).unwrap();
     c.finish().unwrap();
-    s.session
+    sent.done[0].session.clone()
 }
 
 fn restore_to(w: &World, volume: &str, session: Option<&str>, to: &Path) {

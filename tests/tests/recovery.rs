@@ -514,3 +514,49 @@ fn a_rolled_back_archive_is_refused_by_a_dom0_that_saw_the_newer_one() {
     );
     expect_success(h.s.run(&["verify", "a.img"]), "verify after accepting");
 }
+
+/// The archive's root generation dom0 recorded (`meta/archives/ID/generation`).
+fn generation(s: &Setup) -> u64 {
+    let archives = s.meta.join("archives");
+    let id = fs::read_dir(&archives).unwrap().next().unwrap().unwrap();
+    fs::read_to_string(id.path().join("generation"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn one_run_of_many_volumes_writes_the_root_once_and_it_holds_them_all() {
+    let s = Setup::new("one-root");
+    s.init("64K");
+    let mut rng = Rng::new(61);
+    let vols: Vec<String> = (0..6).map(|i| format!("v{i}.img")).collect();
+    for v in &vols {
+        fs::write(s.vol(v), semi_compressible(&mut rng, 5 * CS + 99)).unwrap();
+    }
+    let mut args = vec!["add"];
+    args.extend(vols.iter().map(String::as_str));
+    s.ok(&args);
+    let out = s.ok(&["backup"]);
+    assert_eq!(out.matches("session S_000000000001").count(), 6, "{out}");
+    // (That first run also wrote the root `add` left behind its records.)
+    let g0 = generation(&s);
+    for v in &vols[..3] {
+        write_at(&s.vol(v), 2 * CS as u64, &rng.bytes(1000));
+    }
+    let out = s.ok(&["backup"]);
+    assert_eq!(out.matches("session S_000000000002").count(), 6, "{out}");
+    // One root for the six sessions, not one per volume.
+    assert_eq!(generation(&s), g0 + 1, "{out}");
+    // That one root is enough for a dom0 that lost everything.
+    let f = Setup::with_vols("one-root-fresh", Some(&s.vols));
+    copy_tree(&s.arch, &f.arch);
+    let out = f.ok(&["arch-import"]);
+    assert!(out.contains("6 volumes, 12 sessions"), "{out}");
+    for v in &vols {
+        let to = f.dir.path().join(format!("r-{v}"));
+        f.ok(&["restore", v, "--save-to", to.to_str().unwrap()]);
+        assert!(fs::read(&to).unwrap() == fs::read(s.vol(v)).unwrap(), "{v}");
+    }
+}

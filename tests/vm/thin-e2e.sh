@@ -13,6 +13,24 @@ fail() { echo "E2E FAILED: $*" >&2; exit 1; }
 printf 'a vm test passphrase\n' > "$W/passphrase"
 SB=(sparsebak --dest "file://$W/archive" --meta-dir "$W/meta" --local vg/pool --passphrase-file "$W/passphrase")
 
+# Every storage tool sparsebak runs is counted: a shim first on PATH logs
+# its name, then runs the real one.
+mkdir -p "$W/shims"; CALLS=$W/calls
+for t in lvs lvcreate lvremove lvchange lvrename dmsetup thin_delta thin_dump; do
+    real=$(command -v $t)
+    printf '#!/bin/bash\necho %s >> %q\nexec %q "$@"\n' $t "$CALLS" "$real" > "$W/shims/$t"
+    chmod +x "$W/shims/$t"
+done
+counted() { # counted N CMD...: runs CMD with the shims; fails if a backup of N volumes ran more than 2N+6 tools
+    local n=$1; shift; : > "$CALLS"
+    PATH="$W/shims:$PATH" "$@"
+    local total; total=$(wc -l < "$CALLS")
+    echo "tools run: $total ($(sort "$CALLS" | uniq -c | awk '{printf "%s %s, ", $2, $1}'))"
+    [ "$(grep -c '^lvcreate$' "$CALLS")" -le "$n" ] || fail "more than one lvcreate per volume"
+    [ "$(grep -c '^thin_delta$' "$CALLS")" -le "$n" ] || fail "more than one thin_delta per volume"
+    [ "$total" -le $((2 * n + 6)) ] || fail "$total tools for $n volumes (at most 2N+6)"
+}
+
 pvcreate -q /dev/vda; vgcreate -q vg /dev/vda
 lvcreate -q -L 1G -T vg/pool 2>/dev/null            # 64 KiB pool blocks
 lvcreate -q -V 48M -T vg/pool -n work-private 2>/dev/null
@@ -49,8 +67,9 @@ rw() { # random writes of 64..320 KiB at random places in volume $1 (MiB size $2
 for round in 1 2 3; do
     rw work-private 48; rw sys-root 16
     [ $round = 2 ] && blkdiscard -o $((31 * 1048576)) -l 1048576 /dev/vg/work-private   # left_only ranges
-    out=$("${SB[@]}" backup); echo "$out"; record
+    out=$(counted 2 "${SB[@]}" backup); echo "$out"; record
     echo "$out" | grep -q "work-private: session .* (thin delta)" || fail "round $round did not use thin_delta"
+    echo "$out" | grep -q "sys-root: session .* (thin delta)" || fail "round $round did not use thin_delta"
 done
 log "incrementals done"
 
@@ -91,6 +110,15 @@ last=$("${SB[@]}" list sys-root --json | grep -o '"name":"S_[0-9-]*"' | tail -1 
 [ "$(sha256sum < /dev/vg/sys-root | cut -d' ' -f1)" = "${SUM[sys-root/$last]}" ] || fail "forced restore differs"
 
 lvs vg/foreign-snap >/dev/null 2>&1 || fail "a snapshot that is not ours was touched"
+# Between runs each volume keeps exactly one snapshot: the base, tagged
+# with its newest session, inactive.
+for v in work-private sys-root; do
+    last=$("${SB[@]}" list "$v" --json | grep -o '"name":"S_[0-9-]*"' | tail -1 | cut -d'"' -f4)
+    snaps=$(lvs --noheadings -o lv_name,lv_attr,lv_tags vg | awk -v p="$v.sbk-" 'index($1, p) == 1')
+    [ "$(echo "$snaps" | wc -l)" = 1 ] || fail "$v: snapshots left: $snaps"
+    echo "$snaps" | grep -q "sbks_$last" || fail "$v: the base is not tagged with $last: $snaps"
+    [ "$(echo "$snaps" | awk '{print substr($2, 5, 1)}')" = - ] || fail "$v: the base is left active: $snaps"
+done
 lvremove -q -f vg/sys-root >/dev/null
 "${SB[@]}" list | tee "$W/list.txt"
 grep -q "MISSING from the source (configured but not present): sys-root" "$W/list.txt" || fail "list does not report the missing volume"

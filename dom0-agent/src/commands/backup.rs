@@ -1,4 +1,5 @@
-//! `sparsebak backup`: one session per volume.
+//! `sparsebak backup`: one session per volume, one connection and one
+//! root write per run.
 //!
 //! Order of events, and why: the receiver writes the session invisibly;
 //! dom0 writes the session's manifest to a *pending* dir and syncs it; only
@@ -22,7 +23,7 @@ use crate::progress::Progress;
 use crate::reconcile;
 use crate::report;
 use crate::retention::Policy;
-use crate::source::{Plan, Source};
+use crate::source::{Plan, Source, Want};
 use crate::units::human;
 use anyhow::{bail, Context, Result};
 use protocol::chunk::{ChunkHeader, Codec};
@@ -71,53 +72,37 @@ impl std::fmt::Display for Summary {
     }
 }
 
-pub struct Backup<'a> {
+struct Backup<'a> {
     pub meta: &'a ArchiveMeta,
     pub local: &'a Source,
     pub client: &'a mut Client,
     pub workers: usize,
     /// Re-read the whole volume rather than the source's delta.
     pub resend_all: bool,
+    /// When the root was last written in this run.
+    pub published: Instant,
 }
 
-impl Backup<'_> {
-    pub fn run(&mut self, volume: &str) -> Result<Summary> {
-        let t0 = Instant::now();
-        reconcile::settle(self.meta, self.local, self.client, volume)?;
-        let cs = self.meta.params.chunk_size;
-        // Only the newest name: reading every session's record would make a
-        // backup's cost grow with the number of sessions.
-        let prev = self.meta.session_names(volume)?.pop();
-        // --resend-all: no delta base, so the whole volume is read and
-        // compared by keyed id with the view.
-        let base = if self.resend_all {
-            None
-        } else {
-            prev.as_deref()
-        };
-        let mut snap = self.local.prepare(volume, base, cs as u64)?;
-        if self.resend_all && prev.is_some() {
-            snap.method = "re-read in full (--resend-all): hash compare";
-        }
-        let res = self.send_session(volume, prev, snap, t0);
-        if res.is_err() {
-            self.local.discard_new(volume);
-        }
-        res
-    }
+/// How often a long run rewrites the root between its volumes.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+impl Backup<'_> {
+    /// Sends one frozen volume as session `session` after `prev`.
     fn send_session(
         &mut self,
         volume: &str,
         prev: Option<String>,
-        snap: crate::source::Snapshot,
+        session: String,
+        mut snap: crate::source::Snapshot,
         t0: Instant,
     ) -> Result<Summary> {
         let cs = self.meta.params.chunk_size as u64;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let session = protocol::names::session_name(prev.as_deref());
+        if self.resend_all && prev.is_some() {
+            snap.method = "re-read in full (--resend-all): hash compare";
+        }
         let (size, mode) = (snap.size, snap.mode);
         let vid = self.meta.ensure_volume_id(volume)?;
         // The receiver is told no time: sessions are an order to it, their
@@ -287,8 +272,15 @@ impl Backup<'_> {
         self.local
             .rotate(volume, &session)
             .context("rotating snapshots")?;
-        crate::catalog::publish(self.meta, self.client)
-            .with_context(|| format!("volume '{volume}': session {session} is committed, but"))?;
+        // One root for the whole run (written at its end); a long run also
+        // writes one now and then, so that a dom0 lost mid-run leaves an
+        // archive whose root knows most of what it holds.
+        if self.published.elapsed() >= PUBLISH_EVERY {
+            crate::catalog::publish(self.meta, self.client).with_context(|| {
+                format!("volume '{volume}': session {session} is committed, but")
+            })?;
+            self.published = Instant::now();
+        }
         Ok(Summary {
             volume: volume.to_string(),
             session,
@@ -349,56 +341,30 @@ pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool, resend_all: bool) -
         admin.finish()?;
     }
     let mut client = ctx.connect(&dest, &meta, Operation::Backup)?;
-    let workers = ctx.workers();
-    let mut failed = 0;
-    let mut done = Vec::new();
-    for v in &volumes {
-        let fail = |msg: String| {
-            report::error(&msg);
-            report::push(
-                "volumes",
-                serde_json::json!({"volume": v, "ok": false, "error": msg}),
-            );
-        };
-        if let Err(e) = protocol::names::validate_volume_name(v) {
-            fail(e.to_string());
-            failed += 1;
-            continue;
-        }
-        if !local.exists(v) {
-            fail(format!("volume '{v}' not found in {}", ctx.local_label()));
-            failed += 1;
-            continue;
-        }
-        let mut b = Backup {
-            meta: &meta,
-            local: &local,
-            client: &mut client,
-            workers,
-            resend_all,
-        };
-        match b.run(v) {
-            Ok(s) => {
-                report::line(&s);
-                let mut j = serde_json::to_value(&s)?;
-                j["ok"] = true.into();
-                report::push("volumes", j);
-                done.push(v.clone());
-            }
-            Err(e) => {
-                // The stream may be unusable now: stop here.
-                fail(format!("{e:#}"));
-                return Ok(1);
-            }
-        }
+    let how = How {
+        workers: ctx.workers(),
+        resend_all,
+        source_label: ctx.local_label(),
+    };
+    let sent = back_up(&meta, &local, &mut client, &volumes, &how)?;
+    let mut failed = sent.failed;
+    if sent.stopped {
+        // The stream may be unusable: stop here.
+        return Ok(1);
     }
+    let done: Vec<String> = sent.done.into_iter().map(|s| s.volume).collect();
     // The settings of the qubes whose volumes the archive holds (Qubes
     // dom0 only), once their volumes are committed.
     if !done.is_empty() {
-        if let Err(e) = super::qubes::capture(ctx, &meta, &mut client) {
+        if let Err(e) = super::qubes::capture(ctx, &meta) {
             report::error(format!("recording the Qubes settings: {e:#}"));
             failed += 1;
         }
+    }
+    // The run's one root write (unless a long run just wrote it).
+    if meta.dirty() {
+        crate::catalog::publish(&meta, &mut client)
+            .context("the run's sessions are committed, but")?;
     }
     client.finish()?;
     if let Some(p) = policy {
@@ -413,4 +379,139 @@ pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool, resend_all: bool) -
         admin.finish()?;
     }
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// How a run backs up its volumes.
+pub struct How {
+    pub workers: usize,
+    /// Re-read each volume whole rather than the source's delta.
+    pub resend_all: bool,
+    /// Where the volumes come from, for errors.
+    pub source_label: String,
+}
+
+/// What a run did.
+pub struct Sent {
+    pub failed: usize,
+    pub done: Vec<Summary>,
+    /// The run stopped early: the stream may be unusable.
+    pub stopped: bool,
+}
+
+/// Settles and freezes `volumes`, sends each as a new session, and lets
+/// the source finish (old snapshots go, on every path). The root is the
+/// caller's to write.
+pub fn back_up(
+    meta: &ArchiveMeta,
+    local: &Source,
+    client: &mut Client,
+    volumes: &[String],
+    how: &How,
+) -> Result<Sent> {
+    let sent = send_all(meta, local, client, volumes, how);
+    // Once every plan is done with the pool.
+    local.finish();
+    sent
+}
+
+fn send_all(
+    meta: &ArchiveMeta,
+    local: &Source,
+    client: &mut Client,
+    volumes: &[String],
+    how: &How,
+) -> Result<Sent> {
+    let mut failed = 0;
+    let fail = |v: &str, msg: String| {
+        report::error(&msg);
+        report::push(
+            "volumes",
+            serde_json::json!({"volume": v, "ok": false, "error": msg}),
+        );
+    };
+    let stop = |failed: usize, done: Vec<Summary>| Sent {
+        failed: failed + 1,
+        done,
+        stopped: true,
+    };
+    let t0 = Instant::now();
+    let cs = meta.params.chunk_size as u64;
+    let mut todo = Vec::new();
+    let mut wants = Vec::new();
+    for v in volumes {
+        if let Err(e) = protocol::names::validate_volume_name(v) {
+            fail(v, e.to_string());
+            failed += 1;
+            continue;
+        }
+        if !local.exists(v) {
+            fail(v, format!("volume '{v}' not found in {}", how.source_label));
+            failed += 1;
+            continue;
+        }
+        // Whatever an interrupted run left in flight, settled first.
+        if let Err(e) = reconcile::settle(meta, local, client, v) {
+            fail(v, format!("{:#}", e.context(format!("volume '{v}'"))));
+            return Ok(stop(failed, Vec::new()));
+        }
+        // Only the newest name: reading every session's record would make
+        // a backup's cost grow with the number of sessions.
+        let prev = meta.session_names(v)?.pop();
+        wants.push(Want {
+            volume: v.clone(),
+            // --resend-all: no delta base, so the whole volume is read and
+            // compared by keyed id with the view.
+            base: if how.resend_all { None } else { prev.clone() },
+            session: protocol::names::session_name(prev.as_deref()),
+        });
+        todo.push((v.clone(), prev));
+    }
+    let sessions: Vec<String> = wants.iter().map(|w| w.session.clone()).collect();
+    let plans = local.freeze(wants, cs);
+    let mut b = Backup {
+        meta,
+        local,
+        client,
+        workers: how.workers,
+        resend_all: how.resend_all,
+        published: Instant::now(),
+    };
+    let mut done = Vec::new();
+    for (((v, prev), session), snap) in todo.into_iter().zip(sessions).zip(plans) {
+        let snap = match snap {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing was sent: the stream is fine, the next volume goes on.
+                local.discard_new(&v);
+                fail(&v, format!("{:#}", e.context(format!("volume '{v}'"))));
+                failed += 1;
+                continue;
+            }
+        };
+        // The first volume's time includes freezing them all.
+        let t = if done.is_empty() && failed == 0 {
+            t0
+        } else {
+            Instant::now()
+        };
+        match b.send_session(&v, prev, session, snap, t) {
+            Ok(s) => {
+                report::line(&s);
+                let mut j = serde_json::to_value(&s)?;
+                j["ok"] = true.into();
+                report::push("volumes", j);
+                done.push(s);
+            }
+            Err(e) => {
+                local.discard_new(&v);
+                fail(&v, format!("{e:#}"));
+                return Ok(stop(failed, done));
+            }
+        }
+    }
+    Ok(Sent {
+        failed,
+        done,
+        stopped: false,
+    })
 }

@@ -30,9 +30,9 @@ use protocol::qubes::{qube_of_volume, QubeSettings};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Records the settings of the qubes whose volumes the archive holds, as
-/// a new settings session, and publishes the root. Nothing happens where
+/// a new settings session (the caller writes the root). Nothing happens where
 /// dom0 is not a Qubes dom0 (no `qubes.xml`, and none configured).
-pub fn capture(ctx: &Ctx, meta: &ArchiveMeta, client: &mut Client) -> Result<()> {
+pub fn capture(ctx: &Ctx, meta: &ArchiveMeta) -> Result<()> {
     let path = ctx.qubes_xml();
     if !path.exists() {
         if ctx.cfg.qubes_xml.is_some() {
@@ -92,9 +92,9 @@ pub fn capture(ctx: &Ctx, meta: &ArchiveMeta, client: &mut Client) -> Result<()>
         found.qubes.into_values().collect(),
         volumes,
     );
+    // The root that carries them is written by the caller, once for the
+    // whole run.
     meta.set_qubes(&cat)?;
-    crate::catalog::publish(meta, client)
-        .context("the Qubes settings are recorded in dom0, but")?;
     report::line(format!(
         "recorded the Qubes settings of {} (settings session {name})",
         count(n as u64, "qube")

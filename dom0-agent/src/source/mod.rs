@@ -19,6 +19,15 @@ pub enum Plan {
     Compare { data: ChunkMap },
 }
 
+/// One volume a backup run asks the source to freeze.
+pub struct Want {
+    pub volume: String,
+    /// The session the delta is taken from (None: read it all).
+    pub base: Option<String>,
+    /// The session the new snapshot will hold once committed.
+    pub session: String,
+}
+
 /// A volume frozen for one backup.
 pub struct Snapshot {
     pub file: File,
@@ -40,7 +49,7 @@ use anyhow::Result;
 /// Where volumes live: a directory of image files, or an LVM thin pool.
 pub enum Source {
     Dir(file::LocalDir),
-    Lvm(lvm::LvmPool),
+    Lvm(Box<lvm::LvmPool>),
 }
 
 impl Source {
@@ -50,17 +59,32 @@ impl Source {
         if s.starts_with('/') || s.starts_with('.') {
             Ok(Source::Dir(file::LocalDir::new(spec, archive_id)?))
         } else {
-            Ok(Source::Lvm(lvm::LvmPool::new(&s, archive_id)?))
+            Ok(Source::Lvm(Box::new(lvm::LvmPool::new(&s, archive_id)?)))
         }
     }
 
-    pub fn prepare(&self, volume: &str, prev: Option<&str>, chunk_size: u64) -> Result<Snapshot> {
+    /// Freezes the volumes of a run and works out each one's plan; the
+    /// plans come in the order asked. An LVM pool snapshots all of them
+    /// first (one point in time, a handful of LVM commands for the whole
+    /// run, `lvm.rs`) and plans on a thread while earlier volumes are
+    /// sent; a directory freezes each volume when its turn comes.
+    pub fn freeze<'a>(
+        &'a self,
+        wants: Vec<Want>,
+        chunk_size: u64,
+    ) -> Box<dyn Iterator<Item = Result<Snapshot>> + 'a> {
         match self {
-            Source::Dir(d) => d.prepare(volume, prev, chunk_size),
-            Source::Lvm(l) => l.prepare(volume, prev, chunk_size),
+            Source::Dir(d) => Box::new(
+                wants
+                    .into_iter()
+                    .map(move |w| d.prepare(&w.volume, w.base.as_deref(), chunk_size)),
+            ),
+            Source::Lvm(l) => Box::new(l.freeze(wants, chunk_size)),
         }
     }
 
+    /// After the receiver acknowledged `session` of `volume`: its new
+    /// snapshot becomes the base (LVM: the old one goes at `finish`).
     pub fn rotate(&self, volume: &str, session: &str) -> Result<()> {
         match self {
             Source::Dir(d) => d.rotate(volume, session),
@@ -68,10 +92,19 @@ impl Source {
         }
     }
 
+    /// Drops the snapshot this run made of `volume` (LVM: at `finish`).
     pub fn discard_new(&self, volume: &str) {
         match self {
             Source::Dir(d) => d.discard_new(volume),
             Source::Lvm(l) => l.discard_new(volume),
+        }
+    }
+
+    /// The end of a run: what `rotate` and `discard_new` left to do, in as
+    /// few commands as the source allows.
+    pub fn finish(&self) {
+        if let Source::Lvm(l) = self {
+            l.finish();
         }
     }
 
