@@ -5,8 +5,10 @@
 //!
 //! Session directories and their manifests are both in address order, so
 //! the two are walked together: memory stays bounded whatever the volume
-//! size.
+//! size. The chunk files are read a few at a time ahead of the walk
+//! (`chunk_reader`), in order.
 
+use super::chunk_reader::{read_in_order, BufPool};
 use super::session::{self, manifest_entries, INFO_FILE, MANIFEST_FILE};
 use super::store::ReadFailure;
 use super::Archive;
@@ -14,7 +16,7 @@ use crate::error::{Failure, Result};
 use protocol::chunk::{Codec, HEADER_LEN};
 use protocol::manifest::Entry;
 use protocol::message::{Finding, FindingKind, MAX_FINDINGS};
-use sysio::aligned::{AlignedBuf, DIRECT_ALIGN};
+use std::cell::RefCell;
 
 /// The most a stored chunk can hold: a chunk record's data at most.
 const STORED_LIMIT: usize = protocol::frame::MAX_PAYLOAD as usize - HEADER_LEN;
@@ -56,12 +58,12 @@ pub fn check(archive: &Archive, volume: Option<&str>) -> Result<Report> {
         None => archive.volume_names()?,
     };
     let mut r = Report::default();
-    let mut stored = AlignedBuf::new((STORED_LIMIT + 1).next_multiple_of(DIRECT_ALIGN));
+    let mut pool = BufPool::new();
     for v in &vols {
         super::prune::recover(archive, v)?;
         for s in archive.session_names(v)? {
             let dir = archive.session_dir(v, &s)?;
-            if let Err(f) = check_session(archive, v, &s, &dir, &mut r, &mut stored) {
+            if let Err(f) = check_session(archive, v, &s, &dir, &mut r, &mut pool) {
                 r.add(v, &s, None, FindingKind::BadSession, f.message);
             }
         }
@@ -105,87 +107,97 @@ fn check_session(
     sess: &str,
     dir: &Path,
     r: &mut Report,
-    stored: &mut AlignedBuf,
+    pool: &mut BufPool,
 ) -> Result<()> {
     let info = session::read_info(dir)?;
     let files = chunk_files(archive, volume, sess, dir, r)?;
     let mut files = files.into_iter().peekable();
-    let unnamed = |r: &mut Report, a: u64| {
+    // The walk (findings about names) and the reads (findings about
+    // contents) both report, one after the other on this thread.
+    let r = RefCell::new(r);
+    let unnamed = |a: u64| {
         let why = "chunk file not in the manifest".to_string();
-        r.add(volume, sess, Some(a), FindingKind::Extra, why);
+        r.borrow_mut()
+            .add(volume, sess, Some(a), FindingKind::Extra, why);
+    };
+    let add = |addr: u64, kind: FindingKind, why: &str| {
+        r.borrow_mut()
+            .add(volume, sess, Some(addr), kind, why.to_string());
     };
     let cs = archive.chunk_size() as u64;
-    for e in manifest_entries(&dir.join(MANIFEST_FILE), archive.chunk_size())? {
-        let e: Entry = e?;
+    let entries = manifest_entries(&dir.join(MANIFEST_FILE), archive.chunk_size())?;
+    // The chunks to read, in address order; the readers of `read_in_order`
+    // keep several in flight, so a check runs at the disk's speed rather
+    // than one round trip per chunk.
+    let items = entries.filter_map(|e| {
+        let e: Entry = match e {
+            Ok(e) => e,
+            Err(f) => return Some(Err(f)),
+        };
         while let Some(&a) = files.peek().filter(|&&a| a < e.addr) {
             files.next();
-            unnamed(r, a);
+            unnamed(a);
         }
         let has_file = files.peek() == Some(&e.addr);
         if has_file {
             files.next();
         }
         if e.addr >= info.volume_size {
-            r.add(
-                volume,
-                sess,
-                Some(e.addr),
+            add(
+                e.addr,
                 FindingKind::Corrupt,
-                "entry past the session's volume size".into(),
+                "entry past the session's volume size",
             );
-            continue;
+            return None;
         }
         match (e.codec, has_file) {
-            (Codec::Zero, false) => {}
-            (Codec::Zero, true) => r.add(
-                volume,
-                sess,
-                Some(e.addr),
-                FindingKind::Extra,
-                "file for a zero chunk".into(),
-            ),
-            (_, false) => r.add(
-                volume,
-                sess,
-                Some(e.addr),
-                FindingKind::Missing,
-                "chunk file missing".into(),
-            ),
+            (Codec::Zero, false) => None,
+            (Codec::Zero, true) => {
+                add(e.addr, FindingKind::Extra, "file for a zero chunk");
+                None
+            }
+            (_, false) => {
+                add(e.addr, FindingKind::Missing, "chunk file missing");
+                None
+            }
             (_, true) => {
-                r.checked += 1;
                 let raw_len = (info.volume_size - e.addr).min(cs) as usize;
-                if let Err(why) = verify_chunk(archive, dir, e.addr, raw_len, stored) {
-                    r.add(volume, sess, Some(e.addr), FindingKind::Corrupt, why);
-                }
+                Some(Ok(((dir.to_path_buf(), e.addr), (e.addr, raw_len))))
             }
         }
-    }
+    });
+    read_in_order(
+        archive.store.as_ref(),
+        items,
+        STORED_LIMIT,
+        pool,
+        |(addr, raw_len), _, data| {
+            r.borrow_mut().checked += 1;
+            if let Err(why) = verify_chunk(data, raw_len) {
+                add(addr, FindingKind::Corrupt, &why);
+            }
+            Ok(())
+        },
+    )?;
     for a in files {
-        unnamed(r, a);
+        unnamed(a);
     }
     Ok(())
 }
 
 fn verify_chunk(
-    archive: &Archive,
-    dir: &Path,
-    addr: u64,
+    data: std::result::Result<&[u8], ReadFailure>,
     raw_len: usize,
-    stored: &mut AlignedBuf,
 ) -> std::result::Result<(), String> {
-    let limit = STORED_LIMIT;
-    archive
-        .store
-        .read(dir, addr, stored, limit + 1)
-        .map_err(|e| match e {
-            ReadFailure::Open(e) | ReadFailure::Read(e) => format!("unreadable: {e}"),
-        })?;
-    if stored.as_slice().len() > limit {
+    let stored = data.map_err(|e| match e {
+        ReadFailure::Open(e) | ReadFailure::Read(e) => format!("unreadable: {e}"),
+    })?;
+    if stored.len() > STORED_LIMIT {
         return Err("chunk file larger than any valid chunk".into());
     }
     // No key here: the envelope's frame and CRC are what can be checked
     // (bit rot); dom0 authenticates the content when it reads it.
-    protocol::envelope::check_stored(stored.as_slice(), raw_len)
+    protocol::envelope::check_stored(stored, raw_len)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
