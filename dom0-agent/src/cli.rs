@@ -151,8 +151,8 @@ pub enum Cmd {
     /// interrupted prune is finished or undone by the next command.
     ///
     /// Examples:
-    ///   sparsebak prune disk.img --session S_20261101-020000-000001
-    ///   sparsebak prune disk.img --session S_20261101-020000-000001,S_20261108-020000-000001
+    ///   sparsebak prune disk.img --session S_000000000001
+    ///   sparsebak prune disk.img --session S_000000000001,S_000000000005
     ///   sparsebak prune disk.img --all-before 2026-10-01
     ///   sparsebak prune disk.img --keep daily=7,weekly=4,monthly=6
     #[command(verbatim_doc_comment)]
