@@ -13,6 +13,11 @@
 # The image (kernel + initramfs) is built once into $VM_CACHE (default
 # target/vmcache) from Debian packages fetched with `apt-get download`.
 #
+# VM_HOSTROOT=1 also shares the host's / read-only at /host; `inhost CMD`
+# then runs CMD chrooted into it (the host's python, for a peer tool in the
+# benchmark), with the VM's /dev, /proc, /sys, the share, and the VM's own
+# root at /run/vm; LVM_SYSTEM_DIR points at the VM's lvm.conf.
+#
 # Written for this project after ../shared/dmthin-vm (which we learn from,
 # not depend on): software emulation unless the host has real VT-x/AMD-V.
 set -euo pipefail
@@ -21,7 +26,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${VM_CACHE:-$ROOT/target/vmcache}
 SHARE=$(cd "${VM_SHARE:-$PWD}" && pwd -P)
 TIMEOUT=${VM_TIMEOUT:-1200}
-VERSION=5 # bump when the recipe below changes
+VERSION=6 # bump when the recipe below changes
 
 die() { echo "run-in-vm: $*" >&2; exit 125; }
 [ $# -ge 1 ] || { echo "usage: $0 SCRIPT [ARGS...]" >&2; exit 2; }
@@ -79,6 +84,14 @@ devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" 
 activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
 CONF
     echo "root:x:0:0:root:/root:/bin/sh" > "$R/etc/passwd"; echo "root:x:0:" > "$R/etc/group"
+    cat > "$R/bin/inhost" <<'INHOST'
+#!/bin/sh
+# inhost CMD [ARGS...]: CMD chrooted into the host's root (VM_HOSTROOT=1).
+[ -d /host/proc/self ] || { echo "inhost: the host root is not shared (VM_HOSTROOT=1)" >&2; exit 127; }
+exec chroot /host /usr/bin/env LVM_SYSTEM_DIR=/run/vm/etc/lvm \
+    /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' inhost "$PWD" "$@"
+INHOST
+    chmod +x "$R/bin/inhost"
     cat > "$R/init" <<'INIT'
 #!/bin/sh
 export PATH=/usr/local/bin:/usr/sbin:/sbin:/bin HOME=/root
@@ -89,6 +102,13 @@ O="trans=virtio,version=9p2000.L,msize=262144"
 mount -t 9p -o $O ctl /run/ctl || poweroff -f
 . /run/ctl/env.sh
 mkdir -p "$VM_SHARE" && mount -t 9p -o $O share "$VM_SHARE"
+if [ "$VM_HOSTROOT" = 1 ]; then
+    mkdir -p /host; mount -t 9p -o $O,ro hostroot /host
+    mount -t devtmpfs dev /host/dev; mount -t proc proc /host/proc; mount -t sysfs sys /host/sys
+    mount -t tmpfs run /host/run; mount -t tmpfs tmp /host/tmp
+    mkdir -p /host/run/lock /host/run/lvm /host/run/vm; mount --bind / /host/run/vm
+    mount --bind "$VM_SHARE" "/host$VM_SHARE"
+fi
 out=/dev/console err=/dev/console i=0
 while [ $i -lt 50 ]; do
     for p in /sys/class/virtio-ports/*; do
@@ -118,7 +138,10 @@ trap 'rm -rf "$RUN"' EXIT
 mkdir "$RUN/ctl"
 cp "$SCRIPT" "$RUN/ctl/script.sh"   # the VM sees ctl/ and the share only
 { printf 'set -- '; printf '%q ' "$@"; echo; echo 'exec bash /run/ctl/script.sh "$@"'; } > "$RUN/ctl/cmd.sh"
-printf 'VM_SHARE=%q\n' "$SHARE" > "$RUN/ctl/env.sh"
+{ printf 'VM_SHARE=%q\n' "$SHARE"; printf 'VM_HOSTROOT=%q\n' "${VM_HOSTROOT:-0}"; } > "$RUN/ctl/env.sh"
+hostroot=()
+[ "${VM_HOSTROOT:-0}" = 1 ] &&
+    hostroot=(-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
 if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; then accel=(-accel kvm -cpu host); else accel=(-accel tcg,thread=multi -cpu max); fi
 disks=()
 for ((i = 0; i < ${VM_DISKS:-1}; i++)); do
@@ -137,7 +160,7 @@ timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -nodefaults -no-user-config -nograph
     -chardev file,id=err,path="$RUN/err" -device virtserialport,chardev=err,name=err \
     -virtfs "local,path=$RUN/ctl,mount_tag=ctl,security_model=passthrough" \
     -virtfs "local,path=$SHARE,mount_tag=share,security_model=passthrough" \
-    "${disks[@]}" </dev/null
+    "${hostroot[@]}" "${disks[@]}" </dev/null
 q=$?
 : <>"$RUN/out"; : <>"$RUN/err"
 wait $c1 $c2
