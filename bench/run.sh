@@ -225,3 +225,8 @@ cleanup; trap - EXIT
 SIZE_MIB=$SIZE_MIB ROUNDS=$ROUNDS bash "$ROOT/bench/open.sh"
 # Whole-qube restore, likewise (see bench/qubes.sh).
 SIZE_MIB=$SIZE_MIB ROUNDS=$ROUNDS bash "$ROOT/bench/qubes.sh"
+# Side by side with Wyng on Btrfs (see bench/wyng.sh; skipped with a
+# message where Wyng's script is absent).
+SIZE_MIB=$SIZE_MIB ROUNDS=$ROUNDS bash "$ROOT/bench/wyng.sh"
+# 40 thin volumes on real dm-thin, with Wyng (see bench/many-volumes.sh).
+if [ "${MANY_VOLUMES:-1}" = 1 ]; then bash "$ROOT/bench/many-volumes.sh"; fi
