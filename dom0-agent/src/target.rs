@@ -116,7 +116,7 @@ impl<'a> LvOut<'a> {
     fn create(pool: &'a LvmPool, name: &str, force: bool, size: u64) -> Result<Self> {
         protocol::names::validate_volume_name(name)?;
         if pool.exists(name) && !force {
-            bail!("LV {}/{name} exists; use --force to replace it", pool.vg);
+            bail!("LV {}/{name} exists; use --force to replace it", pool.vg());
         }
         let tmp = format!("{name}.sbk-restore");
         if pool.exists(&tmp) {
@@ -125,7 +125,7 @@ impl<'a> LvOut<'a> {
         pool.create_volume(&tmp, size)?;
         let interrupt = crate::interrupt::note(format!(
             "kept the partial LV {}/{tmp} (it may be open): the next restore to {name} removes it, or `lvremove {}/{tmp}`",
-            pool.vg, pool.vg
+            pool.vg(), pool.vg()
         ));
         let dev = pool.dev_path(&tmp);
         let file = match OpenOptions::new().write(true).open(&dev) {

@@ -582,7 +582,7 @@ pub fn run(
         ),
         (None, Some(Source::Lvm(pool))) => {
             let name = to_lv.unwrap_or_else(|| volume.to_string());
-            let label = format!("LV {}/{name}", pool.vg);
+            let label = format!("LV {}/{name}", pool.vg());
             (Target::Lv { pool, name, force }, label)
         }
         _ => bail!("give --save-to PATH (or a thin pool as --local to restore into an LV)"),

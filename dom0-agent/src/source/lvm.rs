@@ -89,8 +89,6 @@ impl Names {
 }
 
 pub struct LvmPool {
-    pub vg: String,
-    pub pool: String,
     names: Names,
     /// The volume group's LVs as last listed; None once something changed.
     listed: Mutex<Option<Listing>>,
@@ -239,8 +237,6 @@ impl LvmPool {
             bail!("'{spec}' is not a valid VG/POOL name");
         }
         let p = LvmPool {
-            vg: vg.into(),
-            pool: pool.into(),
             names: Names {
                 vg: vg.into(),
                 pool: pool.into(),
@@ -261,6 +257,11 @@ impl LvmPool {
             bail!("'{spec}' is a {seg} LV, not a thin pool");
         }
         Ok(p)
+    }
+
+    /// The volume group's name.
+    pub fn vg(&self) -> &str {
+        &self.names.vg
     }
 
     pub fn dev_path(&self, lv: &str) -> PathBuf {
@@ -285,7 +286,7 @@ impl LvmPool {
                 "|",
                 "-o",
                 "lv_name,lv_size,thin_id,lv_tags,pool_lv,segtype",
-                &self.vg,
+                &self.names.vg,
             ],
         )?;
         let l = parse_listing(&out)?;
@@ -309,7 +310,7 @@ impl LvmPool {
         let mut v: Vec<String> = self
             .report()?
             .into_iter()
-            .filter(|(name, l)| l.pool == self.pool && !name.contains(".sbk-"))
+            .filter(|(name, l)| l.pool == self.names.pool && !name.contains(".sbk-"))
             .map(|(name, _)| name)
             .collect();
         v.sort();
@@ -366,13 +367,15 @@ impl LvmPool {
         let mut stale = Vec::new();
         for w in wants {
             let r = if !valid_lvm_name(&w.volume)
-                || listed.get(&w.volume).is_none_or(|l| l.pool != self.pool)
+                || listed
+                    .get(&w.volume)
+                    .is_none_or(|l| l.pool != self.names.pool)
             {
                 Err(anyhow::anyhow!(
                     "volume '{}' not found in thin pool {}/{}",
                     w.volume,
-                    self.vg,
-                    self.pool
+                    self.names.vg,
+                    self.names.pool
                 ))
             } else {
                 slots(&listed, self.both_names(&w.volume), &tag, w.base.as_deref())
@@ -553,7 +556,7 @@ impl LvmPool {
         if !valid_lvm_name(name) {
             bail!("'{name}' is not a valid LV name");
         }
-        let pool = self.names.full(&self.pool);
+        let pool = self.names.full(&self.names.pool);
         self.change(
             "lvcreate",
             &[
@@ -575,7 +578,7 @@ impl LvmPool {
     }
 
     pub fn rename_volume(&self, from: &str, to: &str) -> Result<()> {
-        self.change("lvrename", &["-q", &self.vg, from, to])
+        self.change("lvrename", &["-q", &self.names.vg, from, to])
     }
 }
 
