@@ -86,6 +86,23 @@ impl Hist {
         h
     }
 
+    /// A full session whose later data mostly lands where it had zeros:
+    /// the pruned session keeps fewer files than its successor, so a prune
+    /// of the first moves its files into the second.
+    fn build_growing(tag: &str) -> Hist {
+        let mut h = Hist::new(tag);
+        let mut v = semi_compressible(&mut h.rng, 20 * 65536);
+        v.resize(64 * 65536, 0);
+        fs::write(h.vol(), v).unwrap();
+        h.snap();
+        let d = semi_compressible(&mut h.rng, 44 * 65536);
+        write_at(&h.vol(), 20 * 65536, &d);
+        h.snap();
+        h.rewrite(2);
+        h.snap();
+        h
+    }
+
     /// dom0 and the archive list exactly the expected sessions, their
     /// manifests are identical, arch-check is clean, and each restores.
     fn assert_intact(&self, ctx: &str) {
@@ -230,15 +247,15 @@ fn autoprune_applies_the_configured_policy() {
 }
 
 /// SIGKILLs the receiver at the Nth call of `syscall` while it prunes
-/// session `victim_idx` of [`Hist::build`], for N = 1, 2, ... until the prune
+/// session `victim_idx` of the history `build` makes, for N = 1, 2, ... until the prune
 /// gets through untouched. After each kill the next command settles the
 /// prune on both sides and every remaining session restores exact. Returns
 /// how many kills there were.
-fn kill_prune_at_each(syscall: &str, tag: &str, victim_idx: usize) -> u32 {
+fn kill_prune_at_each(build: fn(&str) -> Hist, syscall: &str, tag: &str, victim_idx: usize) -> u32 {
     let recv = receiver_bin();
     let mut killed = 0;
     for n in 1.. {
-        let mut h = Hist::build(&format!("{tag}-{n}"));
+        let mut h = build(&format!("{tag}-{n}"));
         let victim = h.names()[victim_idx].clone();
         let o = h.wrapped(
             &["prune", "v.img", "--session", &victim],
@@ -276,17 +293,85 @@ fn kill_prune_at_each(syscall: &str, tag: &str, victim_idx: usize) -> u32 {
 
 #[test]
 fn prune_killed_at_every_rename() {
-    // The first session into the second: 30-odd chunk files move.
-    let killed = kill_prune_at_each("rename", "kill-rename", 0);
-    assert!(killed >= 30, "only {killed} kills happened");
+    // The first session into the second, which has more files: 20 chunk
+    // files of the first move.
+    let killed = kill_prune_at_each(Hist::build_growing, "rename", "kill-rename", 0);
+    assert!(killed >= 20, "only {killed} kills happened");
+    // A full session into a small incremental: the incremental's files
+    // move into the full session's directory, which takes its name.
+    let killed = kill_prune_at_each(Hist::build, "rename", "kill-rename-older", 0);
+    assert!(killed >= 8, "only {killed} kills happened");
 }
 
 #[test]
 fn prune_killed_at_every_unlink_and_sync() {
-    // The shrunk session into the regrown one (mask entries).
-    let k1 = kill_prune_at_each("unlink,rmdir,unlinkat", "kill-unlink", 2);
-    let k2 = kill_prune_at_each("fsync,syncfs", "kill-sync", 2);
-    assert!(k1 >= 4 && k2 >= 4, "too few kills: {k1} {k2}");
+    // The shrunk session into the regrown one (mask entries), then the
+    // full session into a small incremental (P's hidden chunks unlinked).
+    let k1 = kill_prune_at_each(Hist::build, "unlink,rmdir,unlinkat", "kill-unlink", 2);
+    let k2 = kill_prune_at_each(Hist::build, "fsync,syncfs", "kill-sync", 2);
+    let k3 = kill_prune_at_each(Hist::build, "unlink,rmdir,unlinkat", "kill-unlink-older", 0);
+    let k4 = kill_prune_at_each(Hist::build, "fsync,syncfs", "kill-sync-older", 0);
+    assert!(
+        k1 >= 4 && k2 >= 4 && k3 >= 4 && k4 >= 4,
+        "too few kills: {k1} {k2} {k3} {k4}"
+    );
+}
+
+/// The directory of a session in the archive, by inode.
+fn ino(h: &Hist, sess: &str) -> u64 {
+    fs::metadata(h.s.archive_vol("v.img").join(sess))
+        .unwrap()
+        .ino()
+}
+
+#[test]
+fn prune_moves_the_side_with_fewer_files() {
+    // A full session into a 1-chunk incremental: the incremental's chunk
+    // moves, and the full session's directory becomes the successor.
+    let mut h = Hist::new("smaller-side");
+    fs::write(h.vol(), semi_compressible(&mut h.rng, 48 * 65536)).unwrap();
+    let full = h.snap();
+    let p_files: Vec<(PathBuf, u64)> = chunk_inodes(&h, &full);
+    h.rewrite(1);
+    let incr = h.snap();
+    let p_ino = ino(&h, &full);
+    h.s.ok(&["prune", "v.img", "--session", &full]);
+    h.forget(&full);
+    assert_eq!(ino(&h, &incr), p_ino, "the full session's directory stays");
+    // 47 of its 48 chunk files are the very same files, not one renamed.
+    let kept = chunk_inodes(&h, &incr);
+    let same = p_files.iter().filter(|f| kept.contains(f)).count();
+    assert_eq!(same, 47, "{kept:?}");
+    h.assert_intact("full into incremental");
+
+    // The other way: the successor has more files; it keeps its directory.
+    let mut h = Hist::build_growing("larger-side");
+    let (p, q) = (h.names()[0].clone(), h.names()[1].clone());
+    let q_ino = ino(&h, &q);
+    h.s.ok(&["prune", "v.img", "--session", &p]);
+    h.forget(&p);
+    assert_eq!(ino(&h, &q), q_ino, "the successor's directory stays");
+    assert_eq!(chunk_inodes(&h, &q).len(), 64);
+    h.assert_intact("small into larger");
+}
+
+/// (relative path, inode) of every chunk file of a session, sorted.
+fn chunk_inodes(h: &Hist, sess: &str) -> Vec<(PathBuf, u64)> {
+    let dir = h.s.archive_vol("v.img").join(sess);
+    let mut out = Vec::new();
+    for fan in fs::read_dir(&dir).unwrap() {
+        let fan = fan.unwrap().path();
+        if !fan.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&fan).unwrap() {
+            let f = f.unwrap().path();
+            let i = fs::metadata(&f).unwrap().ino();
+            out.push((f.strip_prefix(&dir).unwrap().to_path_buf(), i));
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]

@@ -1,19 +1,38 @@
 //! Pruning: merging a session into its successor by renames, journaled.
 //!
+//! A merge moves the chunk files of one side into the other's directory,
+//! and it moves the side with fewer files, so its cost follows the smaller
+//! side: pruning a full session into a 1 % incremental moves the
+//! incremental's chunks, not 99 % of the full session's.
+//!
 //! Steps for pruned session P with successor Q:
 //! 1. write the journal `VOL/.prune-journal` (P, Q, not committed), then
 //!    the merged manifest and info as `Q/manifest.new` and
-//!    `Q/session.info.new` (see `protocol::prune`), synced;
-//! 2. mark the journal committed — the commit point;
-//! 3. roll forward: move each chunk file of P the merged manifest still
-//!    needs into Q (rename; never a data copy), sync, rename the `.new`
-//!    files over the old, rename P to `.pruned` and remove it (its
-//!    superseded chunks go with it), remove the journal.
+//!    `Q/session.info.new` (see `protocol::prune`), synced, counting the
+//!    files each side keeps;
+//! 2. mark the journal committed, with the direction — the commit point;
+//! 3. roll forward, one of:
+//!    - *into Q* (P keeps fewer files): move each chunk file of P the
+//!      merged manifest still needs into Q, sync, rename the `.new` files
+//!      over the old, rename P to `.pruned` and remove it (its superseded
+//!      chunks go with it);
+//!    - *into P* (Q has fewer files): remove P's chunk files the merged
+//!      manifest no longer names, move each of Q's chunk files into P over
+//!      the one P has there, sync, rename the `.new` files into P, then
+//!      swap: Q goes to `.pruned`, P is renamed to Q;
 //!
-//! Every step of 3 is idempotent, so a committed journal found later
-//! (crash, cut stream) is finished by [`recover`] before anything else
-//! reads the volume; an uncommitted one is undone (the `.new` files go).
-//! Cost: the manifests of P and Q and one rename per surviving chunk of P.
+//!    and remove the journal.
+//!
+//! Every step of 3 is idempotent and the next one is told by what exists
+//! (`Q/manifest.new`, P), so a committed journal found later (crash, cut
+//! stream) is finished by [`recover`] before anything else reads the
+//! volume; an uncommitted one is undone (the `.new` files go).
+//! Cost: the manifests of P and Q, and one rename per file of the smaller
+//! side (plus, into P, one unlink per chunk of P that Q hid without a file).
+//! A run of prunes (a range, `--keep`) merges pairwise; since each move
+//! goes into a set at least twice the size of the one it leaves, a chunk
+//! moves at most about log2 of the run's length times, and once in the
+//! usual run (a full session, then small incrementals).
 
 use super::session::{manifest_entries, read_info, write_info, INFO_FILE, MANIFEST_FILE};
 use super::{fsutil, Archive};
@@ -27,7 +46,9 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-pub const JOURNAL_MAGIC: [u8; 8] = *b"SBKPRJ01";
+pub const JOURNAL_MAGIC: [u8; 8] = *b"SBKPRJ02";
+/// The journal before the direction was recorded (always into Q).
+const JOURNAL_MAGIC_V1: [u8; 8] = *b"SBKPRJ01";
 pub const JOURNAL_FILE: &str = ".prune-journal";
 /// A pruned session while it is removed (fixed: one lookup at recovery).
 pub const PRUNED: &str = ".pruned";
@@ -40,6 +61,36 @@ struct Journal {
     into: String,
     /// False while the `.new` files are being written.
     committed: bool,
+    /// Q's files move into P, which then takes Q's name.
+    into_older: bool,
+}
+
+#[derive(Deserialize)]
+struct JournalV1 {
+    pruned: String,
+    into: String,
+    committed: bool,
+}
+
+fn read_journal(path: &Path, b: &[u8]) -> Result<Journal> {
+    let j = if b.starts_with(&JOURNAL_MAGIC_V1) {
+        protocol::codec::decode_sealed::<JournalV1>("prune journal", &JOURNAL_MAGIC_V1, b).map(
+            |j| Journal {
+                pruned: j.pruned,
+                into: j.into,
+                committed: j.committed,
+                into_older: false,
+            },
+        )
+    } else {
+        protocol::codec::decode_sealed("prune journal", &JOURNAL_MAGIC, b)
+    };
+    j.map_err(|e| {
+        Failure::new(
+            ErrorCode::Corrupt,
+            format!("prune journal '{}': {e}", path.display()),
+        )
+    })
 }
 
 /// Merges `session` of `volume` into its successor; returns the merged
@@ -75,6 +126,7 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
         pruned: session.to_string(),
         into: names[k + 1].clone(),
         committed: false,
+        into_older: false,
     };
     let jpath = archive.volume_dir(volume)?.join(JOURNAL_FILE);
     let seal = |j: &Journal| protocol::codec::encode_sealed(&JOURNAL_MAGIC, j);
@@ -89,6 +141,8 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
     let mut w = ManifestWriter::new(BufWriter::with_capacity(1 << 16, f), archive.chunk_size())
         .map_err(|e| Failure::io("write manifest", &new_m, e))?;
     let (mut chunks, mut zeros, mut stored) = (0u64, 0u64, q.stored_bytes);
+    // Files each side keeps: the side with fewer moves.
+    let (mut p_files, mut q_files) = (0u64, 0u64);
     for item in merge_into(p_entries, q_entries, q.volume_size, mask, cs) {
         let (e, origin) = item?;
         w.push(&e)
@@ -98,7 +152,11 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
             continue;
         }
         chunks += 1;
+        if origin == Origin::Newer {
+            q_files += 1;
+        }
         if origin == Origin::Older {
+            p_files += 1;
             let len = archive.store.chunk_len(&p_dir, e.addr).map_err(|err| {
                 let src = archive.store.chunk_path(&p_dir, e.addr);
                 missing_chunk(volume, session, e.addr, &src, err)
@@ -120,6 +178,7 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
         .and_then(|f| f.sync_all())
         .map_err(|e| Failure::io("sync", &new_i, e))?;
     journal.committed = true;
+    journal.into_older = q_files < p_files;
     fsutil::write_atomic(&jpath, &seal(&journal))?;
     roll_forward(archive, volume, &journal)?;
     Ok(info)
@@ -142,13 +201,7 @@ pub fn recover(archive: &Archive, volume: &str) -> Result<()> {
     let jpath = vdir.join(JOURNAL_FILE);
     match fs::read(&jpath) {
         Ok(b) => {
-            let j: Journal = protocol::codec::decode_sealed("prune journal", &JOURNAL_MAGIC, &b)
-                .map_err(|e| {
-                    Failure::new(
-                        ErrorCode::Corrupt,
-                        format!("prune journal '{}': {e}", jpath.display()),
-                    )
-                })?;
+            let j = read_journal(&jpath, &b)?;
             if j.committed {
                 roll_forward(archive, volume, &j)?;
             } else {
@@ -190,6 +243,9 @@ fn roll_back(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
 }
 
 fn roll_forward(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
+    if j.into_older {
+        return roll_into_older(archive, volume, j);
+    }
     let vdir = archive.volume_dir(volume)?;
     let p_dir = archive.session_dir(volume, &j.pruned)?;
     let q_dir = archive.session_dir(volume, &j.into)?;
@@ -260,4 +316,128 @@ fn move_chunks(
             })?;
     }
     Ok(())
+}
+
+/// Rolls a committed prune forward into P's directory, which then takes
+/// Q's name (see the module comment).
+fn roll_into_older(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
+    let vdir = archive.volume_dir(volume)?;
+    let p_dir = archive.session_dir(volume, &j.pruned)?;
+    let q_dir = archive.session_dir(volume, &j.into)?;
+    let new_m = q_dir.join(NEW_MANIFEST);
+    if new_m.exists() {
+        absorb(archive, volume, j, &p_dir, &q_dir, &new_m)?;
+        fsutil::syncfs(&p_dir)?;
+        let m = p_dir.join(MANIFEST_FILE);
+        fs::rename(&new_m, &m).map_err(|e| Failure::io("replace manifest", &m, e))?;
+    }
+    let new_i = q_dir.join(NEW_INFO);
+    if new_i.exists() {
+        let i = p_dir.join(INFO_FILE);
+        fs::rename(&new_i, &i).map_err(|e| Failure::io("replace session info", &i, e))?;
+    }
+    if p_dir.exists() {
+        fsutil::fsync_dir(&p_dir)?;
+        if q_dir.exists() {
+            remove_pruned(&vdir)?;
+            let gone = vdir.join(PRUNED);
+            fs::rename(&q_dir, &gone)
+                .map_err(|e| Failure::io("remove merged-from session", &q_dir, e))?;
+            fsutil::fsync_dir(&vdir)?;
+        }
+        fs::rename(&p_dir, &q_dir).map_err(|e| Failure::io("rename merged session", &p_dir, e))?;
+        fsutil::fsync_dir(&vdir)?;
+        remove_pruned(&vdir)?;
+    }
+    let jpath = vdir.join(JOURNAL_FILE);
+    fs::remove_file(&jpath).map_err(|e| Failure::io("remove prune journal", &jpath, e))?;
+    fsutil::fsync_dir(&vdir)
+}
+
+/// Makes P's directory hold exactly the merged manifest's chunk files:
+/// removes P's chunks that the merge dropped (hidden by a zero entry of Q
+/// or by Q's smaller size), then moves each of Q's chunks in, over P's
+/// chunk at that address if there is one. A chunk of Q already gone was
+/// moved before a crash.
+fn absorb(
+    archive: &Archive,
+    volume: &str,
+    j: &Journal,
+    p_dir: &Path,
+    q_dir: &Path,
+    new_m: &Path,
+) -> Result<()> {
+    let cs = archive.chunk_size();
+    let mut merged = manifest_entries(new_m, cs)?.peekable();
+    for pe in manifest_entries(&p_dir.join(MANIFEST_FILE), cs)? {
+        let pe: Entry = pe?;
+        if pe.codec == Codec::Zero {
+            continue;
+        }
+        let mut kept = false;
+        while let Some(m) = merged.peek() {
+            match m {
+                Ok(m) if m.addr < pe.addr => {
+                    merged.next();
+                }
+                Ok(m) => {
+                    kept = m.addr == pe.addr && m.codec != Codec::Zero;
+                    break;
+                }
+                Err(_) => return Err(merged.next().expect("peeked").expect_err("err")),
+            }
+        }
+        if !kept {
+            archive.store.remove_chunk(p_dir, pe.addr).map_err(|e| {
+                let f = archive.store.chunk_path(p_dir, pe.addr);
+                Failure::io("remove superseded chunk", &f, e)
+            })?;
+        }
+    }
+    for qe in manifest_entries(&q_dir.join(MANIFEST_FILE), cs)? {
+        let qe: Entry = qe?;
+        if qe.codec == Codec::Zero {
+            continue;
+        }
+        archive
+            .store
+            .replace_chunk(q_dir, p_dir, qe.addr)
+            .map_err(|e| {
+                let src = archive.store.chunk_path(q_dir, qe.addr);
+                missing_chunk(volume, &j.into, qe.addr, &src, e)
+            })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journals_of_both_versions_are_read() {
+        let p = Path::new("j");
+        let v1 = protocol::codec::encode_sealed(&JOURNAL_MAGIC_V1, &("S_1", "S_2", true));
+        let j = read_journal(p, &v1).unwrap();
+        let want = Journal {
+            pruned: "S_1".into(),
+            into: "S_2".into(),
+            committed: true,
+            into_older: false,
+        };
+        assert_eq!(j, want);
+        let v2 = protocol::codec::encode_sealed(
+            &JOURNAL_MAGIC,
+            &Journal {
+                into_older: true,
+                ..want.clone()
+            },
+        );
+        assert!(read_journal(p, &v2).unwrap().into_older);
+        let mut bad = v2.clone();
+        bad[9] ^= 1;
+        let e = read_journal(p, &bad).unwrap_err();
+        assert!(e.message.contains("prune journal 'j'"), "{}", e.message);
+        assert!(read_journal(p, b"SBKPRJ03xxxxxxxx").is_err());
+    }
 }

@@ -119,6 +119,24 @@ impl ChunkStore for FsStore {
         Ok(true)
     }
 
+    fn replace_chunk(&self, from: &Path, to: &Path, addr: u64) -> std::io::Result<bool> {
+        let src = self.chunk_path(from, addr);
+        fs::create_dir_all(to.join(fanout_dir_name(addr)))?;
+        match fs::rename(&src, self.chunk_path(to, addr)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !src.exists() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_chunk(&self, session: &Path, addr: u64) -> std::io::Result<bool> {
+        match fs::remove_file(self.chunk_path(session, addr)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn list(&self, session: &Path, records: &[&str]) -> std::io::Result<StoredChunks> {
         let mut out = StoredChunks::default();
         for name in sorted_names(session)? {
@@ -271,6 +289,13 @@ mod tests {
         assert!(st.chunk_path(&q, 1 << 28).exists());
         fs::write(st.chunk_path(&p, 1 << 28), b"y").unwrap();
         assert!(!st.move_chunk(&p, &q, 1 << 28).unwrap());
+        // Replacing goes over q's chunk; a second time finds nothing to move.
+        assert!(st.replace_chunk(&p, &q, 1 << 28).unwrap());
+        assert_eq!(fs::read(st.chunk_path(&q, 1 << 28)).unwrap(), b"y");
+        assert!(!st.replace_chunk(&p, &q, 1 << 28).unwrap());
+        assert!(st.replace_chunk(&p, &q, 3 << 28).unwrap());
+        assert!(st.remove_chunk(&q, 3 << 28).unwrap());
+        assert!(!st.remove_chunk(&q, 3 << 28).unwrap());
         fs::remove_dir_all(&d).unwrap();
     }
 }

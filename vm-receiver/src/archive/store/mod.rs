@@ -66,6 +66,14 @@ pub trait ChunkStore: Send + Sync {
     /// own, or one moved before a crash).
     fn move_chunk(&self, from: &Path, to: &Path, addr: u64) -> std::io::Result<bool>;
 
+    /// Moves the chunk at `addr` from one session to another, replacing
+    /// the one `to` has there (a rename over it). False if `from` has none
+    /// there (moved before a crash).
+    fn replace_chunk(&self, from: &Path, to: &Path, addr: u64) -> std::io::Result<bool>;
+
+    /// Removes the chunk at `addr` of a session; false if there was none.
+    fn remove_chunk(&self, session: &Path, addr: u64) -> std::io::Result<bool>;
+
     /// Every chunk of a session, and whatever else is there.
     fn list(&self, session: &Path, records: &[&str]) -> std::io::Result<StoredChunks>;
 }
