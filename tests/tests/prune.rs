@@ -343,6 +343,7 @@ fn prune_moves_the_side_with_fewer_files() {
     let same = p_files.iter().filter(|f| kept.contains(f)).count();
     assert_eq!(same, 47, "{kept:?}");
     h.assert_intact("full into incremental");
+    assert_stored_bytes(&h, &incr);
 
     // The other way: the successor has more files; it keeps its directory.
     let mut h = Hist::build_growing("larger-side");
@@ -353,6 +354,27 @@ fn prune_moves_the_side_with_fewer_files() {
     assert_eq!(ino(&h, &q), q_ino, "the successor's directory stays");
     assert_eq!(chunk_inodes(&h, &q).len(), 64);
     h.assert_intact("small into larger");
+    assert_stored_bytes(&h, &q);
+}
+
+/// The merged session's recorded stored bytes are its chunk files' sizes
+/// (the prune adds up whichever side is smaller).
+fn assert_stored_bytes(h: &Hist, sess: &str) {
+    let dir = h.s.archive_vol("v.img").join(sess);
+    let on_disk: u64 = chunk_inodes(h, sess)
+        .iter()
+        .map(|(f, _)| fs::metadata(dir.join(f)).unwrap().len())
+        .sum();
+    let doc = h.s.json(&["list", "v.img"]);
+    let rec = doc["volumes"][0]["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == sess)
+        .unwrap_or_else(|| panic!("{sess} in {doc}"))["stored_bytes"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(rec, on_disk, "{sess}: recorded stored bytes");
 }
 
 /// (relative path, inode) of every chunk file of a session, sorted.

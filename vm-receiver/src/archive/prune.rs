@@ -140,9 +140,11 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
     let f = File::create(&new_m).map_err(|e| Failure::io("create manifest", &new_m, e))?;
     let mut w = ManifestWriter::new(BufWriter::with_capacity(1 << 16, f), archive.chunk_size())
         .map_err(|e| Failure::io("write manifest", &new_m, e))?;
-    let (mut chunks, mut zeros, mut stored) = (0u64, 0u64, q.stored_bytes);
+    let (mut chunks, mut zeros) = (0u64, 0u64);
     // Files each side keeps: the side with fewer moves.
     let (mut p_files, mut q_files) = (0u64, 0u64);
+    // Which of P's chunks the merge carries, by chunk index (a bit each).
+    let mut carried = Bits::new(p.volume_size.div_ceil(cs));
     for item in merge_into(p_entries, q_entries, q.volume_size, mask, cs) {
         let (e, origin) = item?;
         w.push(&e)
@@ -152,18 +154,18 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
             continue;
         }
         chunks += 1;
-        if origin == Origin::Newer {
-            q_files += 1;
-        }
-        if origin == Origin::Older {
-            p_files += 1;
-            let len = archive.store.chunk_len(&p_dir, e.addr).map_err(|err| {
-                let src = archive.store.chunk_path(&p_dir, e.addr);
-                missing_chunk(volume, session, e.addr, &src, err)
-            })?;
-            stored += len;
+        match origin {
+            Origin::Newer => q_files += 1,
+            Origin::Older => {
+                p_files += 1;
+                carried.set(e.addr / cs);
+            }
+            Origin::Mask => {}
         }
     }
+    journal.into_older = q_files < p_files;
+    let stored =
+        q.stored_bytes + carried_bytes(archive, volume, session, &p_dir, &p, &carried, &journal)?;
     let mut bw = w
         .finish()
         .map_err(|e| Failure::io("write manifest", &new_m, e))?;
@@ -178,10 +180,72 @@ pub fn prune(archive: &Archive, volume: &str, session: &str) -> Result<SessionIn
         .and_then(|f| f.sync_all())
         .map_err(|e| Failure::io("sync", &new_i, e))?;
     journal.committed = true;
-    journal.into_older = q_files < p_files;
     fsutil::write_atomic(&jpath, &seal(&journal))?;
     roll_forward(archive, volume, &journal)?;
     Ok(info)
+}
+
+/// One bit per chunk index.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: u64) -> Bits {
+        Bits(vec![0; n.div_ceil(64) as usize])
+    }
+    fn set(&mut self, i: u64) {
+        if let Some(w) = self.0.get_mut((i / 64) as usize) {
+            *w |= 1 << (i % 64);
+        }
+    }
+    fn get(&self, i: u64) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+}
+
+/// The stored bytes of P's chunks that the merge carries, from whichever
+/// of the carried and the dropped is the smaller set (the dropped ones'
+/// lengths are taken off P's total), so that this too follows the smaller
+/// side. A prune into Q moves the carried ones anyway: they are looked at
+/// here, so a missing one fails the prune before its commit point.
+fn carried_bytes(
+    archive: &Archive,
+    volume: &str,
+    session: &str,
+    p_dir: &Path,
+    p: &SessionInfo,
+    carried: &Bits,
+    j: &Journal,
+) -> Result<u64> {
+    let cs = archive.chunk_size() as u64;
+    let n_carried = carried
+        .0
+        .iter()
+        .map(|w| u64::from(w.count_ones()))
+        .sum::<u64>();
+    let by_carried = !j.into_older || n_carried <= p.chunks.saturating_sub(n_carried);
+    let mut sum = 0u64;
+    for pe in manifest_entries(&p_dir.join(MANIFEST_FILE), archive.chunk_size())? {
+        let pe: Entry = pe?;
+        if pe.codec == Codec::Zero || carried.get(pe.addr / cs) != by_carried {
+            continue;
+        }
+        match archive.store.chunk_len(p_dir, pe.addr) {
+            Ok(n) => sum += n,
+            // A dropped chunk that is already gone counts nothing.
+            Err(e) if !by_carried && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                let src = archive.store.chunk_path(p_dir, pe.addr);
+                return Err(missing_chunk(volume, session, pe.addr, &src, e));
+            }
+        }
+    }
+    Ok(if by_carried {
+        sum
+    } else {
+        p.stored_bytes.saturating_sub(sum)
+    })
 }
 
 fn missing_chunk(volume: &str, session: &str, addr: u64, p: &Path, e: std::io::Error) -> Failure {
