@@ -162,6 +162,21 @@ truncate -s 1T "$VOLS/huge"; dd if=/dev/urandom of="$VOLS/huge" bs=1M count=16 c
 "${SB[@]}" backup huge >/dev/null
 dd if=/dev/urandom of="$VOLS/huge" bs=1M seek=500000 count=4 conv=notrunc 2>/dev/null
 RSS_HB=$(rss "${SB[@]}" backup huge); RSS_HR=$(rss "${SB[@]}" verify huge)
+# 40 volumes in one run (32 MiB, 4 MiB written each; then 10 of them with
+# 5 blocks rewritten): memory does not grow with the number of volumes.
+mkdir -p "$VOLS/many"
+for i in $(seq -w 1 40); do
+    truncate -s 32M "$VOLS/many/v$i"
+    dd if=/dev/urandom of="$VOLS/many/v$i" bs=1M count=4 conv=notrunc status=none
+done
+SBV=("$BIN/sparsebak" --dest "file://$ARCH/many" --meta-dir "$MNT/meta-many" --local "$VOLS/many" --passphrase-file "$W/passphrase")
+"${SBV[@]}" arch-init --chunk-size 128K >/dev/null
+mapfile -t MANY < <(cd "$VOLS/many" && ls)
+RSS_MF=$(rss "${SBV[@]}" backup "${MANY[@]}")
+for i in $(seq -w 1 10); do
+    dd if=/dev/urandom of="$VOLS/many/v$i" bs=64K seek=100 count=5 conv=notrunc status=none
+done
+RSS_MI=$(rss "${SBV[@]}" backup "${MANY[@]}")
 
 # Recovery: an archive of IMPORT_SESSIONS sessions (the full one, then 1 %
 # rewritten each time) in RAM, dom0's records deleted, arch-import with
@@ -218,8 +233,12 @@ printf '%-44s %9s %10s %9s\n' "machine limit" "$T_LIMIT" "$C_LIMIT" "$S_LIMIT" \
 printf '\n%-52s %7s\n' "peak RSS (MiB)" ""
 printf '%-52s %7s\n' "backup, ${SIZE_MIB} MiB image (no change)" "$((RSS_B / 1024))" "verify, ${SIZE_MIB} MiB image" "$((RSS_R / 1024))" \
     "backup, --encrypt off" "$((RSS_BO / 1024))" "verify, --encrypt off" "$((RSS_RO / 1024))" \
-    "backup, 1 TiB sparse volume, 4 MiB delta" "$((RSS_HB / 1024))" "verify, 1 TiB sparse volume" "$((RSS_HR / 1024))"
+    "backup, 1 TiB sparse volume, 4 MiB delta" "$((RSS_HB / 1024))" "verify, 1 TiB sparse volume" "$((RSS_HR / 1024))" \
+    "backup of 40 volumes in one run (full)" "$((RSS_MF / 1024))" "backup of 40 volumes in one run (10 changed)" "$((RSS_MI / 1024))"
 
+# Where the full backup's CPU goes, stage by stage, and the projection to
+# more cores (see bench/stages.sh).
+SIZE_MIB=$SIZE_MIB ROUNDS=$ROUNDS bash "$ROOT/bench/stages.sh"
 # Opened sessions, in a scratch dir of their own (see bench/open.sh).
 cleanup; trap - EXIT
 SIZE_MIB=$SIZE_MIB ROUNDS=$ROUNDS bash "$ROOT/bench/open.sh"

@@ -139,7 +139,9 @@ where
             let (pool_rx, jobs, reader) = (&pool_rx, &jobs, &reader);
             let compression = settings.compression;
             let (keys, volume) = (settings.keys.clone(), settings.volume);
-            scope.spawn(move || {
+            // Named, so that `top -H` and bench/stages.sh tell the stages.
+            let worker = std::thread::Builder::new().name("sbk-seal".into());
+            let spawned = worker.spawn_scoped(scope, move || {
                 let level = match compression {
                     Compression::Zstd { level } => Some(level),
                     Compression::None => None,
@@ -178,6 +180,7 @@ where
                     }
                 }
             });
+            spawned.expect("spawning a worker thread");
         }
         drop(res_tx);
         // Sink: reorder by sequence number and hand out in order. Dropping

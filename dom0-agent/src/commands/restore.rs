@@ -180,51 +180,58 @@ pub fn restore(
                     &good_bytes,
                 );
                 let mut opener = Opener::new(meta.keys.clone());
-                scope.spawn(move || {
-                    let mut plain = AlignedBuf::new(cs as usize);
-                    loop {
-                        let Ok(w) = work_rx.lock().expect("work lock").recv() else {
-                            return;
-                        };
-                        let r = check_chunk(
-                            &w,
-                            &mut opener,
-                            vid,
-                            plain.whole_mut(),
-                            volume,
-                            names[w.session],
-                        );
-                        // Every chunk reaches the target, written or
-                        // skipped: a pipe takes them in stream order.
-                        let r = match (target, r) {
-                            (Some((o, d)), Ok(p)) => o.put(d, w.seq, p, w.addr),
-                            (Some((o, _)), Err(e)) => {
-                                let _ = o.skip(w.seq, w.addr);
-                                Err(e)
+                let verifier = std::thread::Builder::new().name("sbk-open".into());
+                verifier
+                    .spawn_scoped(scope, move || {
+                        let mut plain = AlignedBuf::new(cs as usize);
+                        loop {
+                            let Ok(w) = work_rx.lock().expect("work lock").recv() else {
+                                return;
+                            };
+                            let r = check_chunk(
+                                &w,
+                                &mut opener,
+                                vid,
+                                plain.whole_mut(),
+                                volume,
+                                names[w.session],
+                            );
+                            // Every chunk reaches the target, written or
+                            // skipped: a pipe takes them in stream order.
+                            let r = match (target, r) {
+                                (Some((o, d)), Ok(p)) => o.put(d, w.seq, p, w.addr),
+                                (Some((o, _)), Err(e)) => {
+                                    let _ = o.skip(w.seq, w.addr);
+                                    Err(e)
+                                }
+                                (None, r) => r.map(|_| ()),
+                            };
+                            if r.is_ok() {
+                                good.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                good_bytes.fetch_add(
+                                    w.raw_len as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
                             }
-                            (None, r) => r.map(|_| ()),
-                        };
-                        if r.is_ok() {
-                            good.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            good_bytes
-                                .fetch_add(w.raw_len as u64, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        if let Err(e) = r {
-                            match (salvage, e.downcast_ref::<VerifyError>()) {
-                                // Not written: the target holds zeros there.
-                                (true, Some(ve)) => bad.lock().expect("bad lock").push(BadChunk {
-                                    addr: w.addr,
-                                    session: names[w.session].to_string(),
-                                    error: ve.to_string(),
-                                }),
-                                _ => {
-                                    let _ = err_tx.send(e);
+                            if let Err(e) = r {
+                                match (salvage, e.downcast_ref::<VerifyError>()) {
+                                    // Not written: the target holds zeros there.
+                                    (true, Some(ve)) => {
+                                        bad.lock().expect("bad lock").push(BadChunk {
+                                            addr: w.addr,
+                                            session: names[w.session].to_string(),
+                                            error: ve.to_string(),
+                                        })
+                                    }
+                                    _ => {
+                                        let _ = err_tx.send(e);
+                                    }
                                 }
                             }
+                            let _ = pool_tx.send(w.data);
                         }
-                        let _ = pool_tx.send(w.data);
-                    }
-                })
+                    })
+                    .expect("spawning a verifier thread")
             })
             .collect();
         drop(err_tx);

@@ -345,7 +345,10 @@ impl LvmPool {
         }
         let names = self.names.clone();
         let (tx, rx) = mpsc::sync_channel(2);
-        let thread = std::thread::spawn(move || plan_all(&names, frozen, chunk_size, tx));
+        let thread = std::thread::Builder::new()
+            .name("sbk-plan".into())
+            .spawn(move || plan_all(&names, frozen, chunk_size, tx))
+            .expect("spawning the planning thread");
         Plans {
             rx: Some(rx),
             early: early.into_iter(),

@@ -52,15 +52,19 @@ where
     std::thread::scope(|scope| {
         for _ in 0..READERS {
             let (job_rx, done_tx) = (&job_rx, done_tx.clone());
-            scope.spawn(move || loop {
-                let Ok((seq, at, tag, mut buf)) = job_rx.lock().expect("jobs lock").recv() else {
-                    return;
-                };
-                let r = store.read(&at.0, at.1, &mut buf, limit + 1);
-                if done_tx.send((seq, at, tag, buf, r)).is_err() {
-                    return;
-                }
-            });
+            let named = std::thread::Builder::new().name("sbk-read".into());
+            named
+                .spawn_scoped(scope, move || loop {
+                    let Ok((seq, at, tag, mut buf)) = job_rx.lock().expect("jobs lock").recv()
+                    else {
+                        return;
+                    };
+                    let r = store.read(&at.0, at.1, &mut buf, limit + 1);
+                    if done_tx.send((seq, at, tag, buf, r)).is_err() {
+                        return;
+                    }
+                })
+                .expect("spawning a reader thread");
         }
         drop(done_tx);
         pool.retain(|b| b.capacity() >= cap);

@@ -56,24 +56,27 @@ impl ChunkWriter {
             .map(|_| {
                 let (jobs_rx, free_tx) = (jobs_rx.clone(), free_tx.clone());
                 let (failed, store, session) = (failed.clone(), store.clone(), session.clone());
-                std::thread::spawn(move || loop {
-                    let job = match jobs_rx.lock().expect("jobs lock").recv() {
-                        Ok(j) => j,
-                        Err(_) => return,
-                    };
-                    // After a failure the session is lost: skip the rest.
-                    if failed.lock().expect("failure lock").is_none() {
-                        let data = &job.buf.whole()[job.start..job.start + job.len];
-                        if let Err(e) = store.write(&session, job.addr, data) {
-                            let path = store.chunk_path(&session, job.addr);
-                            let mut f = failed.lock().expect("failure lock");
-                            f.get_or_insert(Failure::io("write chunk", &path, e));
+                let named = std::thread::Builder::new().name("sbk-write".into());
+                named
+                    .spawn(move || loop {
+                        let job = match jobs_rx.lock().expect("jobs lock").recv() {
+                            Ok(j) => j,
+                            Err(_) => return,
+                        };
+                        // After a failure the session is lost: skip the rest.
+                        if failed.lock().expect("failure lock").is_none() {
+                            let data = &job.buf.whole()[job.start..job.start + job.len];
+                            if let Err(e) = store.write(&session, job.addr, data) {
+                                let path = store.chunk_path(&session, job.addr);
+                                let mut f = failed.lock().expect("failure lock");
+                                f.get_or_insert(Failure::io("write chunk", &path, e));
+                            }
                         }
-                    }
-                    if free_tx.send(job.buf).is_err() {
-                        return;
-                    }
-                })
+                        if free_tx.send(job.buf).is_err() {
+                            return;
+                        }
+                    })
+                    .expect("spawning a writer thread")
             })
             .collect();
         ChunkWriter {
