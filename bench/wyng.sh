@@ -93,6 +93,18 @@ rm -f "$MNT/r/"*
 cold; T_CHECK=$(timed "${SB[@]}" arch-check)
 cold; T_READ=$(timed sh -c "find '$MNT/sbk' -type f -print0 | xargs -0 cat > /dev/null")
 ARCH_MIB=$(du -sm "$MNT/sbk" | cut -f1)
+# This disk's own time for a step's reads and writes, both at once: a full
+# backup reads the image and writes the archive's bytes; a restore reads
+# the chunk files and writes the image (direct, then fsync). Best of ROUNDS.
+both() { # files-to-read MiB-to-write
+    rm -f "$MNT/r/dd"; cold
+    timed sh -c "find $1 -type f -print0 | xargs -0 cat > /dev/null & dd if=/dev/zero of='$MNT/r/dd' bs=1M count=$2 oflag=direct conv=fsync status=none; wait"
+}
+D=$W/disk; : > "$D"
+for r in $(seq "$ROUNDS"); do
+    echo "$(both "'$MNT/vols/img'" "$ARCH_MIB") $(both "'$MNT/sbk'" "$SIZE_MIB")" >> "$D"
+done
+rm -f "$MNT/r/dd"
 # Prune of the full session (into the first incremental): once each.
 first_wy=$("${WY[@]}" list img 2>/dev/null | grep -oE '[0-9]{8}-[0-9]{6}' | head -1)
 cold; T_PRUNE=$(timed "${SB[@]}" prune img --session S_000000000001)
@@ -109,6 +121,12 @@ row "full backup" "$F" 1 2 ">= 5"
 row "incremental (1 %)" "$I" 1 2 ">= 15"
 row "restore, then sync" "$V" 1 2 ">= 3"
 row "verify" "$V" 3 4 ">= 4"
+DISK_F=$(col "$D" 1 | best) DISK_R=$(col "$D" 2 | best)
+SB_F=$(col "$F" 1 | best) SB_R=$(col "$V" 1 | best)
+printf '%-34s %9s %9s %7s  %-8s\n' "the disk's own: read image + write archive" "$DISK_F" "" "" ""
+printf '%-34s %9s %9s %7s  %-8s\n' "  full backup / that" "$(ratio "$SB_F" "$DISK_F")" "" "" "(1 = the disk)"
+printf '%-34s %9s %9s %7s  %-8s\n' "the disk's own: read chunks + write image" "$DISK_R" "" "" ""
+printf '%-34s %9s %9s %7s  %-8s\n' "  restore / that" "$(ratio "$SB_R" "$DISK_R")" "" "" "<= 1.2 (or 3x wyng)"
 printf '%-34s %9s %9s %7s  %-8s  %s\n' "prune of the full session" "$T_PRUNE" "$T_WPRUNE" "$(ratio "$T_WPRUNE" "$T_PRUNE")" ">= 10" "(one run each)"
 printf '\n%-44s %9s %s\n' "arch-check (all chunks re-read, CRC)" "$T_CHECK" "s"
 printf '%-44s %9s %s\n' "cat of the same ${ARCH_MIB} MiB of chunk files" "$T_READ" "s"
