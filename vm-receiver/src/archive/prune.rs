@@ -34,7 +34,7 @@
 //! moves at most about log2 of the run's length times, and once in the
 //! usual run (a full session, then small incrementals).
 
-use super::session::{manifest_entries, read_info, write_info, INFO_FILE, MANIFEST_FILE};
+use super::session::{manifest_entries, read_info, write_info, Entries, INFO_FILE, MANIFEST_FILE};
 use super::{fsutil, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::Codec;
@@ -44,6 +44,7 @@ use protocol::prune::{mask_range, merge_into, merged_info, Origin};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
+use std::iter::Peekable;
 use std::path::Path;
 
 pub const JOURNAL_MAGIC: [u8; 8] = *b"SBKPRJ02";
@@ -306,36 +307,71 @@ fn roll_back(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
     fsutil::fsync_dir(&vdir)
 }
 
+/// Finishes a committed prune; each step is told by what exists.
 fn roll_forward(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
-    if j.into_older {
-        return roll_into_older(archive, volume, j);
-    }
     let vdir = archive.volume_dir(volume)?;
     let p_dir = archive.session_dir(volume, &j.pruned)?;
     let q_dir = archive.session_dir(volume, &j.into)?;
+    // The directory that ends up holding the merged session.
+    let home = if j.into_older { &p_dir } else { &q_dir };
     let new_m = q_dir.join(NEW_MANIFEST);
     if new_m.exists() {
-        move_chunks(archive, volume, j, &p_dir, &q_dir, &new_m)?;
-        fsutil::syncfs(&q_dir)?;
-        let m = q_dir.join(MANIFEST_FILE);
+        if j.into_older {
+            absorb(archive, volume, j, &p_dir, &q_dir, &new_m)?;
+        } else {
+            move_chunks(archive, volume, j, &p_dir, &q_dir, &new_m)?;
+        }
+        fsutil::syncfs(home)?;
+        let m = home.join(MANIFEST_FILE);
         fs::rename(&new_m, &m).map_err(|e| Failure::io("replace manifest", &m, e))?;
     }
     let new_i = q_dir.join(NEW_INFO);
     if new_i.exists() {
-        let i = q_dir.join(INFO_FILE);
+        let i = home.join(INFO_FILE);
         fs::rename(&new_i, &i).map_err(|e| Failure::io("replace session info", &i, e))?;
     }
-    fsutil::fsync_dir(&q_dir)?;
+    if home.exists() {
+        fsutil::fsync_dir(home)?;
+    }
     if p_dir.exists() {
-        remove_pruned(&vdir)?;
-        let gone = vdir.join(PRUNED);
-        fs::rename(&p_dir, &gone).map_err(|e| Failure::io("remove pruned session", &p_dir, e))?;
-        fsutil::fsync_dir(&vdir)?;
+        if !j.into_older {
+            retire(&vdir, &p_dir)?;
+        } else {
+            if q_dir.exists() {
+                retire(&vdir, &q_dir)?;
+            }
+            fs::rename(&p_dir, &q_dir)
+                .map_err(|e| Failure::io("rename merged session", &p_dir, e))?;
+            fsutil::fsync_dir(&vdir)?;
+        }
         remove_pruned(&vdir)?;
     }
     let jpath = vdir.join(JOURNAL_FILE);
     fs::remove_file(&jpath).map_err(|e| Failure::io("remove prune journal", &jpath, e))?;
     fsutil::fsync_dir(&vdir)
+}
+
+/// Renames a session directory that is going away to `.pruned`, which no
+/// reader looks at (removed by the caller or the next recovery).
+fn retire(vdir: &Path, dir: &Path) -> Result<()> {
+    remove_pruned(vdir)?;
+    let gone = vdir.join(PRUNED);
+    fs::rename(dir, &gone).map_err(|e| Failure::io("remove pruned session", dir, e))?;
+    fsutil::fsync_dir(vdir)
+}
+
+/// Advances an ascending manifest walk to `addr`: the entry there, if any.
+fn entry_at(it: &mut Peekable<Entries>, addr: u64) -> Result<Option<Entry>> {
+    loop {
+        match it.peek() {
+            Some(Ok(e)) if e.addr < addr => {
+                it.next();
+            }
+            Some(Ok(e)) => return Ok((e.addr == addr).then_some(*e)),
+            Some(Err(_)) => return Err(it.next().expect("peeked").expect_err("peeked an error")),
+            None => return Ok(None),
+        }
+    }
 }
 
 /// Moves into Q every chunk file of P that the merged manifest names and Q
@@ -354,19 +390,7 @@ fn move_chunks(
         manifest_entries(&p_dir.join(MANIFEST_FILE), archive.chunk_size())?.peekable();
     for m in merged {
         let m: Entry = m?;
-        let mut from_p = false;
-        while let Some(pe) = p_entries.peek() {
-            match pe {
-                Ok(pe) if pe.addr < m.addr => {
-                    p_entries.next();
-                }
-                Ok(pe) => {
-                    from_p = pe.addr == m.addr && pe.hash == m.hash && pe.codec == m.codec;
-                    break;
-                }
-                Err(_) => return Err(p_entries.next().expect("peeked").expect_err("err")),
-            }
-        }
+        let from_p = entry_at(&mut p_entries, m.addr)?.is_some_and(|pe| pe == m);
         if !from_p || m.codec == Codec::Zero {
             continue;
         }
@@ -380,42 +404,6 @@ fn move_chunks(
             })?;
     }
     Ok(())
-}
-
-/// Rolls a committed prune forward into P's directory, which then takes
-/// Q's name (see the module comment).
-fn roll_into_older(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
-    let vdir = archive.volume_dir(volume)?;
-    let p_dir = archive.session_dir(volume, &j.pruned)?;
-    let q_dir = archive.session_dir(volume, &j.into)?;
-    let new_m = q_dir.join(NEW_MANIFEST);
-    if new_m.exists() {
-        absorb(archive, volume, j, &p_dir, &q_dir, &new_m)?;
-        fsutil::syncfs(&p_dir)?;
-        let m = p_dir.join(MANIFEST_FILE);
-        fs::rename(&new_m, &m).map_err(|e| Failure::io("replace manifest", &m, e))?;
-    }
-    let new_i = q_dir.join(NEW_INFO);
-    if new_i.exists() {
-        let i = p_dir.join(INFO_FILE);
-        fs::rename(&new_i, &i).map_err(|e| Failure::io("replace session info", &i, e))?;
-    }
-    if p_dir.exists() {
-        fsutil::fsync_dir(&p_dir)?;
-        if q_dir.exists() {
-            remove_pruned(&vdir)?;
-            let gone = vdir.join(PRUNED);
-            fs::rename(&q_dir, &gone)
-                .map_err(|e| Failure::io("remove merged-from session", &q_dir, e))?;
-            fsutil::fsync_dir(&vdir)?;
-        }
-        fs::rename(&p_dir, &q_dir).map_err(|e| Failure::io("rename merged session", &p_dir, e))?;
-        fsutil::fsync_dir(&vdir)?;
-        remove_pruned(&vdir)?;
-    }
-    let jpath = vdir.join(JOURNAL_FILE);
-    fs::remove_file(&jpath).map_err(|e| Failure::io("remove prune journal", &jpath, e))?;
-    fsutil::fsync_dir(&vdir)
 }
 
 /// Makes P's directory hold exactly the merged manifest's chunk files:
@@ -438,19 +426,7 @@ fn absorb(
         if pe.codec == Codec::Zero {
             continue;
         }
-        let mut kept = false;
-        while let Some(m) = merged.peek() {
-            match m {
-                Ok(m) if m.addr < pe.addr => {
-                    merged.next();
-                }
-                Ok(m) => {
-                    kept = m.addr == pe.addr && m.codec != Codec::Zero;
-                    break;
-                }
-                Err(_) => return Err(merged.next().expect("peeked").expect_err("err")),
-            }
-        }
+        let kept = entry_at(&mut merged, pe.addr)?.is_some_and(|m| m.codec != Codec::Zero);
         if !kept {
             archive.store.remove_chunk(p_dir, pe.addr).map_err(|e| {
                 let f = archive.store.chunk_path(p_dir, pe.addr);
