@@ -31,11 +31,11 @@ cat > "$QX/qubes.xml" <<'XML'
 <qubes>
   <labels><label id="label-1" color="0xcc0000">red</label><label id="label-8" color="0x000000">black</label></labels>
   <domains>
-    <domain id="domain-0" class="AdminVM"><properties><property name="name">dom0</property><property name="label" ref="label-8"/></properties></domain>
-    <domain id="domain-1" class="TemplateVM"><properties><property name="name">tpl</property><property name="label" ref="label-8"/></properties>
+    <domain id="domain-0" class="AdminVM"><properties><property name="name">dom0</property><property name="label">label-8</property></properties></domain>
+    <domain id="domain-1" class="TemplateVM"><properties><property name="name">tpl</property><property name="label">label-8</property></properties>
       <features><feature name="qrexec">1</feature></features></domain>
-    <domain id="domain-2" class="AppVM"><properties><property name="name">work</property><property name="label" ref="label-1"/>
-      <property name="template" ref="domain-1"/><property name="memory">800</property></properties>
+    <domain id="domain-2" class="AppVM"><properties><property name="name">work</property><property name="label">label-1</property>
+      <property name="template">tpl</property><property name="memory">800</property></properties>
       <features><feature name="service.crond">1</feature></features><tags><tag name="work"/></tags></domain>
   </domains>
 </qubes>

@@ -34,12 +34,16 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-/// `n` and the word, pluralised: "1 chunk", "2 chunks", "0 chunks".
+/// `n` and the word, pluralised: "1 chunk", "2 chunks", "0 chunks",
+/// "2 properties" (a consonant and y take "ies"; "2 keys" stays).
 pub fn count(n: u64, word: &str) -> String {
     if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
+        return format!("1 {word}");
+    }
+    let b = word.as_bytes();
+    match b {
+        [.., c, b'y'] if !b"aeiou".contains(c) => format!("{n} {}ies", &word[..word.len() - 1]),
+        _ => format!("{n} {word}s"),
     }
 }
 
@@ -58,5 +62,8 @@ mod tests {
         assert_eq!(count(1, "chunk"), "1 chunk");
         assert_eq!(count(0, "chunk"), "0 chunks");
         assert_eq!(count(2, "volume"), "2 volumes");
+        assert_eq!(count(0, "property"), "0 properties");
+        assert_eq!(count(1, "property"), "1 property");
+        assert_eq!(count(3, "key"), "3 keys");
     }
 }

@@ -147,9 +147,16 @@ fn esc(s: &str) -> String {
         .replace('\'', "&apos;")
 }
 
-/// Writes `qubes.xml` as a Qubes 4.2 dom0 has it, with each qube's
-/// firewall.xml and notes.txt in its directory; `extra` is spliced into
-/// `<domains>` as is.
+/// Writes `qubes.xml` as qubesd writes it, with each qube's firewall.xml
+/// and notes.txt in its directory; `extra` is spliced into `<domains>` as
+/// is. The form follows qubes-core-admin's serializer, not a guess of it:
+/// `BaseVM.__xml__` (`<domain id="domain-QID" class=…>`, then properties,
+/// features, one `<devices class=…>` per class, tags), and
+/// `PropertyHolder.xml_properties` with each property's saver: element
+/// text, never `ref=` (no QubesVM property has `save_via_ref`); `str()` of
+/// the value (`True`, `800`); a `VMProperty` as the qube's name, `''` for
+/// none; the label as `label-N` (`'label-{}'.format(value.index)`), an
+/// index into `<labels>`.
 fn write_qubes_xml(dir: &Path, qubes: &[Fq], extra: &str) -> PathBuf {
     let labels = fakequbesd::LABELS;
     let label_id = |l: &str| labels.iter().position(|x| *x == l).unwrap() + 1;
@@ -166,7 +173,7 @@ fn write_qubes_xml(dir: &Path, qubes: &[Fq], extra: &str) -> PathBuf {
     }
     x.push_str("  </labels>\n  <pools>\n    <pool driver=\"lvm_thin\" name=\"vm-pool\" thin_pool=\"vm-pool\" volume_group=\"qubes_dom0\" revisions_to_keep=\"2\"/>\n    <pool dir_path=\"/var/lib/qubes\" driver=\"file\" name=\"varlibqubes\" revisions_to_keep=\"1\"/>\n  </pools>\n");
     x.push_str("  <properties>\n    <property name=\"default_template\">fedora-40-xfce</property>\n    <property name=\"default_netvm\">sys-firewall</property>\n    <property name=\"clockvm\">sys-net</property>\n  </properties>\n  <domains>\n");
-    x.push_str("    <domain id=\"domain-0\" class=\"AdminVM\">\n      <properties>\n        <property name=\"name\">dom0</property>\n        <property name=\"label\" ref=\"label-8\"/>\n        <property name=\"qid\">0</property>\n      </properties>\n      <features/>\n      <tags/>\n    </domain>\n");
+    x.push_str("    <domain id=\"domain-0\" class=\"AdminVM\">\n      <properties>\n        <property name=\"name\">dom0</property>\n        <property name=\"label\">label-8</property>\n        <property name=\"qid\">0</property>\n      </properties>\n      <features/>\n      <tags/>\n    </domain>\n");
     for (i, q) in qubes.iter().enumerate() {
         let id = i + 1;
         writeln!(
@@ -175,7 +182,7 @@ fn write_qubes_xml(dir: &Path, qubes: &[Fq], extra: &str) -> PathBuf {
             q.class
         )
         .unwrap();
-        writeln!(x, "        <property name=\"qid\">{}</property>", id + 1).unwrap();
+        writeln!(x, "        <property name=\"qid\">{}</property>", id).unwrap();
         writeln!(
             x,
             "        <property name=\"name\">{}</property>",
@@ -185,7 +192,7 @@ fn write_qubes_xml(dir: &Path, qubes: &[Fq], extra: &str) -> PathBuf {
         writeln!(x, "        <property name=\"uuid\">5d7d0a8b-{id:04x}-4000-8000-00000000{id:04x}</property>").unwrap();
         writeln!(
             x,
-            "        <property name=\"label\" ref=\"label-{}\"/>",
+            "        <property name=\"label\">label-{}</property>",
             label_id(q.label)
         )
         .unwrap();
@@ -198,22 +205,16 @@ fn write_qubes_xml(dir: &Path, qubes: &[Fq], extra: &str) -> PathBuf {
             .unwrap();
         }
         if let Some(t) = q.template {
-            // Templates by reference, as qubesd writes them.
+            assert!(dom_id(t).is_some(), "{t}: not in the fixture");
             writeln!(
                 x,
-                "        <property name=\"template\" ref=\"domain-{}\"/>",
-                dom_id(t).unwrap()
+                "        <property name=\"template\">{}</property>",
+                esc(t)
             )
             .unwrap();
         }
         for (k, v) in &q.refs {
-            // References by name, and one by `ref`, as both occur.
-            match (k, dom_id(v)) {
-                (&"default_dispvm", Some(d)) => {
-                    writeln!(x, "        <property name=\"{k}\" ref=\"domain-{d}\"/>").unwrap()
-                }
-                _ => writeln!(x, "        <property name=\"{k}\">{}</property>", esc(v)).unwrap(),
-            }
+            writeln!(x, "        <property name=\"{k}\">{}</property>", esc(v)).unwrap();
         }
         for (k, v) in &q.props {
             writeln!(x, "        <property name=\"{k}\">{}</property>", esc(v)).unwrap();
@@ -632,6 +633,13 @@ fn whole_qubes_come_back_on_a_fresh_install() {
         before,
         "--dry-run changed the qubes"
     );
+    // The text plan: every qube of the fixture, counted in plain words.
+    let text = e.ok(&["restore-qubes", "--dry-run"]);
+    assert!(text.contains("create 8 qubes"), "{text}");
+    assert!(
+        text.contains("5 properties set") && !text.contains("propertys"),
+        "{text}"
+    );
     // The older settings session has the older settings.
     let (_, j) = e.json(&[
         "restore-qubes",
@@ -809,7 +817,7 @@ fn hostile_settings_never_reach_a_tool_as_an_option_or_a_path() {
     extra.push_str("    <domain id=\"domain-90\" class=\"AppVM\"><properties><property name=\"name\">evil-label2</property><property name=\"label\">-rf</property></properties></domain>\n");
     // Names Qubes would never allow: never a path, never a volume.
     for n in ["-x", "../../etc", "a b"] {
-        writeln!(extra, "    <domain id=\"domain-9{}\" class=\"AppVM\"><properties><property name=\"name\">{}</property><property name=\"label\" ref=\"label-1\"/></properties></domain>", n.len(), esc(n)).unwrap();
+        writeln!(extra, "    <domain id=\"domain-9{}\" class=\"AppVM\"><properties><property name=\"name\">{}</property><property name=\"label\">label-1</property></properties></domain>", n.len(), esc(n)).unwrap();
     }
     fs::write(e.s.vol("vm-evil-label2-private"), rng.bytes(70_000)).unwrap();
     write_qubes_xml(&e.qubes_dir, &qubes, &extra);

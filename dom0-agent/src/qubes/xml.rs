@@ -5,8 +5,13 @@
 //! qube whose record does not pass is reported and left out, never
 //! "cleaned up" into something else.
 //!
-//! Domains refer to each other by name or by `ref="domain-N"`, labels by
-//! `ref="label-N"`: both are resolved to names here, since ids are an
+//! What qubesd writes (qubes-core-admin's `PropertyHolder.xml_properties`
+//! and the property savers): every property as element text, `str()` of
+//! its value (`True`/`False`, decimal numbers); a reference to a qube as
+//! that qube's name (`VMProperty`'s saver, `''` for none); the label as
+//! `label-N`, an index into `<labels>`. A `ref=` attribute
+//! (`save_via_ref`) is also read: domains by `ref="domain-N"`, labels by
+//! `ref="label-N"`. Both are resolved to names here, since ids are an
 //! install's own.
 
 use anyhow::{bail, Context, Result};
@@ -210,13 +215,7 @@ fn domain(
                     let r = p.attribute("ref");
                     let text = p.text().unwrap_or("").to_string();
                     if pname == "label" {
-                        q.label = match r {
-                            Some(r) => labels
-                                .get(r)
-                                .with_context(|| format!("label reference '{r}' is not defined"))?
-                                .clone(),
-                            None => text,
-                        };
+                        q.label = label(labels, r, &text)?;
                         continue;
                     }
                     if NOT_RESTORED.contains(&pname.as_str()) {
@@ -309,6 +308,23 @@ fn domain(
     }
     q.notes = file(class, name, "notes.txt")?.filter(|n| !n.is_empty());
     Ok(Some(q))
+}
+
+/// A qube's label as a name. qubesd's saver writes the element text
+/// `label-N` (`'label-{}'.format(value.index)`), and its loader
+/// (`_setter_label`) resolves `label-N` through `<labels>` and anything
+/// else as a label's name; the `ref="label-N"` form is kept for records
+/// written by hand or by older tools.
+fn label(labels: &BTreeMap<String, String>, r: Option<&str>, text: &str) -> Result<String> {
+    let id = match r {
+        Some(r) => r,
+        None if text.starts_with("label-") => text,
+        None => return Ok(text.to_string()),
+    };
+    labels
+        .get(id)
+        .cloned()
+        .with_context(|| format!("label '{id}' is not defined in <labels>"))
 }
 
 /// A qube's `firewall.xml`: `<firewall><rules><rule><properties>
@@ -454,6 +470,42 @@ mod tests {
         assert_eq!(f.refused.len(), 2, "{:?}", f.refused);
         assert!(f.refused[0].1.contains("'-x'"));
         assert_eq!(f.refused[1].0, "twice");
+    }
+
+    /// The form qubesd itself writes (qubes-core-admin's savers): the label
+    /// as the text `label-N`, references by name, `str()` of booleans.
+    /// The earlier parser left every such qube out.
+    #[test]
+    fn reads_labels_as_qubesd_saves_them() {
+        let x = r#"<qubes><labels>
+            <label id="label-1" color="0xcc0000">red</label>
+            <label id="label-4" color="0x3874d8">blue</label></labels>
+          <domains>
+            <domain id="domain-0" class="AdminVM"><properties><property name="label">label-8</property></properties></domain>
+            <domain id="domain-2" class="TemplateVM"><properties><property name="label">label-1</property>
+              <property name="name">fedora-41</property></properties></domain>
+            <domain id="domain-3" class="AppVM"><properties><property name="label">label-4</property>
+              <property name="name">work</property><property name="template">fedora-41</property>
+              <property name="netvm"></property><property name="autostart">True</property></properties></domain>
+            <domain id="domain-4" class="AppVM"><properties><property name="label">label-99</property>
+              <property name="name">stray</property></properties></domain>
+            <domain id="domain-5" class="AppVM"><properties><property name="label">purple</property>
+              <property name="name">by-name</property></properties></domain>
+          </domains></qubes>"#;
+        let f = parse(x, None, &|_, _, _| Ok(None)).unwrap();
+        assert_eq!(f.qubes["fedora-41"].label, "red");
+        let w = &f.qubes["work"];
+        assert_eq!(w.label, "blue");
+        assert_eq!(w.template(), Some("fedora-41"));
+        assert_eq!(w.property("netvm"), Some(&PropValue::Qube(None)));
+        assert_eq!(w.text("autostart"), Some("True"));
+        assert_eq!(f.qubes["by-name"].label, "purple");
+        assert_eq!(f.refused.len(), 1, "{:?}", f.refused);
+        assert!(
+            f.refused[0].1.contains("label 'label-99' is not defined"),
+            "{:?}",
+            f.refused
+        );
     }
 
     #[test]
