@@ -113,7 +113,7 @@ impl Ctx {
     /// A client for `op` on the archive dom0 knows as `meta`, whose root
     /// authenticated and is not older than dom0 has seen (`catalog`).
     pub fn connect(&self, dest: &Dest, meta: &ArchiveMeta, op: Operation) -> Result<Client> {
-        crate::report::detail(format!("connecting to {dest} ({op:?})"));
+        crate::report::detail(format!("connecting to {dest} ({})", op.describe()));
         let mut c = Client::connect(dest, &self.reach, meta, op)?;
         crate::catalog::check_fresh(meta, &mut c, self.accept_rollback, op != Operation::Restore)?;
         Ok(c)

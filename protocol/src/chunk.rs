@@ -13,6 +13,15 @@ pub enum Codec {
     Sealed,
 }
 
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Codec::Zero => "zero",
+            Codec::Sealed => "sealed",
+        })
+    }
+}
+
 impl Codec {
     pub fn to_byte(self) -> u8 {
         match self {
@@ -83,7 +92,7 @@ impl ChunkHeader {
             return Err(ProtocolError::malformed(
                 "chunk record",
                 format!(
-                    "{:?} chunk at {:#x} with {} data bytes for raw length {}",
+                    "{} chunk at {:#x} with {} data bytes for raw length {}",
                     self.codec, self.addr, data_len, self.raw_len
                 ),
             ));

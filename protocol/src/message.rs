@@ -307,6 +307,39 @@ pub enum ErrorCode {
     Busy,
 }
 
+impl ErrorCode {
+    /// What the code means, for a person (the wire carries the code; this
+    /// text is never parsed).
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorCode::NoArchive => "there is no archive of that name",
+            ErrorCode::ArchiveExists => "an archive of that name exists already",
+            ErrorCode::ArchiveMismatch => "the archive is not the one dom0 expects",
+            ErrorCode::NoSuchVolume => "the archive has no such volume",
+            ErrorCode::NoSuchSession => "the archive has no such session",
+            ErrorCode::BadRequest => "the request was refused",
+            ErrorCode::SessionOrder => {
+                "the archive's sessions of this volume are not the ones dom0 has"
+            }
+            ErrorCode::Io => "the receiver could not read or write its storage",
+            ErrorCode::NoSpace => "the archive is out of space",
+            ErrorCode::Corrupt => "the archive's files are damaged",
+            ErrorCode::Busy => "another connection is using the archive",
+        }
+    }
+}
+
+impl Operation {
+    /// The operation as a person names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Operation::Admin => "administration",
+            Operation::Backup => "backup",
+            Operation::Restore => "restore",
+        }
+    }
+}
+
 /// Largest `Reply::Data` part.
 pub const DATA_PART: usize = 1 << 20;
 

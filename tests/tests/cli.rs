@@ -550,3 +550,38 @@ fn every_argument_and_option_has_help() {
     );
     assert!(missing.is_empty(), "no help text: {missing:#?}");
 }
+
+/// What the receiver refuses is said in words, never as Rust values
+/// (`Some("S_…")`, `None`) or enum names (`SessionOrder`), in the text
+/// and in the JSON `error` field alike.
+#[test]
+fn a_refusal_is_written_for_a_person() {
+    let (s, v, first) = one_session("words");
+    write_at(&v, 0, &[9u8; 4096]);
+    let second = s.backup("v.img");
+    // The archive loses its newest session (a copy made before it).
+    fs::rename(
+        s.archive_vol("v.img").join(&second),
+        s.dir.path().join("kept"),
+    )
+    .unwrap();
+    write_at(&v, CS, &[8u8; 4096]);
+    let e = s.fails(&["backup", "v.img"]);
+    let j = s.json(&["backup", "v.img"]);
+    let jerr = j.to_string();
+    for text in [&e, &jerr] {
+        for internal in ["Some(", "None", "SessionOrder", "NoSuchVolume", "{:?}"] {
+            assert!(!text.contains(internal), "{internal:?} in: {text}");
+        }
+    }
+    assert!(
+        e.contains(&format!(
+            "dom0's newest session is {second} but the archive's is {first}"
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("the archive's sessions of this volume are not the ones dom0 has"),
+        "{e}"
+    );
+}

@@ -76,7 +76,7 @@ pub fn serve<R: Read, W: Write>(
             &mut wr,
             Failure::new(
                 ErrorCode::BadRequest,
-                format!("operation {op:?} is not offered here"),
+                format!("{} connections are not offered here", op.describe()),
             ),
         ));
     }
@@ -256,7 +256,11 @@ pub fn serve<R: Read, W: Write>(
             other => {
                 let f = Failure::new(
                     ErrorCode::BadRequest,
-                    format!("unexpected {} request on a {op:?} connection", other.name()),
+                    format!(
+                        "a {} request on a {} connection",
+                        other.name(),
+                        op.describe()
+                    ),
                 );
                 return Err(fail(&mut wr, f));
             }

@@ -506,7 +506,7 @@ impl SessionImage {
                             session,
                             addr: l.addr,
                             detail: format!(
-                                "the receiver sent a {:?} record of {} bytes for a chunk of {raw_len}",
+                                "the receiver sent a {} record of {} bytes for a chunk of {raw_len}",
                                 h.codec, h.raw_len
                             ),
                         }

@@ -151,8 +151,9 @@ pub fn check(meta: &ArchiveMeta, client: &mut Client, volume: Option<&str>) -> R
                 != (t.volume_size, t.chunks, t.zero_chunks, &t.prev)
             {
                 rep.add(format!(
-                    "volume '{v}' session {}: the archive's info differs from dom0's (size {} vs {}, {} vs {} data chunks, {} vs {} zero chunks, prev {:?} vs {:?})",
-                    s.name, t.volume_size, s.volume_size, t.chunks, s.chunks, t.zero_chunks, s.zero_chunks, t.prev, s.prev
+                    "volume '{v}' session {}: the archive's info differs from dom0's (size {} vs {}, {} vs {} data chunks, {} vs {} zero chunks, previous session {} vs {})",
+                    s.name, t.volume_size, s.volume_size, t.chunks, s.chunks, t.zero_chunks, s.zero_chunks,
+                    t.prev.as_deref().unwrap_or("none"), s.prev.as_deref().unwrap_or("none")
                 ));
             }
             compare_manifest(meta, client, v, &s.name, &mut rep)?;

@@ -148,11 +148,11 @@ pub fn prune_one(
             Ok(info)
         }
         Ok(info) => bail!(
-            "volume '{volume}': the receiver's merge of {} into {} names {:?} as its predecessor, dom0 expects {:?}",
+            "volume '{volume}': the receiver's merge of {} into {} names {} as its predecessor, dom0 expects {}",
             p.name,
             info.name,
-            info.prev,
-            p.prev
+            info.prev.as_deref().unwrap_or("none"),
+            p.prev.as_deref().unwrap_or("none")
         ),
         Err(e) => {
             // The receiver may have journaled the prune before failing: ask

@@ -332,7 +332,7 @@ pub fn restore(
                         session: from.clone(),
                         addr: e.addr,
                         detail: format!(
-                            "the receiver sent a {:?} record of {} bytes for a chunk of {raw_len}",
+                            "the receiver sent a {} record of {} bytes for a chunk of {raw_len}",
                             h.codec, h.raw_len
                         ),
                     })?;

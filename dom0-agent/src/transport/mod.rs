@@ -613,8 +613,9 @@ impl std::fmt::Display for RemoteFailure {
             ),
             code => write!(
                 f,
-                "the receiver for {} reported {code:?}: {msg}",
-                self.label
+                "the receiver for {}: {}: {msg}",
+                self.label,
+                code.describe()
             ),
         }
     }

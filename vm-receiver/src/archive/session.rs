@@ -142,13 +142,20 @@ impl SessionWriter {
         if prev != newest {
             return Err(Failure::new(
                 ErrorCode::SessionOrder,
-                format!("volume '{volume}': agent's previous session is {prev:?} but the archive's newest is {newest:?}"),
+                format!(
+                    "volume '{volume}': dom0's newest session is {} but the archive's is {}",
+                    prev.unwrap_or("none (a first backup)"),
+                    newest.unwrap_or("none (the volume has no session)")
+                ),
             ));
         }
         if newest.is_some_and(|n| session <= n) {
             return Err(Failure::new(
                 ErrorCode::SessionOrder,
-                format!("volume '{volume}': session {session} does not sort after {newest:?}"),
+                format!(
+                    "volume '{volume}': the new session {session} does not sort after the archive's newest, {}",
+                    newest.unwrap_or("none")
+                ),
             ));
         }
         fs::create_dir_all(&volume_dir)
