@@ -701,6 +701,11 @@ pub struct LoopFs {
 
 impl LoopFs {
     pub fn new(kind: FsKind, size_mib: u64) -> LoopFs {
+        LoopFs::with_options(kind, size_mib, "")
+    }
+
+    /// Mounted with extra options (e.g. Btrfs' `compress=zstd`).
+    pub fn with_options(kind: FsKind, size_mib: u64, options: &str) -> LoopFs {
         require_root_and_loop();
         let dir = TempDir::new(&format!("{kind:?}").to_lowercase());
         let img = dir.path().join("fs.img");
@@ -721,9 +726,14 @@ impl LoopFs {
             .output()
             .unwrap_or_else(|e| panic!("{mkfs} not runnable ({e}): install xfsprogs/btrfs-progs"));
         expect_success(o, mkfs);
+        let opts = if options.is_empty() {
+            "loop".to_string()
+        } else {
+            format!("loop,{options}")
+        };
         let o = Command::new("mount")
             .arg("-o")
-            .arg("loop")
+            .arg(&opts)
             .arg(&img)
             .arg(&mnt)
             .output()

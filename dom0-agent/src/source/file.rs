@@ -90,6 +90,7 @@ impl LocalDir {
                     .map(|s| self.base_path(volume, s))
                     .filter(|p| p.is_file());
                 let new_ext = fiemap::extents(&snap, &new_path)?;
+                let mut encoded = 0;
                 let plan = match (prev, base) {
                     (None, _) => Plan::Full {
                         data: data_map_from_extents(&new_ext, size, chunk_size),
@@ -105,6 +106,7 @@ impl LocalDir {
                             changed.set_bytes(s, e, chunk_size);
                         }
                         mark_size_change(&mut changed, old_size, size, chunk_size);
+                        encoded = reflink::encoded_bytes(&new_ext);
                         Plan::Changed { changed }
                     }
                     (Some(_), None) => Plan::Compare {
@@ -112,6 +114,9 @@ impl LocalDir {
                     },
                 };
                 let method = match plan {
+                    Plan::Changed { .. } if encoded > 0 => {
+                        "reflink delta (compressed extents compared by content)"
+                    }
                     Plan::Changed { .. } => "reflink delta",
                     Plan::Full { .. } => "reflink snapshot, full",
                     Plan::Compare { .. } => "reflink snapshot, no base: hash compare",
@@ -127,10 +132,25 @@ impl LocalDir {
                 })
             }
             Err(
-                Errno::EOPNOTSUPP | Errno::EXDEV | Errno::EINVAL | Errno::ENOTTY | Errno::EPERM,
+                e @ (Errno::EOPNOTSUPP
+                | Errno::EXDEV
+                | Errno::EINVAL
+                | Errno::ENOTTY
+                | Errno::EPERM),
             ) => {
                 drop(snap);
                 let _ = fs::remove_file(&new_path);
+                // No snapshot: the live image is read while it may change.
+                // A qube running on it gives a backup that is no moment of
+                // the image; say so, and why, every time.
+                let why = if e == Errno::EINVAL {
+                    "it cannot be reflinked (on Btrfs: a NOCOW file, chattr +C)"
+                } else {
+                    "its filesystem has no reflinks"
+                };
+                crate::report::warn(format!(
+                    "volume '{volume}': no snapshot taken, since {why}: the image is read while live, so if anything writes to it during the backup (a running qube) the session holds no single moment of it; back it up while it is not in use"
+                ));
                 let size = meta.len();
                 let data = data_map_seek(&live, size, chunk_size)?;
                 let plan = if prev.is_some() {

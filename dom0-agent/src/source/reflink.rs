@@ -5,12 +5,29 @@
 //! state): a reflink clone shares the old blocks, and every write after it
 //! goes to new blocks. The comparison is per range, not per extent record,
 //! because Btrfs reports an old clone as one big extent while the rewritten
-//! file shows it in pieces. Compressed (ENCODED) extents report the same
-//! physical start for every reference into them, so for those only an
-//! identical record means unchanged. A hole on both sides is unchanged;
-//! anything else (hole on one side, unknown, delalloc, inline) is changed.
+//! file shows it in pieces. A hole on both sides is unchanged; anything
+//! else (hole on one side, unknown, delalloc, inline) is changed.
+//!
+//! Compressed (ENCODED) extents are always reported as changed. FIEMAP
+//! gives the compressed extent's start for every reference into it, so a
+//! range re-cloned from another part of the same extent (FICLONERANGE,
+//! `copy_file_range`, `btrfs receive`), or from an older copy of it, keeps
+//! a record identical to the old one while its bytes differ: an identical
+//! record proves nothing. The backup compares every changed chunk with
+//! the newest session's keyed id before sealing it, so these chunks are
+//! read and hashed, and only those whose bytes differ are stored.
 
 use super::fiemap::{Extent, FLAGS_UNCOMPARABLE, FLAG_ENCODED, FLAG_UNWRITTEN};
+
+/// Bytes of `extents` in compressed (ENCODED) extents: what a delta must
+/// compare by content.
+pub fn encoded_bytes(extents: &[Extent]) -> u64 {
+    extents
+        .iter()
+        .filter(|e| e.flags & FLAG_ENCODED != 0)
+        .map(|e| e.length)
+        .sum()
+}
 
 /// Changed byte ranges `[start, end)` within `[0, size)`, ascending and
 /// coalesced. `old` and `new` are the extents of the base and the new
@@ -55,10 +72,7 @@ fn same_data(x: &Extent, y: &Extent) -> bool {
         return false;
     }
     if (x.flags | y.flags) & FLAG_ENCODED != 0 {
-        return x.logical == y.logical
-            && x.physical == y.physical
-            && x.length == y.length
-            && x.flags == y.flags;
+        return false;
     }
     (x.flags & FLAG_UNWRITTEN) == (y.flags & FLAG_UNWRITTEN)
         && x.physical.wrapping_sub(x.logical) == y.physical.wrapping_sub(y.logical)
@@ -111,7 +125,20 @@ mod tests {
             changed_ranges(&[enc_old], &[enc_new, e(65536, 4096 * 100, 65536)], 131072),
             vec![(0, 131072)]
         );
-        assert_eq!(changed_ranges(&[enc_old], &[enc_old], 131072), vec![]);
+        // An identical record of a compressed extent is no proof either:
+        // a range re-cloned from elsewhere in the same extent keeps it.
+        assert_eq!(
+            changed_ranges(&[enc_old], &[enc_old], 131072),
+            vec![(0, 131072)]
+        );
+        // Only the encoded part: a plain extent beside it still compares.
+        let mut enc = e(65536, 4096, 65536);
+        enc.flags = FLAG_ENCODED;
+        let plain = e(0, 1 << 20, 65536);
+        assert_eq!(
+            changed_ranges(&[plain, enc], &[plain, enc], 131072),
+            vec![(65536, 131072)]
+        );
         let mut unwritten = e(0, 4096, 8192);
         unwritten.flags = FLAG_UNWRITTEN;
         assert_eq!(
