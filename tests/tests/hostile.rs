@@ -702,9 +702,9 @@ fn receiver_stderr_is_escaped_on_dom0s_terminal() {
     assert!(text.contains("\\u{1b}[31mred\\rover"), "{text}");
 }
 
-/// Two connections to one archive never interleave: while another holds
-/// the archive, the receiver waits (here 1 s), then answers Busy and
-/// changes nothing.
+/// Two writers to one archive never interleave: while another holds the
+/// archive's writer lock, the receiver waits (here 1 s), then answers
+/// Busy and changes nothing.
 #[test]
 fn a_busy_archive_is_refused_not_shared() {
     let s = archive_with_one_session("busy");
@@ -729,7 +729,7 @@ fn a_busy_archive_is_refused_not_shared() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success()
-            && err.contains("Busy")
+            && err.contains("another connection is using the archive")
             && err.contains("in use by another sparsebak connection"),
         "{err}"
     );
@@ -786,4 +786,80 @@ fn receiver_gives_up_on_a_silent_agent() {
         "the abandoned session left something"
     );
     s.ok(&["backup", "v.img"]);
+}
+
+/// Readers share the archive: while a restore connection is open, a
+/// backup and a second reader (verify) go ahead; a prune, which moves
+/// committed chunks, waits for the reader (here 1 s), is refused in words
+/// that name the reader and changes nothing; once the reader is gone it
+/// runs.
+#[test]
+fn readers_share_the_archive_and_a_prune_waits_for_them() {
+    use std::io::Read;
+    let s = archive_with_one_session("readers");
+    let wrap = s.dir.path().join("impatient-receiver.sh");
+    script(
+        &wrap,
+        &format!("exec {} \"$@\" --lock-wait 1", receiver_bin().display()),
+    );
+    let with = |args: &[&str]| {
+        let mut c = s.cmd(args);
+        c.arg("--remote-receiver").arg(&wrap);
+        c.output().unwrap()
+    };
+    // A reader that stays: a restore connection, open and idle. Its hello
+    // reply comes only once it holds its lock.
+    let mut reader = Command::new(receiver_bin())
+        .args(["serve", "--archive"])
+        .arg(&s.arch)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut rin = reader.stdin.take().unwrap();
+    rin.write_all(&hello(Operation::Restore)).unwrap();
+    let mut first = [0u8; 4];
+    reader
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+
+    fs::write(s.vol("v.img"), Rng::new(8).bytes(4 * CS)).unwrap();
+    let o = with(&["backup", "v.img"]);
+    assert!(
+        o.status.success(),
+        "a backup waited for a reader: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = with(&["verify", "v.img"]);
+    assert!(
+        o.status.success(),
+        "a second reader waited for the first: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let sessions = s.sessions("v.img");
+    assert_eq!(sessions.len(), 2);
+    let before = (tree_digest(&s.arch), tree_digest(&s.meta));
+    let o = with(&["prune", "v.img", "--session", &sessions[0]]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("being read by another connection (a restore, verify or open)")
+            && err.contains("a prune must wait until it ends"),
+        "{err}"
+    );
+    assert_eq!(
+        (tree_digest(&s.arch), tree_digest(&s.meta)),
+        before,
+        "a refused prune changed something"
+    );
+    drop(rin);
+    let _ = reader.wait();
+    let o = with(&["prune", "v.img", "--session", &sessions[0]]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(s.sessions("v.img"), [sessions[1].clone()]);
+    s.ok(&["verify", "v.img"]);
 }

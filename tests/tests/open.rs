@@ -375,12 +375,15 @@ fn a_stalled_receiver_fails_reads_after_the_timeout_then_reconnects() {
     let want = fs::read(&v).unwrap();
     // Each connection's receiver records its pid, then is the real one.
     let pids = s.dir.path().join("pids");
+    // While it exists, new connections stall too: the whole qube hangs.
+    let stall = s.dir.path().join("stall");
     let wrapper = s.dir.path().join("recording-receiver.sh");
     script(
         &wrapper,
         &format!(
-            "echo $$ >> '{}'\nexec '{}' \"$@\"",
+            "echo $$ >> '{}'\n[ -e '{}' ] && sleep 30\nexec '{}' \"$@\"",
             pids.display(),
+            stall.display(),
             s.receiver.display()
         ),
     );
@@ -390,9 +393,14 @@ fn a_stalled_receiver_fails_reads_after_the_timeout_then_reconnects() {
     let mut b = vec![0u8; 4096];
     f.read_exact_at(&mut b, 0).unwrap();
     assert_eq!(b, want[..4096]);
+    // Every receiver this mount started: readers share the archive, so a
+    // read-ahead may have its own connection beside the first.
+    fs::write(&stall, b"").unwrap();
     let first = fs::read_to_string(&pids).unwrap();
-    let pid = first.lines().last().unwrap().trim().to_string();
-    run("kill", &["-STOP", &pid]);
+    let stopped: Vec<String> = first.lines().map(|l| l.trim().to_string()).collect();
+    for pid in &stopped {
+        run("kill", &["-STOP", pid]);
+    }
     // Far from what was read (and read ahead): a fetch of its own.
     let at = 50 * CS + 123;
     let t0 = Instant::now();
@@ -402,7 +410,10 @@ fn a_stalled_receiver_fails_reads_after_the_timeout_then_reconnects() {
     let secs = t0.elapsed().as_secs_f64();
     assert_eq!(e.raw_os_error(), Some(5), "{e}");
     assert!(secs < 15.0, "the failing read took {secs:.1} s");
-    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    fs::remove_file(&stall).unwrap();
+    for pid in &stopped {
+        let _ = Command::new("kill").args(["-CONT", pid]).status();
+    }
     // The next read makes a new connection.
     f.read_exact_at(&mut b, at).unwrap();
     assert_eq!(b, want[at as usize..at as usize + 4096]);
@@ -516,7 +527,7 @@ fn receiver_serves_random_reads_on_the_restore_entry_point_only() {
         let (ok, _, replies) = feed(&s, &[agent_hello(op), req(vec![0], &session)].concat());
         assert!(!ok, "{op:?}");
         assert!(
-            matches!(&replies[..], [Reply::Error(e)] if e.message.contains("unexpected read-chunks request")),
+            matches!(&replies[..], [Reply::Error(e)] if e.message.contains("a read-chunks request on a")),
             "{op:?}: {replies:?}"
         );
     }

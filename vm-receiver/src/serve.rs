@@ -6,7 +6,7 @@
 
 use crate::archive::blob::{self, Upload};
 use crate::archive::session::SessionWriter;
-use crate::archive::{self, check, prune, read, restore, Archive};
+use crate::archive::{check, lock, prune, read, restore, Archive};
 use crate::error::Failure;
 use protocol::message::{ErrorCode, Hello, HelloBody, Operation, Reply, Request};
 use protocol::stream::{FrameReader, FrameWriter, Incoming, Pace, StreamError};
@@ -44,16 +44,26 @@ pub fn serve<R: Read, W: Write>(
     rd.set_pace(opts.pace.clone());
     let mut wr = FrameWriter::new(output);
     let hello = rd.read_hello();
-    // Held until the connection ends; a failure to get it is reported on
-    // the first request.
-    let lock = archive::lock(&opts.archive_dir, opts.lock_wait);
-    let mut archive = match &lock {
-        Ok(_) => Archive::open(&opts.archive_dir).and_then(|a| {
-            if let Some(a) = &a {
-                a.recover()?;
-            }
-            Ok(a)
-        }),
+    // Readers share the archive with each other and with a backup; writers
+    // hold it one at a time (archive/lock.rs). Held until the connection
+    // ends; a failure to get it is reported on the first request.
+    let reading = matches!(
+        &hello,
+        Ok(Hello {
+            body: HelloBody::Agent {
+                op: Operation::Restore,
+                ..
+            },
+            ..
+        })
+    );
+    let held = if reading {
+        hold_to_read(opts)
+    } else {
+        hold_to_write(opts)
+    };
+    let mut archive = match &held {
+        Ok(_) => Archive::open(&opts.archive_dir),
         Err(f) => Err(Failure::new(f.code, f.message.clone())),
     };
     let params = archive
@@ -187,11 +197,15 @@ pub fn serve<R: Read, W: Write>(
                 receive_session(&mut rd, &mut wr, w)?;
             }
             Request::Prune { volume, session } if op == Operation::Admin => {
-                let r = prune::prune(a, &volume, &session).map(Reply::Pruned);
+                let r = lock::store(&a.root, opts.lock_wait, "a prune")
+                    .and_then(|_held| prune::prune(a, &volume, &session))
+                    .map(Reply::Pruned);
                 reply_result(&mut wr, r)?;
             }
             Request::DeleteVolume { volume } if op == Operation::Admin => {
-                let r = a.delete_volume(&volume).map(|_| Reply::Ok);
+                let r = lock::store(&a.root, opts.lock_wait, "deleting a volume")
+                    .and_then(|_held| a.delete_volume(&volume))
+                    .map(|_| Reply::Ok);
                 reply_result(&mut wr, r)?;
             }
             Request::Check { volume } if op == Operation::Admin => {
@@ -265,6 +279,39 @@ pub fn serve<R: Read, W: Write>(
                 return Err(fail(&mut wr, f));
             }
         }
+    }
+}
+
+/// What a writer holds for its connection: the writer lock, after
+/// finishing what a crash left, with the store held exclusive only for
+/// that.
+fn hold_to_write(opts: &ServeOptions) -> Result<Vec<lock::Held>, Failure> {
+    let writer = lock::writer(&opts.archive_dir, opts.lock_wait)?;
+    if let Some(a) = Archive::open(&opts.archive_dir)? {
+        if a.needs_recovery()? {
+            let _store = lock::store(&a.root, opts.lock_wait, "finishing an interrupted prune")?;
+            a.recover(true)?;
+        } else {
+            a.recover(false)?;
+        }
+    }
+    Ok(writer.into_iter().collect())
+}
+
+/// What a reader holds for its connection: the store, shared. A crash's
+/// leftovers that a read would trip on (a prune half done) are finished
+/// first, as a writer would, before the shared lock is taken again.
+fn hold_to_read(opts: &ServeOptions) -> Result<Vec<lock::Held>, Failure> {
+    let shared = lock::reader(&opts.archive_dir, opts.lock_wait)?;
+    match Archive::open(&opts.archive_dir)? {
+        Some(a) if a.needs_recovery()? => {
+            drop(shared);
+            drop(hold_to_write(opts)?);
+            Ok(lock::reader(&opts.archive_dir, opts.lock_wait)?
+                .into_iter()
+                .collect())
+        }
+        _ => Ok(shared.into_iter().collect()),
     }
 }
 

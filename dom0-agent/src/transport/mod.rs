@@ -15,7 +15,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use dest::Dest;
 use nix::poll::PollFlags;
 use protocol::message::{ArchiveId, ArchiveParams, Hello, HelloBody, Operation, Reply, Request};
-use protocol::names::display_safe;
 use protocol::remote::{op_word, service_for, SERVICE_SSH_RELAY};
 use protocol::stream::{FrameReader, FrameWriter, StreamError};
 use std::io::{BufReader, BufWriter};
@@ -604,7 +603,8 @@ impl std::error::Error for RemoteFailure {}
 impl std::fmt::Display for RemoteFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use protocol::message::ErrorCode;
-        let msg = display_safe(&self.message);
+        // Longer than other peer text: the receiver's messages name paths.
+        let msg = format!("'{}'", protocol::names::escape_text(&self.message, 600));
         match self.code {
             ErrorCode::NoSpace => write!(
                 f,

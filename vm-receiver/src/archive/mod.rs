@@ -5,6 +5,7 @@ pub mod check;
 pub mod chunk_reader;
 pub mod chunk_writer;
 pub mod fsutil;
+pub mod lock;
 pub mod prune;
 pub mod read;
 pub mod restore;
@@ -12,11 +13,10 @@ pub mod session;
 pub mod store;
 
 use crate::error::{Failure, Result};
-use nix::fcntl::{Flock, FlockArg};
 use protocol::message::{ArchiveParams, ErrorCode, SessionInfo, LIST_PAGE};
 use protocol::names::{validate_session_name, validate_volume_name};
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use store::fs::FsStore;
@@ -188,9 +188,13 @@ impl Archive {
         valid_names(rd, &dir, |n| validate_volume_name(n).is_ok())
     }
 
-    /// Finishes whatever a crash interrupted: prunes (journaled) and
-    /// volume deletions. Called once per connection, under the lock.
-    pub fn recover(&self) -> Result<()> {
+    /// Finishes whatever a crash interrupted: prunes (journaled), pruned
+    /// sessions' and deleted volumes' remains. Called by each writer
+    /// connection under the writer lock; the prunes only with the store
+    /// held exclusive (`store_held`), since they move committed chunks
+    /// that a reader may be reading. Remains are under names no reader
+    /// looks at, so they go without it.
+    pub fn recover(&self, store_held: bool) -> Result<()> {
         let dir = self.root.join(VOLUMES_DIR);
         let rd = fs::read_dir(&dir).map_err(|e| Failure::io("list volumes", &dir, e))?;
         for ent in rd.flatten() {
@@ -204,9 +208,28 @@ impl Archive {
             }
         }
         for v in self.volume_names()? {
-            prune::recover(self, &v)?;
+            if store_held {
+                prune::recover(self, &v)?;
+            } else {
+                prune::remove_pruned(&self.volume_dir(&v)?)?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether a crash left something a reader would trip on: a prune
+    /// journal in some volume (a deleted volume's remains are under a name
+    /// no reader looks at, and so is a pruned session's).
+    pub fn needs_recovery(&self) -> Result<bool> {
+        for v in self.volume_names()? {
+            let j = self.volume_dir(&v)?.join(prune::JOURNAL_FILE);
+            match fs::symlink_metadata(&j) {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Failure::io("look for a prune journal", &j, e)),
+            }
+        }
+        Ok(false)
     }
 
     /// Removes a volume and all its sessions: one rename makes it vanish,
@@ -259,37 +282,6 @@ impl Archive {
             .map(|s| self.session_info(volume, s))
             .collect::<Result<Vec<_>>>()?;
         Ok((infos, more))
-    }
-}
-
-/// Holds the archive for one connection: backups, prunes and restores of
-/// one archive never interleave. Waits up to `wait` for another holder.
-pub fn lock(root: &Path, wait: std::time::Duration) -> Result<Option<Flock<File>>> {
-    let f = match File::open(root) {
-        Ok(f) => f,
-        // No archive directory yet (before arch-init): nothing to hold.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Failure::io("open archive", root, e)),
-    };
-    let start = std::time::Instant::now();
-    let mut f = f;
-    loop {
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return Ok(Some(l)),
-            Err((back, _)) if start.elapsed() < wait => {
-                f = back;
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-            Err(_) => {
-                return Err(Failure::new(
-                    ErrorCode::Busy,
-                    format!(
-                        "archive '{}' is in use by another sparsebak connection",
-                        root.display()
-                    ),
-                ))
-            }
-        }
     }
 }
 

@@ -282,7 +282,7 @@ pub fn recover(archive: &Archive, volume: &str) -> Result<()> {
     Ok(())
 }
 
-fn remove_pruned(vdir: &Path) -> Result<()> {
+pub fn remove_pruned(vdir: &Path) -> Result<()> {
     let p = vdir.join(PRUNED);
     match fs::remove_dir_all(&p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::io("remove", &p, e)),
