@@ -16,7 +16,7 @@ use crate::meta::ArchiveMeta;
 use anyhow::{bail, Context, Result};
 use protocol::keys::Keys;
 use protocol::message::Blob;
-use protocol::root::{Root, RootSession, RootVolume};
+use protocol::root::{Pending, Root, RootSession, RootVolume};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now() -> u64 {
@@ -53,6 +53,7 @@ pub fn build(meta: &ArchiveMeta) -> Result<Root> {
         });
     }
     Ok(Root {
+        pending: pending(meta, &volumes)?,
         generation: 0,
         written: now(),
         params: meta.params,
@@ -61,6 +62,43 @@ pub fn build(meta: &ArchiveMeta) -> Result<Root> {
         volumes,
         qubes: meta.qubes()?,
     })
+}
+
+/// The changes in flight in dom0's records, as the root names them: a
+/// prune whose intent is written and whose pruned session dom0 still has,
+/// a deletion dom0 asked for.
+fn pending(meta: &ArchiveMeta, volumes: &[RootVolume]) -> Result<Vec<Pending>> {
+    let mut out = Vec::new();
+    for v in volumes {
+        if meta.delete_intent(&v.name)? {
+            out.push(Pending::Delete {
+                volume: v.name.clone(),
+            });
+            continue;
+        }
+        let Some(i) = meta.prune_intent(&v.name)? else {
+            continue;
+        };
+        let consecutive = v
+            .sessions
+            .windows(2)
+            .any(|w| w[0].name == i.pruned && w[1].name == i.into);
+        let mac = i
+            .manifest_mac
+            .as_deref()
+            .and_then(protocol::keys::parse_hex);
+        if let (true, Some(manifest_mac)) = (consecutive, mac) {
+            out.push(Pending::Prune {
+                volume: v.name.clone(),
+                pruned: i.pruned,
+                into: i.into,
+                manifest_mac,
+                chunks: i.chunks,
+                zero_chunks: i.zero_chunks,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Seals `root` with a fresh nonce.

@@ -25,6 +25,9 @@ pub struct Client {
     conn: Connection,
     /// None only while creating an archive.
     ids: Option<VolumeIds>,
+    /// The archive's root as found on connecting, where it was newer than
+    /// any dom0 had seen: what it names, dom0 never drops.
+    pub newer_root: Option<protocol::root::Root>,
 }
 
 /// What the receiver's archive check found.
@@ -61,6 +64,7 @@ impl Client {
         let mut c = Client {
             conn,
             ids: Some(meta.ids()),
+            newer_root: None,
         };
         match c.conn.archive {
             Some(p) if p == *expect => Ok(c),
@@ -90,7 +94,11 @@ impl Client {
                 p.id.to_hex()
             );
         }
-        Ok(Client { conn, ids: None })
+        Ok(Client {
+            conn,
+            ids: None,
+            newer_root: None,
+        })
     }
 
     /// Connects to an archive dom0 does not know yet (`arch-import`): any
@@ -99,11 +107,22 @@ impl Client {
     pub fn connect_any(dest: &Dest, reach: &Reach, op: Operation) -> Result<(Self, ArchiveParams)> {
         let conn = transport::connect(dest, reach, op, None)?;
         let Some(p) = conn.archive else {
-            let mut c = Client { conn, ids: None };
+            let mut c = Client {
+                conn,
+                ids: None,
+                newer_root: None,
+            };
             c.call(&Request::ListVolumes { after: None })?;
             bail!("there is no archive at {dest}");
         };
-        Ok((Client { conn, ids: None }, p))
+        Ok((
+            Client {
+                conn,
+                ids: None,
+                newer_root: None,
+            },
+            p,
+        ))
     }
 
     /// Uses `meta`'s volume ids from now on (after `arch-import` made it).
@@ -321,6 +340,14 @@ impl Client {
 
     /// Deletes a volume; false if the archive had no such volume (a
     /// repeated delete).
+    /// Drops `session`, the volume's newest in the archive.
+    pub fn drop_session(&mut self, volume: &str, session: &str) -> Result<()> {
+        self.call_ok(&Request::DropSession {
+            volume: self.need_rid(volume)?,
+            session: session.to_string(),
+        })
+    }
+
     pub fn delete_volume(&mut self, volume: &str) -> Result<bool> {
         let Some(rid) = self.rid(volume)? else {
             return Ok(false);

@@ -115,7 +115,21 @@ impl Ctx {
     pub fn connect(&self, dest: &Dest, meta: &ArchiveMeta, op: Operation) -> Result<Client> {
         crate::report::detail(format!("connecting to {dest} ({})", op.describe()));
         let mut c = Client::connect(dest, &self.reach, meta, op)?;
-        crate::catalog::check_fresh(meta, &mut c, self.accept_rollback, op != Operation::Restore)?;
+        let seen = meta.generation()?;
+        let root = crate::catalog::check_fresh(
+            meta,
+            &mut c,
+            self.accept_rollback,
+            op != Operation::Restore,
+        )?;
+        if root.generation > seen {
+            c.newer_root = Some(root);
+        }
+        if op == Operation::Admin {
+            // Only an admin connection may delete: prunes and deletions
+            // an interrupted run left are settled at the next one.
+            crate::reconcile::settle_all(meta, &mut c)?;
+        }
         Ok(c)
     }
 

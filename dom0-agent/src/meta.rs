@@ -30,6 +30,8 @@ pub const LOOKUP_SESSIONS: usize = 4096;
 pub const LOOKUP_BYTES: u64 = 64 << 20;
 /// Written while a prune is in flight (see `prune.rs`).
 pub const PRUNE_INTENT: &str = ".prune-intent.toml";
+/// Marks a volume whose deletion dom0 asked for and has not seen done.
+pub const DELETE_INTENT: &str = ".delete-intent";
 pub const NEW_MANIFEST: &str = "manifest.new";
 pub const NEW_INFO: &str = "info.toml.new";
 
@@ -41,6 +43,10 @@ pub struct PruneIntent {
     /// Counts of the merged manifest, to check the receiver's answer.
     pub chunks: u64,
     pub zero_chunks: u64,
+    /// MAC of the merged manifest (hex), which the root pins while the
+    /// prune is in flight. Absent in intents written before it was kept.
+    #[serde(default)]
+    pub manifest_mac: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -163,9 +169,38 @@ impl MetaStore {
         self.root.join("archives")
     }
 
+    /// What a killed `arch-import` left: its staging directory (which
+    /// holds a copy of the key) goes; a swap cut between its two renames
+    /// puts the previous record back (the import is simply run again).
+    fn tidy(&self, dir: &Path) -> Result<()> {
+        for ent in fs::read_dir(dir)?.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let p = ent.path();
+            if name.starts_with(".import-") {
+                fs::remove_dir_all(&p)
+                    .with_context(|| format!("unable to remove '{}'", p.display()))?;
+            } else if let Some(id) = name.strip_prefix(".old-") {
+                let live = dir.join(id);
+                if live.exists() {
+                    fs::remove_dir_all(&p)
+                        .with_context(|| format!("unable to remove '{}'", p.display()))?;
+                } else {
+                    fs::rename(&p, &live)
+                        .with_context(|| format!("unable to put back '{}'", p.display()))?;
+                    fsync_dir(dir)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The archive this dom0 created at `dest`.
     pub fn find_by_dest(&self, dest: &str) -> Result<Option<ArchiveMeta>> {
         let dir = self.archives_dir();
+        match self.tidy(&dir) {
+            Err(e) if !dir.exists() => drop(e),
+            r => r?,
+        }
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -586,6 +621,22 @@ impl ArchiveMeta {
         })))
     }
 
+    /// Removes what deletions killed after their rename left behind.
+    pub fn remove_deleted_remains(&self) -> Result<()> {
+        let dir = self.dir.join("volumes");
+        for ent in fs::read_dir(&dir)
+            .with_context(|| format!("unable to read '{}'", dir.display()))?
+            .flatten()
+        {
+            if ent.file_name().to_string_lossy().starts_with(".deleting-") {
+                let p = ent.path();
+                fs::remove_dir_all(&p)
+                    .with_context(|| format!("unable to remove '{}'", p.display()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a volume's metadata: one rename, then the files.
     pub fn delete_volume(&self, volume: &str) -> Result<()> {
         self.mark_dirty()?;
@@ -613,6 +664,28 @@ impl ArchiveMeta {
         }
         fs::rename(&from, &to).with_context(|| format!("unable to rename '{}'", from.display()))?;
         fsync_dir(&self.dir.join("volumes"))
+    }
+
+    /// Records that dom0 is about to ask the receiver to delete `volume`.
+    pub fn write_delete_intent(&self, volume: &str) -> Result<()> {
+        self.mark_dirty()?;
+        write_atomic(&self.volume_dir(volume)?.join(DELETE_INTENT), b"")
+    }
+
+    /// Whether a deletion of `volume` was asked for and not seen done.
+    pub fn delete_intent(&self, volume: &str) -> Result<bool> {
+        Ok(self.volume_dir(volume)?.join(DELETE_INTENT).exists())
+    }
+
+    /// Fails, naming the command that heals it, if `volume` is half
+    /// deleted: what it held may be gone from the archive already.
+    pub fn check_not_deleting(&self, volume: &str) -> Result<()> {
+        if self.delete_intent(volume)? {
+            bail!(
+                "volume '{volume}' is being deleted (a `delete` was interrupted): run `sparsebak delete {volume} --force` to finish it"
+            );
+        }
+        Ok(())
     }
 
     pub fn prune_intent(&self, volume: &str) -> Result<Option<PruneIntent>> {
@@ -667,10 +740,13 @@ impl ArchiveMeta {
         }
         fsync_dir(&q)?;
         let p = self.session_dir(volume, &i.pruned)?;
+        let gone = vdir.join(format!(".pruned-{}", i.pruned));
         if p.exists() {
-            let gone = vdir.join(format!(".pruned-{}", i.pruned));
             fs::rename(&p, &gone).with_context(|| format!("unable to remove '{}'", p.display()))?;
             fsync_dir(&vdir)?;
+        }
+        // Also what a run killed after the rename left.
+        if gone.exists() {
             fs::remove_dir_all(&gone)
                 .with_context(|| format!("unable to remove '{}'", gone.display()))?;
         }

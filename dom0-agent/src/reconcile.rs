@@ -59,9 +59,12 @@ pub fn check_merged(volume: &str, intent: &PruneIntent, q: &SessionInfo) -> Resu
 }
 
 /// Settles a session left pending by an interrupted backup.
+/// Without `local` (an admin command) no snapshot is rotated: the next
+/// backup of the volume, finding no base for its newest session, compares
+/// every chunk by hash instead of reading a delta.
 pub fn settle_pending(
     meta: &ArchiveMeta,
-    local: &Source,
+    local: Option<&Source>,
     client: &mut Client,
     volume: &str,
 ) -> Result<()> {
@@ -82,11 +85,15 @@ pub fn settle_pending(
                 "{volume}: session {s} was committed by the receiver; recording it"
             ));
             meta.promote_pending(volume, &s)?;
-            local.rotate(volume, &s)?;
+            if let Some(local) = local {
+                local.rotate(volume, &s)?;
+            }
             crate::catalog::publish(meta, client)?;
         } else {
             meta.drop_pending(volume, &s)?;
-            local.discard_new(volume);
+            if let Some(local) = local {
+                local.discard_new(volume);
+            }
         }
     }
     Ok(())
@@ -94,6 +101,76 @@ pub fn settle_pending(
 
 /// Everything in flight for `volume`, settled: prunes, then sessions.
 pub fn settle(meta: &ArchiveMeta, local: &Source, client: &mut Client, volume: &str) -> Result<()> {
+    meta.check_not_deleting(volume)?;
     settle_prune(meta, client, volume)?;
-    settle_pending(meta, local, client, volume)
+    settle_pending(meta, Some(local), client, volume)
+}
+
+/// Finishes the deletion of `volume` dom0 asked for: in the archive (a
+/// volume already gone is a deletion done), then in dom0's records, then
+/// a root without it.
+pub fn finish_delete(meta: &ArchiveMeta, client: &mut Client, volume: &str) -> Result<()> {
+    client.delete_volume(volume)?;
+    meta.delete_volume(volume)?;
+    crate::catalog::publish(meta, client).map(|_| ())
+}
+
+/// At an admin connection: every prune and deletion an interrupted run
+/// left, settled (a backup settles its own volumes as it goes).
+pub fn settle_all(meta: &ArchiveMeta, client: &mut Client) -> Result<()> {
+    meta.remove_deleted_remains()?;
+    for v in meta.volumes()? {
+        if meta.prune_intent(&v)?.is_some() {
+            settle_prune(meta, client, &v)?;
+        }
+        settle_pending(meta, None, client, &v)?;
+        if meta.delete_intent(&v)? {
+            crate::report::warn(format!(
+                "volume '{v}': finishing a deletion an interrupted run left"
+            ));
+            finish_delete(meta, client, &v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sessions the archive has after dom0's newest of `volume`, which dom0
+/// cannot authenticate (its root never named them: committed while dom0
+/// was lost before writing it, or after a gap `arch-import` could not
+/// cross), dropped newest first so that backups go on. Returns whether
+/// anything was dropped; drops nothing where the archive and dom0
+/// disagree otherwise (a session of dom0's missing there, an unknown one
+/// between known ones) or where a root newer than dom0 had seen names it
+/// (dom0's records are behind: `arch-import` brings them up to date).
+pub fn drop_unconfirmed(meta: &ArchiveMeta, client: &mut Client, volume: &str) -> Result<bool> {
+    let ours = meta.session_names(volume)?;
+    let theirs = client.sessions(volume, at_most(ours.len() + 1))?;
+    let newest = ours.last();
+    let (known, extra): (Vec<&SessionInfo>, Vec<&SessionInfo>) =
+        theirs.iter().partition(|t| ours.contains(&t.name));
+    if known.len() != ours.len()
+        || extra.is_empty()
+        || extra.iter().any(|t| newest.is_some_and(|n| &t.name < n))
+    {
+        return Ok(false);
+    }
+    if let Some(r) = &client.newer_root {
+        if let Some(t) = extra.iter().find(|t| {
+            r.volume(volume)
+                .is_some_and(|v| v.sessions.iter().any(|s| s.name == t.name))
+        }) {
+            bail!(
+                "volume '{volume}': the archive's root names session {}, which dom0's records lack: they are older than the archive; run `sparsebak arch-import` to bring them up to date",
+                t.name
+            );
+        }
+    }
+    let names: Vec<String> = extra.iter().rev().map(|t| t.name.clone()).collect();
+    for n in names {
+        crate::report::warn(format!(
+            "volume '{volume}': session {n} in the archive was never confirmed by dom0 (its record was lost with dom0, or it follows a session that could not be imported) and cannot be authenticated: dropped it; this backup stores what it held again"
+        ));
+        client.drop_session(volume, &n)?;
+    }
+    Ok(true)
 }

@@ -235,6 +235,11 @@ pub enum Request {
         session: String,
         addrs: Vec<u64>,
     },
+    /// Remove `session`, which must be the volume's newest (Admin,
+    /// Backup): a session dom0 cannot authenticate (committed, but never
+    /// named by the root dom0 wrote). Answered `Ok`; `Error(SessionOrder)`
+    /// if it is not the newest.
+    DropSession { volume: String, session: String },
 }
 
 /// Most addresses in one `ReadChunks` request: 64 chunks are 16 MiB at the
@@ -286,6 +291,7 @@ impl Request {
             Request::GetBlob { .. } => "get-blob",
             Request::PutBlob { .. } => "put-blob",
             Request::ReadChunks { .. } => "read-chunks",
+            Request::DropSession { .. } => "drop-session",
         }
     }
 }

@@ -19,7 +19,9 @@ use crate::{codec, ProtocolError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-pub const ROOT_MAGIC: [u8; 8] = *b"SBKROOT2";
+pub const ROOT_MAGIC: [u8; 8] = *b"SBKROOT3";
+/// Roots before pending changes: read (as having none), never written.
+pub const ROOT_MAGIC_V2: [u8; 8] = *b"SBKROOT2";
 /// Roots before Qubes settings: read (as having none), never written.
 pub const ROOT_MAGIC_V1: [u8; 8] = *b"SBKROOT1";
 
@@ -36,6 +38,48 @@ pub struct Root {
     pub volumes: Vec<RootVolume>,
     /// The Qubes settings every backup run of a Qubes dom0 recorded.
     pub qubes: QubesCatalog,
+    /// Changes dom0 asked the receiver for and had not seen done when it
+    /// wrote this root, at most one per volume: with them a dom0 that
+    /// was lost in the middle can tell, from the key and the archive
+    /// alone, whether each happened, and finish or forget it.
+    pub pending: Vec<Pending>,
+}
+
+/// A change in flight (see `Root::pending`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    /// Session `pruned` is being merged into its successor `into`; once
+    /// merged, `into`'s manifest has this MAC and these counts.
+    Prune {
+        volume: String,
+        pruned: String,
+        into: String,
+        manifest_mac: [u8; 32],
+        chunks: u64,
+        zero_chunks: u64,
+    },
+    /// The volume is being deleted, with all its sessions.
+    Delete { volume: String },
+}
+
+impl Pending {
+    pub fn volume(&self) -> &str {
+        match self {
+            Pending::Prune { volume, .. } | Pending::Delete { volume } => volume,
+        }
+    }
+}
+
+/// A root as version 2 wrote it.
+#[derive(Serialize, Deserialize)]
+struct RootV2 {
+    generation: u64,
+    written: u64,
+    params: ArchiveParams,
+    encrypt: bool,
+    configured: Vec<String>,
+    volumes: Vec<RootVolume>,
+    qubes: QubesCatalog,
 }
 
 /// A root as version 1 wrote it.
@@ -128,6 +172,20 @@ impl Root {
                 configured: v1.configured,
                 volumes: v1.volumes,
                 qubes: QubesCatalog::default(),
+                pending: Vec::new(),
+            }
+        } else if bytes.starts_with(&ROOT_MAGIC_V2) {
+            let v2: RootV2 =
+                codec::decode_large("root", &keys.open_record(&ROOT_MAGIC_V2, bytes)?)?;
+            Root {
+                generation: v2.generation,
+                written: v2.written,
+                params: v2.params,
+                encrypt: v2.encrypt,
+                configured: v2.configured,
+                volumes: v2.volumes,
+                qubes: v2.qubes,
+                pending: Vec::new(),
             }
         } else {
             codec::decode_large("root", &keys.open_record(&ROOT_MAGIC, bytes)?)?
@@ -164,7 +222,30 @@ impl Root {
             validate_volume_name(c)?;
         }
         self.qubes.validate()?;
+        let mut pending_for = BTreeSet::new();
+        for p in &self.pending {
+            let Some(v) = self.volume(p.volume()) else {
+                return bad(format!("a pending change names no volume '{}'", p.volume()));
+            };
+            if !pending_for.insert(p.volume()) {
+                return bad(format!("two pending changes of '{}'", v.name));
+            }
+            if let Pending::Prune { pruned, into, .. } = p {
+                let k = v.sessions.iter().position(|s| &s.name == pruned);
+                if k.and_then(|k| v.sessions.get(k + 1)).map(|s| &s.name) != Some(into) {
+                    return bad(format!(
+                        "a pending prune of '{}' names no session and its successor",
+                        v.name
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The change in flight for `volume`, if any.
+    pub fn pending_for(&self, volume: &str) -> Option<&Pending> {
+        self.pending.iter().find(|p| p.volume() == volume)
     }
 
     pub fn volume(&self, name: &str) -> Option<&RootVolume> {
@@ -219,7 +300,55 @@ mod tests {
                 }],
             }],
             qubes: QubesCatalog::default(),
+            pending: Vec::new(),
         }
+    }
+
+    #[test]
+    fn pending_changes_ride_in_the_root_and_v2_roots_still_open() {
+        let k = keys();
+        let mut r = root();
+        let second = RootSession {
+            name: "S_000000000002".into(),
+            ..r.volumes[0].sessions[0].clone()
+        };
+        r.volumes[0].sessions.push(second);
+        r.pending = vec![Pending::Prune {
+            volume: "a".into(),
+            pruned: "S_000000000001".into(),
+            into: "S_000000000002".into(),
+            manifest_mac: [9; 32],
+            chunks: 1,
+            zero_chunks: 0,
+        }];
+        assert_eq!(Root::open(&k, &r.seal(&k, [0; 24])).unwrap(), r);
+        assert!(r.pending_for("a").is_some() && r.pending_for("b").is_none());
+        // A prune that is not of a session and its successor, a change of
+        // no volume, two changes of one: refused.
+        let mut bad = r.clone();
+        if let Pending::Prune { into, .. } = &mut bad.pending[0] {
+            *into = "S_000000000001".into();
+        }
+        assert!(Root::open(&k, &bad.seal(&k, [0; 24])).is_err());
+        let mut bad = r.clone();
+        bad.pending = vec![Pending::Delete { volume: "b".into() }];
+        assert!(Root::open(&k, &bad.seal(&k, [0; 24])).is_err());
+        let mut bad = r.clone();
+        bad.pending.push(Pending::Delete { volume: "a".into() });
+        assert!(Root::open(&k, &bad.seal(&k, [0; 24])).is_err());
+        // Version 2, as written before pending changes.
+        let old = root();
+        let v2 = RootV2 {
+            generation: old.generation,
+            written: old.written,
+            params: old.params,
+            encrypt: old.encrypt,
+            configured: old.configured.clone(),
+            volumes: old.volumes.clone(),
+            qubes: old.qubes.clone(),
+        };
+        let sealed = k.seal_record(&ROOT_MAGIC_V2, &codec::encode_large(&v2), [1; 24]);
+        assert_eq!(Root::open(&k, &sealed).unwrap(), old);
     }
 
     #[test]

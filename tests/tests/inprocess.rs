@@ -69,6 +69,7 @@ fn world() -> World {
         configured: Vec::new(),
         volumes: Vec::new(),
         qubes: Default::default(),
+        pending: Vec::new(),
     }
     .seal(&key.keys(), [3; 24]);
     Archive::init(&archive_dir, params, &wrapped.encode(), &root, true).unwrap();

@@ -208,6 +208,12 @@ pub fn serve<R: Read, W: Write>(
                     .map(|_| Reply::Ok);
                 reply_result(&mut wr, r)?;
             }
+            Request::DropSession { volume, session } if op != Operation::Restore => {
+                let r = lock::store(&a.root, opts.lock_wait, "dropping a session")
+                    .and_then(|_held| a.drop_newest(&volume, &session))
+                    .map(|_| Reply::Ok);
+                reply_result(&mut wr, r)?;
+            }
             Request::Check { volume } if op == Operation::Admin => {
                 let r = check::check(a, volume.as_deref()).map(|r| Reply::CheckReport {
                     checked: r.checked,

@@ -28,6 +28,7 @@ use crate::units::human;
 use anyhow::{bail, Context, Result};
 use protocol::chunk::{ChunkHeader, Codec};
 use protocol::manifest::Entry;
+use protocol::message::ErrorCode;
 use protocol::message::{Operation, SessionInfo};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -107,8 +108,21 @@ impl Backup<'_> {
         let vid = self.meta.ensure_volume_id(volume)?;
         // The receiver is told no time: sessions are an order to it, their
         // times are in dom0's records and the sealed root.
-        self.client
-            .begin_session(volume, &session, prev.as_deref(), size, 0)?;
+        match self
+            .client
+            .begin_session(volume, &session, prev.as_deref(), size, 0)
+        {
+            // The archive's newest is not dom0's: sessions dom0 cannot
+            // authenticate are dropped, and the session begun again.
+            Err(e)
+                if crate::transport::is_remote(&e, ErrorCode::SessionOrder)
+                    && crate::reconcile::drop_unconfirmed(self.meta, self.client, volume)? =>
+            {
+                self.client
+                    .begin_session(volume, &session, prev.as_deref(), size, 0)?
+            }
+            r => r?,
+        }
         let mut pending = self.meta.begin_pending(volume, &session)?;
         let _interrupt = crate::interrupt::note(format!(
             "backup of '{volume}': session {session} did not finish; the receiver drops it unless it was committed, and the next run settles dom0's records either way"

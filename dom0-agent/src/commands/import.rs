@@ -3,14 +3,23 @@
 //! them — or refresh them on one that has them.
 //!
 //! Order of events, and why: the key is unwrapped (a wrong passphrase
-//! stops here, before anything is written); the root is authenticated and
-//! checked against the archive's listings (a volume or session the root
-//! names and the archive lacks is an error; one the archive has and the
-//! root does not name was never committed by dom0, and is reported and
-//! ignored); each manifest the root pins is fetched and its MAC checked;
+//! stops here, before anything is written); the root is authenticated;
+//! each volume it names is compared with the archive's listing, and a
+//! change the root names as in flight (a prune, a deletion: dom0 may have
+//! been lost in the middle) is resolved by what the archive holds; each
+//! manifest the root (or the change) pins is fetched and its MAC checked;
 //! the whole record is built in a staging directory and swapped in with
 //! one rename at the end. So a failed import leaves dom0 as it was, and
 //! nothing unauthenticated is ever recorded.
+//!
+//! It degrades per volume and per session, never refusing the rest: a
+//! volume missing from the archive is left out; a volume is imported up
+//! to the first session that is missing, differs or does not authenticate
+//! (a later session's view needs every earlier one); what was left out is
+//! listed, with why. Sessions the archive has beyond what was imported
+//! (a backup whose confirmation dom0 never wrote, or sessions after a
+//! gap) cannot be authenticated: the next backup of the volume drops
+//! them (`reconcile::drop_unconfirmed`).
 
 use crate::catalog;
 use crate::client::{at_most, Client};
@@ -21,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use protocol::keys::{KeyFile, WrappedKey};
 use protocol::manifest::{ENTRY_LEN, HEADER_LEN};
 use protocol::message::{Blob, Operation};
-use protocol::root::Root;
+use protocol::root::{Pending, Root, RootSession, RootVolume};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
@@ -68,20 +77,24 @@ pub fn run(ctx: &Ctx, key_file: Option<&Path>) -> Result<i32> {
             );
         }
     }
-    let report = check_listings(&mut client, &root)?;
+    let mut report = Vec::new();
+    let (volumes, deleting) = plan(&mut client, &root, &mut report)?;
     let staging = store
         .root
         .join("archives")
         .join(format!(".import-{}", root.params.id.to_hex()));
-    let staged = match stage(
+    let (root, staged) = match stage(
         &store,
         &staging,
         &dest.canonical(),
         &key,
         &root,
+        volumes,
+        &deleting,
         &mut client,
+        &mut report,
     ) {
-        Ok(()) => staging,
+        Ok(r) => (r, staging),
         Err(e) => {
             // Nothing unauthenticated is kept: the staged records go.
             let _ = fs::remove_dir_all(&staging);
@@ -98,17 +111,26 @@ pub fn run(ctx: &Ctx, key_file: Option<&Path>) -> Result<i32> {
     for r in &report {
         crate::report::warn(r);
     }
+    crate::report::set("not_imported", &report);
     for d in &differences {
         crate::report::line(format!("changed: {d}"));
     }
     crate::report::set("changed", &differences);
     let sessions: usize = root.volumes.iter().map(|v| v.sessions.len()).sum();
     crate::report::line(format!(
-        "imported archive {} from {dest}: {}, {}, root generation {}, all authenticated",
+        "imported archive {} from {dest}: {}, {}, root generation {}, all authenticated{}",
         params.id.to_hex(),
         crate::units::count(root.volumes.len() as u64, "volume"),
         crate::units::count(sessions as u64, "session"),
-        root.generation
+        root.generation,
+        if report.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} left out or to finish (above)",
+                crate::units::count(report.len() as u64, "thing")
+            )
+        }
     ));
     crate::report::set("archive", params.id.to_hex());
     crate::report::set("dest", dest.to_string());
@@ -154,10 +176,17 @@ fn unwrap_key(ctx: &Ctx, client: &mut Client) -> Result<KeyFile> {
     })
 }
 
-/// Compares the receiver's listings with the root: what the root names
-/// must be there; what is there and not named is reported.
-fn check_listings(client: &mut Client, root: &Root) -> Result<Vec<String>> {
-    let mut report = Vec::new();
+/// What to import of each volume the root names: its sessions as the
+/// archive holds them, a pending change resolved, cut at the first
+/// session the archive lacks or holds otherwise. Also the volumes whose
+/// deletion was in flight and did not reach the archive (imported, and
+/// the deletion recorded so the next admin command finishes it). What is
+/// left out goes to `report`.
+fn plan(
+    client: &mut Client,
+    root: &Root,
+    report: &mut Vec<String>,
+) -> Result<(Vec<RootVolume>, Vec<String>)> {
     let want: std::collections::BTreeSet<String> = root
         .volumes
         .iter()
@@ -171,58 +200,135 @@ fn check_listings(client: &mut Client, root: &Root) -> Result<Vec<String>> {
             ));
         }
     }
+    let (mut out, mut deleting) = (Vec::new(), Vec::new());
     for v in &root.volumes {
         let id = v.volume_id().to_hex();
-        if v.sessions.is_empty() {
+        let pending = root.pending_for(&v.name);
+        if !listed.contains(&id) {
+            match pending {
+                Some(Pending::Delete { .. }) => report.push(format!(
+                    "volume '{}': its deletion was interrupted and had finished in the archive: not imported",
+                    v.name
+                )),
+                _ if v.sessions.is_empty() => out.push(v.clone()),
+                _ => report.push(format!(
+                    "volume '{}' (id {id}) is named by the archive's root but missing from the archive: not imported",
+                    v.name
+                )),
+            }
             continue;
         }
-        if !listed.contains(&id) {
-            bail!(
-                "volume '{}' (id {id}) is named by the archive's root but missing from the archive",
+        if let Some(Pending::Delete { .. }) = pending {
+            report.push(format!(
+                "volume '{}': its deletion was interrupted before the archive did it: imported, and the next admin command (prune, arch-check, delete) finishes it",
                 v.name
-            );
+            ));
+            deleting.push(v.name.clone());
         }
         let theirs = client.sessions_by_id(&id, at_most(v.sessions.len()))?;
-        for (ours, info) in v.sessions.iter().zip(v.session_infos()) {
-            let Some(t) = theirs.iter().find(|t| t.name == ours.name) else {
-                bail!(
-                    "session {} of volume '{}' is named by the archive's root but missing from the archive",
-                    ours.name,
+        let has = |n: &str| theirs.iter().any(|t| t.name == n);
+        let mut sessions = v.sessions.clone();
+        if let Some(Pending::Prune {
+            pruned,
+            into,
+            manifest_mac,
+            chunks,
+            zero_chunks,
+            ..
+        }) = pending
+        {
+            if !has(pruned) && has(into) {
+                // Done in the archive: the successor holds the merge,
+                // which the root pinned before the receiver was asked.
+                sessions.retain(|s| &s.name != pruned);
+                if let Some(q) = sessions.iter_mut().find(|s| &s.name == into) {
+                    q.manifest_mac = *manifest_mac;
+                    q.chunks = *chunks;
+                    q.zero_chunks = *zero_chunks;
+                }
+                report.push(format!(
+                    "volume '{}': an interrupted prune of {pruned} into {into} had finished in the archive: imported the merged session",
                     v.name
-                );
-            };
-            if t.volume_size != info.volume_size
-                || t.chunks != info.chunks
-                || t.zero_chunks != info.zero_chunks
-            {
-                bail!(
-                    "session {} of volume '{}' in the archive does not match its root (size or chunk counts differ)",
-                    ours.name,
+                ));
+            } else {
+                report.push(format!(
+                    "volume '{}': an interrupted prune of {pruned} had not happened in the archive: prune it again if you still want it gone",
                     v.name
-                );
+                ));
             }
         }
+        let mut kept = Vec::new();
+        for s in sessions {
+            let t = theirs.iter().find(|t| t.name == s.name);
+            let why = match t {
+                None => "is missing from the archive",
+                Some(t)
+                    if t.volume_size != s.volume_size
+                        || t.chunks != s.chunks
+                        || t.zero_chunks != s.zero_chunks =>
+                {
+                    "differs in the archive from its root (size or chunk counts)"
+                }
+                Some(t) => {
+                    kept.push(RootSession {
+                        stored_bytes: t.stored_bytes,
+                        ..s
+                    });
+                    continue;
+                }
+            };
+            report.push(left_out(&v.name, &s.name, why, &kept));
+            break;
+        }
+        let newest = kept.last().map(|s| s.name.clone());
         for t in &theirs {
-            if !v.sessions.iter().any(|s| s.name == t.name) {
+            if newest.as_ref().is_none_or(|n| &t.name > n) && !kept.iter().any(|s| s.name == t.name)
+            {
                 report.push(format!(
-                    "session {} of volume '{}' is in the archive but not in its root (a commit cut short, or added behind dom0's back): ignored",
+                    "session {} of volume '{}' is in the archive but cannot be authenticated (its root does not name it, or an earlier session is missing): not imported; the next backup of the volume drops it",
+                    t.name, v.name
+                ));
+            } else if !v.sessions.iter().any(|s| s.name == t.name) {
+                report.push(format!(
+                    "session {} of volume '{}' is in the archive but not in its root (added behind dom0's back): ignored",
                     t.name, v.name
                 ));
             }
         }
+        out.push(RootVolume {
+            sessions: kept,
+            ..v.clone()
+        });
     }
-    Ok(report)
+    Ok((out, deleting))
 }
 
-/// Builds dom0's records in the staging directory `dir`.
+/// Why a volume's import stops at `session`, and what it keeps.
+fn left_out(volume: &str, session: &str, why: &str, kept: &[RootSession]) -> String {
+    format!(
+        "volume '{volume}': session {session} {why}: it and every later session not imported (each later one needs it); {}",
+        match kept.last() {
+            Some(s) => format!("imported up to {}", s.name),
+            None => "no session of it imported".into(),
+        }
+    )
+}
+
+/// Builds dom0's records in the staging directory `dir`: `volumes` as
+/// planned, each cut at the first manifest that does not authenticate.
+/// Returns the root as imported (what dom0's records now describe).
+#[allow(clippy::too_many_arguments)]
 fn stage(
     store: &MetaStore,
     dir: &Path,
     dest: &str,
     key: &KeyFile,
     root: &Root,
+    volumes: Vec<RootVolume>,
+    deleting: &[String],
     client: &mut Client,
-) -> Result<()> {
+    report: &mut Vec<String>,
+) -> Result<Root> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("unable to remove '{}'", dir.display()))?;
     }
@@ -241,12 +347,20 @@ fn stage(
         key,
     )?;
     client.set_ids(&meta);
-    for v in &root.volumes {
+    let mut imported = root.clone();
+    imported.volumes.clear();
+    imported.pending.clear();
+    for mut v in volumes {
         meta.set_volume_id(&v.name, v.volume_id())?;
         if v.mode != 0 {
             meta.set_volume_mode(&v.name, v.mode)?;
         }
-        for (s, info) in v.sessions.iter().zip(v.session_infos()) {
+        if deleting.contains(&v.name) {
+            meta.write_delete_intent(&v.name)?;
+        }
+        let infos = v.session_infos();
+        let mut kept = 0;
+        for (s, info) in v.sessions.iter().zip(infos) {
             let sdir = meta.session_dir(&v.name, &s.name)?;
             fs::create_dir_all(&sdir)
                 .with_context(|| format!("unable to create '{}'", sdir.display()))?;
@@ -270,32 +384,47 @@ fn stage(
                 }
                 stream.drain()?;
             }
-            if *mac.finalize().as_bytes() != s.manifest_mac {
-                bail!(
-                    "the manifest of session {} of volume '{}' does not authenticate against the archive's root (altered, truncated or replaced)",
-                    s.name,
-                    v.name
-                );
+            let well_formed = || -> Result<()> {
+                for e in meta.manifest_at(&path)? {
+                    e?;
+                }
+                Ok(())
+            };
+            if *mac.finalize().as_bytes() != s.manifest_mac || well_formed().is_err() {
+                drop(f);
+                fs::remove_dir_all(&sdir)
+                    .with_context(|| format!("unable to remove '{}'", sdir.display()))?;
+                report.push(left_out(
+                    &v.name,
+                    &s.name,
+                    "has a manifest that does not authenticate against the archive's root (altered, truncated or replaced)",
+                    &v.sessions[..kept],
+                ));
+                break;
             }
             f.sync_all()?;
-            // Parse it once: it must also be a well-formed manifest.
-            for e in meta.manifest_at(&path)? {
-                e?;
-            }
             fs::write(
                 sdir.join("mac"),
                 format!("{}\n", protocol::keys::hex(&s.manifest_mac)),
             )?;
             fs::write(sdir.join("info.toml"), toml::to_string(&info)?)?;
+            kept += 1;
         }
+        v.sessions.truncate(kept);
+        imported.volumes.push(v);
     }
     if !root.qubes.sessions.is_empty() {
         meta.set_qubes(&root.qubes)?;
-        meta.clear_dirty()?;
+    }
+    meta.clear_dirty()?;
+    if imported.volumes != root.volumes || !root.pending.is_empty() || !deleting.is_empty() {
+        // dom0's records differ from the root: the next connection that
+        // may write publishes a root that says what dom0 now holds.
+        meta.mark_dirty()?;
     }
     meta.set_generation(root.generation)?;
     sysio::atomic::syncfs(dir).with_context(|| format!("unable to sync '{}'", dir.display()))?;
-    Ok(())
+    Ok(imported)
 }
 
 /// What the root says that dom0's existing records did not.

@@ -85,6 +85,7 @@ pub fn run(
         configured: Vec::new(),
         volumes: Vec::new(),
         qubes: Default::default(),
+        pending: Vec::new(),
     };
     let mut client = Client::connect_new(&dest, &ctx.reach)?;
     client.init(

@@ -139,8 +139,15 @@ pub fn prune_one(
         into: q.name.clone(),
         chunks,
         zero_chunks: zeros,
+        manifest_mac: Some(protocol::keys::hex(&crate::meta::file_mac(
+            &new_m, &meta.keys,
+        )?)),
     };
     meta.write_prune_intent(volume, &intent)?;
+    // The root names the prune before the receiver is asked: a dom0 lost
+    // from here on can still tell, from the archive alone, whether it
+    // happened (the merged manifest's MAC) and import either state.
+    crate::catalog::publish(meta, client)?;
     match client.prune(volume, &p.name) {
         Ok(info) if info.prev == p.prev => {
             check_merged(volume, &intent, &info)?;

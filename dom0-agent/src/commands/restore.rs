@@ -514,6 +514,7 @@ pub fn read_back(
     salvage: bool,
 ) -> Result<Summary> {
     let (dest, meta) = ctx.archive()?;
+    meta.check_not_deleting(volume)?;
     let mut client = ctx.connect(&dest, &meta, Operation::Restore)?;
     let s = match restore(&meta, &mut client, volume, session, target, salvage) {
         Ok(s) => s,

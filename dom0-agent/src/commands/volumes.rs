@@ -84,13 +84,15 @@ pub fn delete(ctx: &Ctx, volume: &str, force: bool) -> Result<i32> {
     }
     let sessions = meta.session_names(volume)?.len();
     let mut client = ctx.connect(&dest, &meta, Operation::Admin)?;
-    // The root will name a volume the archive no longer has until it is
-    // rewritten: say so first, in case this run is cut.
-    meta.mark_dirty()?;
-    // False: already gone from the archive (a repeated delete).
-    client.delete_volume(volume)?;
-    meta.delete_volume(volume)?;
-    crate::catalog::publish(&meta, &mut client)?;
+    if meta.volume_dir(volume)?.exists() {
+        // The intent, in dom0 and in the root, before the receiver is
+        // asked: a run cut from here on is finished by the next admin
+        // connection, and a dom0 lost from here on by `arch-import`.
+        meta.write_delete_intent(volume)?;
+        crate::catalog::publish(&meta, &mut client)?;
+        crate::reconcile::finish_delete(&meta, &mut client, volume)?;
+    }
+    // (Else an interrupted delete of it was finished on connecting.)
     client.finish()?;
     ctx.forget_snapshots(&meta, volume)?;
     let mut meta = meta;

@@ -29,6 +29,23 @@ pub const ARCHIVE_FILE: &str = "sparsebak.archive";
 pub const VOLUMES_DIR: &str = "volumes";
 /// A volume being deleted is renamed to this prefix first.
 pub const DELETING_PREFIX: &str = ".deleting-";
+/// A dropped session's directory while it is removed.
+pub const DROPPED: &str = ".dropped";
+
+fn remove_file_if_exists(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::io("remove", p, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a directory tree that may not exist.
+fn remove_tree(p: &Path) -> Result<()> {
+    match fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::io("remove", p, e)),
+        _ => Ok(()),
+    }
+}
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 struct ArchiveFile {
@@ -195,6 +212,16 @@ impl Archive {
     /// that a reader may be reading. Remains are under names no reader
     /// looks at, so they go without it.
     pub fn recover(&self, store_held: bool) -> Result<()> {
+        // A record upload cut short (writers only make them).
+        for b in [protocol::message::Blob::Key, protocol::message::Blob::Root] {
+            let tmp = self.root.join(format!(".upload-{}", b.name()));
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Failure::io("remove", &tmp, e))
+                }
+                _ => {}
+            }
+        }
         let dir = self.root.join(VOLUMES_DIR);
         let rd = fs::read_dir(&dir).map_err(|e| Failure::io("list volumes", &dir, e))?;
         for ent in rd.flatten() {
@@ -213,6 +240,7 @@ impl Archive {
             } else {
                 prune::remove_pruned(&self.volume_dir(&v)?)?;
             }
+            remove_tree(&self.volume_dir(&v)?.join(DROPPED))?;
         }
         Ok(())
     }
@@ -230,6 +258,37 @@ impl Archive {
             }
         }
         Ok(false)
+    }
+
+    /// Removes `session` if it is the volume's newest: one rename to
+    /// `.dropped` (a name no reader looks at), then the files; `recover`
+    /// finishes a removal a crash cut short.
+    pub fn drop_newest(&self, volume: &str, session: &str) -> Result<()> {
+        validate_session_name(session)?;
+        let names = self.session_names(volume)?;
+        if names.last().map(String::as_str) != Some(session) {
+            return Err(Failure::new(
+                ErrorCode::SessionOrder,
+                format!(
+                    "volume '{volume}': session {session} is not the newest ({}): not dropped",
+                    names.last().map_or("the volume has none", String::as_str)
+                ),
+            ));
+        }
+        let vdir = self.volume_dir(volume)?;
+        let gone = vdir.join(DROPPED);
+        remove_tree(&gone)?;
+        let dir = self.session_dir(volume, session)?;
+        fs::rename(&dir, &gone).map_err(|e| Failure::io("drop session", &dir, e))?;
+        // `.newest` named the dropped session: it names the one before
+        // (a crash before this only makes readers list the sessions).
+        let newest = vdir.join(session::NEWEST);
+        match names.len().checked_sub(2).map(|i| &names[i]) {
+            Some(prev) => fsutil::write_atomic(&newest, prev.as_bytes())?,
+            None => remove_file_if_exists(&newest)?,
+        }
+        fsutil::fsync_dir(&vdir)?;
+        remove_tree(&gone)
     }
 
     /// Removes a volume and all its sessions: one rename makes it vanish,

@@ -85,8 +85,10 @@ pub fn clean_incoming(volume_dir: &Path) -> Result<()> {
 /// listing them all: the `.newest` record, if the session it names exists.
 /// Why that is enough: sessions are only ever added by a commit, which
 /// writes `.newest` first and renames the session into place second; a
-/// prune never removes the newest. A record naming a missing session (a
-/// crash between the two steps) or no record falls back to the listing.
+/// prune never removes the newest; a dropped newest session is renamed
+/// away before `.newest` names the one before it. A record naming a
+/// missing session (a crash between two such steps) or no record falls
+/// back to the listing.
 pub fn newest(archive: &Archive, volume: &str) -> Result<Option<String>> {
     let vdir = archive.volume_dir(volume)?;
     if let Ok(name) = fs::read_to_string(vdir.join(NEWEST)) {
