@@ -17,7 +17,12 @@ trap 'rm -rf "$top"' EXIT
 st=$top/sparsebak-vm
 docs=$top/docs
 target/release/sparsebak-docgen "$docs"
+# The maintainer address (lintian refuses one at localhost).
+maint=${SPARSEBAK_MAINTAINER:-sparsebak developers <sparsebak@users.noreply.github.com>}
 install -D -m 0755 target/release/sparsebak-receiver "$st/usr/bin/sparsebak-receiver"
+# Stripped as dh_strip does (the release build keeps line tables).
+strip --strip-unneeded --remove-section=.comment --remove-section=.note \
+    "$st/usr/bin/sparsebak-receiver"
 for s in Backup Restore Admin SshRelay; do
     install -D -m 0755 "qubes-rpc/sparsebak.$s" "$st/etc/qubes-rpc/sparsebak.$s"
     install -D -m 0644 "qubes-rpc/rpc-config/sparsebak.$s" "$st/etc/qubes/rpc-config/sparsebak.$s"
@@ -41,20 +46,41 @@ Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: sparsebak
 
 Files: *
-Copyright: sparsebak developers
+Copyright: 2025-2026 sparsebak developers
 License: GPL-3.0-or-later
  On Debian systems the full text is in /usr/share/common-licenses/GPL-3.
 COPY
 install -D -m 0644 "$top/copyright" "$st/usr/share/doc/sparsebak-vm/copyright"
+# Debian's changelog, of this build (a non-native package must have one).
+when=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
+cat > "$top/changelog.Debian" <<CL
+sparsebak ($version-1) unstable; urgency=medium
+
+  * Built from the sparsebak source tree with deb/build.sh; what changed
+    is in the project's README and its version history.
+
+ -- $maint  $(LC_ALL=C date -R -u -d "@$when")
+CL
+gzip -9n -c "$top/changelog.Debian" > "$top/changelog.Debian.gz"
+install -D -m 0644 "$top/changelog.Debian.gz" "$st/usr/share/doc/sparsebak-vm/changelog.Debian.gz"
+# Findings kept on purpose, each with why (lintian reads this).
+install -D -m 0644 deb/lintian-overrides "$st/usr/share/lintian/overrides/sparsebak-vm"
+# The shared libraries the receiver links (libc, libgcc), as Debian's
+# own dpkg-shlibdeps finds them.
+mkdir -p "$top/debian"
+printf 'Source: sparsebak\n\nPackage: sparsebak-vm\nArchitecture: any\n' > "$top/debian/control"
+shlibs=$(cd "$top" && dpkg-shlibdeps -O -e "$st/usr/bin/sparsebak-receiver" 2>/dev/null |
+    sed -n 's/^shlibs:Depends=//p')
+[ -n "$shlibs" ] || { echo "dpkg-shlibdeps found no libraries" >&2; exit 1; }
 mkdir -p "$st/DEBIAN"
 size=$(du -sk --exclude=DEBIAN "$st" | cut -f1)
 cat > "$st/DEBIAN/control" <<CTRL
 Package: sparsebak-vm
 Version: $version-1
 Architecture: $arch
-Maintainer: sparsebak developers <sparsebak@localhost>
+Maintainer: $maint
 Installed-Size: $size
-Depends: qubes-core-agent-qrexec
+Depends: $shlibs, qubes-core-agent-qrexec
 Recommends: openssh-client
 Section: admin
 Priority: optional
@@ -64,11 +90,15 @@ Description: fast incremental backups of Qubes and thin-LVM volumes (receiver)
  session and one file per chunk; prunes by renames; streams sessions back
  for restore and verify. Runs unprivileged and never sees the key.
 CTRL
-# The receiver's config is the admin's: kept across upgrades.
+# Everything under /etc is the admin's to change, and kept across
+# upgrades (Debian policy 10.7.2): the config, the services, their
+# rpc-config and the post-install hook.
 echo /etc/sparsebak/receiver.toml > "$st/DEBIAN/conffiles"
 for s in Backup Restore Admin SshRelay; do
+    echo "/etc/qubes-rpc/sparsebak.$s" >> "$st/DEBIAN/conffiles"
     echo "/etc/qubes/rpc-config/sparsebak.$s" >> "$st/DEBIAN/conffiles"
 done
+echo /etc/qubes/post-install.d/30-sparsebak-features.sh >> "$st/DEBIAN/conffiles"
 cat > "$st/DEBIAN/postinst" <<'POST'
 #!/bin/sh
 # Tells dom0 which services this template offers (Qubes runs the hook on

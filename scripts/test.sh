@@ -2,6 +2,7 @@
 # The whole test suite, as CI runs it (.ci/run calls exactly this).
 # Installs what the tests need (xfsprogs, btrfs-progs, thin tools, strace for
 # fault injection, openssh-server for the ssh transport, rpm for rpmbuild,
+# lintian and rpmlint for the packages' own linters,
 # qemu for the dm-thin VM; e2fsprogs for the ext4 images that `open` is
 # tested with, through the kernel's FUSE), checks format and lints, builds
 # once in release mode, runs every test, then every fuzz target for a
@@ -11,7 +12,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_cargo
 need_pkgs mkfs.xfs xfsprogs mkfs.btrfs btrfs-progs thin_restore thin-provisioning-tools \
     strace strace mkfs.ext4 e2fsprogs /usr/sbin/sshd openssh-server ssh openssh-client \
-    rpmbuild rpm cpio cpio dpkg-deb dpkg-dev
+    rpmbuild rpm cpio cpio dpkg-deb dpkg-dev lintian lintian rpmlint rpmlint file file
 if ! command -v qemu-system-x86_64 >/dev/null; then
     # qemu-system-x86 and qemu-utils must come from the same release: a newer
     # preinstalled qemu-utils is brought to qemu-system-x86's version.
