@@ -97,7 +97,7 @@ pub struct Device {
     pub options: Vec<(String, String)>,
     /// The element's other attributes as Qubes wrote them (4.3:
     /// `device-id`, `mode`), kept so nothing is lost; a restore assigns
-    /// the device as required (`attach --persistent`).
+    /// the device with its mode and identity where they were recorded.
     pub attrs: Vec<(String, String)>,
 }
 

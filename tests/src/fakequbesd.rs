@@ -50,8 +50,11 @@ pub struct Qube {
     pub pool: Option<String>,
 }
 
-/// A persistent device assignment: (class, backend:ident, options).
-pub type Assigned = (String, String, Vec<(String, String)>);
+/// A persistent device assignment: (class, backend:port[:device-id],
+/// mode, options). `attach --persistent` is an assignment of mode
+/// `required`, as Qubes 4.3's tool says (an alias of `assign
+/// --required`) and as 4.2 stored it.
+pub type Assigned = (String, String, String, Vec<(String, String)>);
 
 pub const LABELS: [&str; 8] = [
     "red", "orange", "yellow", "green", "gray", "blue", "purple", "black",
@@ -576,6 +579,9 @@ pub fn qvm_notes(args: &[String]) -> i32 {
     0
 }
 
+/// `attach --persistent` (4.2, and 4.3's alias of `assign --required`),
+/// and 4.3's `assign [--ask|--required] [--port|--device]`, each option
+/// only on the subcommand whose parser has it (`qvm_device.py`).
 pub fn qvm_device(args: &[String]) -> i32 {
     let t = "qvm-device";
     let p = parse(
@@ -585,23 +591,75 @@ pub fn qvm_device(args: &[String]) -> i32 {
             (&["--persistent", "-p"], false),
             (&["--option", "-o"], true),
             (&["--ro"], false),
+            (&["--ask", "--ask-to-attach"], false),
+            (&["--required", "-r"], false),
+            (&["--port", "--only-port"], false),
+            (&["--device", "--only-device"], false),
         ],
     );
     let [class, verb, name, dev] = p.pos.as_slice() else {
         die(
             t,
-            "usage: qvm-device CLASS attach --persistent [--option K=V]... VMNAME BACKEND:DEVICE",
+            "usage: qvm-device CLASS {attach --persistent | assign [--ask|--required] [--port|--device]} [--option K=V]... VMNAME BACKEND:PORT[:DEVICE_ID]",
         );
     };
-    if verb != "attach" || !p.has("--persistent") {
-        die(t, "only `attach --persistent` is a form sparsebak uses");
-    }
+    let only = |allowed: &[&str]| {
+        for o in ["--persistent", "--ask", "--required", "--port", "--device"] {
+            if p.has(o) && !allowed.contains(&o) {
+                die(t, &format!("unrecognized arguments: {o}"));
+            }
+        }
+    };
+    let mode = match verb.as_str() {
+        "attach" | "at" | "a" => {
+            only(&["--persistent"]);
+            if !p.has("--persistent") {
+                die(t, "only `attach --persistent` is a form sparsebak uses");
+            }
+            "required"
+        }
+        "assign" | "s" => {
+            only(&["--ask", "--required", "--port", "--device"]);
+            if p.has("--ask") && p.has("--required") {
+                die(
+                    t,
+                    "argument --required/-r: not allowed with argument --ask/--ask-to-attach",
+                );
+            }
+            if p.has("--port") && p.has("--device") {
+                die(
+                    t,
+                    "argument --device/--only-device: not allowed with argument --port/--only-port",
+                );
+            }
+            if p.has("--required") {
+                "required"
+            } else if p.has("--ask") {
+                "ask-to-attach"
+            } else {
+                "auto-attach"
+            }
+        }
+        _ => die(
+            t,
+            "only `attach --persistent` and `assign` are forms sparsebak uses",
+        ),
+    };
     if !["pci", "usb", "block", "mic"].contains(&class.as_str()) {
         die(t, &format!("no such device class: '{class}'"));
     }
     let Some((backend, ident)) = dev.split_once(':') else {
         die(t, &format!("expected a backend:device pair, got '{dev}'"));
     };
+    // BACKEND:PORT[:DEVICE_ID]; --port binds the port alone.
+    let (port, device_id) = ident.split_once(':').unwrap_or((ident, ""));
+    if p.has("--port") && !device_id.is_empty() {
+        die(
+            t,
+            "this option works only for explicitly given port ID and does not support device ID",
+        );
+    }
+    let ident = port;
     let mut s = load();
     if !s.qubes.contains_key(backend) {
         refuse(t, &format!("no backend vm '{backend}'"));
@@ -617,10 +675,11 @@ pub fn qvm_device(args: &[String]) -> i32 {
         options.push((k.to_string(), v.to_string()));
     }
     let q = qube(t, &mut s, name);
-    if q.devices.iter().any(|(c, d, _)| c == class && d == dev) {
-        refuse(t, &format!("device {dev} already attached to {name}"));
+    if q.devices.iter().any(|(c, d, _, _)| c == class && d == dev) {
+        refuse(t, &format!("device {dev} already assigned to {name}"));
     }
-    q.devices.push((class.clone(), dev.clone(), options));
+    q.devices
+        .push((class.clone(), dev.clone(), mode.to_string(), options));
     save(&s);
     0
 }

@@ -23,12 +23,14 @@ use std::path::{Path, PathBuf};
 
 const CS: u64 = 65536;
 
-/// (class, backend, id, options)
+/// (class, backend, port, options, Qubes 4.3's (device-id, mode): None
+/// for an assignment as 4.2 records it, `id=` only)
 type FDevice = (
     &'static str,
     &'static str,
     &'static str,
     Vec<(&'static str, &'static str)>,
+    Option<(&'static str, &'static str)>,
 );
 
 /// A qube as the fixture defines it (what qubes.xml says of it).
@@ -88,7 +90,13 @@ fn fixture() -> Vec<Fq> {
     ];
     net.refs = vec![("netvm", "")];
     net.features = vec![("service.network-manager", "1")];
-    net.devices = vec![("pci", "dom0", "00_14.3", vec![("no-strict-reset", "True")])];
+    net.devices = vec![(
+        "pci",
+        "dom0",
+        "00_14.3",
+        vec![("no-strict-reset", "True")],
+        None,
+    )];
     let mut fw = fq("sys-firewall", "AppVM", "green", Some("fedora-40-xfce"));
     fw.props = vec![
         ("provides_network", "True"),
@@ -116,6 +124,18 @@ fn fixture() -> Vec<Fq> {
         ("gui-default-secure-copy-sequence", "Ctrl-Shift-c"),
     ];
     work.tags = vec!["work", "backup-me"];
+    // Qubes 4.3's assignments: bound to a device's identity, asked for
+    // before attaching; and any device in a port, attached when seen.
+    work.devices = vec![
+        (
+            "usb",
+            "sys-net",
+            "2-1",
+            vec![],
+            Some(("0x1234:0x5678::p0e0100", "ask-to-attach")),
+        ),
+        ("usb", "sys-net", "3-2", vec![], Some(("*", "auto-attach"))),
+    ];
     work.firewall = Some(vec![
         vec![
             ("action", "accept"),
@@ -229,15 +249,27 @@ fn write_qubes_xml(dir: &Path, qubes: &[Fq], extra: &str) -> PathBuf {
             )
             .unwrap();
         }
-        x.push_str("      </features>\n      <devices class=\"pci\">\n");
-        for (_, b, d, opts) in &q.devices {
-            writeln!(x, "        <device backend-domain=\"{b}\" id=\"{d}\">").unwrap();
-            for (k, v) in opts {
-                writeln!(x, "          <option name=\"{k}\">{v}</option>").unwrap();
+        x.push_str("      </features>\n");
+        for class in ["pci", "block", "usb"] {
+            writeln!(x, "      <devices class=\"{class}\">").unwrap();
+            for (_, b, d, opts, v43) in q.devices.iter().filter(|d| d.0 == class) {
+                match v43 {
+                    // 4.3: the port, the identity it is bound to, the mode.
+                    Some((id, mode)) => writeln!(
+                        x,
+                        "        <device backend-domain=\"{b}\" port-id=\"{d}\" device-id=\"{id}\" mode=\"{mode}\">"
+                    ),
+                    None => writeln!(x, "        <device backend-domain=\"{b}\" id=\"{d}\">"),
+                }
+                .unwrap();
+                for (k, v) in opts {
+                    writeln!(x, "          <option name=\"{k}\">{v}</option>").unwrap();
+                }
+                x.push_str("        </device>\n");
             }
-            x.push_str("        </device>\n");
+            x.push_str("      </devices>\n");
         }
-        x.push_str("      </devices>\n      <devices class=\"block\"/>\n      <devices class=\"usb\"/>\n      <tags>\n");
+        x.push_str("      <tags>\n");
         for t in &q.tags {
             writeln!(x, "        <tag name=\"{}\"/>", esc(t)).unwrap();
         }
@@ -454,10 +486,16 @@ fn assert_restored(got: &Qube, want: &Fq, names: &BTreeMap<&str, String>) {
     let devices: Vec<fakequbesd::Assigned> = want
         .devices
         .iter()
-        .map(|(c, b, d, o)| {
+        .map(|(c, b, d, o, v43)| {
+            let (id, mode) = match v43 {
+                Some(("*", m)) => (String::new(), *m),
+                Some((id, m)) => (format!(":{id}"), *m),
+                None => (String::new(), "required"),
+            };
             (
                 c.to_string(),
-                format!("{}:{d}", n(b)),
+                format!("{}:{d}{id}", n(b)),
+                mode.to_string(),
                 o.iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
@@ -761,7 +799,18 @@ fn missing_dependencies_are_refused_up_front_or_defaulted() {
     );
     let (ok, j) = e.json(&["restore-qubes", "--dry-run"]);
     assert!(!ok && !j["plan"]["ok"].as_bool().unwrap());
-    assert_eq!(j["plan"]["missing"].as_array().unwrap().len(), 3);
+    // Template, netvm, default_dispvm, and the backend of each of work's
+    // two USB assignments.
+    let missing = j["plan"]["missing"].as_array().unwrap();
+    assert_eq!(missing.len(), 5, "{missing:?}");
+    assert_eq!(
+        missing
+            .iter()
+            .filter(|m| m["property"] == "device:usb" && m["refers_to"] == "sys-net")
+            .count(),
+        2,
+        "{missing:?}"
+    );
     assert_eq!(fs::read(&e.qubesd).unwrap(), before);
 
     let (ok, j) = e.json(&["restore-qubes", "--ignore-missing", "--pool", "vm-pool2"]);
@@ -803,7 +852,7 @@ fn hostile_settings_never_reach_a_tool_as_an_option_or_a_path() {
             1 => q.features = vec![("--help", "1")],
             2 => q.tags = vec!["-t"],
             3 => q.props = vec![("kernelopts", "a\u{9b}2Jb")],
-            4 => q.devices = vec![("pci", "dom0", "../../etc/passwd", vec![])],
+            4 => q.devices = vec![("pci", "dom0", "../../etc/passwd", vec![], None)],
             5 => q.firewall = Some(vec![vec![("action", "accept"), ("comment", "a=b")]]),
             _ => q.refs = vec![("netvm", "-x")],
         }

@@ -12,8 +12,14 @@
 //!   --rule-no 0` (a new qube starts with one rule, accept all);
 //! - `qvm-notes --force --set=TEXT NAME`;
 //! - `qvm-prefs NAME PROPERTY VALUE` (`''` for none) for references;
-//! - `qvm-device CLASS attach --persistent [--option K=V]… NAME
-//!   BACKEND:IDENT`.
+//! - a device Qubes 4.3 recorded (with its `mode`): 4.3's `qvm-device
+//!   CLASS assign [--required|--ask] [--port] [--option K=V]… NAME
+//!   BACKEND:PORT[:DEVICE_ID]`, so its mode and the identity it was bound
+//!   to come back (`--port`: any device in that port); one Qubes 4.2
+//!   recorded (every persistent one is required, by port): `qvm-device
+//!   CLASS attach --persistent [--option K=V]… NAME BACKEND:IDENT`, which
+//!   4.3 also takes. 4.2's tool has no `assign`: a 4.3 record restored
+//!   there is refused by it and reported, and the rest goes on.
 //!
 //! Every value that is not a checked name rides inside an `--opt=value`
 //! argument or after `--`, so none can be read as an option.
@@ -150,16 +156,49 @@ pub fn last_commands(s: &Step) -> Vec<Vec<String>> {
         out.push(v(&["qvm-prefs", &s.name, k, target]));
     }
     for d in &s.devices {
-        let mut a = v(&["qvm-device", &d.class, "attach", "--persistent"]);
-        for (k, val) in &d.options {
-            a.push("--option".into());
-            a.push(format!("{k}={val}"));
-        }
-        a.push(s.name.clone());
-        a.push(format!("{}:{}", d.backend, d.ident));
-        out.push(a);
+        out.push(device_command(&s.name, d));
     }
     out
+}
+
+/// The command that gives `name` device `d` back (see the module doc).
+fn device_command(name: &str, d: &protocol::qubes::Device) -> Vec<String> {
+    let attr = |k: &str| {
+        d.attrs
+            .iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let (mut a, target) = match attr("mode") {
+        Some(mode) => {
+            let mut a = v(&["qvm-device", &d.class, "assign"]);
+            match mode {
+                "required" => a.push("--required".into()),
+                "ask-to-attach" => a.push("--ask".into()),
+                // auto-attach: the tool's default.
+                _ => {}
+            }
+            let target = match attr("device-id") {
+                Some("*") | None => {
+                    a.push("--port".into());
+                    format!("{}:{}", d.backend, d.ident)
+                }
+                Some(id) => format!("{}:{}:{id}", d.backend, d.ident),
+            };
+            (a, target)
+        }
+        None => (
+            v(&["qvm-device", &d.class, "attach", "--persistent"]),
+            format!("{}:{}", d.backend, d.ident),
+        ),
+    };
+    for (k, val) in &d.options {
+        a.push("--option".into());
+        a.push(format!("{k}={val}"));
+    }
+    a.push(name.to_string());
+    a.push(target);
+    a
 }
 
 #[cfg(test)]
@@ -249,6 +288,50 @@ mod tests {
                 "no-strict-reset=True",
                 "work-restored",
                 "dom0:00_14.3"
+            ])
+        );
+        // Qubes 4.3's records: the mode and the identity come back.
+        let dev = |mode: &str, id: &str| protocol::qubes::Device {
+            class: "usb".into(),
+            backend: "sys-usb".into(),
+            ident: "2-1".into(),
+            options: vec![],
+            attrs: vec![
+                ("device-id".into(), id.into()),
+                ("mode".into(), mode.into()),
+            ],
+        };
+        assert_eq!(
+            device_command("w", &dev("required", "0x1234:0x5678::p0e0100")),
+            v(&[
+                "qvm-device",
+                "usb",
+                "assign",
+                "--required",
+                "w",
+                "sys-usb:2-1:0x1234:0x5678::p0e0100"
+            ])
+        );
+        assert_eq!(
+            device_command("w", &dev("ask-to-attach", "*")),
+            v(&[
+                "qvm-device",
+                "usb",
+                "assign",
+                "--ask",
+                "--port",
+                "w",
+                "sys-usb:2-1"
+            ])
+        );
+        assert_eq!(
+            device_command("w", &dev("auto-attach", "0xab:0xcd::p030000")),
+            v(&[
+                "qvm-device",
+                "usb",
+                "assign",
+                "w",
+                "sys-usb:2-1:0xab:0xcd::p030000"
             ])
         );
         assert_eq!(
