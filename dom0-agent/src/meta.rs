@@ -708,8 +708,10 @@ impl ArchiveMeta {
         )
     }
 
-    /// Drops a prepared prune the receiver never did.
+    /// Drops a prepared prune the receiver never did. The root named it
+    /// as pending: marked dirty, so the next root says it is not.
     pub fn cancel_prune(&self, volume: &str, i: &PruneIntent) -> Result<()> {
+        self.mark_dirty()?;
         let q = self.session_dir(volume, &i.into)?;
         for n in [NEW_MANIFEST, NEW_INFO] {
             let _ = fs::remove_file(q.join(n));

@@ -163,8 +163,12 @@ pub fn prune_one(
         ),
         Err(e) => {
             // The receiver may have journaled the prune before failing: ask
-            // it what exists now, and settle accordingly.
+            // it what exists now, and settle accordingly; a prune it
+            // refused (Busy, say) leaves no pending change in the root.
             let _ = settle_prune(meta, client, volume);
+            if matches!(meta.prune_intent(volume), Ok(None)) && meta.dirty() {
+                let _ = crate::catalog::publish(meta, client);
+            }
             Err(e.context(format!("volume '{volume}': prune of {}", p.name)))
         }
     }

@@ -141,16 +141,16 @@ impl LocalDir {
                 drop(snap);
                 let _ = fs::remove_file(&new_path);
                 // No snapshot: the live image is read while it may change.
-                // A qube running on it gives a backup that is no moment of
-                // the image; say so, and why, every time.
-                let why = if e == Errno::EINVAL {
-                    "it cannot be reflinked (on Btrfs: a NOCOW file, chattr +C)"
-                } else {
-                    "its filesystem has no reflinks"
-                };
-                crate::report::warn(format!(
-                    "volume '{volume}': no snapshot taken, since {why}: the image is read while live, so if anything writes to it during the backup (a running qube) the session holds no single moment of it; back it up while it is not in use"
-                ));
+                // On a filesystem that has reflinks, an image that refuses
+                // one (EINVAL: on Btrfs, a NOCOW file) is a surprise worth
+                // a warning at every backup; a filesystem without them
+                // (ext4) is the documented plain-file case, and its
+                // summary line says "read live".
+                if e == Errno::EINVAL {
+                    crate::report::warn(format!(
+                        "volume '{volume}': no snapshot taken, since the image cannot be reflinked (on Btrfs: a NOCOW file, chattr +C): it is read while live, so if anything writes to it during the backup (a running qube) the session holds no single moment of it; back it up while it is not in use, or clear NOCOW on a copy"
+                    ));
+                }
                 let size = meta.len();
                 let data = data_map_seek(&live, size, chunk_size)?;
                 let plan = if prev.is_some() {
@@ -162,7 +162,7 @@ impl LocalDir {
                     file: live,
                     size,
                     plan,
-                    method: "plain file (no reflink): hash compare",
+                    method: "plain file (no reflink, read live): hash compare",
                     mode: Some(mode),
                 })
             }
