@@ -9,6 +9,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+/// The volume's directory: a volume id as the receiver accepts it.
+const VOL: &str = "volumes/0123456789abcdef0123456789abcdef";
+
 /// A scratch archive made once per process (init syncs; per-input work
 /// only writes the file under test).
 fn scratch() -> &'static (PathBuf, Archive) {
@@ -22,7 +25,7 @@ fn scratch() -> &'static (PathBuf, Archive) {
             compression: protocol::message::Compression::None,
         };
         let a = Archive::init(&d.join("a"), params, b"key", b"root", true).unwrap();
-        fs::create_dir_all(d.join("a/volumes/v/S_000000000001")).unwrap();
+        fs::create_dir_all(d.join("a").join(VOL).join("S_000000000001")).unwrap();
         fs::create_dir_all(d.join("b")).unwrap();
         (d, a)
     })
@@ -39,14 +42,15 @@ fuzz_target!(|data: &[u8]| {
             let _ = Archive::open(&root.join("b"));
         }
         1 => {
-            let sdir = root.join("a/volumes/v/S_000000000001");
+            let sdir = root.join("a").join(VOL).join("S_000000000001");
             fs::write(sdir.join(session::INFO_FILE), body).unwrap();
             let _ = session::read_info(&sdir);
         }
         _ => {
-            let j = root.join("a/volumes/v").join(prune::JOURNAL_FILE);
+            let j = root.join("a").join(VOL).join(prune::JOURNAL_FILE);
             fs::write(&j, body).unwrap();
-            let _ = a.recover();
+            // As a writer finishing a crashed prune does.
+            let _ = a.recover(true);
             let _ = fs::remove_file(&j);
         }
     }
