@@ -23,6 +23,21 @@ pub fn validate_volume_name(name: &str) -> Result<&str, ProtocolError> {
     }
 }
 
+/// A volume as the archive names it: dom0's opaque id, 32 lowercase hex
+/// digits (`VolumeId::to_hex`). The receiver refuses anything else, so
+/// it never stores a volume it could not later list, prune or delete
+/// (`.deleting-` and a 255-byte name would not fit in a file name).
+pub fn validate_volume_id(id: &str) -> Result<&str, ProtocolError> {
+    if id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(id)
+    } else {
+        Err(ProtocolError::BadVolumeName(format!(
+            "{} (the archive knows volumes by 32 lowercase hex digits)",
+            display_safe(id)
+        )))
+    }
+}
+
 /// Session names: `S_` and a 12-digit decimal sequence number, so that
 /// byte order is the order of the sessions and the name says nothing of
 /// when the session was taken (its time is in dom0's sealed records).
@@ -78,6 +93,21 @@ pub fn escape_text(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volume_ids_are_32_hex_digits() {
+        assert!(validate_volume_id("0123456789abcdef0123456789abcdef").is_ok());
+        for bad in [
+            "",
+            "0123456789abcdef0123456789abcde",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcdef0",
+            "v.img",
+            &"a".repeat(255),
+        ] {
+            assert!(validate_volume_id(bad).is_err(), "{bad}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -455,7 +455,14 @@ fn fifty_thousand_sessions_list_prune_and_commit_in_flat_time() {
     let empty = best(&|i| {
         let name = format!("S_90000000000{i}");
         let prev = (i > 0).then(|| format!("S_90000000000{}", i - 1));
-        commit_cost(&s, "w.img", prev.as_deref(), &name, size)
+        // A volume of its own, named by an id as dom0 names volumes.
+        commit_cost(
+            &s,
+            "00000000000000000000000000000077",
+            prev.as_deref(),
+            &name,
+            size,
+        )
     });
     let full = best(&|i| {
         let name = format!("S_90000000000{i}");

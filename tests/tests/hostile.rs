@@ -873,3 +873,128 @@ fn readers_share_the_archive_and_a_prune_waits_for_them() {
     assert_eq!(s.sessions("v.img"), [sessions[1].clone()]);
     s.ok(&["verify", "v.img"]);
 }
+
+/// Envelopes the receiver could never give back whole (one too short for
+/// its kind, an unknown kind, a wrong CRC: each checkable without the key)
+/// are refused when they arrive, and the session is not committed; an
+/// honest envelope in the same stream is taken.
+#[test]
+fn envelopes_the_receiver_cannot_keep_are_refused_on_arrival() {
+    let s = archive_with_one_session("bad-envelopes");
+    let vid = s.volume_id("v.img");
+    let prev = s.archive_sessions("v.img").last().unwrap().clone();
+    let (good, id) = s.stored_chunk("v.img", &prev, 0, CS as u64);
+    let with_crc = |mut body: Vec<u8>| {
+        let crc = crc32fast::hash(&body).to_le_bytes();
+        body.extend_from_slice(&crc);
+        body
+    };
+    // 30 bytes of kind 1 (encrypted): too short for its nonce and tag.
+    let short = with_crc([vec![1u8], vec![0u8; 25]].concat());
+    assert_eq!(short.len(), 30);
+    let unknown = with_crc([vec![7u8], good[1..good.len() - 4].to_vec()].concat());
+    let mut bad_crc = good.clone();
+    *bad_crc.last_mut().unwrap() ^= 1;
+    let session = |env: &[u8]| {
+        let mut input = hello(Operation::Backup);
+        input.extend(request(&Request::BeginSession {
+            volume: vid.clone(),
+            session: "S_000000000009".into(),
+            prev: Some(prev.clone()),
+            volume_size: 4 * CS as u64,
+            time: 0,
+        }));
+        input.extend(chunk_frame(0, CS as u32, env, id));
+        input.extend(request(&Request::Commit {
+            chunks: 1,
+            zero_chunks: 0,
+        }));
+        input
+    };
+    let before = tree_digest(&s.arch);
+    for (what, env) in [
+        ("30-byte envelope", &short),
+        ("unknown kind", &unknown),
+        ("wrong CRC", &bad_crc),
+    ] {
+        let (_, err, replies) = feed(&s, &session(env));
+        assert!(
+            replies
+                .iter()
+                .any(|r| matches!(r, Reply::Error(e) if e.message.contains("chunk 0x0") && e.message.contains("refused"))),
+            "{what}: {replies:?} {err}"
+        );
+        assert!(
+            !replies.iter().any(|r| matches!(r, Reply::Committed(_))),
+            "{what}"
+        );
+        assert_eq!(
+            tree_digest(&s.arch),
+            before,
+            "{what}: the archive kept something"
+        );
+    }
+    let (_, err, replies) = feed(&s, &session(&good));
+    assert!(
+        replies.iter().any(|r| matches!(r, Reply::Committed(_))),
+        "the honest envelope: {replies:?} {err}"
+    );
+}
+
+/// The receiver refuses what it could not keep or remove later: a volume
+/// id that is not 32 hex digits (a 255-byte one could be stored but never
+/// deleted), and an `Init` whose key or root is too large, which leaves
+/// nothing behind (no `volumes/`, no `dom0.key`).
+#[test]
+fn ids_and_inits_the_receiver_could_not_keep_are_refused_whole() {
+    let s = archive_with_one_session("bad-ids");
+    let before = tree_digest(&s.arch);
+    let long = "a".repeat(255);
+    let mut input = hello(Operation::Backup);
+    input.extend(request(&Request::BeginSession {
+        volume: long.clone(),
+        session: "S_000000000001".into(),
+        prev: None,
+        volume_size: CS as u64,
+        time: 0,
+    }));
+    let (_, _, replies) = feed(&s, &input);
+    assert!(
+        matches!(&replies[..], [Reply::Error(e)] if e.message.contains("32 lowercase hex digits")),
+        "{replies:?}"
+    );
+    assert_eq!(
+        tree_digest(&s.arch),
+        before,
+        "a bad volume id left something"
+    );
+
+    let fresh = Setup::new("bad-init");
+    let params = ArchiveParams {
+        id: ArchiveId([9; 16]),
+        chunk_size: CS as u32,
+        compression: Compression::Zstd { level: 3 },
+    };
+    for (what, key, root) in [
+        ("an oversized key", vec![1u8; 5000], vec![2u8; 10]),
+        ("an oversized root", vec![1u8; 10], vec![2u8; (1 << 20) + 1]),
+    ] {
+        let mut input = hello(Operation::Admin);
+        input.extend(request(&Request::Init {
+            params,
+            key,
+            root,
+            mkdir: true,
+        }));
+        let (_, err, replies) = feed(&fresh, &input);
+        assert!(
+            matches!(&replies[..], [Reply::Error(e)] if e.message.contains("too large")),
+            "{what}: {replies:?} {err}"
+        );
+        assert!(
+            !fresh.arch.exists(),
+            "{what}: the refused init left {}",
+            fresh.arch.display()
+        );
+    }
+}

@@ -71,13 +71,24 @@ impl Upload {
     }
 }
 
-/// Writes a record at `arch-init`, before the archive info exists.
-pub fn write_initial(root: &Path, blob: Blob, bytes: &[u8]) -> Result<()> {
+/// Whether `bytes` may be `blob`'s first record (at `arch-init`).
+pub fn check_initial(blob: Blob, bytes: &[u8]) -> Result<()> {
     if bytes.len() as u64 > blob.cap() || bytes.len() > protocol::message::DATA_PART {
         return Err(Failure::new(
             ErrorCode::BadRequest,
-            format!("the {} record is too large", blob.name()),
+            format!(
+                "the {} record is too large ({} bytes, at most {})",
+                blob.name(),
+                bytes.len(),
+                blob.cap().min(protocol::message::DATA_PART as u64)
+            ),
         ));
     }
+    Ok(())
+}
+
+/// Writes a record at `arch-init`, before the archive info exists.
+pub fn write_initial(root: &Path, blob: Blob, bytes: &[u8]) -> Result<()> {
+    check_initial(blob, bytes)?;
     fsutil::write_atomic(&path(root, blob), bytes)
 }

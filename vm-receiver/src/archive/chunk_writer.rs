@@ -26,6 +26,7 @@ const POOL: usize = 12;
 
 struct Job {
     addr: u64,
+    raw_len: u32,
     buf: AlignedBuf,
     start: usize,
     len: usize,
@@ -66,7 +67,19 @@ impl ChunkWriter {
                         // After a failure the session is lost: skip the rest.
                         if failed.lock().expect("failure lock").is_none() {
                             let data = &job.buf.whole()[job.start..job.start + job.len];
-                            if let Err(e) = store.write(&session, job.addr, data) {
+                            // What the receiver can check without a key (size,
+                            // kind, CRC), here on the writer threads: a chunk it
+                            // could never give back whole is refused now, not
+                            // found by a later arch-check.
+                            if let Err(e) =
+                                protocol::envelope::check_stored(data, job.raw_len as usize)
+                            {
+                                let mut f = failed.lock().expect("failure lock");
+                                f.get_or_insert(Failure::new(
+                                    protocol::message::ErrorCode::BadRequest,
+                                    format!("chunk {:#x}: {e}: refused", job.addr),
+                                ));
+                            } else if let Err(e) = store.write(&session, job.addr, data) {
                                 let path = store.chunk_path(&session, job.addr);
                                 let mut f = failed.lock().expect("failure lock");
                                 f.get_or_insert(Failure::io("write chunk", &path, e));
@@ -103,12 +116,21 @@ impl ChunkWriter {
             .map_err(|_| Failure::new(protocol::message::ErrorCode::Io, "chunk writers stopped"))
     }
 
-    /// Writes `buf.whole()[start..start + len]` as the chunk at `addr`.
-    /// `start` should be page-aligned for direct I/O.
-    pub fn write(&mut self, addr: u64, buf: AlignedBuf, start: usize, len: usize) -> Result<()> {
+    /// Writes `buf.whole()[start..start + len]`, the envelope of a chunk
+    /// of `raw_len` bytes, as the chunk at `addr` (after checking its
+    /// frame and CRC). `start` should be page-aligned for direct I/O.
+    pub fn write(
+        &mut self,
+        addr: u64,
+        raw_len: u32,
+        buf: AlignedBuf,
+        start: usize,
+        len: usize,
+    ) -> Result<()> {
         self.check()?;
         let job = Job {
             addr,
+            raw_len,
             buf,
             start,
             len,
@@ -160,26 +182,55 @@ mod tests {
         )
     }
 
+    /// A well-formed clear envelope (kind 2, stored body) of `len` bytes
+    /// in all, its payload a pattern of `seed`.
+    fn envelope(len: usize, seed: usize) -> Vec<u8> {
+        let mut e = vec![protocol::envelope::KIND_CLEAR, 0];
+        e.extend((0..len - 6).map(|k| (k * 7 + seed) as u8));
+        let crc = crc32fast::hash(&e).to_le_bytes();
+        e.extend_from_slice(&crc);
+        e
+    }
+
+    fn put(w: &mut ChunkWriter, addr: u64, env: &[u8]) {
+        let mut b = w.buffer().unwrap();
+        let start = DIRECT_ALIGN;
+        b.whole_mut()[start..start + env.len()].copy_from_slice(env);
+        w.write(addr, env.len() as u32, b, start, env.len())
+            .unwrap();
+    }
+
     #[test]
     fn writes_every_length_exactly() {
         let dir = std::env::temp_dir().join(format!("sbk-cw-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (mut w, store) = writer(&dir, 3 * DIRECT_ALIGN);
-        let lens = [1, 4095, 4096, 4097, 8192, 3 * DIRECT_ALIGN - DIRECT_ALIGN];
+        let lens = [6, 4095, 4096, 4097, 8192, 3 * DIRECT_ALIGN - DIRECT_ALIGN];
         for (i, &len) in lens.iter().enumerate() {
-            let mut b = w.buffer().unwrap();
-            let start = DIRECT_ALIGN;
-            for (k, x) in b.whole_mut()[start..start + len].iter_mut().enumerate() {
-                *x = (k * 7 + i) as u8;
-            }
-            w.write(i as u64, b, start, len).unwrap();
+            put(&mut w, i as u64, &envelope(len, i));
         }
         w.finish().unwrap();
         for (i, &len) in lens.iter().enumerate() {
             let got = std::fs::read(store.chunk_path(&dir, i as u64)).unwrap();
-            let want: Vec<u8> = (0..len).map(|k| (k * 7 + i) as u8).collect();
-            assert_eq!(got, want, "length {len}");
+            assert_eq!(got, envelope(len, i), "length {len}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_envelope_the_receiver_cannot_keep_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sbk-cw-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut w, store) = writer(&dir, 2 * DIRECT_ALIGN);
+        let mut bad = envelope(100, 1);
+        bad[50] ^= 1;
+        put(&mut w, 0x30000, &bad);
+        let e = w.finish().unwrap_err();
+        assert!(
+            e.message.contains("chunk 0x30000") && e.message.contains("refused"),
+            "{e}"
+        );
+        assert!(!store.chunk_path(&dir, 0x30000).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -187,9 +238,8 @@ mod tests {
     fn a_failed_write_is_reported() {
         let store: Arc<dyn ChunkStore> = Arc::new(FsStore::default());
         let dir = PathBuf::from("/nonexistent-sparsebak-dir");
-        let mut w = ChunkWriter::new(store, dir, DIRECT_ALIGN);
-        let b = w.buffer().unwrap();
-        w.write(0, b, 0, 10).unwrap();
+        let mut w = ChunkWriter::new(store, dir, 2 * DIRECT_ALIGN);
+        put(&mut w, 0, &envelope(10, 0));
         let e = w.finish().unwrap_err();
         assert!(e.message.contains("nonexistent-sparsebak-dir"), "{e}");
     }

@@ -14,7 +14,7 @@ pub mod store;
 
 use crate::error::{Failure, Result};
 use protocol::message::{ArchiveParams, ErrorCode, SessionInfo, LIST_PAGE};
-use protocol::names::{validate_session_name, validate_volume_name};
+use protocol::names::{validate_session_name, validate_volume_id};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -134,19 +134,39 @@ impl Archive {
                 ));
             }
         }
-        fs::create_dir_all(root.join(VOLUMES_DIR))
-            .map_err(|e| Failure::io("create archive", root, e))?;
-        let bytes = protocol::codec::encode_sealed(
-            &ARCHIVE_MAGIC,
-            &ArchiveFile {
-                format_version: FORMAT_VERSION,
-                params,
-            },
-        );
-        fsutil::fsync_dir(&root.join(VOLUMES_DIR))?;
-        blob::write_initial(root, protocol::message::Blob::Key, key)?;
-        blob::write_initial(root, protocol::message::Blob::Root, root_rec)?;
-        fsutil::write_atomic(&root.join(ARCHIVE_FILE), &bytes)?;
+        // Everything that can be refused is refused before anything is
+        // made: a refused init leaves nothing behind.
+        blob::check_initial(protocol::message::Blob::Key, key)?;
+        blob::check_initial(protocol::message::Blob::Root, root_rec)?;
+        let made_root = !root.exists();
+        let made = (|| {
+            fs::create_dir_all(root.join(VOLUMES_DIR))
+                .map_err(|e| Failure::io("create archive", root, e))?;
+            let bytes = protocol::codec::encode_sealed(
+                &ARCHIVE_MAGIC,
+                &ArchiveFile {
+                    format_version: FORMAT_VERSION,
+                    params,
+                },
+            );
+            fsutil::fsync_dir(&root.join(VOLUMES_DIR))?;
+            blob::write_initial(root, protocol::message::Blob::Key, key)?;
+            blob::write_initial(root, protocol::message::Blob::Root, root_rec)?;
+            // Last: the archive exists once this is in place.
+            fsutil::write_atomic(&root.join(ARCHIVE_FILE), &bytes)
+        })();
+        if let Err(f) = made {
+            // An I/O failure part way: what this init made goes again.
+            if made_root {
+                let _ = fs::remove_dir_all(root);
+            } else {
+                for b in [protocol::message::Blob::Key, protocol::message::Blob::Root] {
+                    let _ = fs::remove_file(blob::path(root, b));
+                }
+                let _ = fs::remove_dir(root.join(VOLUMES_DIR));
+            }
+            return Err(f);
+        }
         Ok(Archive {
             root: root.to_path_buf(),
             params,
@@ -161,7 +181,7 @@ impl Archive {
     /// The directory of a volume; the name is validated here so that no
     /// caller can build a path from an unchecked name.
     pub fn volume_dir(&self, volume: &str) -> Result<PathBuf> {
-        validate_volume_name(volume)?;
+        validate_volume_id(volume)?;
         Ok(self.root.join(VOLUMES_DIR).join(volume))
     }
 
@@ -202,7 +222,7 @@ impl Archive {
     pub fn volume_names(&self) -> Result<Vec<String>> {
         let dir = self.root.join(VOLUMES_DIR);
         let rd = fs::read_dir(&dir).map_err(|e| Failure::io("list volumes", &dir, e))?;
-        valid_names(rd, &dir, |n| validate_volume_name(n).is_ok())
+        valid_names(rd, &dir, |n| validate_volume_id(n).is_ok())
     }
 
     /// Finishes whatever a crash interrupted: prunes (journaled), pruned

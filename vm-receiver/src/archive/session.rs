@@ -240,7 +240,7 @@ impl SessionWriter {
             .make_room(&self.incoming, h.addr, &mut self.last_room)
             .map_err(|e| Failure::io("create directory for chunk", &self.incoming, e))?;
         let w = self.writer.as_mut().expect("open until commit");
-        w.write(h.addr, buf, start, len)?;
+        w.write(h.addr, h.raw_len, buf, start, len)?;
         self.info.chunks += 1;
         self.info.stored_bytes += len as u64;
         Ok(())
