@@ -346,12 +346,25 @@ pub struct KeyFile {
 
 impl KeyFile {
     pub fn encode(&self) -> Zeroizing<String> {
-        Zeroizing::new(format!(
-            "sparsebak-key 1\narchive {}\nencrypt {}\nkey {}\n",
+        use std::fmt::Write;
+        // Sized once and written in place: no intermediate string, and
+        // no reallocation, holds the key's digits without being wiped.
+        let mut s = Zeroizing::new(String::with_capacity(256));
+        let _ = write!(
+            s,
+            "sparsebak-key 1\narchive {}\nencrypt {}\nkey ",
             self.archive.to_hex(),
-            if self.encrypt { "on" } else { "off" },
-            hex(self.master.bytes())
-        ))
+            if self.encrypt { "on" } else { "off" }
+        );
+        for b in self.master.bytes() {
+            let _ = write!(s, "{b:02x}");
+        }
+        s.push('\n');
+        debug_assert!(
+            s.capacity() == 256,
+            "the key file text grew past its buffer"
+        );
+        s
     }
 
     pub fn decode(text: &str) -> Result<Self, KeyError> {

@@ -19,17 +19,35 @@ pub fn temp_name(path: &Path) -> std::io::Result<PathBuf> {
     Ok(path.with_file_name(format!(".tmp-{}", name.to_string_lossy())))
 }
 
+/// Creates the temporary file itself, never through what is there: with
+/// `O_EXCL | O_NOFOLLOW`, so a `.tmp-NAME` planted in a shared directory
+/// (a symlink to another file, say) is never written through. What is
+/// there (a crash's leftover, or a plant) is unlinked, which removes a
+/// link and not its target, and the create is tried once more.
+fn create_temp(tmp: &Path, mode: u32) -> std::io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(mode)
+            .open(tmp)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::remove_file(tmp)?;
+            open()
+        }
+        r => r,
+    }
+}
+
 /// Replaces `path` with `bytes` atomically and durably; the new file gets
 /// `mode` (before umask). A failed call removes its temporary file.
 pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = temp_name(path)?;
     let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = create_temp(&tmp, mode)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -85,6 +103,32 @@ mod tests {
         fs::create_dir_all(sub.join("x")).unwrap();
         assert!(write_atomic(&sub, b"x").is_err());
         assert!(!temp_name(&sub).unwrap().exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A `.tmp-` name planted as a symlink (a shared directory) is never
+    /// written through: the target keeps its bytes, the file gets the new
+    /// ones with the asked mode; a stale regular temp file is replaced.
+    #[test]
+    fn a_planted_temp_link_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("sysio-plant-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        let victim = d.join("victim");
+        fs::write(&victim, b"keep me").unwrap();
+        let p = d.join("key");
+        std::os::unix::fs::symlink(&victim, temp_name(&p).unwrap()).unwrap();
+        write_atomic_mode(&p, b"secret", 0o600).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(fs::read(&p).unwrap(), b"secret");
+        assert_eq!(
+            fs::symlink_metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        fs::write(temp_name(&p).unwrap(), b"stale").unwrap();
+        write_atomic(&p, b"again").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"again");
+        assert!(!temp_name(&p).unwrap().exists());
         fs::remove_dir_all(&d).unwrap();
     }
 
