@@ -485,3 +485,54 @@ fn fifty_thousand_sessions_list_prune_and_commit_in_flat_time() {
         empty * 1e3
     );
 }
+
+/// A peer asking again and again for chunks a session does not hold (a
+/// sparse volume's zero chunks, through `ReadChunks`) gets each read
+/// answered without them, and the receiver's log stays a few lines: the
+/// first chunks left out are listed, the rest counted in one summary.
+#[test]
+fn reads_of_missing_chunks_cannot_flood_the_receivers_log() {
+    use protocol::message::Request;
+    let s = Setup::new("bound-log");
+    s.init("64K");
+    // 64 MiB, one data chunk: 1,023 chunks the session does not store.
+    let mut img = vec![0u8; 64 << 20];
+    img[..16].copy_from_slice(b"one stored chunk");
+    fs::write(s.vol("v.img"), img).unwrap();
+    let session = s.backup("v.img");
+    let vid = s.volume_id("v.img");
+    let mut input = sparsebak_tests::agent_hello(Operation::Restore);
+    let mut asked = 0u64;
+    for _ in 0..40 {
+        for first in (1..1024u64).step_by(64) {
+            let addrs: Vec<u64> = (first..(first + 64).min(1024))
+                .map(|i| i * CS as u64)
+                .collect();
+            asked += addrs.len() as u64;
+            input.extend(sparsebak_tests::request_frame(&Request::ReadChunks {
+                volume: vid.clone(),
+                session: session.clone(),
+                addrs,
+            }));
+        }
+    }
+    let (_, err, replies) = sparsebak_tests::feed(&s, &input);
+    let ends = replies
+        .iter()
+        .filter(|r| matches!(r, Reply::StreamEnd { chunks: 0 }))
+        .count();
+    assert_eq!(ends, 40 * 16, "every read answered, with no chunk");
+    assert!(asked > 40_000);
+    assert!(
+        err.len() < 8 * 1024,
+        "{} bytes of log for {asked} chunks left out",
+        err.len()
+    );
+    assert!(
+        err.contains(&format!(
+            "{} more chunks left out on this connection",
+            asked - 20
+        )),
+        "{err}"
+    );
+}

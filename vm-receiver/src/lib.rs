@@ -7,3 +7,4 @@ pub mod cli;
 pub mod entry;
 pub mod error;
 pub mod serve;
+pub mod skiplog;

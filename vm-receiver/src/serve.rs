@@ -94,6 +94,8 @@ pub fn serve<R: Read, W: Write>(
     let mut upload: Option<Upload> = None;
     // Read buffers, kept across random-access reads.
     let mut pool = Vec::new();
+    // What is said of left-out chunks: bounded per connection.
+    let skipped = crate::skiplog::SkipLog::default();
     loop {
         let req = match rd.read_request() {
             Ok(r) => r,
@@ -256,7 +258,7 @@ pub fn serve<R: Read, W: Write>(
                 reply_result(&mut wr, Ok(Reply::Ok))?;
             }
             Request::Restore { volume, session } if op == Operation::Restore => {
-                let r = restore::stream_view(a, &volume, &session, |h, data| {
+                let r = restore::stream_view(a, &volume, &session, &skipped, |h, data| {
                     wr.chunk(h, data)
                         .map_err(|e| Failure::new(ErrorCode::Io, format!("sending chunk: {e}")))
                 });
@@ -267,10 +269,18 @@ pub fn serve<R: Read, W: Write>(
                 session,
                 addrs,
             } if op == Operation::Restore => {
-                let r = read::read_chunks(a, &volume, &session, &addrs, &mut pool, |h, data| {
-                    wr.chunk(h, data)
-                        .map_err(|e| Failure::new(ErrorCode::Io, format!("sending chunk: {e}")))
-                });
+                let r = read::read_chunks(
+                    a,
+                    &volume,
+                    &session,
+                    &addrs,
+                    &mut pool,
+                    &skipped,
+                    |h, data| {
+                        wr.chunk(h, data)
+                            .map_err(|e| Failure::new(ErrorCode::Io, format!("sending chunk: {e}")))
+                    },
+                );
                 reply_result(&mut wr, r.map(|chunks| Reply::StreamEnd { chunks }))?;
             }
             other => {

@@ -20,6 +20,7 @@ pub fn read_chunks(
     session_name: &str,
     addrs: &[u64],
     pool: &mut BufPool,
+    log: &crate::skiplog::SkipLog,
     mut send: impl FnMut(&ChunkHeader, &[u8]) -> Result<()>,
 ) -> Result<u64> {
     let dir = archive.committed_session_dir(volume, session_name)?;
@@ -43,9 +44,11 @@ pub fn read_chunks(
                 hash: [0; 32],
             };
             let why = |why: String| {
-                eprintln!(
-                    "sparsebak-receiver: volume '{volume}' session {session_name}: chunk {addr:#x} left out of a read: {why}"
-                );
+                log.note(|| {
+                    format!(
+                        "volume '{volume}' session {session_name}: chunk {addr:#x} left out of a read: {why}"
+                    )
+                })
             };
             if send_or_skip(&h, archive.chunk_size(), &path, data, why, &mut send)? {
                 sent += 1;

@@ -15,6 +15,7 @@ pub fn stream_view(
     archive: &Archive,
     volume: &str,
     session_name: &str,
+    log: &crate::skiplog::SkipLog,
     mut send: impl FnMut(&ChunkHeader, &[u8]) -> Result<()>,
 ) -> Result<u64> {
     let names = archive.session_names(volume)?;
@@ -67,10 +68,12 @@ pub fn stream_view(
                 hash: e.hash,
             };
             let why = |why: String| {
-                eprintln!(
-                    "sparsebak-receiver: volume '{volume}' session {}: chunk {:#x} left out of the restore stream: {why}",
-                    names[idx], e.addr
-                );
+                log.note(|| {
+                    format!(
+                        "volume '{volume}' session {}: chunk {:#x} left out of the restore stream: {why}",
+                        names[idx], e.addr
+                    )
+                })
             };
             if send_or_skip(&h, archive.chunk_size(), &path, data, why, &mut send)? {
                 sent += 1;
