@@ -1,4 +1,5 @@
-//! Session manifests: address → (codec, SHA-256), sorted by address.
+//! Session manifests: address → (codec, keyed chunk id: keyed BLAKE3 of
+//! the chunk's plaintext, `keys::Keys::chunk_id`), sorted by address.
 //!
 //! Both sides keep one per session in the same format, so both can stream
 //! them and merge them with [`crate::merge`] without loading them whole.

@@ -168,6 +168,41 @@ fn every_example_in_format_md_decodes_as_documented() {
                 );
                 assert!(data.is_empty());
             }
+            "wrapped-key" => {
+                use protocol::keys::{MasterKey, WrappedKey, DEFAULT_KDF};
+                // 125 bytes, and the documented fields where the document
+                // puts them (the associated data: the first 53).
+                assert_eq!(b.len(), 125);
+                assert_eq!(&b[..8], b"SBKKEY01");
+                assert_eq!(&b[8..24], &[0xab; 16]);
+                assert_eq!(b[24], 1);
+                assert_eq!(&b[25..29], &(64u32 * 1024).to_le_bytes());
+                assert_eq!(&b[29..33], &3u32.to_le_bytes());
+                assert_eq!(&b[33..37], &1u32.to_le_bytes());
+                assert_eq!(&b[37..53], &[0x22; 16]);
+                assert_eq!(&b[53..77], &[0x33; 24]);
+                let w = WrappedKey::decode(&b).unwrap();
+                assert_eq!(w.unwrap(b"passphrase").unwrap().bytes(), &[0x11; 32]);
+                let again = WrappedKey::wrap(
+                    &MasterKey::from_bytes([0x11; 32]),
+                    ArchiveId([0xab; 16]),
+                    true,
+                    b"passphrase",
+                    DEFAULT_KDF,
+                    [0x22; 16],
+                    [0x33; 24],
+                )
+                .unwrap();
+                assert_eq!(again.encode(), b, "the same inputs wrap to the same bytes");
+                // The associated data binds the header: a flipped bit in
+                // it (the encrypt flag) fails the unwrap.
+                let mut bad = b.clone();
+                bad[24] = 0;
+                assert!(WrappedKey::decode(&bad)
+                    .unwrap()
+                    .unwrap(b"passphrase")
+                    .is_err());
+            }
             other => panic!("FORMAT.md has an example this test does not know: {other}"),
         }
         seen.push(name);
@@ -187,6 +222,7 @@ fn every_example_in_format_md_decodes_as_documented() {
         "hello-agent",
         "hello-receiver",
         "chunk-header",
+        "wrapped-key",
     ] {
         assert!(
             seen.iter().any(|s| s == want),
