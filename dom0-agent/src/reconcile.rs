@@ -120,9 +120,7 @@ pub fn finish_delete(meta: &ArchiveMeta, client: &mut Client, volume: &str) -> R
 pub fn settle_all(meta: &ArchiveMeta, client: &mut Client) -> Result<()> {
     meta.remove_deleted_remains()?;
     for v in meta.volumes()? {
-        if meta.prune_intent(&v)?.is_some() {
-            settle_prune(meta, client, &v)?;
-        }
+        settle_prune(meta, client, &v)?;
         settle_pending(meta, None, client, &v)?;
         if meta.delete_intent(&v)? {
             crate::report::warn(format!(
@@ -146,8 +144,11 @@ pub fn drop_unconfirmed(meta: &ArchiveMeta, client: &mut Client, volume: &str) -
     let ours = meta.session_names(volume)?;
     let theirs = client.sessions(volume, at_most(ours.len() + 1))?;
     let newest = ours.last();
-    let (known, extra): (Vec<&SessionInfo>, Vec<&SessionInfo>) =
-        theirs.iter().partition(|t| ours.contains(&t.name));
+    // `ours` is sorted (a directory listing, sorted): one search each, not
+    // a scan, with tens of thousands of sessions.
+    let (known, extra): (Vec<&SessionInfo>, Vec<&SessionInfo>) = theirs
+        .iter()
+        .partition(|t| ours.binary_search(&t.name).is_ok());
     if known.len() != ours.len()
         || extra.is_empty()
         || extra.iter().any(|t| newest.is_some_and(|n| &t.name < n))

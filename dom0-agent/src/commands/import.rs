@@ -225,8 +225,17 @@ fn plan(
             ));
             deleting.push(v.name.clone());
         }
+        // Both lists ascend by name (the client refuses a listing that
+        // does not; the root is checked so): searched, not scanned, with
+        // tens of thousands of sessions.
         let theirs = client.sessions_by_id(&id, at_most(v.sessions.len()))?;
-        let has = |n: &str| theirs.iter().any(|t| t.name == n);
+        let find = |n: &str| {
+            theirs
+                .binary_search_by(|t| t.name.as_str().cmp(n))
+                .ok()
+                .map(|i| &theirs[i])
+        };
+        let has = |n: &str| find(n).is_some();
         let mut sessions = v.sessions.clone();
         if let Some(Pending::Prune {
             pruned,
@@ -259,8 +268,7 @@ fn plan(
         }
         let mut kept = Vec::new();
         for s in sessions {
-            let t = theirs.iter().find(|t| t.name == s.name);
-            let why = match t {
+            let why = match find(&s.name) {
                 None => "is missing from the archive",
                 Some(t)
                     if t.volume_size != s.volume_size
@@ -280,15 +288,20 @@ fn plan(
             report.push(left_out(&v.name, &s.name, why, &kept));
             break;
         }
+        let named = |n: &str| {
+            v.sessions
+                .binary_search_by(|s| s.name.as_str().cmp(n))
+                .is_ok()
+        };
         let newest = kept.last().map(|s| s.name.clone());
         for t in &theirs {
-            if newest.as_ref().is_none_or(|n| &t.name > n) && !kept.iter().any(|s| s.name == t.name)
-            {
+            // `kept` ascends: past its newest is outside it.
+            if newest.as_ref().is_none_or(|n| &t.name > n) {
                 report.push(format!(
                     "session {} of volume '{}' is in the archive but cannot be authenticated (its root does not name it, or an earlier session is missing): not imported; the next backup of the volume drops it",
                     t.name, v.name
                 ));
-            } else if !v.sessions.iter().any(|s| s.name == t.name) {
+            } else if !named(&t.name) {
                 report.push(format!(
                     "session {} of volume '{}' is in the archive but not in its root (added behind dom0's back): ignored",
                     t.name, v.name
