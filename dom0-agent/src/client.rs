@@ -46,6 +46,14 @@ pub enum RestoreFrame<'a> {
 }
 
 impl Client {
+    fn new(conn: Connection, ids: Option<VolumeIds>) -> Self {
+        Client {
+            conn,
+            ids,
+            newer_root: None,
+        }
+    }
+
     /// Connects for `op` to the archive dom0 knows as `meta`, refusing a
     /// receiver that holds another archive (or none).
     pub fn connect(dest: &Dest, reach: &Reach, meta: &ArchiveMeta, op: Operation) -> Result<Self> {
@@ -61,11 +69,7 @@ impl Client {
         meta: &ArchiveMeta,
     ) -> Result<Self> {
         let expect = &meta.params;
-        let mut c = Client {
-            conn,
-            ids: Some(meta.ids()),
-            newer_root: None,
-        };
+        let mut c = Client::new(conn, Some(meta.ids()));
         match c.conn.archive {
             Some(p) if p == *expect => Ok(c),
             Some(p) => bail!(
@@ -94,11 +98,7 @@ impl Client {
                 p.id.to_hex()
             );
         }
-        Ok(Client {
-            conn,
-            ids: None,
-            newer_root: None,
-        })
+        Ok(Client::new(conn, None))
     }
 
     /// Connects to an archive dom0 does not know yet (`arch-import`): any
@@ -107,22 +107,11 @@ impl Client {
     pub fn connect_any(dest: &Dest, reach: &Reach, op: Operation) -> Result<(Self, ArchiveParams)> {
         let conn = transport::connect(dest, reach, op, None)?;
         let Some(p) = conn.archive else {
-            let mut c = Client {
-                conn,
-                ids: None,
-                newer_root: None,
-            };
+            let mut c = Client::new(conn, None);
             c.call(&Request::ListVolumes { after: None })?;
             bail!("there is no archive at {dest}");
         };
-        Ok((
-            Client {
-                conn,
-                ids: None,
-                newer_root: None,
-            },
-            p,
-        ))
+        Ok((Client::new(conn, None), p))
     }
 
     /// Uses `meta`'s volume ids from now on (after `arch-import` made it).
@@ -338,8 +327,6 @@ impl Client {
         Ok(())
     }
 
-    /// Deletes a volume; false if the archive had no such volume (a
-    /// repeated delete).
     /// Drops `session`, the volume's newest in the archive.
     pub fn drop_session(&mut self, volume: &str, session: &str) -> Result<()> {
         self.call_ok(&Request::DropSession {
@@ -348,6 +335,8 @@ impl Client {
         })
     }
 
+    /// Deletes a volume; false if the archive had no such volume (a
+    /// repeated delete).
     pub fn delete_volume(&mut self, volume: &str) -> Result<bool> {
         let Some(rid) = self.rid(volume)? else {
             return Ok(false);

@@ -197,9 +197,8 @@ impl MetaStore {
     /// The archive this dom0 created at `dest`.
     pub fn find_by_dest(&self, dest: &str) -> Result<Option<ArchiveMeta>> {
         let dir = self.archives_dir();
-        match self.tidy(&dir) {
-            Err(e) if !dir.exists() => drop(e),
-            r => r?,
+        if dir.exists() {
+            self.tidy(&dir)?;
         }
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,

@@ -90,7 +90,6 @@ impl LocalDir {
                     .map(|s| self.base_path(volume, s))
                     .filter(|p| p.is_file());
                 let new_ext = fiemap::extents(&snap, &new_path)?;
-                let mut encoded = 0;
                 let plan = match (prev, base) {
                     (None, _) => Plan::Full {
                         data: data_map_from_extents(&new_ext, size, chunk_size),
@@ -106,7 +105,6 @@ impl LocalDir {
                             changed.set_bytes(s, e, chunk_size);
                         }
                         mark_size_change(&mut changed, old_size, size, chunk_size);
-                        encoded = reflink::encoded_bytes(&new_ext);
                         Plan::Changed { changed }
                     }
                     (Some(_), None) => Plan::Compare {
@@ -114,7 +112,7 @@ impl LocalDir {
                     },
                 };
                 let method = match plan {
-                    Plan::Changed { .. } if encoded > 0 => {
+                    Plan::Changed { .. } if reflink::encoded_bytes(&new_ext) > 0 => {
                         "reflink delta (compressed extents compared by content)"
                     }
                     Plan::Changed { .. } => "reflink delta",
