@@ -82,6 +82,37 @@ struct RootV2 {
     qubes: QubesCatalog,
 }
 
+/// Version 2 read as version 3: no change in flight.
+impl From<RootV2> for Root {
+    fn from(v2: RootV2) -> Root {
+        Root {
+            generation: v2.generation,
+            written: v2.written,
+            params: v2.params,
+            encrypt: v2.encrypt,
+            configured: v2.configured,
+            volumes: v2.volumes,
+            qubes: v2.qubes,
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// Version 1 read as version 2: no Qubes settings.
+impl From<RootV1> for RootV2 {
+    fn from(v1: RootV1) -> RootV2 {
+        RootV2 {
+            generation: v1.generation,
+            written: v1.written,
+            params: v1.params,
+            encrypt: v1.encrypt,
+            configured: v1.configured,
+            volumes: v1.volumes,
+            qubes: QubesCatalog::default(),
+        }
+    }
+}
+
 /// A root as version 1 wrote it.
 #[derive(Serialize, Deserialize)]
 struct RootV1 {
@@ -161,32 +192,15 @@ impl Root {
 
     /// Opens and checks a root read from the archive.
     pub fn open(keys: &Keys, bytes: &[u8]) -> Result<Root, RootError> {
+        // Older versions become the current one a version at a time.
         let r: Root = if bytes.starts_with(&ROOT_MAGIC_V1) {
             let v1: RootV1 =
                 codec::decode_large("root", &keys.open_record(&ROOT_MAGIC_V1, bytes)?)?;
-            Root {
-                generation: v1.generation,
-                written: v1.written,
-                params: v1.params,
-                encrypt: v1.encrypt,
-                configured: v1.configured,
-                volumes: v1.volumes,
-                qubes: QubesCatalog::default(),
-                pending: Vec::new(),
-            }
+            RootV2::from(v1).into()
         } else if bytes.starts_with(&ROOT_MAGIC_V2) {
             let v2: RootV2 =
                 codec::decode_large("root", &keys.open_record(&ROOT_MAGIC_V2, bytes)?)?;
-            Root {
-                generation: v2.generation,
-                written: v2.written,
-                params: v2.params,
-                encrypt: v2.encrypt,
-                configured: v2.configured,
-                volumes: v2.volumes,
-                qubes: v2.qubes,
-                pending: Vec::new(),
-            }
+            v2.into()
         } else {
             codec::decode_large("root", &keys.open_record(&ROOT_MAGIC, bytes)?)?
         };

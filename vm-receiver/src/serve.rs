@@ -62,9 +62,10 @@ pub fn serve<R: Read, W: Write>(
     } else {
         hold_to_write(opts)
     };
-    let mut archive = match &held {
-        Ok(_) => Archive::open(&opts.archive_dir),
-        Err(f) => Err(Failure::new(f.code, f.message.clone())),
+    // The lock lives in `_lock` until the connection ends.
+    let (_lock, mut archive) = match held {
+        Ok((lock, a)) => (lock, Ok(a)),
+        Err(f) => (None, Err(f)),
     };
     let params = archive
         .as_ref()
@@ -298,12 +299,17 @@ pub fn serve<R: Read, W: Write>(
     }
 }
 
+/// The lock a connection holds (none before the archive exists), and the
+/// archive, opened once under it.
+type Held = (Option<lock::Held>, Option<Archive>);
+
 /// What a writer holds for its connection: the writer lock, after
 /// finishing what a crash left, with the store held exclusive only for
 /// that.
-fn hold_to_write(opts: &ServeOptions) -> Result<Vec<lock::Held>, Failure> {
+fn hold_to_write(opts: &ServeOptions) -> Result<Held, Failure> {
     let writer = lock::writer(&opts.archive_dir, opts.lock_wait)?;
-    if let Some(a) = Archive::open(&opts.archive_dir)? {
+    let archive = Archive::open(&opts.archive_dir)?;
+    if let Some(a) = &archive {
         if a.needs_recovery()? {
             let _store = lock::store(&a.root, opts.lock_wait, "finishing an interrupted prune")?;
             a.recover(true)?;
@@ -311,23 +317,22 @@ fn hold_to_write(opts: &ServeOptions) -> Result<Vec<lock::Held>, Failure> {
             a.recover(false)?;
         }
     }
-    Ok(writer.into_iter().collect())
+    Ok((writer, archive))
 }
 
 /// What a reader holds for its connection: the store, shared. A crash's
 /// leftovers that a read would trip on (a prune half done) are finished
 /// first, as a writer would, before the shared lock is taken again.
-fn hold_to_read(opts: &ServeOptions) -> Result<Vec<lock::Held>, Failure> {
+fn hold_to_read(opts: &ServeOptions) -> Result<Held, Failure> {
     let shared = lock::reader(&opts.archive_dir, opts.lock_wait)?;
     match Archive::open(&opts.archive_dir)? {
         Some(a) if a.needs_recovery()? => {
             drop(shared);
-            drop(hold_to_write(opts)?);
-            Ok(lock::reader(&opts.archive_dir, opts.lock_wait)?
-                .into_iter()
-                .collect())
+            let (writer, archive) = hold_to_write(opts)?;
+            drop(writer);
+            Ok((lock::reader(&opts.archive_dir, opts.lock_wait)?, archive))
         }
-        _ => Ok(shared.into_iter().collect()),
+        archive => Ok((shared, archive)),
     }
 }
 

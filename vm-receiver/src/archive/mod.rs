@@ -32,6 +32,7 @@ pub const DELETING_PREFIX: &str = ".deleting-";
 /// A dropped session's directory while it is removed.
 pub const DROPPED: &str = ".dropped";
 
+/// Removes a file that may not exist.
 fn remove_file_if_exists(p: &Path) -> Result<()> {
     match fs::remove_file(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::io("remove", p, e)),
@@ -40,7 +41,7 @@ fn remove_file_if_exists(p: &Path) -> Result<()> {
 }
 
 /// Removes a directory tree that may not exist.
-fn remove_tree(p: &Path) -> Result<()> {
+pub(crate) fn remove_tree(p: &Path) -> Result<()> {
     match fs::remove_dir_all(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::io("remove", p, e)),
         _ => Ok(()),
@@ -234,13 +235,7 @@ impl Archive {
     pub fn recover(&self, store_held: bool) -> Result<()> {
         // A record upload cut short (writers only make them).
         for b in [protocol::message::Blob::Key, protocol::message::Blob::Root] {
-            let tmp = self.root.join(format!(".upload-{}", b.name()));
-            match fs::remove_file(&tmp) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Failure::io("remove", &tmp, e))
-                }
-                _ => {}
-            }
+            remove_file_if_exists(&self.root.join(format!(".upload-{}", b.name())))?;
         }
         let dir = self.root.join(VOLUMES_DIR);
         let rd = fs::read_dir(&dir).map_err(|e| Failure::io("list volumes", &dir, e))?;

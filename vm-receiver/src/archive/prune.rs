@@ -283,11 +283,7 @@ pub fn recover(archive: &Archive, volume: &str) -> Result<()> {
 }
 
 pub fn remove_pruned(vdir: &Path) -> Result<()> {
-    let p = vdir.join(PRUNED);
-    match fs::remove_dir_all(&p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::io("remove", &p, e)),
-        _ => Ok(()),
-    }
+    super::remove_tree(&vdir.join(PRUNED))
 }
 
 fn roll_back(archive: &Archive, volume: &str, j: &Journal) -> Result<()> {
