@@ -1,4 +1,4 @@
-//! dom0's side of the archive's root (`protocol::root`): built from dom0's
+//! dom0's side of the archive's root (`sealed::root`): built from dom0's
 //! records, sealed and stored in the archive after every change dom0
 //! makes there, and read back (and authenticated) at every connection.
 //!
@@ -6,17 +6,22 @@
 //! made and recorded in dom0 first; then the new root (generation + 1) is
 //! written; dom0 records the generation only once the receiver said Ok. A
 //! run cut between the two leaves a root one change behind dom0's records,
-//! which the next connection finds (same generation, different content)
-//! and rewrites. A root *older* than the generation dom0 recorded is a
+//! which the next connection finds (dom0's records marked dirty) and
+//! rewrites. A root *older* than the generation dom0 recorded is a
 //! rollback of the archive: refused, unless the user says they rolled it
 //! back on purpose (`--accept-rollback`).
+//!
+//! Every attempt to write a root consumes a generation (recorded before
+//! the root is sent), and dom0 keeps the hash of the newest root it wrote
+//! or accepted: a root of that generation with other bytes is a second
+//! history the backup qube could choose between, and is refused.
 
 use crate::client::Client;
-use crate::meta::ArchiveMeta;
+use crate::meta::{ArchiveMeta, RootDigest};
 use anyhow::{bail, Context, Result};
-use protocol::keys::Keys;
 use protocol::message::Blob;
-use protocol::root::{Pending, Root, RootSession, RootVolume};
+use sealed::keys::Keys;
+use sealed::root::{Pending, Root, RootSession, RootVolume};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now() -> u64 {
@@ -61,6 +66,8 @@ pub fn build(meta: &ArchiveMeta) -> Result<Root> {
         configured: meta.rec.volumes.clone(),
         volumes,
         qubes: meta.qubes()?,
+        key_hash: meta.wrapped_key()?.map(|k| *blake3::hash(&k).as_bytes()),
+        legacy_clear: meta.rec.legacy_clear && !meta.rec.encrypt,
     })
 }
 
@@ -83,10 +90,7 @@ fn pending(meta: &ArchiveMeta, volumes: &[RootVolume]) -> Result<Vec<Pending>> {
             .sessions
             .windows(2)
             .any(|w| w[0].name == i.pruned && w[1].name == i.into);
-        let mac = i
-            .manifest_mac
-            .as_deref()
-            .and_then(protocol::keys::parse_hex);
+        let mac = i.manifest_mac.as_deref().and_then(sealed::keys::parse_hex);
         if let (true, Some(manifest_mac)) = (consecutive, mac) {
             out.push(Pending::Prune {
                 volume: v.name.clone(),
@@ -118,29 +122,34 @@ pub fn publish(meta: &ArchiveMeta, client: &mut Client) -> Result<u64> {
             return Err(e);
         }
     };
-    root.generation = meta.generation()? + 1;
+    root.generation = meta.next_generation()?;
+    let bytes = seal(&root, &meta.keys)?;
+    meta.record_attempt(root.generation, bytes.len())?;
     let res = client
-        .put_blob(Blob::Root, &seal(&root, &meta.keys)?)
+        .put_blob(Blob::Root, &bytes)
         .context("writing the archive's root record");
     if res.is_err() {
         meta.mark_dirty()?;
     }
     res?;
-    meta.set_generation(root.generation)?;
+    meta.set_seen(root.generation, &RootDigest::of(&bytes))?;
     Ok(root.generation)
 }
 
-/// Reads and authenticates the archive's root.
-pub fn fetch(client: &mut Client, keys: &Keys) -> Result<Root> {
+/// Reads and authenticates the archive's root, at most `cap` bytes (see
+/// `ArchiveMeta::root_cap`); also its sealed bytes.
+pub fn fetch(client: &mut Client, keys: &Keys, cap: u64) -> Result<(Root, RootDigest)> {
     let bytes = client
-        .get_blob(Blob::Root, Blob::Root.cap())
+        .get_blob(Blob::Root, cap)
         .context("reading the archive's root record")?;
-    Root::open(keys, &bytes).with_context(|| {
+    let digest = RootDigest::of(&bytes);
+    let root = Root::open_in_place(keys, bytes).with_context(|| {
         format!(
             "the archive's root record at {} does not authenticate with this archive's key",
             client.label()
         )
-    })
+    })?;
+    Ok((root, digest))
 }
 
 /// At every connection: the root must authenticate and be no older than
@@ -154,8 +163,8 @@ pub fn check_fresh(
     accept_rollback: bool,
     fix: bool,
 ) -> Result<Root> {
-    let root = fetch(client, &meta.keys)?;
-    let seen = meta.generation()?;
+    let (root, digest) = fetch(client, &meta.keys, meta.root_cap()?)?;
+    let (seen, seen_hash) = meta.seen()?;
     if root.generation < seen {
         if !accept_rollback {
             bail!(
@@ -168,10 +177,18 @@ pub fn check_fresh(
             "accepting the rolled-back root (generation {} < {seen}) as asked; run arch-import to make dom0's records match it",
             root.generation
         ));
-        meta.set_generation(root.generation)?;
+        meta.set_seen(root.generation, &digest)?;
         return Ok(root);
     } else if root.generation > seen {
-        meta.set_generation(root.generation)?;
+        meta.set_seen(root.generation, &digest)?;
+    } else if seen_hash.is_some_and(|h| h != digest.hash) {
+        bail!(
+            "the archive at {} holds a root of generation {seen} that is not the one dom0 wrote or accepted at that generation: the backup qube is showing another history of the archive (or a second dom0 with this archive's key writes to it; if so, run arch-import on the one you keep)",
+            client.label()
+        );
+    } else if seen_hash.is_none() {
+        // Recorded by an earlier version: the hash is known from now on.
+        meta.set_seen(root.generation, &digest)?;
     }
     // dom0's records changed since the root was written (a run cut before
     // it was rewritten), or someone else wrote it: compare.

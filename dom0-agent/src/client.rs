@@ -15,11 +15,11 @@ use crate::transport::dest::Dest;
 use crate::transport::{self, remote_error, Connection, Reach};
 use anyhow::{anyhow, bail, Context, Result};
 use protocol::chunk::ChunkHeader;
-use protocol::keys::VolumeId;
 use protocol::message::{
     ArchiveParams, Blob, ErrorCode, Finding, Operation, Reply, Request, SessionInfo, DATA_PART,
 };
 use protocol::stream::{Incoming, StreamError};
+use sealed::keys::VolumeId;
 
 pub struct Client {
     conn: Connection,
@@ -27,7 +27,10 @@ pub struct Client {
     ids: Option<VolumeIds>,
     /// The archive's root as found on connecting, where it was newer than
     /// any dom0 had seen: what it names, dom0 never drops.
-    pub newer_root: Option<protocol::root::Root>,
+    pub newer_root: Option<sealed::root::Root>,
+    /// What was wrong with the archive's wrapped key on connecting
+    /// (`keycheck`), for `arch-check` to report.
+    pub key_findings: Vec<String>,
 }
 
 /// What the receiver's archive check found.
@@ -51,6 +54,7 @@ impl Client {
             conn,
             ids,
             newer_root: None,
+            key_findings: Vec::new(),
         }
     }
 
@@ -213,8 +217,18 @@ impl Client {
     pub fn get_blob(&mut self, blob: Blob, cap: u64) -> Result<Vec<u8>> {
         self.send(&Request::GetBlob { blob })?;
         let mut s = ManifestStream::new(&mut self.conn, cap, blob.name());
+        // Grown a part at a time, never doubled: a record near its cap
+        // costs its size, not twice it.
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut s, &mut out)?;
+        loop {
+            s.fill_if_empty()?;
+            let part = s.take_part();
+            if part.is_empty() {
+                break;
+            }
+            out.reserve_exact(part.len());
+            out.extend_from_slice(part);
+        }
         s.drain()?;
         Ok(out)
     }
@@ -625,6 +639,21 @@ impl<'a> ManifestStream<'a> {
             ),
         }
         Ok(())
+    }
+
+    /// Reads the next part if the current one is used up.
+    fn fill_if_empty(&mut self) -> Result<()> {
+        while self.pos == self.buf.len() && !self.done {
+            self.fill()?;
+        }
+        Ok(())
+    }
+
+    /// The rest of the current part (empty at the end of the stream).
+    fn take_part(&mut self) -> &[u8] {
+        let p = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        p
     }
 
     /// Reads to the end of the stream so the connection stays usable; an

@@ -122,6 +122,7 @@ impl Ctx {
             self.accept_rollback,
             op != Operation::Restore,
         )?;
+        c.key_findings = crate::keycheck::check(meta, &mut c, &root, op != Operation::Restore)?;
         if root.generation > seen {
             c.newer_root = Some(root);
         }

@@ -5,10 +5,11 @@
 //! Layout: `cli` parses, `commands/` holds one file per verb, `context`
 //! merges config and flags. Below them: `client` (the one place that talks
 //! to the receiver) over `transport` (processes, pipes, timeouts);
-//! `reconcile` (settling interrupted runs); `meta` (dom0's records);
+//! `reconcile` (settling interrupted runs); `keycheck` (the archive's
+//! wrapped key, checked at every connection); `meta` (dom0's records);
 //! `source/` (volumes and their deltas), `pipeline` (read, seal, in order)
 //! and `target` (where restores write). Chunks are sealed and opened only
-//! by `protocol::envelope`.
+//! by `sealed::envelope`.
 
 pub mod browse;
 pub mod catalog;
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod context;
 pub mod interrupt;
+pub mod keycheck;
 pub mod meta;
 pub mod passphrase;
 pub mod pipeline;

@@ -13,11 +13,11 @@
 //! committed (see `backup.rs` for how a pending session is resolved).
 
 use anyhow::{bail, Context, Result};
-use protocol::keys::{KeyFile, Keys, VolumeId};
 use protocol::manifest::{ManifestReader, ManifestWriter};
 use protocol::merge::{merge_view, MergeView, ViewSource};
 use protocol::message::{ArchiveId, ArchiveParams, Compression, SessionInfo};
 use protocol::names::{validate_session_name, validate_volume_name};
+use sealed::keys::{KeyFile, Keys, VolumeId};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
@@ -62,6 +62,24 @@ pub struct ArchiveRecord {
     /// Volumes that `backup` with no arguments backs up.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// An `--encrypt off` archive made before clear chunks carried a MAC
+    /// (true in records that predate the field): only it may hold such
+    /// chunks, and only in it are they read.
+    #[serde(default = "legacy")]
+    pub legacy_clear: bool,
+}
+
+fn legacy() -> bool {
+    true
+}
+
+impl ArchiveRecord {
+    /// The archive's keys, as this record says to use them.
+    pub fn keys(&self, key: &KeyFile) -> Keys {
+        let mut k = key.keys();
+        k.legacy_clear = self.legacy_clear && !self.encrypt;
+        k
+    }
 }
 
 impl ArchiveRecord {
@@ -89,6 +107,22 @@ pub fn parse_compression(s: &str) -> Result<Compression> {
         _ => bail!("unknown compression '{s}' (use zstd:LEVEL or none)"),
     };
     Ok(c.validate()?)
+}
+
+/// What dom0 keeps of a sealed root's bytes: their BLAKE3 and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootDigest {
+    pub hash: [u8; 32],
+    pub len: usize,
+}
+
+impl RootDigest {
+    pub fn of(sealed: &[u8]) -> Self {
+        RootDigest {
+            hash: *blake3::hash(sealed).as_bytes(),
+            len: sealed.len(),
+        }
+    }
 }
 
 pub struct MetaStore {
@@ -148,13 +182,22 @@ impl VolumeIds {
 }
 
 pub const KEY_FILE: &str = "key";
+/// `GENERATION [HASH]`: the newest root generation dom0 wrote or
+/// accepted, and the BLAKE3 of that root's bytes (absent where an earlier
+/// version wrote the file).
 const GENERATION_FILE: &str = "generation";
+/// The newest generation dom0 tried to write: a generation is consumed by
+/// every attempt, so two different roots never carry the same one.
+const ATTEMPTED_FILE: &str = "generation.attempted";
+/// The wrapped key (`keys::WrappedKey`'s bytes) the archive must hold,
+/// as dom0 wrote or pinned it.
+const WRAPPED_KEY_FILE: &str = "wrapped-key";
 const DIRTY_FILE: &str = "root.dirty";
 const ID_FILE: &str = "id";
 const MAC_FILE: &str = "mac";
 const MODE_FILE: &str = "mode";
 const DAMAGED_FILE: &str = "damaged";
-/// The Qubes settings of every backup run (`protocol::qubes`), as the
+/// The Qubes settings of every backup run (`sealed::qubes`), as the
 /// sealed root carries them.
 const QUBES_FILE: &str = "qubes";
 
@@ -240,7 +283,7 @@ impl ArchiveMeta {
         sysio::atomic::write_atomic_mode(&kp, key.encode().as_bytes(), 0o600)
             .with_context(|| format!("unable to write key file '{}'", kp.display()))?;
         let a = ArchiveMeta {
-            keys: Arc::new(key.keys()),
+            keys: Arc::new(rec.keys(key)),
             dir,
             rec,
             params,
@@ -271,7 +314,7 @@ impl ArchiveMeta {
         }
         Ok(ArchiveMeta {
             dir: dir.to_path_buf(),
-            keys: Arc::new(key.keys()),
+            keys: Arc::new(rec.keys(&key)),
             rec,
             params,
         })
@@ -297,13 +340,12 @@ impl ArchiveMeta {
     }
 
     /// The Qubes settings recorded so far (empty if none).
-    pub fn qubes(&self) -> Result<protocol::qubes::QubesCatalog> {
+    pub fn qubes(&self) -> Result<sealed::qubes::QubesCatalog> {
         let p = self.dir.join(QUBES_FILE);
         match fs::read(&p) {
             Ok(b) => {
-                let c: protocol::qubes::QubesCatalog =
-                    protocol::codec::decode_large("qubes", &b)
-                        .with_context(|| format!("unable to read '{}'", p.display()))?;
+                let c: sealed::qubes::QubesCatalog = protocol::codec::decode_large("qubes", &b)
+                    .with_context(|| format!("unable to read '{}'", p.display()))?;
                 c.validate()
                     .with_context(|| format!("'{}' is not valid", p.display()))?;
                 Ok(c)
@@ -314,7 +356,7 @@ impl ArchiveMeta {
     }
 
     /// Records `c` (the root must then be rewritten: marked dirty first).
-    pub fn set_qubes(&self, c: &protocol::qubes::QubesCatalog) -> Result<()> {
+    pub fn set_qubes(&self, c: &sealed::qubes::QubesCatalog) -> Result<()> {
         self.mark_dirty()?;
         write_atomic(
             &self.dir.join(QUBES_FILE),
@@ -324,19 +366,111 @@ impl ArchiveMeta {
 
     /// The newest root generation dom0 has written or accepted.
     pub fn generation(&self) -> Result<u64> {
+        Ok(self.seen()?.0)
+    }
+
+    /// The newest root dom0 has written or accepted: its generation and,
+    /// where recorded, the hash of its bytes.
+    pub fn seen(&self) -> Result<(u64, Option<[u8; 32]>)> {
+        let (g, h, _) = self.seen_record()?;
+        Ok((g, h))
+    }
+
+    /// `GENERATION [HASH [LEN]]`.
+    fn seen_record(&self) -> Result<(u64, Option<[u8; 32]>, Option<u64>)> {
         let p = self.dir.join(GENERATION_FILE);
+        let bad = || format!("unable to parse '{}'", p.display());
         match fs::read_to_string(&p) {
-            Ok(t) => t
-                .trim()
-                .parse()
-                .with_context(|| format!("unable to parse '{}'", p.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Ok(t) => {
+                let mut w = t.split_whitespace();
+                let g = w.next().unwrap_or("").parse().with_context(bad)?;
+                let h = match w.next() {
+                    Some(h) => Some(sealed::keys::parse_hex(h).with_context(bad)?),
+                    None => None,
+                };
+                let len = w.next().map(str::parse).transpose().with_context(bad)?;
+                Ok((g, h, len))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, None, None)),
             Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
         }
     }
 
-    pub fn set_generation(&self, g: u64) -> Result<()> {
-        write_atomic(&self.dir.join(GENERATION_FILE), format!("{g}\n").as_bytes())
+    /// Records `root` as the newest root of generation `g` dom0 has
+    /// written or accepted.
+    pub fn set_seen(&self, g: u64, root: &RootDigest) -> Result<()> {
+        let h = sealed::keys::hex(&root.hash);
+        write_atomic(
+            &self.dir.join(GENERATION_FILE),
+            format!("{g} {h} {}\n", root.len).as_bytes(),
+        )
+    }
+
+    /// `GENERATION LEN` of the newest root dom0 tried to write.
+    fn attempted(&self) -> Result<(u64, Option<u64>)> {
+        let p = self.dir.join(ATTEMPTED_FILE);
+        let bad = || format!("unable to parse '{}'", p.display());
+        match fs::read_to_string(&p) {
+            Ok(t) => {
+                let mut w = t.split_whitespace();
+                let g = w.next().unwrap_or("").parse().with_context(bad)?;
+                let len = w.next().map(str::parse).transpose().with_context(bad)?;
+                Ok((g, len))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, None)),
+            Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
+        }
+    }
+
+    /// The generation the next root dom0 writes takes: one past any it
+    /// wrote, accepted or tried to write.
+    pub fn next_generation(&self) -> Result<u64> {
+        Ok(self.generation()?.max(self.attempted()?.0) + 1)
+    }
+
+    /// Records that a root of generation `g`, `len` bytes, is about to be
+    /// sent: the generation is consumed whether or not it lands.
+    pub fn record_attempt(&self, g: u64, len: usize) -> Result<()> {
+        write_atomic(
+            &self.dir.join(ATTEMPTED_FILE),
+            format!("{g} {len}\n").as_bytes(),
+        )
+    }
+
+    /// The most bytes of root dom0 accepts from the receiver: the larger
+    /// of the last root it wrote or accepted and the last it tried to
+    /// write, plus one part; the protocol's cap where neither is recorded.
+    pub fn root_cap(&self) -> Result<u64> {
+        let cap = protocol::message::Blob::Root.cap();
+        let (_, _, seen) = self.seen_record()?;
+        let (_, tried) = self.attempted()?;
+        Ok(match seen.max(tried) {
+            Some(n) => cap.min(n.saturating_add(protocol::message::DATA_PART as u64)),
+            None => cap,
+        })
+    }
+
+    /// The wrapped key the archive must hold, if dom0 has one recorded.
+    pub fn wrapped_key(&self) -> Result<Option<Vec<u8>>> {
+        let p = self.dir.join(WRAPPED_KEY_FILE);
+        match fs::read(&p) {
+            Ok(b) => {
+                sealed::keys::WrappedKey::decode(&b)
+                    .with_context(|| format!("'{}' is not a wrapped key", p.display()))?;
+                Ok(Some(b))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
+        }
+    }
+
+    /// Records the wrapped key the archive must hold (the root, which pins
+    /// its hash, must then be rewritten: marked dirty first).
+    pub fn set_wrapped_key(&self, bytes: &[u8]) -> Result<()> {
+        self.mark_dirty()?;
+        let p = self.dir.join(WRAPPED_KEY_FILE);
+        sysio::atomic::write_atomic_mode(&p, bytes, 0o600)
+            .with_context(|| format!("unable to write '{}'", p.display()))
     }
 
     pub fn ids(&self) -> VolumeIds {
@@ -472,7 +606,7 @@ impl ArchiveMeta {
         let p = self.session_dir(volume, session)?.join(MAC_FILE);
         let t =
             fs::read_to_string(&p).with_context(|| format!("unable to read '{}'", p.display()))?;
-        protocol::keys::parse_hex(t.trim()).with_context(|| format!("bad MAC in '{}'", p.display()))
+        sealed::keys::parse_hex(t.trim()).with_context(|| format!("bad MAC in '{}'", p.display()))
     }
 
     pub fn save(&self) -> Result<()> {
@@ -858,7 +992,7 @@ fn write_mac(dir: &Path, manifest: &Path, name: &str, keys: &Keys) -> Result<()>
     let m = file_mac(manifest, keys)?;
     write_atomic(
         &dir.join(name),
-        format!("{}\n", protocol::keys::hex(&m)).as_bytes(),
+        format!("{}\n", sealed::keys::hex(&m)).as_bytes(),
     )
 }
 

@@ -1,11 +1,20 @@
 //! The passphrase: from `--passphrase-file` (its first line) or from the
 //! controlling terminal, without echo. Never from an argument or the
 //! environment (both are visible to other processes).
+//!
+//! The KDF sees it in Unicode NFC, so the same words typed where accents
+//! arrive decomposed (another keyboard, another system at recovery) open
+//! the archive; a key wrapped before that was done is still tried with the
+//! bytes as typed. A new passphrase that looks weak is warned about: it
+//! is all that stands between the backup qube and the data.
 
 use anyhow::{bail, Context, Result};
 use nix::sys::termios::{self, LocalFlags, SetArg};
+use protocol::message::ArchiveId;
+use sealed::keys::{KdfParams, KeyError, MasterKey, WrappedKey};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use unicode_normalization::UnicodeNormalization;
 use zeroize::Zeroizing;
 
 pub type Passphrase = Zeroizing<String>;
@@ -25,7 +34,83 @@ pub fn read(file: Option<&Path>, prompt: &str, confirm: bool) -> Result<Passphra
     if p.is_empty() {
         bail!("the passphrase is empty: nothing was changed");
     }
+    if confirm {
+        if let Some(w) = weakness(&p) {
+            crate::report::warn(format!(
+                "the new passphrase is weak: {w}. Anyone who gets the archive (the backup qube, a stolen disk) can try guesses offline; four or more random words are far stronger"
+            ));
+        }
+    }
     Ok(p)
+}
+
+/// Why a new passphrase looks weak, if it does: short, or little
+/// variety. A rough guess (about bits of entropy for random characters
+/// from the classes used), never a refusal: the user may know better.
+pub fn weakness(p: &str) -> Option<String> {
+    let chars: Vec<char> = p.chars().collect();
+    if chars.len() < 12 {
+        return Some(format!("only {} characters", chars.len()));
+    }
+    let mut pool = 0u32;
+    for (has, size) in [
+        (chars.iter().any(|c| c.is_ascii_lowercase()), 26),
+        (chars.iter().any(|c| c.is_ascii_uppercase()), 26),
+        (chars.iter().any(|c| c.is_ascii_digit()), 10),
+        (
+            chars
+                .iter()
+                .any(|c| c.is_ascii() && !c.is_ascii_alphanumeric()),
+            33,
+        ),
+        (chars.iter().any(|c| !c.is_ascii()), 100),
+    ] {
+        if has {
+            pool += size;
+        }
+    }
+    let distinct = chars
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    // Repeats add little: count at most two uses of each character.
+    let effective = chars.len().min(2 * distinct);
+    let bits = effective as f64 * f64::from(pool).log2();
+    (bits < 60.0).then(|| format!("about {bits:.0} bits of entropy at best"))
+}
+
+/// The passphrase as the KDF sees it (NFC).
+fn kdf_bytes(p: &str) -> Zeroizing<String> {
+    Zeroizing::new(p.nfc().collect())
+}
+
+/// Wraps `master` with `pass` (NFC), fresh salt and nonce.
+pub fn wrap(
+    master: &MasterKey,
+    archive: ArchiveId,
+    encrypt: bool,
+    pass: &str,
+    kdf: KdfParams,
+) -> Result<WrappedKey> {
+    Ok(WrappedKey::wrap(
+        master,
+        archive,
+        encrypt,
+        kdf_bytes(pass).as_bytes(),
+        kdf,
+        crate::random::bytes()?,
+        crate::random::bytes()?,
+    )?)
+}
+
+/// Unwraps `w` with `pass`: NFC first, then as typed where that differs
+/// (a key wrapped before passphrases were normalised).
+pub fn unwrap(w: &WrappedKey, pass: &str) -> Result<MasterKey, KeyError> {
+    let nfc = kdf_bytes(pass);
+    match w.unwrap(nfc.as_bytes()) {
+        Err(KeyError::Passphrase) if *nfc != pass => w.unwrap(pass.as_bytes()),
+        r => r,
+    }
 }
 
 fn from_file(f: &Path) -> Result<Passphrase> {

@@ -11,9 +11,9 @@
 use crate::meta::View;
 use anyhow::{anyhow, Context, Result};
 use protocol::chunk::{Codec, Hash};
-use protocol::envelope::{self, Place, Sealer};
-use protocol::keys::{Keys, VolumeId};
 use protocol::message::Compression;
+use sealed::envelope::{self, Place, Sealer};
+use sealed::keys::{Keys, VolumeId};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -5,8 +5,8 @@
 //! the receiver's keyless check accepts what was sealed.
 
 use libfuzzer_sys::fuzz_target;
-use protocol::envelope::{check_stored, sealed_bound, Opener, Place, Sealer};
-use protocol::keys::{Keys, MasterKey, VolumeId};
+use sealed::envelope::{check_stored, sealed_bound, Opener, Place, Sealer};
+use sealed::keys::{Keys, MasterKey, VolumeId};
 use protocol::message::ArchiveId;
 use std::sync::Arc;
 

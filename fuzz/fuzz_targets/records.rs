@@ -5,9 +5,9 @@
 //! and no allocation beyond the record's own bound.
 
 use libfuzzer_sys::fuzz_target;
-use protocol::keys::{KeyFile, Keys, MasterKey, WrappedKey};
+use sealed::keys::{KeyFile, Keys, MasterKey, WrappedKey};
 use protocol::message::ArchiveId;
-use protocol::root::Root;
+use sealed::root::Root;
 
 fuzz_target!(|data: &[u8]| {
     // Decoding only: unwrapping runs Argon2id at 64 MiB, far too slow here

@@ -118,6 +118,28 @@ pub fn decode_sealed<T: DeserializeOwned>(
     decode(what, &body[8..])
 }
 
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Exactly `N` bytes of hex.
+pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut b = [0u8; N];
+    unhex(s, &mut b)?;
+    Some(b)
+}
+
+/// Lowercase or uppercase hex of exactly `out.len()` bytes.
+pub fn unhex(s: &str, out: &mut [u8]) -> Option<()> {
+    if s.len() != out.len() * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

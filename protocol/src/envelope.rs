@@ -1,35 +1,30 @@
-//! The chunk envelope: how a chunk's plaintext becomes the bytes that are
-//! stored and sent, and back. The one place that seals and opens chunks:
-//! the agent seals during a backup and opens during a restore or verify;
-//! the receiver, which has no key, only checks an envelope's frame and CRC
-//! (bit rot) during an archive check.
-//!
-//! Sealing computes the chunk's keyed id (what the manifest pins),
-//! compresses with zstd when that saves space, and encrypts with
-//! XChaCha20-Poly1305 under a random nonce, the archive, volume, address
-//! and length bound as associated data — or, in an archive made with
-//! `--encrypt off`, stores the compressed bytes in the clear (the keyed id
-//! still authenticates them). Opening checks the CRC, decrypts,
-//! decompresses into a caller's buffer of exactly the chunk's length (a
-//! decompression bomb is an error, never an allocation) and checks the id.
+//! The chunk envelope's frame, as both sides read it: its kinds, its size
+//! bounds and its CRC. Sealing and opening (which need the key) are dom0's,
+//! in `sealed::envelope`; the receiver, which has no key, checks only what
+//! is here when a chunk arrives and in an archive check (bit rot,
+//! truncation, a kind it cannot keep).
 //!
 //! Layout (see `FORMAT.md`): `kind u8 | [nonce 24] | body | [tag 16] |
-//! crc32le`, body = `compression u8 | bytes`, encrypted for kind 1.
-//! Pure: no I/O; the caller supplies nonces and owns the buffers.
-
-use crate::chunk::Hash;
-use crate::keys::{Keys, VolumeId, NONCE_LEN, TAG_LEN};
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{Tag, XNonce};
-use std::sync::Arc;
+//! crc32le` for kind 1 (encrypted), `kind u8 | body | mac 16 | crc32le`
+//! for kind 3 (clear, authenticated), `kind u8 | body | crc32le` for kind
+//! 2 (clear, as archives made before kind 3 hold it); body =
+//! `compression u8 | bytes`.
 
 /// Envelope kinds.
 pub const KIND_AEAD: u8 = 1;
+/// Clear, no MAC: written before kind 3, read only where the archive may
+/// hold it (dom0 refuses it in an archive made since).
 pub const KIND_CLEAR: u8 = 2;
+/// Clear with a keyed MAC over its place and body, checked before the body
+/// is decompressed.
+pub const KIND_CLEAR_MAC: u8 = 3;
 /// Body compression flags.
-const STORED: u8 = 0;
-const ZSTD: u8 = 1;
-const CRC_LEN: usize = 4;
+pub const STORED: u8 = 0;
+pub const ZSTD: u8 = 1;
+pub const CRC_LEN: usize = 4;
+/// XChaCha20-Poly1305's nonce and tag; the clear MAC is as long as a tag.
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
 
 /// Bytes an envelope adds to a chunk stored uncompressed, at most.
 pub const OVERHEAD: usize = 1 + NONCE_LEN + 1 + TAG_LEN + CRC_LEN;
@@ -43,102 +38,9 @@ pub fn max_stored(raw_len: usize) -> usize {
 /// The smallest well-formed envelope.
 pub const MIN_STORED: usize = 1 + 1 + CRC_LEN;
 
-/// The room [`Sealer::seal`] needs in `out` for `len` plaintext bytes.
+/// The room sealing needs for `len` plaintext bytes.
 pub fn sealed_bound(len: usize) -> usize {
     OVERHEAD + zstd::zstd_safe::compress_bound(len).max(len)
-}
-
-/// Where a chunk belongs: bound into its envelope, so a chunk moved to
-/// another volume, address or archive does not open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Place {
-    pub volume: VolumeId,
-    pub addr: u64,
-    pub raw_len: u32,
-}
-
-fn ad(keys: &Keys, at: &Place) -> [u8; 52] {
-    let mut a = [0u8; 52];
-    a[..8].copy_from_slice(b"SBKCHNK1");
-    a[8..24].copy_from_slice(&keys.archive.0);
-    a[24..40].copy_from_slice(&at.volume.0);
-    a[40..48].copy_from_slice(&at.addr.to_le_bytes());
-    a[48..].copy_from_slice(&at.raw_len.to_le_bytes());
-    a
-}
-
-/// Seals chunks: one per worker thread (it holds a zstd context).
-pub struct Sealer {
-    zstd: Option<zstd::bulk::Compressor<'static>>,
-    keys: Arc<Keys>,
-}
-
-impl Sealer {
-    /// `level`: the zstd level, None for no compression.
-    pub fn new(level: Option<i32>, keys: Arc<Keys>) -> std::io::Result<Self> {
-        Ok(Sealer {
-            zstd: level.map(zstd::bulk::Compressor::new).transpose()?,
-            keys,
-        })
-    }
-
-    /// A chunk's keyed id (what [`Sealer::seal`] returns), to compare a
-    /// chunk with a manifest entry without sealing it.
-    pub fn id(&self, plain: &[u8]) -> Hash {
-        self.keys.chunk_id(plain)
-    }
-
-    /// Seals a non-zero chunk into `out` (cleared first; it must have room
-    /// for [`sealed_bound`] bytes) and returns its keyed id. `nonce` must
-    /// be fresh random bytes (ignored by an `--encrypt off` archive).
-    pub fn seal(
-        &mut self,
-        plain: &[u8],
-        at: &Place,
-        nonce: [u8; NONCE_LEN],
-        out: &mut Vec<u8>,
-    ) -> std::io::Result<Hash> {
-        let id = self.keys.chunk_id(plain);
-        out.clear();
-        let enc = self.keys.encrypt;
-        out.push(if enc { KIND_AEAD } else { KIND_CLEAR });
-        if enc {
-            out.extend_from_slice(&nonce);
-        }
-        let body = out.len();
-        let bound = zstd::zstd_safe::compress_bound(plain.len());
-        let compressed = match &mut self.zstd {
-            Some(c) => {
-                out.resize(body + 1 + bound, 0);
-                let n = c.compress_to_buffer(plain, &mut out[body + 1..])?;
-                out.truncate(body + 1 + n);
-                n < plain.len()
-            }
-            None => false,
-        };
-        if compressed {
-            out[body] = ZSTD;
-        } else {
-            out.truncate(body);
-            out.push(STORED);
-            out.extend_from_slice(plain);
-        }
-        if enc {
-            let tag = self
-                .keys
-                .chunk_cipher()
-                .encrypt_in_place_detached(
-                    XNonce::from_slice(&nonce),
-                    &ad(&self.keys, at),
-                    &mut out[body..],
-                )
-                .map_err(|_| std::io::Error::other("chunk too large to seal"))?;
-            out.extend_from_slice(&tag);
-        }
-        let crc = crc32fast::hash(out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        Ok(id)
-    }
 }
 
 /// Why a stored chunk did not open.
@@ -180,242 +82,57 @@ pub fn check_stored(stored: &[u8], raw_len: usize) -> Result<u8, OpenError> {
     if crc32fast::hash(body).to_le_bytes() != crc {
         return Err(OpenError::Crc);
     }
+    let short = |least: usize| body.len() < least;
     match body[0] {
-        KIND_AEAD if body.len() < 1 + NONCE_LEN + 1 + TAG_LEN => Err(OpenError::Size {
+        KIND_AEAD if short(1 + NONCE_LEN + 1 + TAG_LEN) => Err(OpenError::Size {
             stored: stored.len(),
             expected: raw_len,
         }),
-        k @ (KIND_AEAD | KIND_CLEAR) => Ok(k),
-        k => Err(OpenError::Kind(k)),
-    }
-}
-
-fn mode(enc: bool) -> &'static str {
-    if enc {
-        "encrypted"
-    } else {
-        "clear"
-    }
-}
-
-/// Opens chunks: one per worker (it holds a scratch buffer).
-pub struct Opener {
-    keys: Arc<Keys>,
-    scratch: Vec<u8>,
-}
-
-impl Opener {
-    pub fn new(keys: Arc<Keys>) -> Self {
-        Opener {
-            keys,
-            scratch: Vec::new(),
-        }
-    }
-
-    /// Opens an envelope for the chunk at `at` whose manifest id is
-    /// `expect`; the plaintext lands in `plain` (at least `at.raw_len`
-    /// bytes) and is returned.
-    pub fn open<'a>(
-        &mut self,
-        stored: &[u8],
-        at: &Place,
-        expect: &Hash,
-        plain: &'a mut [u8],
-    ) -> Result<&'a [u8], OpenError> {
-        let raw_len = at.raw_len as usize;
-        let kind = check_stored(stored, raw_len)?;
-        let enc = kind == KIND_AEAD;
-        if enc != self.keys.encrypt {
-            return Err(OpenError::Mode {
-                found: mode(enc),
-                expected: mode(self.keys.encrypt),
-            });
-        }
-        let framed = &stored[..stored.len() - CRC_LEN];
-        let body: &[u8] = if enc {
-            let nonce = XNonce::from_slice(&framed[1..1 + NONCE_LEN]);
-            let (ct, tag) =
-                framed[1 + NONCE_LEN..].split_at(framed.len() - 1 - NONCE_LEN - TAG_LEN);
-            self.scratch.clear();
-            self.scratch.extend_from_slice(ct);
-            self.keys
-                .chunk_cipher()
-                .decrypt_in_place_detached(
-                    nonce,
-                    &ad(&self.keys, at),
-                    &mut self.scratch,
-                    Tag::from_slice(tag),
-                )
-                .map_err(|_| OpenError::Authentication)?;
-            &self.scratch
-        } else {
-            &framed[1..]
-        };
-        let (flag, bytes) = body.split_first().ok_or(OpenError::Size {
+        KIND_CLEAR_MAC if short(1 + 1 + TAG_LEN) => Err(OpenError::Size {
             stored: stored.len(),
             expected: raw_len,
-        })?;
-        let out = &mut plain[..raw_len];
-        match *flag {
-            STORED if bytes.len() == raw_len => out.copy_from_slice(bytes),
-            STORED => {
-                return Err(OpenError::Length {
-                    got: bytes.len(),
-                    expected: raw_len,
-                })
-            }
-            ZSTD => {
-                // Bounded: output larger than the chunk is an error.
-                let n = zstd::bulk::decompress_to_buffer(bytes, &mut *out)
-                    .map_err(|e| OpenError::Decompress(e.to_string()))?;
-                if n != raw_len {
-                    return Err(OpenError::Length {
-                        got: n,
-                        expected: raw_len,
-                    });
-                }
-            }
-            f => return Err(OpenError::Compression(f)),
-        }
-        if self.keys.chunk_id(out) != *expect {
-            return Err(OpenError::Id);
-        }
-        Ok(out)
+        }),
+        k @ (KIND_AEAD | KIND_CLEAR | KIND_CLEAR_MAC) => Ok(k),
+        k => Err(OpenError::Kind(k)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::MasterKey;
-    use crate::message::ArchiveId;
-    use proptest::prelude::*;
 
-    fn keys(enc: bool) -> Arc<Keys> {
-        Arc::new(Keys::derive(
-            &MasterKey::from_bytes([7; 32]),
-            ArchiveId([1; 16]),
-            enc,
-        ))
-    }
-
-    fn place(addr: u64, len: usize) -> Place {
-        Place {
-            volume: VolumeId([2; 16]),
-            addr,
-            raw_len: len as u32,
-        }
-    }
-
-    fn seal_all(enc: bool, level: Option<i32>, plain: &[u8]) -> (Hash, Vec<u8>) {
-        let mut s = Sealer::new(level, keys(enc)).unwrap();
-        let mut out = Vec::with_capacity(sealed_bound(plain.len()));
-        let h = s
-            .seal(plain, &place(0, plain.len()), [9; 24], &mut out)
-            .unwrap();
-        assert!(out.len() <= max_stored(plain.len()));
-        (h, out)
-    }
-
-    fn open_with(enc: bool, stored: &[u8], at: &Place, h: &Hash) -> Result<Vec<u8>, OpenError> {
-        let mut buf = vec![0u8; at.raw_len as usize];
-        Opener::new(keys(enc))
-            .open(stored, at, h, &mut buf)
-            .map(|p| p.to_vec())
-    }
-
-    proptest! {
-        #[test]
-        fn round_trip_and_no_flip_opens(
-            plain in prop::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 1..4096),
-            level in prop_oneof![Just(None), Just(Some(3))],
-            enc in any::<bool>(),
-            flip in any::<prop::sample::Index>(),
-            bit in 0u8..8,
-        ) {
-            let (h, stored) = seal_all(enc, level, &plain);
-            let at = place(0, plain.len());
-            prop_assert_eq!(open_with(enc, &stored, &at, &h).unwrap(), plain.clone());
-            let mut bad = stored.clone();
-            let i = flip.index(bad.len());
-            bad[i] ^= 1 << bit;
-            // Every flip is caught: by the CRC, or (a flip that also fixes
-            // the CRC cannot happen with one bit) by the tag or the id.
-            prop_assert!(open_with(enc, &bad, &at, &h).is_err());
-            // The receiver's check alone catches it too.
-            prop_assert!(check_stored(&bad, plain.len()).is_err());
-        }
+    fn framed(mut e: Vec<u8>) -> Vec<u8> {
+        let crc = crc32fast::hash(&e);
+        e.extend_from_slice(&crc.to_le_bytes());
+        e
     }
 
     #[test]
-    fn encrypted_chunks_hide_their_content_and_bind_their_place() {
-        let plain = b"MARKER-MARKER-MARKER-MARKER".repeat(100);
-        let (h, stored) = seal_all(true, None, &plain);
-        assert!(!stored.windows(6).any(|w| w == b"MARKER"));
-        let at = place(0, plain.len());
-        assert!(open_with(true, &stored, &at, &h).is_ok());
-        // Another address, volume or length: the tag fails.
-        for other in [
-            place(65536, plain.len()),
-            Place {
-                volume: VolumeId([3; 16]),
-                ..at
-            },
-        ] {
-            assert_eq!(
-                open_with(true, &stored, &other, &h),
-                Err(OpenError::Authentication)
-            );
-        }
-        // A key of another archive, a stale id, a clear-mode reader.
-        let other = Arc::new(Keys::derive(
-            &MasterKey::from_bytes([8; 32]),
-            ArchiveId([1; 16]),
-            true,
-        ));
-        let mut buf = vec![0u8; plain.len()];
-        assert!(Opener::new(other).open(&stored, &at, &h, &mut buf).is_err());
-        assert_eq!(open_with(true, &stored, &at, &[0; 32]), Err(OpenError::Id));
-        assert!(matches!(
-            open_with(false, &stored, &at, &h),
-            Err(OpenError::Mode { .. })
-        ));
-    }
-
-    #[test]
-    fn clear_chunks_are_authenticated_by_their_id() {
-        let plain = vec![5u8; 65536];
-        let (h, stored) = seal_all(false, Some(3), &plain);
-        assert!(stored.len() < 1000);
-        let at = place(0, plain.len());
-        assert!(open_with(false, &stored, &at, &h).is_ok());
-        // A well-formed clear envelope of other content: the id fails.
-        let (_, other) = seal_all(false, Some(3), &vec![6u8; 65536]);
-        assert_eq!(open_with(false, &other, &at, &h), Err(OpenError::Id));
-        assert!(matches!(
-            open_with(true, &stored, &at, &h),
-            Err(OpenError::Mode { .. })
-        ));
-    }
-
-    #[test]
-    fn a_bomb_or_a_short_record_is_refused() {
-        // A clear envelope holding a zstd frame of 1 MiB for a 4 KiB chunk.
-        let mut bomb = vec![KIND_CLEAR, ZSTD];
-        bomb.extend(zstd::bulk::compress(&vec![0u8; 1 << 20], 3).unwrap());
-        let crc = crc32fast::hash(&bomb);
-        bomb.extend_from_slice(&crc.to_le_bytes());
-        assert!(matches!(
-            open_with(false, &bomb, &place(0, 4096), &[0; 32]),
-            Err(OpenError::Decompress(_))
-        ));
-        assert!(matches!(
-            open_with(false, b"abc", &place(0, 4), &[0; 32]),
-            Err(OpenError::Size { .. })
-        ));
+    fn the_frame_is_all_the_receiver_checks() {
+        assert_eq!(
+            check_stored(&framed(vec![KIND_CLEAR, STORED, 7]), 1),
+            Ok(KIND_CLEAR)
+        );
         assert!(matches!(
             check_stored(&[9, 0, 0, 0, 0, 0], 4),
             Err(OpenError::Crc)
         ));
+        assert_eq!(
+            check_stored(&framed(vec![7, 0]), 4),
+            Err(OpenError::Kind(7))
+        );
+        // A kind-3 envelope too short to hold its MAC, a kind-1 one its
+        // nonce and tag.
+        assert!(matches!(
+            check_stored(&framed(vec![KIND_CLEAR_MAC, 0, 1, 2]), 4),
+            Err(OpenError::Size { .. })
+        ));
+        assert!(matches!(
+            check_stored(&framed(vec![KIND_AEAD; 30]), 4096),
+            Err(OpenError::Size { .. })
+        ));
+        let mut m = vec![KIND_CLEAR_MAC, STORED, 1];
+        m.extend_from_slice(&[0; TAG_LEN]);
+        assert_eq!(check_stored(&framed(m), 1), Ok(KIND_CLEAR_MAC));
     }
 }

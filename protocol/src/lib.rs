@@ -3,28 +3,27 @@
 //! This crate is pure: types, encoding, decoding and validation. It never
 //! opens a file, socket or process; the stream helpers in [`stream`] work on
 //! whatever `Read`/`Write` the caller hands them (pipes, files, or memory in
-//! tests and fuzzers). See `FORMAT.md` for the byte layout.
+//! tests and fuzzers). See `FORMAT.md` for the byte layout. What only dom0
+//! (the key holder) reads is in the `sealed` crate, which the receiver
+//! does not link.
 
 pub mod chunk;
 pub mod codec;
 pub mod envelope;
 pub mod error;
 pub mod frame;
-pub mod keys;
 pub mod manifest;
 pub mod merge;
 pub mod message;
 pub mod names;
 pub mod prune;
-pub mod qubes;
 pub mod remote;
-pub mod root;
 pub mod stream;
 
 pub use error::ProtocolError;
 
 /// Protocol version spoken in the handshake. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Smallest and largest chunk sizes an archive may use (powers of two only).
 pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;

@@ -32,6 +32,24 @@ impl ArchiveId {
     }
 }
 
+/// A volume's opaque id: what the receiver knows the volume by (as 32
+/// lowercase hex digits, its directory name), chosen at random by dom0
+/// when the volume is first backed up, kept across renames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VolumeId(pub [u8; 16]);
+
+impl VolumeId {
+    pub fn to_hex(&self) -> String {
+        crate::codec::hex(&self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut b = [0u8; 16];
+        crate::codec::unhex(s, &mut b)?;
+        Some(VolumeId(b))
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     None,
@@ -254,13 +272,18 @@ pub enum Blob {
     Key,
     /// The sealed root (`root::Root`).
     Root,
+    /// A second copy of `Key`, written with it: one damaged file does not
+    /// cost the only way in from a passphrase.
+    KeyCopy,
 }
 
 impl Blob {
+    pub const ALL: [Blob; 3] = [Blob::Key, Blob::Root, Blob::KeyCopy];
+
     /// The most bytes the receiver stores for it.
     pub fn cap(self) -> u64 {
         match self {
-            Blob::Key => 4096,
+            Blob::Key | Blob::KeyCopy => 4096,
             Blob::Root => crate::codec::LARGE_LIMIT as u64 + 4096,
         }
     }
@@ -269,6 +292,7 @@ impl Blob {
         match self {
             Blob::Key => "key",
             Blob::Root => "root",
+            Blob::KeyCopy => "key-copy",
         }
     }
 }

@@ -169,7 +169,7 @@ fn every_example_in_format_md_decodes_as_documented() {
                 assert!(data.is_empty());
             }
             "wrapped-key" => {
-                use protocol::keys::{MasterKey, WrappedKey, DEFAULT_KDF};
+                use sealed::keys::{KdfParams, MasterKey, WrappedKey};
                 // 125 bytes, and the documented fields where the document
                 // puts them (the associated data: the first 53).
                 assert_eq!(b.len(), 125);
@@ -188,7 +188,11 @@ fn every_example_in_format_md_decodes_as_documented() {
                     ArchiveId([0xab; 16]),
                     true,
                     b"passphrase",
-                    DEFAULT_KDF,
+                    KdfParams {
+                        m_kib: 64 * 1024,
+                        t: 3,
+                        p: 1,
+                    },
                     [0x22; 16],
                     [0x33; 24],
                 )

@@ -170,6 +170,83 @@ impl<R: std::io::Read + AsFd> std::io::Read for TimedRead<R> {
     }
 }
 
+/// A writer whose writes are watched: when one stays blocked longer than
+/// `limit` (the peer stopped reading), a watchdog thread calls `stuck`.
+/// A blocking write cannot be interrupted from outside without `unsafe`
+/// or making the descriptor non-blocking (which would change it for
+/// whoever shares it, such as an ssh or qrexec peer), so `stuck` is
+/// expected to end the process: what it holds (the archive's lock, by
+/// `flock`) goes with it, as on any kill, which the archive survives.
+/// Writes go in pieces of at most [`WATCHED_PIECE`] bytes, so the limit
+/// bounds a piece that moves nothing, not a large frame to a slow reader.
+pub struct WatchedWrite<W> {
+    inner: W,
+    watch: Arc<Watch>,
+}
+
+/// The most one watched `write` passes down at a time.
+pub const WATCHED_PIECE: usize = 64 << 10;
+
+struct Watch {
+    base: Instant,
+    /// When the write in progress began, ms since `base`; `NONE`: none.
+    since: AtomicU64,
+    /// The watched writer was dropped: the watchdog ends.
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl<W: std::io::Write> WatchedWrite<W> {
+    pub fn new(inner: W, limit: Duration, stuck: impl FnOnce(Duration) + Send + 'static) -> Self {
+        let watch = Arc::new(Watch {
+            base: Instant::now(),
+            since: AtomicU64::new(NONE),
+            done: false.into(),
+        });
+        let w = watch.clone();
+        let tick = (limit / 8).clamp(Duration::from_millis(10), Duration::from_millis(500));
+        std::thread::spawn(move || loop {
+            std::thread::sleep(tick);
+            if w.done.load(Ordering::Relaxed) {
+                return;
+            }
+            let since = w.since.load(Ordering::Relaxed);
+            let now = w.base.elapsed().as_millis() as u64;
+            if since != NONE && now.saturating_sub(since) > limit.as_millis() as u64 {
+                stuck(limit);
+                return;
+            }
+        });
+        WatchedWrite { inner, watch }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for WatchedWrite<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let piece = &buf[..buf.len().min(WATCHED_PIECE)];
+        let w = &self.watch;
+        w.since
+            .store(w.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let r = self.inner.write(piece);
+        w.since.store(NONE, Ordering::Relaxed);
+        r
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let w = &self.watch;
+        w.since
+            .store(w.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let r = self.inner.flush();
+        w.since.store(NONE, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<W> Drop for WatchedWrite<W> {
+    fn drop(&mut self) {
+        self.watch.done.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Polls `done` until it holds or `limit` has passed; whether it held.
 /// Sleeps 1 ms at first, doubling up to 50 ms: an answer that comes at
 /// once (a child's usual exit) costs a millisecond, not a fixed tick.
@@ -269,5 +346,56 @@ mod tests {
     fn poll_until_reports_whether_it_held() {
         assert!(poll_until(Duration::from_millis(10), || true));
         assert!(!poll_until(Duration::from_millis(5), || false));
+    }
+
+    #[test]
+    fn a_write_to_a_peer_that_stopped_reading_is_reported_stuck() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let peer = b.try_clone().unwrap();
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = fired.clone();
+        let t0 = Instant::now();
+        let mut w = WatchedWrite::new(a, Duration::from_millis(300), move |_| {
+            f.store(true, Ordering::Relaxed);
+            // What the receiver does instead is end the process; here the
+            // peer goes, which unblocks the write.
+            let _ = peer.shutdown(std::net::Shutdown::Both);
+        });
+        // Far more than the socket buffer, and nobody reads.
+        let r = w.write_all(&vec![7u8; 16 << 20]);
+        assert!(r.is_err());
+        assert!(fired.load(Ordering::Relaxed));
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        drop(b);
+    }
+
+    #[test]
+    fn a_reader_that_keeps_up_never_trips_the_watch() {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = fired.clone();
+        let mut w = WatchedWrite::new(a, Duration::from_millis(200), move |_| {
+            f.store(true, Ordering::Relaxed)
+        });
+        let rd = std::thread::spawn(move || {
+            let mut n = 0;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match b.read(&mut buf) {
+                    Ok(0) | Err(_) => return n,
+                    Ok(k) => n += k,
+                }
+            }
+        });
+        for _ in 0..64 {
+            w.write_all(&vec![1u8; 1 << 20]).unwrap();
+        }
+        drop(w);
+        assert_eq!(rd.join().unwrap(), 64 << 20);
+        assert!(!fired.load(Ordering::Relaxed));
     }
 }

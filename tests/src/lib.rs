@@ -136,7 +136,11 @@ pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
 }
 
 pub fn sha_file(path: &Path) -> [u8; 32] {
-    Sha256::digest(fs::read(path).unwrap()).into()
+    sha_bytes(&fs::read(path).unwrap())
+}
+
+pub fn sha_bytes(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
 }
 
 /// Every file under `dir`, relative to it, sorted.
@@ -499,19 +503,20 @@ impl Setup {
     }
 
     /// dom0's key for the archive (what the receiver never has).
-    pub fn keys(&self) -> protocol::keys::Keys {
+    pub fn keys(&self) -> sealed::keys::Keys {
         let p = self
             .meta
             .join("archives")
             .join(self.archive_id())
             .join("key");
-        protocol::keys::KeyFile::decode(&fs::read_to_string(p).unwrap())
+        sealed::keys::KeyFile::decode(&fs::read_to_string(p).unwrap())
             .unwrap()
             .keys()
     }
 
     /// A hostile receiver's opening, from what the archive holds: its
-    /// hello and its answer to dom0's first request (the sealed root).
+    /// hello and its answers to dom0's first requests (the sealed root,
+    /// then both copies of the wrapped key).
     pub fn fake_hello(&self, params: protocol::message::ArchiveParams) -> Vec<u8> {
         use protocol::message::{Hello, HelloBody, Reply};
         let mut w = protocol::stream::FrameWriter::new(Vec::new());
@@ -521,6 +526,20 @@ impl Setup {
         .unwrap();
         w.reply(&Reply::Data(self.root_blob())).unwrap();
         w.reply(&Reply::StreamEnd { chunks: 1 }).unwrap();
+        let mut b = std::mem::take(w.get_mut());
+        b.extend(self.key_replies());
+        b
+    }
+
+    /// The answers to dom0's reads of both copies of the wrapped key.
+    pub fn key_replies(&self) -> Vec<u8> {
+        use protocol::message::Reply;
+        let mut w = protocol::stream::FrameWriter::new(Vec::new());
+        for _ in 0..2 {
+            w.reply(&Reply::Data(fs::read(self.arch.join("dom0.key")).unwrap()))
+                .unwrap();
+            w.reply(&Reply::StreamEnd { chunks: 1 }).unwrap();
+        }
         std::mem::take(w.get_mut())
     }
 

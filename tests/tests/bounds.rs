@@ -163,6 +163,7 @@ fn arch_check_memory_is_bounded_against_an_endless_manifest() {
         }),
         reply(&Reply::Data(w.s.root_blob())),
         reply(&Reply::StreamEnd { chunks: 1 }),
+        w.s.key_replies(),
         reply(&Reply::Volumes {
             names: vec![w.s.volume_id("v.img")],
             more: false,
@@ -194,6 +195,94 @@ fn arch_check_memory_is_bounded_against_an_endless_manifest() {
     eprintln!(
         "arch-check vs an endless manifest: refused in {:.2} s, peak RSS {} KiB",
         m.secs, m.peak_kib
+    );
+}
+
+/// A root of 64 MiB (the protocol's cap), 1 MiB parts, as one file of
+/// frames: what a hostile receiver answers `GetBlob(Root)` with.
+fn huge_root(w: &World) -> std::path::PathBuf {
+    let p = w.s.dir.path().join("huge-root.bin");
+    let mut f = std::io::BufWriter::new(fs::File::create(&p).unwrap());
+    let part = vec![0x5au8; protocol::message::DATA_PART];
+    for _ in 0..64 {
+        f.write_all(&reply(&Reply::Data(part.clone()))).unwrap();
+    }
+    f.write_all(&reply(&Reply::StreamEnd { chunks: 64 }))
+        .unwrap();
+    f.flush().unwrap();
+    p
+}
+
+fn bare_hello(w: &World) -> Vec<u8> {
+    let mut fw = FrameWriter::new(Vec::new());
+    fw.hello(&Hello::new(HelloBody::Receiver {
+        archive: Some(w.params),
+    }))
+    .unwrap();
+    std::mem::take(fw.get_mut())
+}
+
+#[test]
+fn a_huge_root_is_refused_at_what_dom0_last_wrote_and_held_once_by_a_fresh_dom0() {
+    let w = world("bound-root");
+    let huge = huge_root(&w);
+    let honest = w.s.root_blob().len();
+    // A dom0 with records: refused past its last root plus one part.
+    let m = w.against_fake(
+        "paced",
+        &bare_hello(&w),
+        &[huge.to_str().unwrap(), "0"],
+        &["list"],
+    );
+    assert!(!m.killed && !m.ok, "ran {:.1} s: {}", m.secs, m.stderr);
+    assert!(
+        m.stderr
+            .contains(&format!("bytes of a root dom0 holds at {honest} bytes")),
+        "{}",
+        m.stderr
+    );
+    assert!(
+        m.peak_kib < 24 << 10,
+        "peak RSS {} KiB, bound 24 MiB",
+        m.peak_kib
+    );
+    eprintln!(
+        "a 64 MiB root against dom0's records: refused, peak RSS {} KiB",
+        m.peak_kib
+    );
+    // A fresh dom0 (arch-import with the key file, no KDF) takes up to
+    // the protocol's cap, once: 64 MiB and its own few MiB, not twice.
+    let key = w.s.dir.path().join("exported.key");
+    w.s.ok(&["key", "export", key.to_str().unwrap()]);
+    let fresh = Setup::new("bound-root-fresh");
+    let mut prefix = bare_hello(&w);
+    prefix.extend(w.s.key_replies());
+    let dir = fresh.dir.path();
+    let p = dir.join("root-prefix.bin");
+    fs::write(&p, &prefix).unwrap();
+    let fake = dir.join("root-receiver.sh");
+    script(
+        &fake,
+        &format!(
+            "exec '{}' paced '{}' '{}' 0",
+            bin_dir().join("fake-receiver").display(),
+            p.display(),
+            huge.display()
+        ),
+    );
+    let mut c = fresh.cmd(&["arch-import", "--key-file", key.to_str().unwrap()]);
+    c.arg("--remote-receiver").arg(&fake);
+    let m = measure(c, Duration::from_secs(60));
+    assert!(!m.killed && !m.ok, "ran {:.1} s: {}", m.secs, m.stderr);
+    assert!(m.stderr.contains("does not authenticate"), "{}", m.stderr);
+    assert!(
+        m.peak_kib < 80 << 10,
+        "peak RSS {} KiB, bound 80 MiB",
+        m.peak_kib
+    );
+    eprintln!(
+        "a 64 MiB root against a fresh dom0: refused, peak RSS {} KiB",
+        m.peak_kib
     );
 }
 
@@ -319,6 +408,52 @@ fn a_trickling_agent_cannot_hold_the_receiver_or_its_lock() {
     s.ok(&["backup", "v.img"]);
 }
 
+#[test]
+fn an_agent_that_stops_reading_cannot_hold_the_receiver_or_its_lock() {
+    let w = world("bound-noread");
+    let s = &w.s;
+    // A backup connection (the writer lock), then far more answers than a
+    // pipe holds, which the agent never reads.
+    let mut input = agent_hello(Operation::Backup);
+    for _ in 0..4000 {
+        input.extend(request_frame(&Request::GetBlob {
+            blob: protocol::message::Blob::Root,
+        }));
+    }
+    let mut child = Command::new(receiver_bin())
+        .args([
+            "serve",
+            "--frame-timeout",
+            "2",
+            "--idle-timeout",
+            "60",
+            "--archive",
+        ])
+        .arg(&s.arch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Held open and never read.
+    let _stdout = child.stdout.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+        // The agent stays connected: its end of stdin stays open.
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    let (status, err, secs) = exit_within(child, Duration::from_secs(15));
+    assert!(
+        !status.success() && err.contains("the agent read nothing for 2 s"),
+        "{err}"
+    );
+    assert!(secs < 6.0, "took {secs:.1} s, bound 6 s");
+    // The lock went with it: the next connection is not Busy.
+    s.ok(&["backup", "v.img"]);
+    drop(feeder);
+}
+
 /// Writes `n` empty sessions of `volume` (all zero, `size` bytes) straight
 /// into both dom0's metadata and the archive, chained after `prev`, with
 /// names that sort before `before`... in the year 2025.
@@ -332,7 +467,7 @@ fn many_sessions(s: &Setup, volume: &str, n: usize, size: u64) -> Vec<String> {
     let mac = {
         let mut h = s.keys().manifest_mac();
         h.update(&manifest);
-        format!("{}\n", protocol::keys::hex(h.finalize().as_bytes()))
+        format!("{}\n", sealed::keys::hex(h.finalize().as_bytes()))
     };
     let mut names = Vec::with_capacity(n);
     let mut prev: Option<String> = None;

@@ -414,13 +414,14 @@ fn a_killed_passphrase_change_recovers_either_way() {
         "passwd",
         &["key", "passwd"],
         &[
-            (Who::Receiver, "rename", &[1, 2]),
+            // The key, its copy, the root that pins them.
+            (Who::Receiver, "rename", &[1, 2, 3]),
             (Who::Agent, "rename", &[1, 2, 3]),
             (Who::Agent, "write", &[3, 6]),
         ],
         &|_| {},
     );
-    assert_eq!(n, 7);
+    assert_eq!(n, 8);
 }
 
 #[test]

@@ -254,7 +254,7 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
                 raw_len: CS as u32,
                 hash,
             },
-            vec![1u8; CS + protocol::envelope::OVERHEAD + 1],
+            vec![1u8; CS + sealed::envelope::OVERHEAD + 1],
         ),
         (
             "bigger than a chunk",
@@ -864,7 +864,7 @@ fn readers_share_the_archive_and_a_prune_waits_for_them() {
         "a refused prune changed dom0"
     );
     assert!(!s.meta_vol("v.img").join(".prune-intent.toml").exists());
-    let root = protocol::root::Root::open(&s.keys(), &s.root_blob()).unwrap();
+    let root = sealed::root::Root::open(&s.keys(), &s.root_blob()).unwrap();
     assert!(root.pending.is_empty(), "{:?}", root.pending);
     drop(rin);
     let _ = reader.wait();

@@ -11,14 +11,14 @@ use agent::meta::{ArchiveMeta, ArchiveRecord, MetaStore};
 use agent::source::Source;
 use agent::target::Target;
 use agent::transport::{Connection, Reach};
-use protocol::keys::{KeyFile, MasterKey, WrappedKey, DEFAULT_KDF};
 use protocol::message::{
     ArchiveId, ArchiveParams, Compression, Finding, FindingKind, Hello, HelloBody, Operation, Reply,
 };
-use protocol::root::Root;
 use protocol::stream::{FrameReader, FrameWriter};
 use receiver::archive::Archive;
 use receiver::serve::{serve, ServeOptions};
+use sealed::keys::{KeyFile, MasterKey, WrappedKey, DEFAULT_KDF};
+use sealed::root::Root;
 use sparsebak_tests::{semi_compressible, sha_file, write_at, Rng, TempDir};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +33,8 @@ struct World {
     params: ArchiveParams,
     /// The sealed root arch-init wrote.
     root: Vec<u8>,
+    /// The wrapped key it wrote (twice).
+    wrapped: Vec<u8>,
 }
 
 fn world() -> World {
@@ -61,6 +63,7 @@ fn world() -> World {
         [2; 24],
     )
     .unwrap();
+    let wrapped = wrapped.encode();
     let root = Root {
         generation: 1,
         written: 0,
@@ -70,9 +73,11 @@ fn world() -> World {
         volumes: Vec::new(),
         qubes: Default::default(),
         pending: Vec::new(),
+        key_hash: Some(agent::keycheck::hash(&wrapped)),
+        legacy_clear: false,
     }
     .seal(&key.keys(), [3; 24]);
-    Archive::init(&archive_dir, params, &wrapped.encode(), &root, true).unwrap();
+    Archive::init(&archive_dir, params, &wrapped, &root, true).unwrap();
     let meta = MetaStore::new(&tmp.path().join("meta"))
         .create(
             ArchiveRecord {
@@ -83,11 +88,15 @@ fn world() -> World {
                 created: 0,
                 encrypt: true,
                 volumes: Vec::new(),
+                legacy_clear: false,
             },
             &key,
         )
         .unwrap();
-    meta.set_generation(1).unwrap();
+    meta.set_wrapped_key(&wrapped).unwrap();
+    meta.clear_dirty().unwrap();
+    meta.set_seen(1, &agent::meta::RootDigest::of(&root))
+        .unwrap();
     World {
         _tmp: tmp,
         archive_dir,
@@ -95,6 +104,7 @@ fn world() -> World {
         meta,
         params,
         root,
+        wrapped,
     }
 }
 
@@ -344,6 +354,10 @@ fn check_counts_from_the_peer_never_understate() {
             },
             Reply::Data(w.root.clone()),
             Reply::StreamEnd { chunks: 1 },
+            Reply::Data(w.wrapped.clone()),
+            Reply::StreamEnd { chunks: 1 },
+            Reply::Data(w.wrapped.clone()),
+            Reply::StreamEnd { chunks: 1 },
             empty.clone(),
         ],
     );
@@ -368,6 +382,10 @@ fn check_counts_from_the_peer_never_understate() {
                 more: 0,
             },
             Reply::Data(w.root.clone()),
+            Reply::StreamEnd { chunks: 1 },
+            Reply::Data(w.wrapped.clone()),
+            Reply::StreamEnd { chunks: 1 },
+            Reply::Data(w.wrapped.clone()),
             Reply::StreamEnd { chunks: 1 },
             empty,
         ],

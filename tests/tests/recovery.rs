@@ -298,20 +298,27 @@ fn wrong_passphrase_key_file_or_wrapped_key_change_nothing() {
     let e = d.fails(&["arch-import", "--key-file", k.to_str().unwrap()]);
     assert!(e.contains("not a sparsebak key file"), "{e}");
 
-    // The archive's wrapped key truncated, or altered.
+    // The archive's wrapped key truncated, or altered, in both places.
     let wrapped = d.arch.join("dom0.key");
+    let copy = d.arch.join("dom0.key-copy");
     let good = fs::read(&wrapped).unwrap();
-    fs::write(&wrapped, &good[..100]).unwrap();
+    assert_eq!(fs::read(&copy).unwrap(), good, "the copy is the same bytes");
+    for f in [&wrapped, &copy] {
+        fs::write(f, &good[..100]).unwrap();
+    }
     let e = d.fails(&["arch-import"]);
     assert!(e.contains("wrapped key"), "{e}");
     let mut bad = good.clone();
     bad[60] ^= 1;
-    fs::write(&wrapped, &bad).unwrap();
+    for f in [&wrapped, &copy] {
+        fs::write(f, &bad).unwrap();
+    }
     let e = d.fails(&["arch-import"]);
     assert!(
         e.contains("wrong passphrase (or the wrapped key was altered)"),
         "{e}"
     );
+    fs::write(&copy, &good).unwrap();
     fs::write(&wrapped, &good).unwrap();
     assert_eq!(
         dom0_files(&d),
@@ -319,20 +326,62 @@ fn wrong_passphrase_key_file_or_wrapped_key_change_nothing() {
         "a failed import left dom0 records"
     );
     assert_eq!(sparsebak_tests::tree_digest(&d.arch), before);
-    // And with the right passphrase it works.
-    d.ok(&["arch-import"]);
+    // One copy damaged: the other recovers, and says which was used; the
+    // next connection that may write puts the damaged one back.
+    fs::write(&wrapped, &bad).unwrap();
+    let o = d.run(&["arch-import"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("used the archive's dom0.key-copy"), "{err}");
+    let o = d.run(&["list"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("dom0.key differs from the wrapped key dom0 wrote (the next backup or admin command puts it back)"),
+        "{err}"
+    );
+    let o = d.run(&["arch-check"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("dom0.key differs from the wrapped key dom0 wrote: put back"),
+        "{out}"
+    );
+    assert_eq!(fs::read(&wrapped).unwrap(), good);
 
-    // key passwd re-wraps: the old passphrase stops working, the new one
-    // works, and no chunk, manifest or root changes.
-    let data_before = digest_except(&h.s.arch, "dom0.key");
+    // key passwd re-wraps: the new passphrase works, the old one no longer
+    // opens the archive's key, and no chunk or manifest changes (the two
+    // copies of the key and the root that pins it do).
+    let data = |dir: &Path| -> Vec<_> {
+        digest_except(dir, "")
+            .into_iter()
+            .filter(|(f, _)| !f.to_string_lossy().starts_with("dom0."))
+            .map(|(f, b)| (f, sparsebak_tests::sha_bytes(&b)))
+            .collect()
+    };
+    let data_before = data(&h.s.arch);
+    let old_key = fs::read(h.s.arch.join("dom0.key")).unwrap();
     fs::write(h.s.passphrase_file(), "a new passphrase\n").unwrap();
     h.s.ok(&["key", "passwd"]);
-    assert_eq!(digest_except(&h.s.arch, "dom0.key"), data_before);
+    assert_eq!(data(&h.s.arch), data_before);
+    let new_key = fs::read(h.s.arch.join("dom0.key")).unwrap();
+    assert_ne!(new_key, old_key);
+    assert_eq!(fs::read(h.s.arch.join("dom0.key-copy")).unwrap(), new_key);
     let n = h.fresh_dom0("wrongkey-passwd");
     let e = n.fails(&["arch-import"]);
     assert!(e.contains("wrong passphrase"), "{e}");
     fs::write(n.passphrase_file(), "a new passphrase\n").unwrap();
     n.ok(&["arch-import"]);
+    assert!(n.ok(&["arch-check"]).contains("no problems"));
+    // What passwd cannot do, as the README says: a copy of the key file
+    // taken before it still opens with the old passphrase (the master
+    // key is unchanged). dom0 says the root pins another key.
+    let o = h.fresh_dom0("wrongkey-oldcopy");
+    for f in ["dom0.key", "dom0.key-copy"] {
+        fs::write(o.arch.join(f), &old_key).unwrap();
+    }
+    let r = o.run(&["arch-import"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("the root pins another wrapped key"), "{err}");
 }
 
 /// The files of a dom0's records (none before a successful import).
@@ -519,9 +568,12 @@ fn a_rolled_back_archive_is_refused_by_a_dom0_that_saw_the_newer_one() {
 fn generation(s: &Setup) -> u64 {
     let archives = s.meta.join("archives");
     let id = fs::read_dir(&archives).unwrap().next().unwrap().unwrap();
+    // `GENERATION HASH`.
     fs::read_to_string(id.path().join("generation"))
         .unwrap()
-        .trim()
+        .split_whitespace()
+        .next()
+        .unwrap()
         .parse()
         .unwrap()
 }

@@ -34,7 +34,9 @@ pub struct ConnLimits {
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub idle_timeout: u64,
     /// Seconds one frame from the agent may take once begun, however
-    /// steadily its bytes trickle (0: no limit).
+    /// steadily its bytes trickle (0: no limit); also the longest a write
+    /// to an agent that stopped reading may stay blocked (0: the idle
+    /// timeout) before the receiver ends, releasing the archive.
     #[arg(long, default_value_t = 128, value_name = "SECONDS")]
     pub frame_timeout: u64,
 }

@@ -10,7 +10,7 @@ use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use sysio::timed::{Bound, Limits, TimedRead};
+use sysio::timed::{Bound, Limits, TimedRead, WatchedWrite};
 
 /// What each bound's error says.
 fn bound_text(b: Bound, t: Duration) -> String {
@@ -28,7 +28,7 @@ fn bound_text(b: Bound, t: Duration) -> String {
 /// hold the archive (and its lock) forever: a read fails after
 /// `--idle-timeout` without a byte, or when one frame takes longer than
 /// `--frame-timeout`; the session in progress is then dropped like any cut
-/// stream.
+/// stream. An agent that stops reading is bound too (`WatchedWrite`).
 fn serve_stdio(opts: ServeOptions, conn: &ConnLimits) -> Result<()> {
     let limits = Arc::new(Limits::new(
         Some(Duration::from_secs(conn.idle_timeout)),
@@ -55,10 +55,27 @@ fn serve_stdio(opts: ServeOptions, conn: &ConnLimits) -> Result<()> {
         },
     );
     // fd 1 raw: std's stdout is line-buffered, which would cut binary
-    // frames at every newline byte.
+    // frames at every newline byte. Watched: an agent that stops reading
+    // must not hold the archive either; a write that moves nothing for the
+    // frame limit (else the idle limit) ends the process, which releases
+    // the lock (the archive survives a kill at any point).
+    let write_limit = Duration::from_secs(match conn.frame_timeout {
+        0 => conn.idle_timeout,
+        f => f.min(conn.idle_timeout),
+    });
     let stdout = BufWriter::with_capacity(
         16 << 10,
-        std::fs::File::from(std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?),
+        WatchedWrite::new(
+            std::fs::File::from(std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?),
+            write_limit,
+            |t| {
+                eprintln!(
+                    "sparsebak-receiver: error: the agent read nothing for {} s: connection ended, archive released",
+                    t.as_secs()
+                );
+                std::process::exit(1);
+            },
+        ),
     );
     serve(&opts, stdin, stdout)
         .with_context(|| format!("archive '{}'", opts.archive_dir.display()))?;

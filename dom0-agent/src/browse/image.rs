@@ -23,10 +23,10 @@ use super::cache::ChunkCache;
 use crate::commands::restore::{open_chunk, VerifyError};
 use anyhow::Result;
 use protocol::chunk::{ChunkHeader, Codec, Hash};
-use protocol::envelope::{Opener, Place};
-use protocol::keys::{Keys, VolumeId};
 use protocol::manifest::Entry;
 use protocol::message::MAX_READ_CHUNKS;
+use sealed::envelope::{Opener, Place};
+use sealed::keys::{Keys, VolumeId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -614,9 +614,9 @@ impl SessionImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::envelope::Sealer;
-    use protocol::keys::MasterKey;
     use protocol::message::ArchiveId;
+    use sealed::envelope::Sealer;
+    use sealed::keys::MasterKey;
 
     const CS: u64 = 4096;
     const VID: VolumeId = VolumeId([3; 16]);
@@ -631,7 +631,7 @@ mod tests {
 
     fn seal(plain: &[u8], addr: u64) -> (Hash, Vec<u8>) {
         let mut s = Sealer::new(Some(3), keys()).unwrap();
-        let mut out = Vec::with_capacity(protocol::envelope::sealed_bound(plain.len()));
+        let mut out = Vec::with_capacity(sealed::envelope::sealed_bound(plain.len()));
         let at = Place {
             volume: VID,
             addr,

@@ -95,7 +95,31 @@ pub fn check(meta: &ArchiveMeta, client: &mut Client, volume: Option<&str>) -> R
     // Counts from the peer: saturated, never wrapped.
     rep.unlisted = rep.unlisted.saturating_add(remote.more);
     // The archive's own chain: its root must say what dom0's records say.
-    let root = crate::catalog::fetch(client, &meta.keys)?;
+    let (root, _) = crate::catalog::fetch(client, &meta.keys, meta.root_cap()?)?;
+    // The wrapped key: what connecting found (and put back), then both
+    // copies as they are now, against dom0's record and the root's pin.
+    for f in &client.key_findings {
+        rep.add(format!("archive: {f}"));
+    }
+    let ours = meta.wrapped_key()?;
+    for (b, got) in crate::keycheck::read_copies(client) {
+        if ours.is_some() && got.as_ref().ok() != ours.as_ref() {
+            rep.add(format!(
+                "archive: dom0.{} is not the wrapped key dom0 wrote",
+                b.name()
+            ));
+        }
+    }
+    match (&ours, root.key_hash) {
+        (Some(k), Some(h)) if crate::keycheck::hash(k) == h => {}
+        (Some(_), _) => rep.add(format!(
+            "archive: the root (generation {}) does not pin the wrapped key dom0 wrote",
+            root.generation
+        )),
+        (None, _) => rep.add(
+            "dom0 holds no record of the archive's wrapped key (see the warning above)".into(),
+        ),
+    }
     let mut ours = crate::catalog::build(meta)?;
     (ours.generation, ours.written) = (root.generation, root.written);
     for v in &root.volumes {

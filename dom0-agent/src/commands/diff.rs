@@ -42,7 +42,7 @@ pub fn diff(
         keys: meta.keys.clone(),
         volume: meta
             .volume_id(volume)?
-            .unwrap_or(protocol::keys::VolumeId([0; 16])),
+            .unwrap_or(sealed::keys::VolumeId([0; 16])),
     };
     let total = live_size.div_ceil(cs);
     let mut progress = Progress::new(volume, total);

@@ -21,16 +21,16 @@
 //! gap) cannot be authenticated: the next backup of the volume drops
 //! them (`reconcile::drop_unconfirmed`).
 
-use crate::catalog;
 use crate::client::{at_most, Client};
 use crate::context::Ctx;
-use crate::meta::{private_dir, read_key_file, ArchiveMeta, ArchiveRecord, MetaStore};
+use crate::meta::{private_dir, read_key_file, ArchiveMeta, ArchiveRecord, MetaStore, RootDigest};
 use crate::passphrase;
+use crate::{catalog, keycheck};
 use anyhow::{bail, Context, Result};
-use protocol::keys::{KeyFile, WrappedKey};
 use protocol::manifest::{ENTRY_LEN, HEADER_LEN};
 use protocol::message::{Blob, Operation};
-use protocol::root::{Pending, Root, RootSession, RootVolume};
+use sealed::keys::{KeyFile, WrappedKey};
+use sealed::root::{Pending, Root, RootSession, RootVolume};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
@@ -49,10 +49,14 @@ pub fn run(ctx: &Ctx, key_file: Option<&Path>) -> Result<i32> {
             );
         }
     }
-    let key = match (key_file, &existing) {
-        (Some(f), _) => read_key_file(f)?,
-        (None, Some(m)) => read_key_file(&m.dir.join(crate::meta::KEY_FILE))?,
-        (None, None) => unwrap_key(ctx, &mut client)?,
+    let copies = keycheck::read_copies(&mut client);
+    let (key, unwrapped) = match (key_file, &existing) {
+        (Some(f), _) => (read_key_file(f)?, None),
+        (None, Some(m)) => (read_key_file(&m.dir.join(crate::meta::KEY_FILE))?, None),
+        (None, None) => {
+            let (k, w) = unwrap_key(ctx, &client, &copies)?;
+            (k, Some(w))
+        }
     };
     if key.archive != params.id {
         bail!(
@@ -62,7 +66,29 @@ pub fn run(ctx: &Ctx, key_file: Option<&Path>) -> Result<i32> {
         );
     }
     let keys = key.keys();
-    let root = catalog::fetch(&mut client, &keys)?;
+    // A dom0 that has records caps the root at what it last wrote; a
+    // fresh one can only take the protocol's cap.
+    let cap = match &existing {
+        Some(m) => m.root_cap()?,
+        None => Blob::Root.cap(),
+    };
+    let (root, root_digest) = catalog::fetch(&mut client, &keys, cap)?;
+    // The wrapped key dom0 records: the copy the root pins, else the one
+    // that just unwrapped with the passphrase (its hash is pinned at the
+    // next root; the next connection puts back a copy that differs).
+    let pinned = copies
+        .iter()
+        .filter_map(|(_, g)| g.as_ref().ok())
+        .find(|g| Some(keycheck::hash(g)) == root.key_hash)
+        .cloned();
+    if let (Some(u), Some(_), None) = (&unwrapped, root.key_hash, &pinned) {
+        if Some(keycheck::hash(u)) != root.key_hash {
+            crate::report::warn(
+                "the root pins another wrapped key than the one that opened with this passphrase (a copy from before a `key passwd`?): dom0 keeps the one that opened, and puts it back in the archive at the next backup; run `sparsebak key passwd` to choose the passphrase from now on",
+            );
+        }
+    }
+    let wrapped = pinned.or(unwrapped);
     if root.params != params {
         bail!(
             "the archive's root describes other parameters than the receiver reports: refusing it"
@@ -88,7 +114,8 @@ pub fn run(ctx: &Ctx, key_file: Option<&Path>) -> Result<i32> {
         &staging,
         &dest.canonical(),
         &key,
-        &root,
+        (&root, &root_digest),
+        wrapped.as_deref(),
         volumes,
         &deleting,
         &mut client,
@@ -155,25 +182,66 @@ pub fn run(ctx: &Ctx, key_file: Option<&Path>) -> Result<i32> {
     Ok(0)
 }
 
-/// The master key from the archive's wrapped copy and the passphrase.
-fn unwrap_key(ctx: &Ctx, client: &mut Client) -> Result<KeyFile> {
-    let bytes = client
-        .get_blob(Blob::Key, Blob::Key.cap())
-        .context("reading the archive's wrapped key")?;
-    let w = WrappedKey::decode(&bytes).context("the archive's wrapped key")?;
-    let pass = passphrase::read(
-        ctx.passphrase_file.as_deref(),
-        "Passphrase of the archive: ",
-        false,
-    )?;
-    let master = w
-        .unwrap(pass.as_bytes())
-        .context("unable to unwrap the archive's key")?;
-    Ok(KeyFile {
-        archive: w.archive,
-        encrypt: w.encrypt,
-        master,
-    })
+/// The master key from the archive's wrapped key and the passphrase,
+/// with the bytes that unwrapped: `dom0.key`, else its copy where that
+/// differs (one damaged file does not end a recovery).
+fn unwrap_key(
+    ctx: &Ctx,
+    client: &Client,
+    copies: &[(Blob, std::result::Result<Vec<u8>, String>)],
+) -> Result<(KeyFile, Vec<u8>)> {
+    let mut tried: Vec<&[u8]> = Vec::new();
+    let mut why = Vec::new();
+    let mut pass = None;
+    for (b, got) in copies {
+        let bytes = match got {
+            Ok(g) if !tried.contains(&g.as_slice()) => g,
+            Ok(_) => continue,
+            Err(e) => {
+                why.push(format!("dom0.{}: {e}", b.name()));
+                continue;
+            }
+        };
+        tried.push(bytes);
+        let w = match WrappedKey::decode(bytes) {
+            Ok(w) => w,
+            Err(e) => {
+                why.push(format!("dom0.{}: {e}", b.name()));
+                continue;
+            }
+        };
+        if pass.is_none() {
+            pass = Some(passphrase::read(
+                ctx.passphrase_file.as_deref(),
+                "Passphrase of the archive: ",
+                false,
+            )?);
+        }
+        let p = pass.as_ref().expect("read above");
+        match passphrase::unwrap(&w, p) {
+            Ok(master) => {
+                if !why.is_empty() {
+                    crate::report::warn(format!(
+                        "used the archive's dom0.{}: {}",
+                        b.name(),
+                        why.join("; ")
+                    ));
+                }
+                let k = KeyFile {
+                    archive: w.archive,
+                    encrypt: w.encrypt,
+                    master,
+                };
+                return Ok((k, bytes.clone()));
+            }
+            Err(e) => why.push(format!("dom0.{}: {e}", b.name())),
+        }
+    }
+    bail!(
+        "unable to unwrap the key of the archive at {}: {}",
+        client.label(),
+        why.join("; ")
+    )
 }
 
 /// What to import of each volume the root names: its sessions as the
@@ -336,7 +404,8 @@ fn stage(
     dir: &Path,
     dest: &str,
     key: &KeyFile,
-    root: &Root,
+    (root, root_digest): (&Root, &RootDigest),
+    wrapped: Option<&[u8]>,
     volumes: Vec<RootVolume>,
     deleting: &[String],
     client: &mut Client,
@@ -356,6 +425,7 @@ fn stage(
             created: catalog::now(),
             encrypt: root.encrypt,
             volumes: root.configured.clone(),
+            legacy_clear: root.legacy_clear,
         },
         key,
     )?;
@@ -418,7 +488,7 @@ fn stage(
             f.sync_all()?;
             fs::write(
                 sdir.join("mac"),
-                format!("{}\n", protocol::keys::hex(&s.manifest_mac)),
+                format!("{}\n", sealed::keys::hex(&s.manifest_mac)),
             )?;
             fs::write(sdir.join("info.toml"), toml::to_string(&info)?)?;
             kept += 1;
@@ -429,13 +499,21 @@ fn stage(
     if !root.qubes.sessions.is_empty() {
         meta.set_qubes(&root.qubes)?;
     }
+    if let Some(w) = wrapped {
+        meta.set_wrapped_key(w)?;
+    }
     meta.clear_dirty()?;
-    if imported.volumes != root.volumes || !root.pending.is_empty() || !deleting.is_empty() {
+    let pinned = wrapped.map(keycheck::hash) == root.key_hash;
+    if imported.volumes != root.volumes
+        || !root.pending.is_empty()
+        || !deleting.is_empty()
+        || !pinned
+    {
         // dom0's records differ from the root: the next connection that
         // may write publishes a root that says what dom0 now holds.
         meta.mark_dirty()?;
     }
-    meta.set_generation(root.generation)?;
+    meta.set_seen(root.generation, root_digest)?;
     sysio::atomic::syncfs(dir).with_context(|| format!("unable to sync '{}'", dir.display()))?;
     Ok(imported)
 }

@@ -13,11 +13,11 @@ use crate::client::Client;
 use crate::context::Ctx;
 use crate::meta::{parse_compression, ArchiveRecord};
 use crate::units::{self, parse_size};
-use crate::{passphrase, random};
+use crate::{keycheck, passphrase, random};
 use anyhow::{bail, Context, Result};
-use protocol::keys::{KeyFile, MasterKey, WrappedKey, DEFAULT_KDF};
-use protocol::message::{ArchiveId, ArchiveParams};
-use protocol::root::Root;
+use protocol::message::{ArchiveId, ArchiveParams, Blob};
+use sealed::keys::{KeyFile, MasterKey, DEFAULT_KDF};
+use sealed::root::Root;
 
 pub fn run(
     ctx: &Ctx,
@@ -62,15 +62,7 @@ pub fn run(
         encrypt,
         master: MasterKey::from_bytes(random::bytes()?),
     };
-    let wrapped = WrappedKey::wrap(
-        &key.master,
-        id,
-        encrypt,
-        pass.as_bytes(),
-        DEFAULT_KDF,
-        random::bytes()?,
-        random::bytes()?,
-    )?;
+    let wrapped = passphrase::wrap(&key.master, id, encrypt, &pass, DEFAULT_KDF)?.encode();
     let params = ArchiveParams {
         id,
         chunk_size: cs,
@@ -86,14 +78,27 @@ pub fn run(
         volumes: Vec::new(),
         qubes: Default::default(),
         pending: Vec::new(),
+        key_hash: Some(keycheck::hash(&wrapped)),
+        legacy_clear: false,
     };
+    let sealed = catalog::seal(&root, &keys)?;
     let mut client = Client::connect_new(&dest, &ctx.reach)?;
-    client.init(
-        params,
-        wrapped.encode(),
-        catalog::seal(&root, &keys)?,
-        mkdir,
-    )?;
+    client.init(params, wrapped.clone(), sealed.clone(), mkdir)?;
+    // Read back: an archive whose key did not land as written would fail
+    // only at a disaster recovery.
+    for (b, want) in [
+        (Blob::Key, &wrapped),
+        (Blob::KeyCopy, &wrapped),
+        (Blob::Root, &sealed),
+    ] {
+        let got = client.get_blob(b, b.cap())?;
+        if got != *want {
+            bail!(
+                "the receiver at {dest} did not keep dom0.{} as written: the new archive is not usable (remove it and run arch-init again)",
+                b.name()
+            );
+        }
+    }
     client.finish()?;
     let meta = store.create(
         ArchiveRecord {
@@ -104,10 +109,13 @@ pub fn run(
             created: root.written,
             encrypt,
             volumes: Vec::new(),
+            legacy_clear: false,
         },
         &key,
     )?;
-    meta.set_generation(1)?;
+    meta.set_wrapped_key(&wrapped)?;
+    meta.clear_dirty()?;
+    meta.set_seen(1, &crate::meta::RootDigest::of(&sealed))?;
     crate::report::line(format!(
         "created archive {} at {dest} (chunk size {}, {compression}, {})",
         id.to_hex(),

@@ -2,15 +2,17 @@
 //!
 //! `export` copies dom0's key file (the archive's master key) for
 //! safekeeping; `passwd` wraps the same key with a new passphrase and
-//! replaces the archive's wrapped copy (one atomic record write; no chunk,
-//! manifest or root changes).
+//! replaces the archive's wrapped key (both copies, each read back) and
+//! the root that pins it; no chunk or manifest changes. The master key
+//! stays: a copy of the old wrapped key still opens with the old
+//! passphrase, which `passwd` cannot reach (see the README).
 
 use crate::context::Ctx;
 use crate::meta::{read_key_file, KEY_FILE};
-use crate::{passphrase, random};
+use crate::{catalog, keycheck, passphrase};
 use anyhow::{bail, Context, Result};
-use protocol::keys::{WrappedKey, DEFAULT_KDF};
-use protocol::message::{Blob, Operation};
+use protocol::message::Operation;
+use sealed::keys::DEFAULT_KDF;
 use std::path::Path;
 
 pub fn export(ctx: &Ctx, file: &Path) -> Result<i32> {
@@ -40,19 +42,19 @@ pub fn passwd(ctx: &Ctx) -> Result<i32> {
         "New passphrase for the archive: ",
         true,
     )?;
-    let w = WrappedKey::wrap(
-        &key.master,
-        key.archive,
-        key.encrypt,
-        pass.as_bytes(),
-        DEFAULT_KDF,
-        random::bytes()?,
-        random::bytes()?,
-    )?;
-    client.put_blob(Blob::Key, &w.encode())?;
+    let w = passphrase::wrap(&key.master, key.archive, key.encrypt, &pass, DEFAULT_KDF)?.encode();
+    // Order: dom0's record first (marks the root dirty), then both copies,
+    // each read back, then the root that pins the new key. A run cut in
+    // between is finished by the next connection, which puts back the
+    // copies that differ from dom0's record and rewrites the root.
+    meta.set_wrapped_key(&w)?;
+    for b in keycheck::COPIES {
+        keycheck::put_checked(&mut client, b, &w)?;
+    }
+    catalog::publish(&meta, &mut client)?;
     client.finish()?;
     crate::report::line(format!(
-        "the archive at {dest} now opens with the new passphrase (the old one no longer does)"
+        "the archive at {dest} now opens with the new passphrase. Copies of its key file taken before (an old disk image, an offsite copy) still open with the old one and give the same master key: if the old passphrase leaked, treat the archive's data as exposed"
     ));
     crate::report::set("archive", &meta.rec.id);
     Ok(0)

@@ -139,7 +139,7 @@ pub fn prune_one(
         into: q.name.clone(),
         chunks,
         zero_chunks: zeros,
-        manifest_mac: Some(protocol::keys::hex(&crate::meta::file_mac(
+        manifest_mac: Some(sealed::keys::hex(&crate::meta::file_mac(
             &new_m, &meta.keys,
         )?)),
     };

@@ -14,7 +14,7 @@
 //! tags, firewall, notes. Last, with every qube there: the properties
 //! that name other qubes and the device assignments. Each tool gets an
 //! argument vector, never a shell, with names and values checked as Qubes
-//! checks them (`protocol::qubes`).
+//! checks them (`sealed::qubes`).
 
 use crate::client::Client;
 use crate::context::Ctx;
@@ -26,7 +26,7 @@ use crate::target::Target;
 use crate::units::{count, human};
 use anyhow::{bail, Context, Result};
 use protocol::message::Operation;
-use protocol::qubes::{qube_of_volume, QubeSettings};
+use sealed::qubes::{qube_of_volume, QubeSettings};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Records the settings of the qubes whose volumes the archive holds, as
@@ -118,7 +118,7 @@ pub fn volumes_of_qubes(ctx: &Ctx, names: &[String]) -> Result<Vec<String>> {
     }
     let want: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     for n in names {
-        protocol::qubes::validate_qube_name(n)?;
+        sealed::qubes::validate_qube_name(n)?;
     }
     let found = xml::read(
         &path,
@@ -132,7 +132,7 @@ pub fn volumes_of_qubes(ctx: &Ctx, names: &[String]) -> Result<Vec<String>> {
             }
             bail!("no qube '{n}' in {}", path.display());
         };
-        let vols = protocol::qubes::persistent_volumes(&q.class);
+        let vols = sealed::qubes::persistent_volumes(&q.class);
         if vols.is_empty() {
             bail!(
                 "qube '{n}' is a {}: it keeps no volume across restarts, nothing to back up",
@@ -332,7 +332,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
     if let Some(p) = &a.pool {
         // A Qubes pool name: the same rules as a qube name, so it can
         // never be an option.
-        protocol::qubes::validate_qube_name(p).context("--pool")?;
+        sealed::qubes::validate_qube_name(p).context("--pool")?;
     }
     let existing = tools::existing_qubes()?;
     let volumes = volume_sessions(&meta, &s.volumes)?;

@@ -16,9 +16,9 @@ use crate::target::{Out, Target};
 use crate::units::{count, human};
 use anyhow::{bail, Context, Result};
 use protocol::chunk::{Codec, Hash};
-use protocol::envelope::{OpenError, Opener, Place};
-use protocol::keys::VolumeId;
 use protocol::message::Operation;
+use sealed::envelope::{OpenError, Opener, Place};
+use sealed::keys::VolumeId;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
@@ -419,7 +419,7 @@ struct Work {
     data: Vec<u8>,
 }
 
-/// Opens a chunk (see `protocol::envelope`); returns its plain bytes if
+/// Opens a chunk (see `sealed::envelope`); returns its plain bytes if
 /// they match dom0's manifest.
 fn check_chunk<'a>(
     w: &Work,

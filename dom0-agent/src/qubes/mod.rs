@@ -1,7 +1,7 @@
 //! Qubes settings (DESIGN §11): read from dom0's own `qubes.xml`
 //! (`xml`), planned into qubes to create (`plan`, pure), and created
 //! through Qubes' own tools (`tools`). The records themselves and their
-//! checks are `protocol::qubes`; they travel in the sealed root.
+//! checks are `sealed::qubes`; they travel in the sealed root.
 
 pub mod plan;
 pub mod tools;

@@ -11,7 +11,7 @@
 //! device assignments (their backend may be a qube restored later) are
 //! set last, after every qube exists, mapped through renames.
 
-use protocol::qubes::{validate_qube_name, Device, PropValue, QubeSettings};
+use sealed::qubes::{validate_qube_name, Device, PropValue, QubeSettings};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -255,7 +255,7 @@ pub fn plan(r: &Request) -> Result<Plan, String> {
                 });
             }
         }
-        for v in protocol::qubes::persistent_volumes(&q.class) {
+        for v in sealed::qubes::persistent_volumes(&q.class) {
             let av = QubeSettings::volume_name(&q.name, v);
             if let Some((session, size)) = r.volumes.get(&av) {
                 s.volumes.push(VolumeStep {

@@ -162,7 +162,7 @@ pub fn last_commands(s: &Step) -> Vec<Vec<String>> {
 }
 
 /// The command that gives `name` device `d` back (see the module doc).
-fn device_command(name: &str, d: &protocol::qubes::Device) -> Vec<String> {
+fn device_command(name: &str, d: &sealed::qubes::Device) -> Vec<String> {
     let attr = |k: &str| {
         d.attrs
             .iter()
@@ -221,7 +221,7 @@ mod tests {
                 ("dsthost".into(), "example.com".into()),
             ]]),
             notes: Some("--delete".into()),
-            devices: vec![protocol::qubes::Device {
+            devices: vec![sealed::qubes::Device {
                 class: "pci".into(),
                 backend: "dom0".into(),
                 ident: "00_14.3".into(),
@@ -291,7 +291,7 @@ mod tests {
             ])
         );
         // Qubes 4.3's records: the mode and the identity come back.
-        let dev = |mode: &str, id: &str| protocol::qubes::Device {
+        let dev = |mode: &str, id: &str| sealed::qubes::Device {
             class: "usb".into(),
             backend: "sys-usb".into(),
             ident: "2-1".into(),

@@ -1,7 +1,7 @@
 //! Reads dom0's own Qubes records: `qubes.xml` (written by qubesd), and
 //! each qube's `firewall.xml` and `notes.txt` in its directory beside it
 //! (also qubesd's). Nothing a qube wrote is read. Each qube becomes a
-//! `protocol::qubes::QubeSettings`, checked as a restore will need it; a
+//! `sealed::qubes::QubeSettings`, checked as a restore will need it; a
 //! qube whose record does not pass is reported and left out, never
 //! "cleaned up" into something else.
 //!
@@ -15,8 +15,8 @@
 //! install's own.
 
 use anyhow::{bail, Context, Result};
-use protocol::qubes::{Device, PropValue, QubeSettings, MAX_NOTES};
 use roxmltree::{Document, Node};
+use sealed::qubes::{Device, PropValue, QubeSettings, MAX_NOTES};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -194,7 +194,7 @@ fn domain(
     file: &FileReader,
 ) -> Result<Option<QubeSettings>> {
     // Checked before the name becomes part of a path.
-    protocol::qubes::validate_qube_name(name)?;
+    sealed::qubes::validate_qube_name(name)?;
     let mut q = QubeSettings {
         name: name.to_string(),
         class: class.to_string(),

@@ -2,13 +2,13 @@
 //! for a full backup of FILE — every chunk through the chunk envelope's
 //! work alone (keyed BLAKE3 id, zstd at LEVEL, and with `on`, the default,
 //! XChaCha20-Poly1305; a CRC either way), with the same code sparsebak
-//! uses (`protocol::envelope`), spread over all cores, reading from the
+//! uses (`sealed::envelope`), spread over all cores, reading from the
 //! page cache. Prints the seconds it took. The benchmark compares
 //! sparsebak with this number.
 
-use protocol::envelope::{sealed_bound, Place, Sealer};
-use protocol::keys::{Keys, MasterKey, VolumeId};
 use protocol::message::ArchiveId;
+use sealed::envelope::{sealed_bound, Place, Sealer};
+use sealed::keys::{Keys, MasterKey, VolumeId};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -152,6 +152,7 @@ impl Archive {
             );
             fsutil::fsync_dir(&root.join(VOLUMES_DIR))?;
             blob::write_initial(root, protocol::message::Blob::Key, key)?;
+            blob::write_initial(root, protocol::message::Blob::KeyCopy, key)?;
             blob::write_initial(root, protocol::message::Blob::Root, root_rec)?;
             // Last: the archive exists once this is in place.
             fsutil::write_atomic(&root.join(ARCHIVE_FILE), &bytes)
@@ -161,7 +162,7 @@ impl Archive {
             if made_root {
                 let _ = fs::remove_dir_all(root);
             } else {
-                for b in [protocol::message::Blob::Key, protocol::message::Blob::Root] {
+                for b in protocol::message::Blob::ALL {
                     let _ = fs::remove_file(blob::path(root, b));
                 }
                 let _ = fs::remove_dir(root.join(VOLUMES_DIR));
@@ -234,7 +235,7 @@ impl Archive {
     /// looks at, so they go without it.
     pub fn recover(&self, store_held: bool) -> Result<()> {
         // A record upload cut short (writers only make them).
-        for b in [protocol::message::Blob::Key, protocol::message::Blob::Root] {
+        for b in protocol::message::Blob::ALL {
             remove_file_if_exists(&self.root.join(format!(".upload-{}", b.name())))?;
         }
         let dir = self.root.join(VOLUMES_DIR);

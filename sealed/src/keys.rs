@@ -9,6 +9,8 @@
 //!   ([`crate::envelope`]) and sealed records (the root, [`crate::root`]).
 //! - *manifest MAC*: keyed BLAKE3 of a manifest file's bytes, pinned by
 //!   the root.
+//! - *chunk MAC*: keyed BLAKE3 over a clear chunk's place and stored body
+//!   (`--encrypt off` archives), checked before it is decompressed.
 //!
 //! Also here: the master key wrapped by a passphrase (Argon2id, its
 //! parameters stored beside it and bounded when read, since the archive
@@ -16,14 +18,15 @@
 //!
 //! Pure: the caller supplies every random byte (salts, nonces, the key).
 
-use crate::message::ArchiveId;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+pub use protocol::codec::{hex, parse_hex};
+use protocol::message::ArchiveId;
+pub use protocol::message::VolumeId;
 use zeroize::Zeroizing;
 
 pub const KEY_LEN: usize = 32;
-pub const NONCE_LEN: usize = 24;
-pub const TAG_LEN: usize = 16;
+pub use protocol::envelope::{NONCE_LEN, TAG_LEN};
 
 /// An archive's master key: 32 random bytes, wiped from memory on drop.
 #[derive(Clone)]
@@ -45,32 +48,18 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
-/// A volume's opaque id: what the receiver knows the volume by (as 32
-/// lowercase hex digits, its directory name), chosen at random by dom0
-/// when the volume is first backed up, kept across renames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VolumeId(pub [u8; 16]);
-
-impl VolumeId {
-    pub fn to_hex(&self) -> String {
-        hex(&self.0)
-    }
-
-    pub fn from_hex(s: &str) -> Option<Self> {
-        let mut b = [0u8; 16];
-        unhex(s, &mut b)?;
-        Some(VolumeId(b))
-    }
-}
-
 /// Everything derived from one master key, for one archive.
 pub struct Keys {
     pub archive: ArchiveId,
     /// Chunks are encrypted (else stored in the clear, authenticated by
     /// their keyed ids).
     pub encrypt: bool,
+    /// A clear archive may hold kind-2 envelopes (no MAC: made before
+    /// kind 3). False for an archive made since, which refuses them.
+    pub legacy_clear: bool,
     id: Zeroizing<[u8; 32]>,
     mac: Zeroizing<[u8; 32]>,
+    cmac: Zeroizing<[u8; 32]>,
     chunk: XChaCha20Poly1305,
     record: XChaCha20Poly1305,
 }
@@ -88,8 +77,10 @@ impl Keys {
         Keys {
             archive,
             encrypt,
+            legacy_clear: false,
             id: subkey("chunk id", master),
             mac: subkey("manifest mac", master),
+            cmac: subkey("chunk mac", master),
             chunk: cipher("chunk aead"),
             record: cipher("record aead"),
         }
@@ -98,6 +89,11 @@ impl Keys {
     /// A chunk's keyed id: keyed BLAKE3 of its plaintext.
     pub fn chunk_id(&self, plain: &[u8]) -> [u8; 32] {
         blake3::keyed_hash(&self.id, plain).into()
+    }
+
+    /// A streaming MAC over a clear chunk's place and body.
+    pub(crate) fn clear_mac(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.cmac)
     }
 
     /// A streaming MAC over a manifest file's bytes.
@@ -130,23 +126,35 @@ impl Keys {
 
     /// Opens a record sealed by [`Keys::seal_record`] with this key.
     pub fn open_record(&self, magic: &[u8; 8], bytes: &[u8]) -> Result<Vec<u8>, KeyError> {
-        if bytes.len() < 8 + NONCE_LEN + TAG_LEN || &bytes[..8] != magic {
+        self.open_record_in_place(magic, bytes.to_vec())
+    }
+
+    /// [`Keys::open_record`] in the record's own buffer: a record near its
+    /// cap (a root) costs its size once, not twice.
+    pub fn open_record_in_place(
+        &self,
+        magic: &[u8; 8],
+        mut bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, KeyError> {
+        let n = bytes.len();
+        if n < 8 + NONCE_LEN + TAG_LEN || bytes[..8] != magic[..] {
             return Err(KeyError::Format(
                 "not a sealed record of this kind or version",
             ));
         }
-        let nonce = XNonce::from_slice(&bytes[8..8 + NONCE_LEN]);
-        let (ct, tag) = bytes[8 + NONCE_LEN..].split_at(bytes.len() - 8 - NONCE_LEN - TAG_LEN);
-        let mut body = ct.to_vec();
+        let nonce = *XNonce::from_slice(&bytes[8..8 + NONCE_LEN]);
+        let tag = *Tag::from_slice(&bytes[n - TAG_LEN..]);
         self.record
             .decrypt_in_place_detached(
-                nonce,
+                &nonce,
                 &self.record_ad(magic),
-                &mut body,
-                Tag::from_slice(tag),
+                &mut bytes[8 + NONCE_LEN..n - TAG_LEN],
+                &tag,
             )
             .map_err(|_| KeyError::Authentication)?;
-        Ok(body)
+        bytes.truncate(n - TAG_LEN);
+        bytes.drain(..8 + NONCE_LEN);
+        Ok(bytes)
     }
 
     fn record_ad(&self, magic: &[u8; 8]) -> [u8; 24] {
@@ -179,23 +187,32 @@ pub struct KdfParams {
     pub p: u32,
 }
 
-/// 64 MiB, 3 passes, one lane: the least DESIGN §10 allows.
+/// 256 MiB, 3 passes, one lane: four times DESIGN §10's least. The key
+/// is unwrapped only at `arch-import` (a disaster recovery) and wrapped at
+/// `arch-init` and `key passwd`, so dom0 can afford the memory, which is
+/// what makes each offline guess at a stolen archive's passphrase costly.
 pub const DEFAULT_KDF: KdfParams = KdfParams {
-    m_kib: 64 * 1024,
+    m_kib: 256 * 1024,
     t: 3,
     p: 1,
 };
 
+/// Most memory × passes a stored key may ask for: twice the default's.
+pub const MAX_KDF_COST: u64 = 2 * 256 * 1024 * 3;
+
 impl KdfParams {
     /// The archive holding these is hostile: at least 64 MiB (no
-    /// downgrade), at most 1 GiB and 16 passes (no memory or time bomb).
+    /// downgrade); at most 512 MiB, 8 passes, 4 lanes and twice the
+    /// default's memory × passes, so a forged key costs a fresh dom0 at
+    /// most about twice an honest recovery before its tag fails.
     pub fn validate(self) -> Result<Self, KeyError> {
-        if !(64 * 1024..=1024 * 1024).contains(&self.m_kib)
-            || !(1..=16).contains(&self.t)
-            || !(1..=8).contains(&self.p)
+        if !(64 * 1024..=512 * 1024).contains(&self.m_kib)
+            || !(1..=8).contains(&self.t)
+            || !(1..=4).contains(&self.p)
+            || u64::from(self.m_kib) * u64::from(self.t) > MAX_KDF_COST
         {
             return Err(KeyError::Params(format!(
-                "{} KiB, {} passes, {} lanes (allowed: 64 MiB to 1 GiB, 1 to 16 passes, 1 to 8 lanes)",
+                "{} KiB, {} passes, {} lanes (allowed: 64 to 512 MiB, 1 to 8 passes, 1 to 4 lanes, memory × passes at most 1.5 GiB)",
                 self.m_kib, self.t, self.p
             )));
         }
@@ -298,7 +315,7 @@ impl WrappedKey {
 
     pub fn decode(b: &[u8]) -> Result<Self, KeyError> {
         if b.len() != WRAPPED_LEN {
-            return Err(KeyError::Format("a wrapped key is 148 bytes"));
+            return Err(KeyError::Format("a wrapped key is 125 bytes"));
         }
         if b[..8] != WRAPPED_MAGIC {
             return Err(KeyError::Format("not a sparsebak wrapped key (magic)"));
@@ -388,7 +405,8 @@ impl KeyFile {
             _ => return Err(KeyError::Format("encrypt must be on or off")),
         };
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
-        unhex(field("key")?, &mut *k).ok_or(KeyError::Format("bad key in key file"))?;
+        protocol::codec::unhex(field("key")?, &mut *k)
+            .ok_or(KeyError::Format("bad key in key file"))?;
         Ok(KeyFile {
             archive,
             encrypt,
@@ -399,28 +417,6 @@ impl KeyFile {
     pub fn keys(&self) -> Keys {
         Keys::derive(&self.master, self.archive, self.encrypt)
     }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Exactly `N` bytes of hex.
-pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let mut b = [0u8; N];
-    unhex(s, &mut b)?;
-    Some(b)
-}
-
-/// Lowercase or uppercase hex of exactly `out.len()` bytes.
-fn unhex(s: &str, out: &mut [u8]) -> Option<()> {
-    if s.len() != out.len() * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(())
 }
 
 #[cfg(test)]
@@ -489,12 +485,29 @@ mod tests {
         let mut big = b.clone();
         big[25..29].copy_from_slice(&(4u32 << 20).to_le_bytes());
         assert!(matches!(WrappedKey::decode(&big), Err(KeyError::Params(_))));
-        let mut weak = b;
+        let mut weak = b.clone();
         weak[25..29].copy_from_slice(&8u32.to_le_bytes());
         assert!(matches!(
             WrappedKey::decode(&weak),
             Err(KeyError::Params(_))
         ));
+        // The most a forged key may cost: 512 MiB, and memory × passes at
+        // most twice the default's (the review's forged key asked for
+        // 1 GiB and 16 passes).
+        let at = |m: u32, t: u32| {
+            let mut f = b.clone();
+            f[25..29].copy_from_slice(&m.to_le_bytes());
+            f[29..33].copy_from_slice(&t.to_le_bytes());
+            WrappedKey::decode(&f).map(|_| ())
+        };
+        assert!(at(1 << 20, 16).is_err());
+        assert!(at(1 << 20, 1).is_err());
+        assert!(at(512 << 10, 3).is_ok());
+        assert!(at(512 << 10, 4).is_err());
+        assert!(at(256 << 10, 6).is_ok());
+        assert!(at(64 << 10, 9).is_err());
+        assert!(DEFAULT_KDF.validate().is_ok());
+        assert!(u64::from(DEFAULT_KDF.m_kib) * u64::from(DEFAULT_KDF.t) * 2 == MAX_KDF_COST);
     }
 
     #[test]

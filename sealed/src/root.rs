@@ -12,14 +12,16 @@
 //! smaller generation than dom0 has seen is a rollback.
 
 use crate::keys::{KeyError, Keys, VolumeId, NONCE_LEN};
-use crate::message::{ArchiveParams, SessionInfo};
-use crate::names::{validate_session_name, validate_volume_name};
 use crate::qubes::QubesCatalog;
-use crate::{codec, ProtocolError};
+use protocol::message::{ArchiveParams, SessionInfo};
+use protocol::names::{validate_session_name, validate_volume_name};
+use protocol::{codec, ProtocolError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-pub const ROOT_MAGIC: [u8; 8] = *b"SBKROOT3";
+pub const ROOT_MAGIC: [u8; 8] = *b"SBKROOT4";
+/// Roots before the wrapped key was pinned: read (as pinning none).
+pub const ROOT_MAGIC_V3: [u8; 8] = *b"SBKROOT3";
 /// Roots before pending changes: read (as having none), never written.
 pub const ROOT_MAGIC_V2: [u8; 8] = *b"SBKROOT2";
 /// Roots before Qubes settings: read (as having none), never written.
@@ -43,6 +45,15 @@ pub struct Root {
     /// was lost in the middle can tell, from the key and the archive
     /// alone, whether each happened, and finish or forget it.
     pub pending: Vec<Pending>,
+    /// BLAKE3 of the wrapped key (`keys::WrappedKey`'s bytes) the archive
+    /// must hold, in `dom0.key` and its copy: a damaged or replaced one is
+    /// found (and put back) at the next connection, not at a disaster
+    /// recovery. `None` in a root an earlier version wrote.
+    pub key_hash: Option<[u8; 32]>,
+    /// The archive may hold clear chunks without a MAC (kind 2: an
+    /// `--encrypt off` archive made before kind 3). False for one made
+    /// since, whose dom0 refuses them; true read from an older root.
+    pub legacy_clear: bool,
 }
 
 /// A change in flight (see `Root::pending`).
@@ -70,6 +81,37 @@ impl Pending {
     }
 }
 
+/// A root as version 3 wrote it.
+#[derive(Serialize, Deserialize)]
+struct RootV3 {
+    generation: u64,
+    written: u64,
+    params: ArchiveParams,
+    encrypt: bool,
+    configured: Vec<String>,
+    volumes: Vec<RootVolume>,
+    qubes: QubesCatalog,
+    pending: Vec<Pending>,
+}
+
+/// Version 3 read as version 4: no wrapped key pinned.
+impl From<RootV3> for Root {
+    fn from(v3: RootV3) -> Root {
+        Root {
+            generation: v3.generation,
+            written: v3.written,
+            params: v3.params,
+            encrypt: v3.encrypt,
+            configured: v3.configured,
+            volumes: v3.volumes,
+            qubes: v3.qubes,
+            pending: v3.pending,
+            key_hash: None,
+            legacy_clear: true,
+        }
+    }
+}
+
 /// A root as version 2 wrote it.
 #[derive(Serialize, Deserialize)]
 struct RootV2 {
@@ -83,9 +125,9 @@ struct RootV2 {
 }
 
 /// Version 2 read as version 3: no change in flight.
-impl From<RootV2> for Root {
-    fn from(v2: RootV2) -> Root {
-        Root {
+impl From<RootV2> for RootV3 {
+    fn from(v2: RootV2) -> RootV3 {
+        RootV3 {
             generation: v2.generation,
             written: v2.written,
             params: v2.params,
@@ -192,17 +234,31 @@ impl Root {
 
     /// Opens and checks a root read from the archive.
     pub fn open(keys: &Keys, bytes: &[u8]) -> Result<Root, RootError> {
+        Root::open_in_place(keys, bytes.to_vec())
+    }
+
+    /// [`Root::open`], decrypting in the buffer read from the archive.
+    pub fn open_in_place(keys: &Keys, bytes: Vec<u8>) -> Result<Root, RootError> {
         // Older versions become the current one a version at a time.
-        let r: Root = if bytes.starts_with(&ROOT_MAGIC_V1) {
-            let v1: RootV1 =
-                codec::decode_large("root", &keys.open_record(&ROOT_MAGIC_V1, bytes)?)?;
-            RootV2::from(v1).into()
-        } else if bytes.starts_with(&ROOT_MAGIC_V2) {
-            let v2: RootV2 =
-                codec::decode_large("root", &keys.open_record(&ROOT_MAGIC_V2, bytes)?)?;
-            v2.into()
-        } else {
-            codec::decode_large("root", &keys.open_record(&ROOT_MAGIC, bytes)?)?
+        let magic: [u8; 8] = bytes
+            .get(..8)
+            .and_then(|m| m.try_into().ok())
+            .unwrap_or_default();
+        let open = |magic| keys.open_record_in_place(magic, bytes);
+        let r: Root = match magic {
+            ROOT_MAGIC_V1 => {
+                let v1: RootV1 = codec::decode_large("root", &open(&ROOT_MAGIC_V1)?)?;
+                RootV3::from(RootV2::from(v1)).into()
+            }
+            ROOT_MAGIC_V2 => {
+                let v2: RootV2 = codec::decode_large("root", &open(&ROOT_MAGIC_V2)?)?;
+                RootV3::from(v2).into()
+            }
+            ROOT_MAGIC_V3 => {
+                let v3: RootV3 = codec::decode_large("root", &open(&ROOT_MAGIC_V3)?)?;
+                v3.into()
+            }
+            _ => codec::decode_large("root", &open(&ROOT_MAGIC)?)?,
         };
         r.validate(keys)?;
         Ok(r)
@@ -282,7 +338,7 @@ impl Root {
 mod tests {
     use super::*;
     use crate::keys::MasterKey;
-    use crate::message::{ArchiveId, Compression};
+    use protocol::message::{ArchiveId, Compression};
 
     fn keys() -> Keys {
         Keys::derive(&MasterKey::from_bytes([3; 32]), ArchiveId([4; 16]), true)
@@ -315,7 +371,39 @@ mod tests {
             }],
             qubes: QubesCatalog::default(),
             pending: Vec::new(),
+            key_hash: Some([6; 32]),
+            legacy_clear: false,
         }
+    }
+
+    #[test]
+    fn the_wrapped_key_is_pinned_and_v3_roots_still_open() {
+        let k = keys();
+        let r = root();
+        assert_eq!(
+            Root::open(&k, &r.seal(&k, [0; 24])).unwrap().key_hash,
+            Some([6; 32])
+        );
+        let v3 = RootV3 {
+            generation: r.generation,
+            written: r.written,
+            params: r.params,
+            encrypt: r.encrypt,
+            configured: r.configured.clone(),
+            volumes: r.volumes.clone(),
+            qubes: r.qubes.clone(),
+            pending: r.pending.clone(),
+        };
+        let sealed = k.seal_record(&ROOT_MAGIC_V3, &codec::encode_large(&v3), [1; 24]);
+        let old = Root::open(&k, &sealed).unwrap();
+        assert_eq!(old.key_hash, None);
+        assert_eq!(
+            Root {
+                key_hash: r.key_hash,
+                ..old
+            },
+            r
+        );
     }
 
     #[test]
@@ -362,7 +450,13 @@ mod tests {
             qubes: old.qubes.clone(),
         };
         let sealed = k.seal_record(&ROOT_MAGIC_V2, &codec::encode_large(&v2), [1; 24]);
-        assert_eq!(Root::open(&k, &sealed).unwrap(), old);
+        assert_eq!(
+            Root::open(&k, &sealed).unwrap(),
+            Root {
+                key_hash: None,
+                ..old
+            }
+        );
     }
 
     #[test]
@@ -403,7 +497,13 @@ mod tests {
             volumes: old.volumes.clone(),
         };
         let sealed = k.seal_record(&ROOT_MAGIC_V1, &codec::encode_large(&v1), [1; 24]);
-        assert_eq!(Root::open(&k, &sealed).unwrap(), old);
+        assert_eq!(
+            Root::open(&k, &sealed).unwrap(),
+            Root {
+                key_hash: None,
+                ..old
+            }
+        );
     }
 
     #[test]

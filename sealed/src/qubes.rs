@@ -11,8 +11,8 @@
 //! restore never hands a tool an option-like, path-like or unprintable
 //! argument.
 
-use crate::names::{display_safe, validate_session_name, validate_volume_name};
-use crate::ProtocolError;
+use protocol::names::{display_safe, validate_session_name, validate_volume_name};
+use protocol::ProtocolError;
 use serde::{Deserialize, Serialize};
 
 /// The labels a Qubes install has (`qvm-create --label`).
@@ -357,7 +357,7 @@ impl QubesCatalog {
         mut qubes: Vec<QubeSettings>,
         mut volumes: Vec<(String, String)>,
     ) -> String {
-        let name = crate::names::session_name(self.sessions.last().map(|s| s.name.as_str()));
+        let name = protocol::names::session_name(self.sessions.last().map(|s| s.name.as_str()));
         qubes.sort_by(|a, b| a.name.cmp(&b.name));
         volumes.sort();
         let idx = qubes

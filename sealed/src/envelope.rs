@@ -1,0 +1,403 @@
+//! Sealing and opening chunks, with the archive's keys: the one place
+//! that does either. The agent seals during a backup and opens during a
+//! restore or verify; the receiver only checks the frame
+//! (`protocol::envelope`, re-exported here).
+//!
+//! Sealing computes the chunk's keyed id (what the manifest pins),
+//! compresses with zstd when that saves space, and encrypts with
+//! XChaCha20-Poly1305 under a random nonce, the archive, volume, address
+//! and length bound as associated data — or, in an archive made with
+//! `--encrypt off`, stores the compressed bytes in the clear with a keyed
+//! BLAKE3 MAC over the same associated data and the body (kind 3), so that
+//! nothing a hostile receiver sends reaches the decompressor before it
+//! authenticates. Opening checks the CRC, decrypts or checks the MAC,
+//! decompresses into a caller's buffer of exactly the chunk's length (a
+//! decompression bomb is an error, never an allocation) and checks the id.
+//! Pure: no I/O; the caller supplies nonces and owns the buffers.
+
+pub use protocol::envelope::*;
+
+use crate::keys::{Keys, VolumeId};
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{Tag, XNonce};
+use protocol::chunk::Hash;
+use std::sync::Arc;
+
+/// Where a chunk belongs: bound into its envelope, so a chunk moved to
+/// another volume, address or archive does not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub volume: VolumeId,
+    pub addr: u64,
+    pub raw_len: u32,
+}
+
+fn ad(keys: &Keys, at: &Place) -> [u8; 52] {
+    let mut a = [0u8; 52];
+    a[..8].copy_from_slice(b"SBKCHNK1");
+    a[8..24].copy_from_slice(&keys.archive.0);
+    a[24..40].copy_from_slice(&at.volume.0);
+    a[40..48].copy_from_slice(&at.addr.to_le_bytes());
+    a[48..].copy_from_slice(&at.raw_len.to_le_bytes());
+    a
+}
+
+/// A kind-3 envelope's MAC: keyed BLAKE3 of the associated data and the
+/// body, its first 16 bytes.
+fn clear_mac(keys: &Keys, at: &Place, body: &[u8]) -> [u8; TAG_LEN] {
+    let mut h = keys.clear_mac();
+    h.update(&ad(keys, at));
+    h.update(body);
+    let mut m = [0u8; TAG_LEN];
+    m.copy_from_slice(&h.finalize().as_bytes()[..TAG_LEN]);
+    m
+}
+
+/// Equal in time independent of where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// Seals chunks: one per worker thread (it holds a zstd context).
+pub struct Sealer {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    keys: Arc<Keys>,
+}
+
+impl Sealer {
+    /// `level`: the zstd level, None for no compression.
+    pub fn new(level: Option<i32>, keys: Arc<Keys>) -> std::io::Result<Self> {
+        Ok(Sealer {
+            zstd: level.map(zstd::bulk::Compressor::new).transpose()?,
+            keys,
+        })
+    }
+
+    /// A chunk's keyed id (what [`Sealer::seal`] returns), to compare a
+    /// chunk with a manifest entry without sealing it.
+    pub fn id(&self, plain: &[u8]) -> Hash {
+        self.keys.chunk_id(plain)
+    }
+
+    /// Seals a non-zero chunk into `out` (cleared first; it must have room
+    /// for [`sealed_bound`] bytes) and returns its keyed id. `nonce` must
+    /// be fresh random bytes (ignored by an `--encrypt off` archive).
+    pub fn seal(
+        &mut self,
+        plain: &[u8],
+        at: &Place,
+        nonce: [u8; NONCE_LEN],
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<Hash> {
+        let id = self.keys.chunk_id(plain);
+        out.clear();
+        let enc = self.keys.encrypt;
+        out.push(if enc { KIND_AEAD } else { KIND_CLEAR_MAC });
+        if enc {
+            out.extend_from_slice(&nonce);
+        }
+        let body = out.len();
+        let bound = zstd::zstd_safe::compress_bound(plain.len());
+        let compressed = match &mut self.zstd {
+            Some(c) => {
+                out.resize(body + 1 + bound, 0);
+                let n = c.compress_to_buffer(plain, &mut out[body + 1..])?;
+                out.truncate(body + 1 + n);
+                n < plain.len()
+            }
+            None => false,
+        };
+        if compressed {
+            out[body] = ZSTD;
+        } else {
+            out.truncate(body);
+            out.push(STORED);
+            out.extend_from_slice(plain);
+        }
+        if enc {
+            let tag = self
+                .keys
+                .chunk_cipher()
+                .encrypt_in_place_detached(
+                    XNonce::from_slice(&nonce),
+                    &ad(&self.keys, at),
+                    &mut out[body..],
+                )
+                .map_err(|_| std::io::Error::other("chunk too large to seal"))?;
+            out.extend_from_slice(&tag);
+        } else {
+            let m = clear_mac(&self.keys, at, &out[body..]);
+            out.extend_from_slice(&m);
+        }
+        let crc = crc32fast::hash(out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        Ok(id)
+    }
+}
+
+fn mode(enc: bool) -> &'static str {
+    if enc {
+        "encrypted"
+    } else {
+        "clear"
+    }
+}
+
+/// Opens chunks: one per worker (it holds a scratch buffer).
+pub struct Opener {
+    keys: Arc<Keys>,
+    scratch: Vec<u8>,
+}
+
+impl Opener {
+    pub fn new(keys: Arc<Keys>) -> Self {
+        Opener {
+            keys,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Opens an envelope for the chunk at `at` whose manifest id is
+    /// `expect`; the plaintext lands in `plain` (at least `at.raw_len`
+    /// bytes) and is returned.
+    pub fn open<'a>(
+        &mut self,
+        stored: &[u8],
+        at: &Place,
+        expect: &Hash,
+        plain: &'a mut [u8],
+    ) -> Result<&'a [u8], OpenError> {
+        let raw_len = at.raw_len as usize;
+        let kind = check_stored(stored, raw_len)?;
+        let enc = kind == KIND_AEAD;
+        if enc != self.keys.encrypt {
+            return Err(OpenError::Mode {
+                found: mode(enc),
+                expected: mode(self.keys.encrypt),
+            });
+        }
+        if kind == KIND_CLEAR && !self.keys.legacy_clear {
+            // Kind 2 has no MAC: only an archive made before kind 3 may
+            // hold it, and only there is its body decompressed unchecked.
+            return Err(OpenError::Kind(kind));
+        }
+        let framed = &stored[..stored.len() - CRC_LEN];
+        let body: &[u8] = if enc {
+            let nonce = XNonce::from_slice(&framed[1..1 + NONCE_LEN]);
+            let (ct, tag) =
+                framed[1 + NONCE_LEN..].split_at(framed.len() - 1 - NONCE_LEN - TAG_LEN);
+            self.scratch.clear();
+            self.scratch.extend_from_slice(ct);
+            self.keys
+                .chunk_cipher()
+                .decrypt_in_place_detached(
+                    nonce,
+                    &ad(&self.keys, at),
+                    &mut self.scratch,
+                    Tag::from_slice(tag),
+                )
+                .map_err(|_| OpenError::Authentication)?;
+            &self.scratch
+        } else if kind == KIND_CLEAR_MAC {
+            let (body, mac) = framed[1..].split_at(framed.len() - 1 - TAG_LEN);
+            if !same(&clear_mac(&self.keys, at, body), mac) {
+                return Err(OpenError::Authentication);
+            }
+            body
+        } else {
+            &framed[1..]
+        };
+        let (flag, bytes) = body.split_first().ok_or(OpenError::Size {
+            stored: stored.len(),
+            expected: raw_len,
+        })?;
+        let out = &mut plain[..raw_len];
+        match *flag {
+            STORED if bytes.len() == raw_len => out.copy_from_slice(bytes),
+            STORED => {
+                return Err(OpenError::Length {
+                    got: bytes.len(),
+                    expected: raw_len,
+                })
+            }
+            ZSTD => {
+                // Bounded: output larger than the chunk is an error.
+                let n = zstd::bulk::decompress_to_buffer(bytes, &mut *out)
+                    .map_err(|e| OpenError::Decompress(e.to_string()))?;
+                if n != raw_len {
+                    return Err(OpenError::Length {
+                        got: n,
+                        expected: raw_len,
+                    });
+                }
+            }
+            f => return Err(OpenError::Compression(f)),
+        }
+        if self.keys.chunk_id(out) != *expect {
+            return Err(OpenError::Id);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MasterKey;
+    use proptest::prelude::*;
+    use protocol::message::ArchiveId;
+
+    fn keys(enc: bool) -> Arc<Keys> {
+        Arc::new(Keys::derive(
+            &MasterKey::from_bytes([7; 32]),
+            ArchiveId([1; 16]),
+            enc,
+        ))
+    }
+
+    fn place(addr: u64, len: usize) -> Place {
+        Place {
+            volume: VolumeId([2; 16]),
+            addr,
+            raw_len: len as u32,
+        }
+    }
+
+    fn seal_all(enc: bool, level: Option<i32>, plain: &[u8]) -> (Hash, Vec<u8>) {
+        let mut s = Sealer::new(level, keys(enc)).unwrap();
+        let mut out = Vec::with_capacity(sealed_bound(plain.len()));
+        let h = s
+            .seal(plain, &place(0, plain.len()), [9; 24], &mut out)
+            .unwrap();
+        assert!(out.len() <= max_stored(plain.len()));
+        (h, out)
+    }
+
+    fn open_with(enc: bool, stored: &[u8], at: &Place, h: &Hash) -> Result<Vec<u8>, OpenError> {
+        let mut buf = vec![0u8; at.raw_len as usize];
+        Opener::new(keys(enc))
+            .open(stored, at, h, &mut buf)
+            .map(|p| p.to_vec())
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_and_no_flip_opens(
+            plain in prop::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 1..4096),
+            level in prop_oneof![Just(None), Just(Some(3))],
+            enc in any::<bool>(),
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let (h, stored) = seal_all(enc, level, &plain);
+            let at = place(0, plain.len());
+            prop_assert_eq!(open_with(enc, &stored, &at, &h).unwrap(), plain.clone());
+            let mut bad = stored.clone();
+            let i = flip.index(bad.len());
+            bad[i] ^= 1 << bit;
+            // Every flip is caught: by the CRC, or (a flip that also fixes
+            // the CRC cannot happen with one bit) by the tag or the id.
+            prop_assert!(open_with(enc, &bad, &at, &h).is_err());
+            // The receiver's check alone catches it too.
+            prop_assert!(check_stored(&bad, plain.len()).is_err());
+        }
+    }
+
+    #[test]
+    fn encrypted_chunks_hide_their_content_and_bind_their_place() {
+        let plain = b"MARKER-MARKER-MARKER-MARKER".repeat(100);
+        let (h, stored) = seal_all(true, None, &plain);
+        assert!(!stored.windows(6).any(|w| w == b"MARKER"));
+        let at = place(0, plain.len());
+        assert!(open_with(true, &stored, &at, &h).is_ok());
+        // Another address, volume or length: the tag fails.
+        for other in [
+            place(65536, plain.len()),
+            Place {
+                volume: VolumeId([3; 16]),
+                ..at
+            },
+        ] {
+            assert_eq!(
+                open_with(true, &stored, &other, &h),
+                Err(OpenError::Authentication)
+            );
+        }
+        // A key of another archive, a stale id, a clear-mode reader.
+        let other = Arc::new(Keys::derive(
+            &MasterKey::from_bytes([8; 32]),
+            ArchiveId([1; 16]),
+            true,
+        ));
+        let mut buf = vec![0u8; plain.len()];
+        assert!(Opener::new(other).open(&stored, &at, &h, &mut buf).is_err());
+        assert_eq!(open_with(true, &stored, &at, &[0; 32]), Err(OpenError::Id));
+        assert!(matches!(
+            open_with(false, &stored, &at, &h),
+            Err(OpenError::Mode { .. })
+        ));
+    }
+
+    #[test]
+    fn clear_chunks_are_authenticated_by_their_mac_and_their_id() {
+        let plain = vec![5u8; 65536];
+        let (h, stored) = seal_all(false, Some(3), &plain);
+        assert!(stored.len() < 1000);
+        assert_eq!(stored[0], KIND_CLEAR_MAC);
+        let at = place(0, plain.len());
+        assert!(open_with(false, &stored, &at, &h).is_ok());
+        // The MAC binds the place, as the AEAD does.
+        assert_eq!(
+            open_with(false, &stored, &place(65536, plain.len()), &h),
+            Err(OpenError::Authentication)
+        );
+        // A well-formed clear envelope of other content: the id fails.
+        let (_, other) = seal_all(false, Some(3), &vec![6u8; 65536]);
+        assert_eq!(open_with(false, &other, &at, &h), Err(OpenError::Id));
+        assert!(matches!(
+            open_with(true, &stored, &at, &h),
+            Err(OpenError::Mode { .. })
+        ));
+    }
+
+    #[test]
+    fn a_bomb_or_a_short_record_is_refused() {
+        // A clear envelope holding a zstd frame of 1 MiB for a 4 KiB chunk:
+        // as kind 3 with no valid MAC, refused before decompressing; as
+        // kind 2, refused unless the archive may hold kind 2, and then
+        // bounded.
+        let frame = zstd::bulk::compress(&vec![0u8; 1 << 20], 3).unwrap();
+        let mut bomb = vec![KIND_CLEAR_MAC, ZSTD];
+        bomb.extend(&frame);
+        bomb.extend_from_slice(&[0; TAG_LEN]);
+        let crc = crc32fast::hash(&bomb);
+        bomb.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            open_with(false, &bomb, &place(0, 4096), &[0; 32]),
+            Err(OpenError::Authentication)
+        );
+        let mut old = vec![KIND_CLEAR, ZSTD];
+        old.extend(&frame);
+        let crc = crc32fast::hash(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            open_with(false, &old, &place(0, 4096), &[0; 32]),
+            Err(OpenError::Kind(KIND_CLEAR))
+        );
+        let mut legacy = Keys::derive(&MasterKey::from_bytes([7; 32]), ArchiveId([1; 16]), false);
+        legacy.legacy_clear = true;
+        let mut buf = vec![0u8; 4096];
+        assert!(matches!(
+            Opener::new(Arc::new(legacy)).open(&old, &place(0, 4096), &[0; 32], &mut buf),
+            Err(OpenError::Decompress(_))
+        ));
+        assert!(matches!(
+            open_with(false, b"abc", &place(0, 4), &[0; 32]),
+            Err(OpenError::Size { .. })
+        ));
+        assert!(matches!(
+            check_stored(&[9, 0, 0, 0, 0, 0], 4),
+            Err(OpenError::Crc)
+        ));
+    }
+}
