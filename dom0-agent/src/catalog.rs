@@ -68,6 +68,7 @@ pub fn build(meta: &ArchiveMeta) -> Result<Root> {
         qubes: meta.qubes()?,
         key_hash: meta.wrapped_key()?.map(|k| *blake3::hash(&k).as_bytes()),
         legacy_clear: meta.rec.legacy_clear && !meta.rec.encrypt,
+        pad_sizes: meta.rec.pad_sizes,
     })
 }
 

@@ -84,7 +84,7 @@ pub enum KeyCmd {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Change the passphrase: re-wraps the key in the archive (asks for the new one twice, or reads --passphrase-file); no data is rewritten.
+    /// Change the passphrase: re-wraps the key in the archive (asks for the new one twice, or reads --passphrase-file); no data is rewritten. Copies of the archive's old dom0.key made before still open with the old passphrase (the key itself is unchanged): to retire a passphrase, not to recover from a leak.
     Passwd,
 }
 
@@ -110,6 +110,9 @@ pub enum Cmd {
         /// Create missing parent directories of the archive directory. Without it a missing parent is refused: it is most often a backup disk that is not mounted.
         #[arg(long)]
         mkdir: bool,
+        /// Pad each stored chunk to a size bucket (a sixteenth of the chunk), so the backup qube learns how compressible a chunk is only roughly and matching a volume against a known image (a public template) by sizes gets harder. Costs about half a bucket per compressible chunk (see the README).
+        #[arg(long)]
+        pad_sizes: bool,
     },
     /// Adopt an existing archive on a dom0 that lost (or never had) its records.
     ///

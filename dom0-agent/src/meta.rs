@@ -67,6 +67,9 @@ pub struct ArchiveRecord {
     /// chunks, and only in it are they read.
     #[serde(default = "legacy")]
     pub legacy_clear: bool,
+    /// Stored sizes are padded to buckets (`arch-init --pad-sizes`).
+    #[serde(default)]
+    pub pad_sizes: bool,
 }
 
 fn legacy() -> bool {
@@ -78,6 +81,7 @@ impl ArchiveRecord {
     pub fn keys(&self, key: &KeyFile) -> Keys {
         let mut k = key.keys();
         k.legacy_clear = self.legacy_clear && !self.encrypt;
+        k.pad = self.pad_sizes;
         k
     }
 }
@@ -380,20 +384,17 @@ impl ArchiveMeta {
     fn seen_record(&self) -> Result<(u64, Option<[u8; 32]>, Option<u64>)> {
         let p = self.dir.join(GENERATION_FILE);
         let bad = || format!("unable to parse '{}'", p.display());
-        match fs::read_to_string(&p) {
-            Ok(t) => {
-                let mut w = t.split_whitespace();
-                let g = w.next().unwrap_or("").parse().with_context(bad)?;
-                let h = match w.next() {
-                    Some(h) => Some(sealed::keys::parse_hex(h).with_context(bad)?),
-                    None => None,
-                };
-                let len = w.next().map(str::parse).transpose().with_context(bad)?;
-                Ok((g, h, len))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, None, None)),
-            Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
-        }
+        let Some(words) = read_words(&p)? else {
+            return Ok((0, None, None));
+        };
+        let mut w = words.iter().map(String::as_str);
+        let g = w.next().unwrap_or("").parse().with_context(bad)?;
+        let h = w
+            .next()
+            .map(|h| sealed::keys::parse_hex(h).with_context(bad))
+            .transpose()?;
+        let len = w.next().map(str::parse).transpose().with_context(bad)?;
+        Ok((g, h, len))
     }
 
     /// Records `root` as the newest root of generation `g` dom0 has
@@ -410,16 +411,13 @@ impl ArchiveMeta {
     fn attempted(&self) -> Result<(u64, Option<u64>)> {
         let p = self.dir.join(ATTEMPTED_FILE);
         let bad = || format!("unable to parse '{}'", p.display());
-        match fs::read_to_string(&p) {
-            Ok(t) => {
-                let mut w = t.split_whitespace();
-                let g = w.next().unwrap_or("").parse().with_context(bad)?;
-                let len = w.next().map(str::parse).transpose().with_context(bad)?;
-                Ok((g, len))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, None)),
-            Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
-        }
+        let Some(words) = read_words(&p)? else {
+            return Ok((0, None));
+        };
+        let mut w = words.iter().map(String::as_str);
+        let g = w.next().unwrap_or("").parse().with_context(bad)?;
+        let len = w.next().map(str::parse).transpose().with_context(bad)?;
+        Ok((g, len))
     }
 
     /// The generation the next root dom0 writes takes: one past any it
@@ -1013,6 +1011,16 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("unable to create '{}'", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("unable to make '{}' private", dir.display()))
+}
+
+/// The whitespace-separated words of a small record file; None if it
+/// does not exist.
+fn read_words(p: &Path) -> Result<Option<Vec<String>>> {
+    match fs::read_to_string(p) {
+        Ok(t) => Ok(Some(t.split_whitespace().map(str::to_string).collect())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
+    }
 }
 
 fn remove_if_exists(p: &Path) -> Result<()> {

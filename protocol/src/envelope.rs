@@ -21,6 +21,15 @@ pub const KIND_CLEAR_MAC: u8 = 3;
 /// Body compression flags.
 pub const STORED: u8 = 0;
 pub const ZSTD: u8 = 1;
+/// zstd, padded: `n u32le | zstd frame (n bytes) | zero bytes`, so that the
+/// stored size falls in a bucket (archives made with `--pad-sizes`).
+pub const ZSTD_PADDED: u8 = 2;
+
+/// The stored sizes of a padded archive are multiples of this (for a
+/// chunk of `raw_len` bytes): a sixteenth of the chunk, at least 4 KiB.
+pub fn pad_bucket(raw_len: usize) -> usize {
+    (raw_len / 16).max(4096)
+}
 pub const CRC_LEN: usize = 4;
 /// XChaCha20-Poly1305's nonce and tag; the clear MAC is as long as a tag.
 pub const NONCE_LEN: usize = 24;

@@ -98,18 +98,34 @@ impl Sealer {
         }
         let body = out.len();
         let bound = zstd::zstd_safe::compress_bound(plain.len());
+        // A padded body has the frame's length before the frame.
+        let head = if self.keys.pad { 5 } else { 1 };
         let compressed = match &mut self.zstd {
             Some(c) => {
-                out.resize(body + 1 + bound, 0);
-                let n = c.compress_to_buffer(plain, &mut out[body + 1..])?;
-                out.truncate(body + 1 + n);
-                n < plain.len()
+                out.resize(body + head + bound, 0);
+                let n = c.compress_to_buffer(plain, &mut out[body + head..])?;
+                out.truncate(body + head + n);
+                if self.keys.pad {
+                    // Round the whole envelope up to the bucket; stored
+                    // raw instead where that would not save space.
+                    let bucket = pad_bucket(plain.len());
+                    let total = (out.len() + TAG_LEN + CRC_LEN).next_multiple_of(bucket);
+                    let padded = total - TAG_LEN - CRC_LEN;
+                    let fits = padded - body < 1 + plain.len();
+                    if fits {
+                        out[body] = ZSTD_PADDED;
+                        out[body + 1..body + 5].copy_from_slice(&(n as u32).to_le_bytes());
+                        out.resize(padded, 0);
+                    }
+                    fits
+                } else {
+                    out[body] = ZSTD;
+                    n < plain.len()
+                }
             }
             None => false,
         };
-        if compressed {
-            out[body] = ZSTD;
-        } else {
+        if !compressed {
             out.truncate(body);
             out.push(STORED);
             out.extend_from_slice(plain);
@@ -220,9 +236,25 @@ impl Opener {
                     expected: raw_len,
                 })
             }
-            ZSTD => {
+            ZSTD | ZSTD_PADDED => {
+                let frame = if *flag == ZSTD {
+                    bytes
+                } else {
+                    let n = bytes
+                        .get(..4)
+                        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+                    match n.and_then(|n| bytes.get(4..4 + n)) {
+                        Some(f) => f,
+                        None => {
+                            return Err(OpenError::Size {
+                                stored: stored.len(),
+                                expected: raw_len,
+                            })
+                        }
+                    }
+                };
                 // Bounded: output larger than the chunk is an error.
-                let n = zstd::bulk::decompress_to_buffer(bytes, &mut *out)
+                let n = zstd::bulk::decompress_to_buffer(frame, &mut *out)
                     .map_err(|e| OpenError::Decompress(e.to_string()))?;
                 if n != raw_len {
                     return Err(OpenError::Length {
@@ -399,5 +431,43 @@ mod tests {
             check_stored(&[9, 0, 0, 0, 0, 0], 4),
             Err(OpenError::Crc)
         ));
+    }
+
+    #[test]
+    fn padded_archives_store_sizes_in_buckets_and_still_open() {
+        let mut rng = 1u64;
+        for enc in [true, false] {
+            let mut k = Keys::derive(&MasterKey::from_bytes([7; 32]), ArchiveId([1; 16]), enc);
+            k.pad = true;
+            let k = Arc::new(k);
+            let mut sizes = std::collections::BTreeSet::new();
+            for fill in [0usize, 1000, 20000, 60000, 65536] {
+                // `fill` random bytes, the rest a repeated pattern.
+                let mut plain = vec![7u8; 65536];
+                for b in &mut plain[..fill] {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    *b = rng as u8;
+                }
+                let mut s = Sealer::new(Some(3), k.clone()).unwrap();
+                let mut out = Vec::with_capacity(sealed_bound(plain.len()));
+                let at = place(0, plain.len());
+                let h = s.seal(&plain, &at, [9; 24], &mut out).unwrap();
+                let full = max_stored(plain.len()) - if enc { 0 } else { NONCE_LEN };
+                assert!(
+                    out.len() % pad_bucket(plain.len()) == 0 || out.len() == full,
+                    "{enc} {fill}: {} bytes",
+                    out.len()
+                );
+                sizes.insert(out.len());
+                let mut buf = vec![0u8; plain.len()];
+                let got = Opener::new(k.clone())
+                    .open(&out, &at, &h, &mut buf)
+                    .unwrap();
+                assert_eq!(got, &plain[..]);
+            }
+            assert!(sizes.len() >= 3, "{sizes:?}");
+        }
     }
 }

@@ -57,6 +57,9 @@ pub struct Keys {
     /// A clear archive may hold kind-2 envelopes (no MAC: made before
     /// kind 3). False for an archive made since, which refuses them.
     pub legacy_clear: bool,
+    /// Pad stored sizes to buckets (`--pad-sizes`): the receiver learns a
+    /// chunk's compressed size only to a sixteenth of the chunk.
+    pub pad: bool,
     id: Zeroizing<[u8; 32]>,
     mac: Zeroizing<[u8; 32]>,
     cmac: Zeroizing<[u8; 32]>,
@@ -78,6 +81,7 @@ impl Keys {
             archive,
             encrypt,
             legacy_clear: false,
+            pad: false,
             id: subkey("chunk id", master),
             mac: subkey("manifest mac", master),
             cmac: subkey("chunk mac", master),

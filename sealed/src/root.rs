@@ -54,6 +54,8 @@ pub struct Root {
     /// `--encrypt off` archive made before kind 3). False for one made
     /// since, whose dom0 refuses them; true read from an older root.
     pub legacy_clear: bool,
+    /// dom0 pads stored chunk sizes to buckets (`arch-init --pad-sizes`).
+    pub pad_sizes: bool,
 }
 
 /// A change in flight (see `Root::pending`).
@@ -108,6 +110,7 @@ impl From<RootV3> for Root {
             pending: v3.pending,
             key_hash: None,
             legacy_clear: true,
+            pad_sizes: false,
         }
     }
 }
@@ -373,6 +376,7 @@ mod tests {
             pending: Vec::new(),
             key_hash: Some([6; 32]),
             legacy_clear: false,
+            pad_sizes: false,
         }
     }
 
@@ -396,10 +400,11 @@ mod tests {
         };
         let sealed = k.seal_record(&ROOT_MAGIC_V3, &codec::encode_large(&v3), [1; 24]);
         let old = Root::open(&k, &sealed).unwrap();
-        assert_eq!(old.key_hash, None);
+        assert_eq!((old.key_hash, old.legacy_clear), (None, true));
         assert_eq!(
             Root {
                 key_hash: r.key_hash,
+                legacy_clear: false,
                 ..old
             },
             r
@@ -454,6 +459,7 @@ mod tests {
             Root::open(&k, &sealed).unwrap(),
             Root {
                 key_hash: None,
+                legacy_clear: true,
                 ..old
             }
         );
@@ -501,6 +507,7 @@ mod tests {
             Root::open(&k, &sealed).unwrap(),
             Root {
                 key_hash: None,
+                legacy_clear: true,
                 ..old
             }
         );

@@ -759,7 +759,12 @@ fn receiver_gives_up_on_a_silent_agent() {
         volume_size: 4 * CS as u64,
         time: 0,
     }));
+    // A well-formed envelope (clear, stored), which the receiver keeps.
     let data = vec![3u8; CS];
+    let mut env = vec![sealed::envelope::KIND_CLEAR, 0];
+    env.extend_from_slice(&data);
+    let crc = crc32fast::hash(&env);
+    env.extend_from_slice(&crc.to_le_bytes());
     let mut w = FrameWriter::new(Vec::new());
     w.chunk(
         &ChunkHeader {
@@ -768,7 +773,7 @@ fn receiver_gives_up_on_a_silent_agent() {
             raw_len: CS as u32,
             hash: Sha256::digest(&data).into(),
         },
-        &data,
+        &env,
     )
     .unwrap();
     input.extend(std::mem::take(w.get_mut()));

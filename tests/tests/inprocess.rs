@@ -75,6 +75,7 @@ fn world() -> World {
         pending: Vec::new(),
         key_hash: Some(agent::keycheck::hash(&wrapped)),
         legacy_clear: false,
+        pad_sizes: false,
     }
     .seal(&key.keys(), [3; 24]);
     Archive::init(&archive_dir, params, &wrapped, &root, true).unwrap();
@@ -89,6 +90,7 @@ fn world() -> World {
                 encrypt: true,
                 volumes: Vec::new(),
                 legacy_clear: false,
+                pad_sizes: false,
             },
             &key,
         )

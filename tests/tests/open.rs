@@ -770,7 +770,12 @@ fn a_lying_receiver_fails_single_reads_and_the_mount_goes_on() {
         let mut b = vec![0u8; 4096];
         let r = f.read_exact_at(&mut b, i * CS);
         if *honest {
-            r.unwrap_or_else(|e| panic!("honest chunk {i}: {e}"));
+            r.unwrap_or_else(|e| {
+                panic!(
+                    "honest chunk {i}: {e}\n{}",
+                    fs::read_to_string(s.meta.join("open.log")).unwrap_or_default()
+                )
+            });
             assert_eq!(
                 b,
                 want[(i * CS) as usize..(i * CS) as usize + 4096],

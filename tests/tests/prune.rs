@@ -398,13 +398,14 @@ fn chunk_inodes(h: &Hist, sess: &str) -> Vec<(PathBuf, u64)> {
 
 #[test]
 fn prune_reply_cut_is_settled_by_the_next_command() {
-    // Cut the receiver's replies at every 16th byte through the hello, the
-    // listing and the prune's answer: some cuts land after the receiver
-    // pruned but before dom0 heard, and the next backup must finish it.
+    // Cut the receiver's replies at every 32nd byte through the hello, the
+    // root and both copies of the wrapped key, the listing and the prune's
+    // answer: some cuts land after the receiver pruned but before dom0
+    // heard, and the next backup must finish it.
     let mut h = Hist::build("prune-cut");
     let recv = receiver_bin();
     let (mut settled_forward, mut cut_before, mut passed) = (0, 0, 0);
-    for off in (0u64..1600).step_by(16) {
+    for off in (0u64..3200).step_by(32) {
         if h.names().len() < 3 {
             h = Hist::build(&format!("prune-cut-{off}"));
         }

@@ -207,3 +207,63 @@ fn two_backups_in_the_same_second_get_ordered_names() {
     let c = s.backup("a.img");
     assert!(a < b && b < c, "{a} {b} {c}");
 }
+
+/// `arch-init --pad-sizes`: every stored chunk's size is a multiple of the
+/// bucket (a sixteenth of the chunk, at least 4 KiB) or the size of a
+/// chunk stored raw; restores are exact; a fresh dom0 learns the setting
+/// from the root and keeps padding.
+#[test]
+fn padded_sizes_fall_in_buckets_and_survive_a_recovery() {
+    let s = Setup::new("pad");
+    s.ok(&["arch-init", "--chunk-size", "64K", "--pad-sizes"]);
+    let mut rng = Rng::new(31);
+    const CS: usize = 65536;
+    let mut v = semi_compressible(&mut rng, 24 * CS);
+    // Some chunks compress well, some hardly at all.
+    for i in 0..8 {
+        let at = i * 3 * CS;
+        v[at..at + CS / 2].fill(i as u8);
+    }
+    fs::write(s.vol("v.img"), &v).unwrap();
+    let first = s.backup("v.img");
+    let sizes = |s: &Setup| -> Vec<u64> {
+        sparsebak_tests::files_under(&s.archive_vol("v.img"))
+            .into_iter()
+            .filter(|f| {
+                f.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('x'))
+            })
+            .map(|f| fs::metadata(s.archive_vol("v.img").join(f)).unwrap().len())
+            .collect()
+    };
+    let bucket = 4096;
+    let check = |sz: &[u64]| {
+        assert!(!sz.is_empty());
+        for &n in sz {
+            assert!(
+                n % bucket == 0 || n == CS as u64 + 46,
+                "a stored size of {n} is in no bucket"
+            );
+        }
+    };
+    check(&sizes(&s));
+    assert!(
+        sizes(&s).iter().any(|&n| n < CS as u64 / 2),
+        "nothing compressed"
+    );
+    s.assert_restores("v.img", &first, &s.vol("v.img"));
+    // A fresh dom0: the root says the archive pads.
+    let f = Setup::with_vols("pad-fresh", Some(&s.vols));
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&s.arch)
+        .arg(&f.arch)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    f.ok(&["arch-import"]);
+    write_at(&f.vol("v.img"), 5 * CS as u64, &[9u8; 30000]);
+    let second = f.backup("v.img");
+    check(&sizes(&f));
+    f.assert_restores("v.img", &second, &f.vol("v.img"));
+}

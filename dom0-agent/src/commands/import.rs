@@ -426,6 +426,7 @@ fn stage(
             encrypt: root.encrypt,
             volumes: root.configured.clone(),
             legacy_clear: root.legacy_clear,
+            pad_sizes: root.pad_sizes,
         },
         key,
     )?;

@@ -25,6 +25,7 @@ pub fn run(
     compression: &str,
     encrypt: bool,
     mkdir: bool,
+    pad_sizes: bool,
 ) -> Result<i32> {
     let dest = ctx.dest()?;
     let cs = parse_size(chunk_size)?;
@@ -80,6 +81,7 @@ pub fn run(
         pending: Vec::new(),
         key_hash: Some(keycheck::hash(&wrapped)),
         legacy_clear: false,
+        pad_sizes,
     };
     let sealed = catalog::seal(&root, &keys)?;
     let mut client = Client::connect_new(&dest, &ctx.reach)?;
@@ -110,6 +112,7 @@ pub fn run(
             encrypt,
             volumes: Vec::new(),
             legacy_clear: false,
+            pad_sizes,
         },
         &key,
     )?;
@@ -131,5 +134,6 @@ pub fn run(
     crate::report::set("chunk_size", cs);
     crate::report::set("compression", compression.to_string());
     crate::report::set("encrypted", encrypt);
+    crate::report::set("pad_sizes", pad_sizes);
     Ok(0)
 }

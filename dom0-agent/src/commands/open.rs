@@ -207,7 +207,9 @@ impl Remote {
     /// read, never a wrong byte.
     fn connect(&mut self) -> Result<Client> {
         let mut c = Client::connect(&self.dest, &self.reach, &self.meta, Operation::Restore)?;
-        crate::catalog::check_fresh(&self.meta, &mut c, self.accept_rollback, false)?;
+        let root = crate::catalog::check_fresh(&self.meta, &mut c, self.accept_rollback, false)?;
+        // As at every connection; read-only here, so only said.
+        crate::keycheck::check(&self.meta, &mut c, &root, false)?;
         let now: Vec<String> = self
             .meta
             .sessions(&self.volume)?
