@@ -454,6 +454,148 @@ fn an_agent_that_stops_reading_cannot_hold_the_receiver_or_its_lock() {
     drop(feeder);
 }
 
+/// The real receiver fed `input` on stdin (its stdout discarded): its
+/// exit, stderr, peak RSS and time, killed past `limit`.
+fn measure_receiver(arch: &std::path::Path, input: &[u8], limit: Duration) -> Measured {
+    let f = arch.parent().unwrap().join("hostile-input.bin");
+    fs::write(&f, input).unwrap();
+    let mut c = Command::new(receiver_bin());
+    c.args(["serve", "--archive"]).arg(arch);
+    let t0 = Instant::now();
+    let mut child = c
+        .stdin(fs::File::open(&f).unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let (mut peak, mut killed) = (0, false);
+    let status = loop {
+        if let Some(p) = peak_kib(child.id()) {
+            peak = peak.max(p);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > limit {
+            killed = true;
+            child.kill().unwrap();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Measured {
+        ok: status.success(),
+        stderr: reader.join().unwrap(),
+        peak_kib: peak,
+        secs: t0.elapsed().as_secs_f64(),
+        killed,
+    }
+}
+
+/// The receiver's memory and log against a hostile agent: reads of
+/// missing chunks by the ten thousand, a root upload at its cap, and a
+/// session of large chunk frames. Each is bounded; the numbers are the
+/// issue's record of them.
+#[test]
+fn the_receiver_stays_small_against_a_hostile_agent() {
+    const RECEIVER_RSS_BOUND_KIB: u64 = 48 << 10;
+    let w = world("bound-receiver-rss");
+    let s = &w.s;
+    // 1. 10,000 ReadChunks of chunks the session lacks.
+    let sess = w.session.name.clone();
+    let dir = s.archive_vol("v.img").join(&sess);
+    for f in sparsebak_tests::files_under(&dir) {
+        if f.file_name().unwrap().to_string_lossy().starts_with('x') {
+            fs::remove_file(dir.join(f)).unwrap();
+        }
+    }
+    let mut input = agent_hello(Operation::Restore);
+    let ask = request_frame(&Request::ReadChunks {
+        volume: s.volume_id("v.img"),
+        session: sess,
+        addrs: (0..4).map(|i| (i * CS) as u64).collect(),
+    });
+    for _ in 0..10_000 {
+        input.extend_from_slice(&ask);
+    }
+    let m = measure_receiver(&s.arch, &input, Duration::from_secs(60));
+    assert!(!m.killed && m.ok, "{}", m.stderr);
+    assert!(m.stderr.len() < 16 << 10, "logged {} bytes", m.stderr.len());
+    assert!(
+        m.peak_kib < RECEIVER_RSS_BOUND_KIB,
+        "peak RSS {} KiB",
+        m.peak_kib
+    );
+    eprintln!(
+        "receiver, 40,000 missing chunks asked for: {} bytes of log, peak RSS {} KiB, {:.2} s",
+        m.stderr.len(),
+        m.peak_kib,
+        m.secs
+    );
+    // 2. A root upload of 64 MiB in 1 MiB parts, then one part more.
+    let root_before = s.root_blob();
+    let mut input = agent_hello(Operation::Admin);
+    let part = vec![0x5au8; protocol::message::DATA_PART];
+    for _ in 0..65 {
+        input.extend(request_frame(&Request::PutBlob {
+            blob: protocol::message::Blob::Root,
+            data: part.clone(),
+            last: false,
+        }));
+    }
+    let m = measure_receiver(&s.arch, &input, Duration::from_secs(60));
+    assert!(!m.killed && !m.ok, "{}", m.stderr);
+    assert!(m.stderr.contains("would exceed"), "{}", m.stderr);
+    assert!(
+        m.peak_kib < RECEIVER_RSS_BOUND_KIB,
+        "peak RSS {} KiB",
+        m.peak_kib
+    );
+    // The archive's root is the one it had.
+    assert_eq!(s.root_blob(), root_before);
+    eprintln!(
+        "receiver, a root upload past its cap: refused, peak RSS {} KiB",
+        m.peak_kib
+    );
+    // 3. A session of 2,000 chunk frames (well-formed clear envelopes of
+    // 64 KiB), then no commit.
+    let mut input = agent_hello(Operation::Backup);
+    input.extend(request_frame(&Request::BeginSession {
+        volume: s.volume_id("v.img"),
+        session: "S_000000000099".into(),
+        prev: Some(w.session.name.clone()),
+        volume_size: 2000 * CS as u64,
+        time: 0,
+    }));
+    let mut env = vec![sealed::envelope::KIND_CLEAR, 0];
+    env.extend_from_slice(&vec![1u8; CS]);
+    let crc = crc32fast::hash(&env);
+    env.extend_from_slice(&crc.to_le_bytes());
+    for i in 0..2000u64 {
+        input.extend(chunk_frame(i * CS as u64, CS as u32, &env, [0; 32]));
+    }
+    let m = measure_receiver(&s.arch, &input, Duration::from_secs(120));
+    // Every frame taken (the stream ends without a commit: dropped).
+    assert!(!m.killed && !m.stderr.contains("refused"), "{}", m.stderr);
+    assert!(
+        m.peak_kib < RECEIVER_RSS_BOUND_KIB,
+        "peak RSS {} KiB",
+        m.peak_kib
+    );
+    eprintln!(
+        "receiver, a 125 MiB session never committed: peak RSS {} KiB, {:.2} s: {}",
+        m.peak_kib,
+        m.secs,
+        m.stderr.trim()
+    );
+}
+
 /// Writes `n` empty sessions of `volume` (all zero, `size` bytes) straight
 /// into both dom0's metadata and the archive, chained after `prev`, with
 /// names that sort before `before`... in the year 2025.
