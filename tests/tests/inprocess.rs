@@ -438,3 +438,30 @@ fn an_endless_or_disordered_listing_is_refused() {
     let e = c.volumes(at_most(0)).unwrap_err();
     assert!(format!("{e:#}").contains("empty page"), "{e:#}");
 }
+
+/// Every attempt to write a root consumes a generation: a root whose
+/// upload failed is never followed by another root of the same
+/// generation, so a backup qube that kept the first cannot show either.
+#[test]
+fn a_failed_root_write_consumes_its_generation() {
+    use protocol::message::{ErrorCode, RemoteError};
+    let w = world();
+    let g = w.meta.generation().unwrap();
+    let refuse = Reply::Error(RemoteError {
+        code: ErrorCode::Io,
+        message: "disk full".into(),
+    });
+    let mut c = hostile_client(&w, vec![refuse]);
+    assert!(agent::catalog::publish(&w.meta, &mut c).is_err());
+    drop(c);
+    // Nothing accepted: dom0 has seen what it had; the next root skips the
+    // generation the failed one took.
+    assert_eq!(w.meta.generation().unwrap(), g);
+    assert!(w.meta.dirty());
+    let mut c = hostile_client(&w, vec![Reply::Ok]);
+    let written = agent::catalog::publish(&w.meta, &mut c).unwrap();
+    c.finish().unwrap();
+    assert_eq!(written, g + 2);
+    assert_eq!(w.meta.generation().unwrap(), g + 2);
+    assert_eq!(w.meta.next_generation().unwrap(), g + 3);
+}
