@@ -84,8 +84,20 @@ pub enum KeyCmd {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Change the passphrase: re-wraps the key in the archive (asks for the new one twice, or reads --passphrase-file); no data is rewritten. Copies of the archive's old dom0.key made before still open with the old passphrase (the key itself is unchanged): to retire a passphrase, not to recover from a leak.
+    /// Change the passphrase: re-wraps the key in the archive (asks for the new one twice, or reads --passphrase-file); no data is rewritten. Copies of the archive's old dom0.key made before still open with the old passphrase (the key itself is unchanged): to retire a passphrase, not to recover from a leak (see `key rotate`).
     Passwd,
+    /// After a passphrase or key file leaked: a new master key, and a new passphrase, for everything written from now on.
+    ///
+    /// The old key is retired, not forgotten: dom0's key file and the
+    /// archive's wrapped key keep it (under the new passphrase only) to
+    /// open what was written before. Nothing is rewritten, so what the old
+    /// key and passphrase could read before stays readable to whoever has
+    /// them and an old copy of the archive; nothing written after the
+    /// rotation is. Asks for the new passphrase twice (or reads
+    /// --passphrase-file). Export the key again afterwards: an exported
+    /// key file from before holds only the old key.
+    #[command(verbatim_doc_comment)]
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -127,7 +139,7 @@ pub enum Cmd {
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
     },
-    /// Export the archive's key, or change the passphrase.
+    /// Export the archive's key, change the passphrase, or rotate the key.
     #[command(subcommand)]
     Key(KeyCmd),
     /// Back up volumes (the configured ones if none are named): full the first time, incremental after.

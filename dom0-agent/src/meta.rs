@@ -82,6 +82,9 @@ impl ArchiveRecord {
         let mut k = key.keys();
         k.legacy_clear = self.legacy_clear && !self.encrypt;
         k.pad = self.pad_sizes;
+        for o in &mut k.older {
+            o.legacy_clear = k.legacy_clear;
+        }
         k
     }
 }

@@ -84,16 +84,17 @@ fn kdf_bytes(p: &str) -> Zeroizing<String> {
     Zeroizing::new(p.nfc().collect())
 }
 
-/// Wraps `master` with `pass` (NFC), fresh salt and nonce.
+/// Wraps a ring of master keys (the current one first; usually just it)
+/// with `pass` (NFC), fresh salt and nonce.
 pub fn wrap(
-    master: &MasterKey,
+    ring: &[MasterKey],
     archive: ArchiveId,
     encrypt: bool,
     pass: &str,
     kdf: KdfParams,
 ) -> Result<WrappedKey> {
-    Ok(WrappedKey::wrap(
-        master,
+    Ok(WrappedKey::wrap_ring(
+        ring,
         archive,
         encrypt,
         kdf_bytes(pass).as_bytes(),
@@ -104,11 +105,12 @@ pub fn wrap(
 }
 
 /// Unwraps `w` with `pass`: NFC first, then as typed where that differs
-/// (a key wrapped before passphrases were normalised).
-pub fn unwrap(w: &WrappedKey, pass: &str) -> Result<MasterKey, KeyError> {
+/// (a key wrapped before passphrases were normalised). The ring, current
+/// key first.
+pub fn unwrap(w: &WrappedKey, pass: &str) -> Result<Vec<MasterKey>, KeyError> {
     let nfc = kdf_bytes(pass);
-    match w.unwrap(nfc.as_bytes()) {
-        Err(KeyError::Passphrase) if *nfc != pass => w.unwrap(pass.as_bytes()),
+    match w.unwrap_ring(nfc.as_bytes()) {
+        Err(KeyError::Passphrase) if *nfc != pass => w.unwrap_ring(pass.as_bytes()),
         r => r,
     }
 }

@@ -175,7 +175,9 @@ impl Opener {
 
     /// Opens an envelope for the chunk at `at` whose manifest id is
     /// `expect`; the plaintext lands in `plain` (at least `at.raw_len`
-    /// bytes) and is returned.
+    /// bytes) and is returned. Sealed before a `key rotate`, a chunk opens
+    /// with the retired key it was sealed with: tried, newest first, only
+    /// where the current key's tag or id does not match.
     pub fn open<'a>(
         &mut self,
         stored: &[u8],
@@ -183,16 +185,42 @@ impl Opener {
         expect: &Hash,
         plain: &'a mut [u8],
     ) -> Result<&'a [u8], OpenError> {
+        let keys = self.keys.clone();
+        let first = open_with(&keys, &mut self.scratch, stored, at, expect, plain);
+        match first {
+            Err(OpenError::Authentication | OpenError::Id) if !keys.older.is_empty() => {
+                for k in &keys.older {
+                    if open_with(k, &mut self.scratch, stored, at, expect, plain).is_ok() {
+                        return Ok(&plain[..at.raw_len as usize]);
+                    }
+                }
+                first.map(|_| &plain[..0])
+            }
+            r => r.map(|_| &plain[..at.raw_len as usize]),
+        }
+    }
+}
+
+/// [`Opener::open`] with one set of keys.
+fn open_with(
+    keys: &Keys,
+    scratch: &mut Vec<u8>,
+    stored: &[u8],
+    at: &Place,
+    expect: &Hash,
+    plain: &mut [u8],
+) -> Result<(), OpenError> {
+    {
         let raw_len = at.raw_len as usize;
         let kind = check_stored(stored, raw_len)?;
         let enc = kind == KIND_AEAD;
-        if enc != self.keys.encrypt {
+        if enc != keys.encrypt {
             return Err(OpenError::Mode {
                 found: mode(enc),
-                expected: mode(self.keys.encrypt),
+                expected: mode(keys.encrypt),
             });
         }
-        if kind == KIND_CLEAR && !self.keys.legacy_clear {
+        if kind == KIND_CLEAR && !keys.legacy_clear {
             // Kind 2 has no MAC: only an archive made before kind 3 may
             // hold it, and only there is its body decompressed unchecked.
             return Err(OpenError::Kind(kind));
@@ -202,21 +230,20 @@ impl Opener {
             let nonce = XNonce::from_slice(&framed[1..1 + NONCE_LEN]);
             let (ct, tag) =
                 framed[1 + NONCE_LEN..].split_at(framed.len() - 1 - NONCE_LEN - TAG_LEN);
-            self.scratch.clear();
-            self.scratch.extend_from_slice(ct);
-            self.keys
-                .chunk_cipher()
+            scratch.clear();
+            scratch.extend_from_slice(ct);
+            keys.chunk_cipher()
                 .decrypt_in_place_detached(
                     nonce,
-                    &ad(&self.keys, at),
-                    &mut self.scratch,
+                    &ad(keys, at),
+                    &mut *scratch,
                     Tag::from_slice(tag),
                 )
                 .map_err(|_| OpenError::Authentication)?;
-            &self.scratch
+            &*scratch
         } else if kind == KIND_CLEAR_MAC {
             let (body, mac) = framed[1..].split_at(framed.len() - 1 - TAG_LEN);
-            if !same(&clear_mac(&self.keys, at, body), mac) {
+            if !same(&clear_mac(keys, at, body), mac) {
                 return Err(OpenError::Authentication);
             }
             body
@@ -265,10 +292,10 @@ impl Opener {
             }
             f => return Err(OpenError::Compression(f)),
         }
-        if self.keys.chunk_id(out) != *expect {
+        if keys.chunk_id(out) != *expect {
             return Err(OpenError::Id);
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -60,6 +60,9 @@ pub struct Keys {
     /// Pad stored sizes to buckets (`--pad-sizes`): the receiver learns a
     /// chunk's compressed size only to a sixteenth of the chunk.
     pub pad: bool,
+    /// The keys of master keys `key rotate` retired, newest first: only
+    /// to open what was sealed before (never to seal).
+    pub older: Vec<Keys>,
     id: Zeroizing<[u8; 32]>,
     mac: Zeroizing<[u8; 32]>,
     cmac: Zeroizing<[u8; 32]>,
@@ -82,6 +85,7 @@ impl Keys {
             encrypt,
             legacy_clear: false,
             pad: false,
+            older: Vec::new(),
             id: subkey("chunk id", master),
             mac: subkey("manifest mac", master),
             cmac: subkey("chunk mac", master),
@@ -93,6 +97,16 @@ impl Keys {
     /// A chunk's keyed id: keyed BLAKE3 of its plaintext.
     pub fn chunk_id(&self, plain: &[u8]) -> [u8; 32] {
         blake3::keyed_hash(&self.id, plain).into()
+    }
+
+    /// Streaming MACs over a manifest file's bytes under the current key and
+    /// each retired one (a manifest written before a `key rotate` keeps the
+    /// MAC it was written with).
+    pub fn manifest_macs(&self) -> Vec<blake3::Hasher> {
+        std::iter::once(self)
+            .chain(&self.older)
+            .map(Keys::manifest_mac)
+            .collect()
     }
 
     /// A streaming MAC over a clear chunk's place and body.
@@ -235,11 +249,17 @@ impl KdfParams {
 }
 
 pub const WRAPPED_MAGIC: [u8; 8] = *b"SBKKEY01";
+/// A wrapped key ring (the current master key, then retired ones, newest
+/// first): what `key rotate` writes. Same layout, more keys.
+pub const WRAPPED_RING_MAGIC: [u8; 8] = *b"SBKKEY02";
 /// magic, archive id, encrypt, m, t, p, salt, nonce, key + tag.
 pub const WRAPPED_LEN: usize = 8 + 16 + 1 + 12 + 16 + NONCE_LEN + KEY_LEN + TAG_LEN;
 const WRAPPED_AD: usize = 8 + 16 + 1 + 12 + 16;
+/// Most keys in one ring: the current one and 63 retired.
+pub const MAX_RING: usize = 64;
 
-/// The master key wrapped by a passphrase, as the archive stores it.
+/// The master key (or a ring of them, current first) wrapped by a
+/// passphrase, as the archive stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrappedKey {
     pub archive: ArchiveId,
@@ -247,7 +267,8 @@ pub struct WrappedKey {
     pub kdf: KdfParams,
     salt: [u8; 16],
     nonce: [u8; NONCE_LEN],
-    sealed: [u8; KEY_LEN + TAG_LEN],
+    /// The keys, encrypted, then the tag.
+    sealed: Vec<u8>,
 }
 
 impl WrappedKey {
@@ -261,6 +282,30 @@ impl WrappedKey {
         salt: [u8; 16],
         nonce: [u8; NONCE_LEN],
     ) -> Result<Self, KeyError> {
+        Self::wrap_ring(
+            std::slice::from_ref(master),
+            archive,
+            encrypt,
+            passphrase,
+            kdf,
+            salt,
+            nonce,
+        )
+    }
+
+    /// Wraps a ring of master keys, the current one first.
+    pub fn wrap_ring(
+        ring: &[MasterKey],
+        archive: ArchiveId,
+        encrypt: bool,
+        passphrase: &[u8],
+        kdf: KdfParams,
+        salt: [u8; 16],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Self, KeyError> {
+        if ring.is_empty() || ring.len() > MAX_RING {
+            return Err(KeyError::Format("a key ring holds 1 to 64 keys"));
+        }
         let kdf = kdf.validate()?;
         let mut w = WrappedKey {
             archive,
@@ -268,32 +313,49 @@ impl WrappedKey {
             kdf,
             salt,
             nonce,
-            sealed: [0; KEY_LEN + TAG_LEN],
+            sealed: vec![0; ring.len() * KEY_LEN + TAG_LEN],
         };
         let kek = kdf.kek(passphrase, &salt)?;
-        let mut buf = *master.bytes();
+        let mut buf = Zeroizing::new(Vec::with_capacity(ring.len() * KEY_LEN));
+        for k in ring {
+            buf.extend_from_slice(k.bytes());
+        }
         let tag = XChaCha20Poly1305::new((&*kek).into())
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &w.ad(), &mut buf)
-            .expect("32 bytes always seal");
-        w.sealed[..KEY_LEN].copy_from_slice(&buf);
-        w.sealed[KEY_LEN..].copy_from_slice(&tag);
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &w.ad(), &mut buf[..])
+            .expect("a ring always seals");
+        let n = buf.len();
+        w.sealed[..n].copy_from_slice(&buf);
+        w.sealed[n..].copy_from_slice(&tag);
         Ok(w)
+    }
+
+    /// How many keys the ring holds.
+    pub fn ring_len(&self) -> usize {
+        (self.sealed.len() - TAG_LEN) / KEY_LEN
     }
 
     /// The master key, if `passphrase` is right and nothing was altered.
     pub fn unwrap(&self, passphrase: &[u8]) -> Result<MasterKey, KeyError> {
+        Ok(self.unwrap_ring(passphrase)?.swap_remove(0))
+    }
+
+    /// The whole ring, current key first.
+    pub fn unwrap_ring(&self, passphrase: &[u8]) -> Result<Vec<MasterKey>, KeyError> {
         let kek = self.kdf.validate()?.kek(passphrase, &self.salt)?;
-        let mut buf = Zeroizing::new([0u8; KEY_LEN]);
-        buf.copy_from_slice(&self.sealed[..KEY_LEN]);
+        let n = self.sealed.len() - TAG_LEN;
+        let mut buf = Zeroizing::new(self.sealed[..n].to_vec());
         XChaCha20Poly1305::new((&*kek).into())
             .decrypt_in_place_detached(
                 XNonce::from_slice(&self.nonce),
                 &self.ad(),
-                &mut *buf,
-                Tag::from_slice(&self.sealed[KEY_LEN..]),
+                &mut buf[..],
+                Tag::from_slice(&self.sealed[n..]),
             )
             .map_err(|_| KeyError::Passphrase)?;
-        Ok(MasterKey::from_bytes(*buf))
+        Ok(buf
+            .chunks(KEY_LEN)
+            .map(|c| MasterKey::from_bytes(c.try_into().expect("32 bytes")))
+            .collect())
     }
 
     fn ad(&self) -> [u8; WRAPPED_AD] {
@@ -304,8 +366,12 @@ impl WrappedKey {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(WRAPPED_LEN);
-        b.extend_from_slice(&WRAPPED_MAGIC);
+        let mut b = Vec::with_capacity(WRAPPED_AD + NONCE_LEN + self.sealed.len());
+        b.extend_from_slice(if self.ring_len() == 1 {
+            &WRAPPED_MAGIC
+        } else {
+            &WRAPPED_RING_MAGIC
+        });
         b.extend_from_slice(&self.archive.0);
         b.push(self.encrypt as u8);
         for v in [self.kdf.m_kib, self.kdf.t, self.kdf.p] {
@@ -318,11 +384,23 @@ impl WrappedKey {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, KeyError> {
-        if b.len() != WRAPPED_LEN {
-            return Err(KeyError::Format("a wrapped key is 125 bytes"));
-        }
-        if b[..8] != WRAPPED_MAGIC {
-            return Err(KeyError::Format("not a sparsebak wrapped key (magic)"));
+        let head = WRAPPED_AD + NONCE_LEN;
+        let ring = b
+            .len()
+            .checked_sub(head + TAG_LEN)
+            .map(|n| (n / KEY_LEN, n % KEY_LEN));
+        match (b.get(..8), ring) {
+            (Some(m), _) if m == WRAPPED_MAGIC && b.len() != WRAPPED_LEN => {
+                return Err(KeyError::Format("a wrapped key is 125 bytes"))
+            }
+            (Some(m), Some((n, 0))) if m == WRAPPED_RING_MAGIC && (2..=MAX_RING).contains(&n) => {}
+            (Some(m), _) if m == WRAPPED_RING_MAGIC => {
+                return Err(KeyError::Format(
+                    "a wrapped key ring is 93 bytes and 2 to 64 keys of 32",
+                ))
+            }
+            (Some(m), _) if m == WRAPPED_MAGIC => {}
+            _ => return Err(KeyError::Format("not a sparsebak wrapped key (magic)")),
         }
         let u32at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let encrypt = match b[24] {
@@ -341,28 +419,32 @@ impl WrappedKey {
             .validate()?,
             salt: [0; 16],
             nonce: [0; NONCE_LEN],
-            sealed: [0; KEY_LEN + TAG_LEN],
+            sealed: b[head..].to_vec(),
         };
         w.salt.copy_from_slice(&b[37..53]);
         w.nonce.copy_from_slice(&b[53..53 + NONCE_LEN]);
-        w.sealed.copy_from_slice(&b[53 + NONCE_LEN..]);
         Ok(w)
     }
 }
 
-/// The key file dom0 keeps (and `key export` writes): four text lines,
-/// so that it can be printed and typed back in.
+/// The key file dom0 keeps (and `key export` writes): text lines, so that
+/// it can be printed and typed back in; one `retired` line per key a
+/// `key rotate` replaced, newest first.
 ///
 /// ```text
 /// sparsebak-key 1
 /// archive <32 hex digits>
 /// encrypt on|off
 /// key <64 hex digits>
+/// retired <64 hex digits>
 /// ```
 pub struct KeyFile {
     pub archive: ArchiveId,
     pub encrypt: bool,
     pub master: MasterKey,
+    /// Master keys `key rotate` replaced, newest first: data written
+    /// before each rotation is still sealed with them.
+    pub retired: Vec<MasterKey>,
 }
 
 impl KeyFile {
@@ -370,7 +452,8 @@ impl KeyFile {
         use std::fmt::Write;
         // Sized once and written in place: no intermediate string, and
         // no reallocation, holds the key's digits without being wiped.
-        let mut s = Zeroizing::new(String::with_capacity(256));
+        let cap = 256 + 80 * self.retired.len();
+        let mut s = Zeroizing::new(String::with_capacity(cap));
         let _ = write!(
             s,
             "sparsebak-key 1\narchive {}\nencrypt {}\nkey ",
@@ -381,8 +464,15 @@ impl KeyFile {
             let _ = write!(s, "{b:02x}");
         }
         s.push('\n');
+        for k in &self.retired {
+            s.push_str("retired ");
+            for b in k.bytes() {
+                let _ = write!(s, "{b:02x}");
+            }
+            s.push('\n');
+        }
         debug_assert!(
-            s.capacity() == 256,
+            s.capacity() == cap,
             "the key file text grew past its buffer"
         );
         s
@@ -408,18 +498,46 @@ impl KeyFile {
             "off" => false,
             _ => return Err(KeyError::Format("encrypt must be on or off")),
         };
-        let mut k = Zeroizing::new([0u8; KEY_LEN]);
-        protocol::codec::unhex(field("key")?, &mut *k)
-            .ok_or(KeyError::Format("bad key in key file"))?;
+        let key = |hex: &str| -> Result<MasterKey, KeyError> {
+            let mut k = Zeroizing::new([0u8; KEY_LEN]);
+            protocol::codec::unhex(hex, &mut *k).ok_or(KeyError::Format("bad key in key file"))?;
+            Ok(MasterKey::from_bytes(*k))
+        };
+        let master = key(field("key")?)?;
+        let mut retired = Vec::new();
+        for l in lines.filter(|l| !l.trim().is_empty()) {
+            let hex = l
+                .strip_prefix("retired ")
+                .ok_or(KeyError::Format("not a sparsebak key file"))?;
+            retired.push(key(hex.trim_end())?);
+        }
+        if retired.len() >= MAX_RING {
+            return Err(KeyError::Format("more retired keys than a ring holds"));
+        }
         Ok(KeyFile {
             archive,
             encrypt,
-            master: MasterKey::from_bytes(*k),
+            master,
+            retired,
         })
     }
 
+    /// The current keys, with the retired ones to open older data.
     pub fn keys(&self) -> Keys {
-        Keys::derive(&self.master, self.archive, self.encrypt)
+        let mut k = Keys::derive(&self.master, self.archive, self.encrypt);
+        k.older = self
+            .retired
+            .iter()
+            .map(|m| Keys::derive(m, self.archive, self.encrypt))
+            .collect();
+        k
+    }
+
+    /// Current and retired keys, current first: what a ring wraps.
+    pub fn ring(&self) -> Vec<MasterKey> {
+        std::iter::once(self.master.clone())
+            .chain(self.retired.iter().cloned())
+            .collect()
     }
 }
 
@@ -520,13 +638,74 @@ mod tests {
             archive: ArchiveId([0xab; 16]),
             encrypt: false,
             master: MasterKey::from_bytes([0x5c; 32]),
+            retired: vec![MasterKey::from_bytes([0x6d; 32])],
         };
         let t = f.encode();
         let d = KeyFile::decode(&t).unwrap();
         assert_eq!((d.archive, d.encrypt), (f.archive, false));
         assert_eq!(d.master.bytes(), f.master.bytes());
+        assert_eq!(d.retired.len(), 1);
+        assert_eq!(d.retired[0].bytes(), &[0x6d; 32]);
         assert!(KeyFile::decode(&t.replace("key 5c", "key zz")).is_err());
+        assert!(KeyFile::decode(&t.replace("retired 6d", "retired zz")).is_err());
+        assert!(KeyFile::decode(&format!("{}other line\n", &*t)).is_err());
         assert!(KeyFile::decode("sparsebak-key 2\n").is_err());
         assert!(KeyFile::decode("").is_err());
+    }
+
+    #[test]
+    fn a_ring_wraps_and_unwraps_and_one_key_stays_version_1() {
+        let ring = [
+            MasterKey::from_bytes([1; 32]),
+            MasterKey::from_bytes([2; 32]),
+            MasterKey::from_bytes([3; 32]),
+        ];
+        let kdf = KdfParams {
+            m_kib: 64 * 1024,
+            t: 1,
+            p: 1,
+        };
+        let w = WrappedKey::wrap_ring(
+            &ring,
+            ArchiveId([9; 16]),
+            true,
+            b"pw",
+            kdf,
+            [4; 16],
+            [5; 24],
+        )
+        .unwrap();
+        let b = w.encode();
+        assert_eq!(&b[..8], b"SBKKEY02");
+        assert_eq!(b.len(), 77 + 3 * 32 + 16);
+        let d = WrappedKey::decode(&b).unwrap();
+        let got = d.unwrap_ring(b"pw").unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().zip(&ring).all(|(a, b)| a.bytes() == b.bytes()));
+        assert_eq!(d.unwrap(b"pw").unwrap().bytes(), &[1; 32]);
+        assert_eq!(d.unwrap(b"pW").unwrap_err(), KeyError::Passphrase);
+        // A key cut off the ring, or the ring's magic on one key: refused
+        // (the tag covers the length).
+        let mut cut = b.clone();
+        cut.drain(77..77 + 32);
+        assert!(WrappedKey::decode(&cut)
+            .unwrap()
+            .unwrap_ring(b"pw")
+            .is_err());
+        let one = WrappedKey::wrap(
+            &ring[0],
+            ArchiveId([9; 16]),
+            true,
+            b"pw",
+            kdf,
+            [4; 16],
+            [5; 24],
+        )
+        .unwrap()
+        .encode();
+        assert_eq!((&one[..8], one.len()), (&b"SBKKEY01"[..], WRAPPED_LEN));
+        let mut fake = one.clone();
+        fake[..8].copy_from_slice(b"SBKKEY02");
+        assert!(WrappedKey::decode(&fake).is_err());
     }
 }

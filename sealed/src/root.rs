@@ -240,8 +240,27 @@ impl Root {
         Root::open_in_place(keys, bytes.to_vec())
     }
 
-    /// [`Root::open`], decrypting in the buffer read from the archive.
+    /// [`Root::open`], decrypting in the buffer read from the archive. A
+    /// root sealed before a `key rotate` (one cut before the new root was
+    /// written) opens with the retired key, tried only where the current
+    /// one fails.
     pub fn open_in_place(keys: &Keys, bytes: Vec<u8>) -> Result<Root, RootError> {
+        if keys.older.is_empty() {
+            return Root::open_with(keys, bytes);
+        }
+        let first = Root::open_with(keys, bytes.clone());
+        if let Err(RootError::Key(KeyError::Authentication)) = first {
+            for k in &keys.older {
+                if let Ok(r) = Root::open_with(k, bytes.clone()) {
+                    r.validate(keys)?;
+                    return Ok(r);
+                }
+            }
+        }
+        first
+    }
+
+    fn open_with(keys: &Keys, bytes: Vec<u8>) -> Result<Root, RootError> {
         // Older versions become the current one a version at a time.
         let magic: [u8; 8] = bytes
             .get(..8)

@@ -1,5 +1,5 @@
 //! The crash campaign: every operation that changes an archive (backup,
-//! prune, a multi-session prune, delete, `key passwd`, an `arch-import`
+//! prune, a multi-session prune, delete, `key passwd`, `key rotate`, an `arch-import`
 //! refresh) is killed (SIGKILL by strace fault injection at the Nth call
 //! of a syscall) in dom0's agent or in the receiver. Then each scenario
 //! is recovered twice, from copies of the same wreck:
@@ -422,6 +422,24 @@ fn a_killed_passphrase_change_recovers_either_way() {
         &|_| {},
     );
     assert_eq!(n, 8);
+}
+
+#[test]
+fn a_killed_key_rotation_recovers_either_way() {
+    let (n, _) = campaign(
+        "rotate",
+        &["key", "rotate"],
+        &[
+            // The key, its copy, the root sealed with the new key.
+            (Who::Receiver, "rename", &[1, 2, 3]),
+            // dom0's wrapped-ring record, its key file, the root's
+            // generation records.
+            (Who::Agent, "rename", &[1, 2, 3, 4]),
+            (Who::Agent, "write", &[2, 4, 6]),
+        ],
+        &|_| {},
+    );
+    assert_eq!(n, 10);
 }
 
 #[test]

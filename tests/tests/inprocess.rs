@@ -52,6 +52,7 @@ fn world() -> World {
         archive: params.id,
         encrypt: true,
         master: MasterKey::from_bytes([42; 32]),
+        retired: Vec::new(),
     };
     let wrapped = WrappedKey::wrap(
         &key.master,

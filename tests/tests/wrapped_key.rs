@@ -214,3 +214,70 @@ fn a_passphrase_opens_in_either_unicode_form_and_a_weak_one_is_warned_about() {
         stderr(&o)
     );
 }
+
+/// `key rotate`: what is written after it is sealed with a new key the old
+/// key and passphrase cannot open; what was written before still restores
+/// (with the retired key the new ring keeps); a fresh dom0 recovers all of
+/// it with the new passphrase, and neither the old passphrase nor the old
+/// key file opens the archive's root any more.
+#[test]
+fn a_rotated_key_seals_what_comes_after_and_the_old_one_reads_only_what_came_before() {
+    use sealed::envelope::{Opener, Place};
+    use sealed::keys::{KeyFile, VolumeId};
+    let s = Setup::new("wk-rotate");
+    s.init("64K");
+    let v1 = Rng::new(5).bytes(3 * CS);
+    fs::write(s.vol("v.img"), &v1).unwrap();
+    let first = s.backup("v.img");
+    let kept1 = s.dir.path().join("v1.img");
+    fs::write(&kept1, &v1).unwrap();
+    let old_key = s.dir.path().join("old.key");
+    s.ok(&["key", "export", old_key.to_str().unwrap()]);
+    let new_pass = "a brand new passphrase, after the leak\n";
+    fs::write(s.passphrase_file(), new_pass).unwrap();
+    let out = s.ok(&["key", "rotate"]);
+    assert!(out.contains("has a new key"), "{out}");
+    let ring = fs::read(s.arch.join("dom0.key")).unwrap();
+    assert_eq!(&ring[..8], b"SBKKEY02");
+    assert_eq!(fs::read(s.arch.join("dom0.key-copy")).unwrap(), ring);
+    assert!(s.ok(&["arch-check"]).contains("no problems"));
+    // After the rotation: new data, and both sessions restore exactly.
+    fs::write(s.vol("v.img"), Rng::new(8).bytes(3 * CS)).unwrap();
+    let second = s.backup("v.img");
+    s.assert_restores("v.img", &first, &kept1);
+    s.assert_restores("v.img", &second, &s.vol("v.img"));
+    // The old key opens the chunks of before, none of after.
+    let old = std::sync::Arc::new(
+        KeyFile::decode(&fs::read_to_string(&old_key).unwrap())
+            .unwrap()
+            .keys(),
+    );
+    let volume = VolumeId::from_hex(&s.volume_id("v.img")).unwrap();
+    for (session, opens) in [(&first, true), (&second, false)] {
+        for i in 0..3u64 {
+            let (env, id) = s.stored_chunk("v.img", session, i, CS as u64);
+            let at = Place {
+                volume,
+                addr: i * CS as u64,
+                raw_len: CS as u32,
+            };
+            let mut buf = vec![0u8; CS];
+            let r = Opener::new(old.clone()).open(&env, &at, &id, &mut buf);
+            assert_eq!(r.is_ok(), opens, "session {session} chunk {i}");
+        }
+    }
+    // A fresh dom0 recovers both sessions with the new passphrase.
+    let f = Setup::with_vols("wk-rotate-fresh", Some(&s.vols));
+    copy_archive(&s, &f);
+    fs::write(f.passphrase_file(), new_pass).unwrap();
+    f.ok(&["arch-import"]);
+    f.assert_restores("v.img", &first, &kept1);
+    f.assert_restores("v.img", &second, &s.vol("v.img"));
+    // The old passphrase and the old key file open nothing of it now.
+    let g = Setup::with_vols("wk-rotate-old", Some(&s.vols));
+    copy_archive(&s, &g);
+    let e = g.fails(&["arch-import"]);
+    assert!(e.contains("wrong passphrase"), "{e}");
+    let e = g.fails(&["arch-import", "--key-file", old_key.to_str().unwrap()]);
+    assert!(e.contains("does not authenticate"), "{e}");
+}

@@ -219,7 +219,8 @@ fn unwrap_key(
         }
         let p = pass.as_ref().expect("read above");
         match passphrase::unwrap(&w, p) {
-            Ok(master) => {
+            Ok(mut ring) => {
+                let master = ring.remove(0);
                 if !why.is_empty() {
                     crate::report::warn(format!(
                         "used the archive's dom0.{}: {}",
@@ -231,6 +232,7 @@ fn unwrap_key(
                     archive: w.archive,
                     encrypt: w.encrypt,
                     master,
+                    retired: ring,
                 };
                 return Ok((k, bytes.clone()));
             }
@@ -450,7 +452,9 @@ fn stage(
                 .with_context(|| format!("unable to create '{}'", sdir.display()))?;
             let len = (HEADER_LEN + ENTRY_LEN * (s.chunks + s.zero_chunks + 1) as usize) as u64;
             let path = sdir.join("manifest");
-            let mut mac = meta.keys.manifest_mac();
+            // Under the current key, or (written before a `key rotate`)
+            // a retired one.
+            let mut macs = meta.keys.manifest_macs();
             let mut f = File::create(&path)
                 .with_context(|| format!("unable to create '{}'", path.display()))?;
             {
@@ -463,7 +467,9 @@ fn stage(
                     if n == 0 {
                         break;
                     }
-                    mac.update(&buf[..n]);
+                    for m in &mut macs {
+                        m.update(&buf[..n]);
+                    }
                     f.write_all(&buf[..n])?;
                 }
                 stream.drain()?;
@@ -474,7 +480,10 @@ fn stage(
                 }
                 Ok(())
             };
-            if *mac.finalize().as_bytes() != s.manifest_mac || well_formed().is_err() {
+            let pinned = macs
+                .iter()
+                .any(|m| *m.finalize().as_bytes() == s.manifest_mac);
+            if !pinned || well_formed().is_err() {
                 drop(f);
                 fs::remove_dir_all(&sdir)
                     .with_context(|| format!("unable to remove '{}'", sdir.display()))?;

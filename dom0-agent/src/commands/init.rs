@@ -62,8 +62,9 @@ pub fn run(
         archive: id,
         encrypt,
         master: MasterKey::from_bytes(random::bytes()?),
+        retired: Vec::new(),
     };
-    let wrapped = passphrase::wrap(&key.master, id, encrypt, &pass, DEFAULT_KDF)?.encode();
+    let wrapped = passphrase::wrap(&key.ring(), id, encrypt, &pass, DEFAULT_KDF)?.encode();
     let params = ArchiveParams {
         id,
         chunk_size: cs,

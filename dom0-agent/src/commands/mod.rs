@@ -41,6 +41,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::ArchImport { key_file } => import::run(&ctx, key_file.as_deref()),
         Cmd::Key(KeyCmd::Export { file }) => key::export(&ctx, &file),
         Cmd::Key(KeyCmd::Passwd) => key::passwd(&ctx),
+        Cmd::Key(KeyCmd::Rotate) => key::rotate(&ctx),
         Cmd::Backup {
             volumes,
             autoprune,
