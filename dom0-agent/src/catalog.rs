@@ -181,6 +181,25 @@ pub fn check_fresh(
         meta.set_seen(root.generation, &digest)?;
         return Ok(root);
     } else if root.generation > seen {
+        // Past every root this dom0 wrote or tried to write, with other
+        // contents than its records: not this dom0's. Writing its records
+        // over it would drop what the other writer added (and a later
+        // backup would drop those sessions as unconfirmed), so refuse,
+        // read-only connections too (they would record it as seen). Only
+        // where the records know what they wrote (this version's).
+        if seen_hash.is_some() && root.generation > meta.next_generation()? - 1 {
+            let mut ours = build(meta)?;
+            ours.generation = root.generation;
+            ours.written = root.written;
+            if ours != root {
+                bail!(
+                    "the archive at {} holds a root of generation {} that this dom0 never wrote (the newest it wrote or tried to write is {}), with other contents than its records: another dom0 with this archive's key writes to it, or this dom0's records were put back from an older copy. Nothing was changed; run arch-import to take the archive's records (it reports what differed)",
+                    client.label(),
+                    root.generation,
+                    meta.next_generation()? - 1
+                );
+            }
+        }
         meta.set_seen(root.generation, &digest)?;
     } else if seen_hash.is_some_and(|h| h != digest.hash) {
         bail!(

@@ -117,6 +117,10 @@ fn an_archive_from_before_the_pin_is_pinned_at_its_next_writable_connection() {
         .unwrap()
         .path();
     fs::remove_file(rec.join("wrapped-key")).unwrap();
+    // ...and dom0's records as it kept them: the generation it wrote, no
+    // hash, no attempts.
+    fs::write(rec.join("generation"), format!("{}\n", r.generation)).unwrap();
+    let _ = fs::remove_file(rec.join("generation.attempted"));
     s.ok(&["list"]);
     assert!(
         !s.arch.join("dom0.key-copy").exists(),
@@ -152,6 +156,33 @@ fn a_second_root_of_the_same_generation_is_refused() {
     fs::write(s.arch.join("dom0.root"), r.seal(&s.keys(), [8; 24])).unwrap();
     s.fails(&["list"]);
     fs::write(s.arch.join("dom0.root"), &honest).unwrap();
+    s.ok(&["list"]);
+}
+
+#[test]
+fn a_root_this_dom0_never_wrote_is_refused_not_overwritten() {
+    let s = archive_with_a_session("wk-foreign");
+    fs::write(s.vol("v.img"), Rng::new(9).bytes(3 * CS)).unwrap();
+    s.backup("v.img");
+    // Another writer's root, five generations on, one session fewer (what
+    // a second dom0 with this key, or this dom0's records put back from
+    // an older copy, would meet).
+    let mut other = root(&s);
+    other.generation += 5;
+    other.volumes[0].sessions.pop();
+    let foreign = other.seal(&s.keys(), [5; 24]);
+    fs::write(s.arch.join("dom0.root"), &foreign).unwrap();
+    for args in [&["list"][..], &["backup", "v.img"][..]] {
+        let e = s.fails(args);
+        assert!(e.contains("that this dom0 never wrote"), "{args:?}: {e}");
+        assert_eq!(s.root_blob(), foreign, "{args:?} wrote over it");
+    }
+    // arch-import takes the archive's records, and says what differed.
+    let out = s.ok(&["arch-import"]);
+    assert!(
+        out.contains("changed: volume 'v.img': sessions differ"),
+        "{out}"
+    );
     s.ok(&["list"]);
 }
 
