@@ -187,7 +187,8 @@ pub fn check_fresh(
         // backup would drop those sessions as unconfirmed), so refuse,
         // read-only connections too (they would record it as seen). Only
         // where the records know what they wrote (this version's).
-        if seen_hash.is_some() && root.generation > meta.next_generation()? - 1 {
+        let newest = meta.next_generation()? - 1;
+        if seen_hash.is_some() && root.generation > newest {
             let mut ours = build(meta)?;
             ours.generation = root.generation;
             ours.written = root.written;
@@ -196,7 +197,7 @@ pub fn check_fresh(
                     "the archive at {} holds a root of generation {} that this dom0 never wrote (the newest it wrote or tried to write is {}), with other contents than its records: another dom0 with this archive's key writes to it, or this dom0's records were put back from an older copy. Nothing was changed; run arch-import to take the archive's records (it reports what differed)",
                     client.label(),
                     root.generation,
-                    meta.next_generation()? - 1
+                    newest
                 );
             }
         }

@@ -186,15 +186,14 @@ impl Opener {
         plain: &'a mut [u8],
     ) -> Result<&'a [u8], OpenError> {
         let keys = self.keys.clone();
-        let first = open_with(&keys, &mut self.scratch, stored, at, expect, plain);
-        match first {
-            Err(OpenError::Authentication | OpenError::Id) if !keys.older.is_empty() => {
+        match open_with(&keys, &mut self.scratch, stored, at, expect, plain) {
+            Err(e @ (OpenError::Authentication | OpenError::Id)) => {
                 for k in &keys.older {
                     if open_with(k, &mut self.scratch, stored, at, expect, plain).is_ok() {
                         return Ok(&plain[..at.raw_len as usize]);
                     }
                 }
-                first.map(|_| &plain[..0])
+                Err(e)
             }
             r => r.map(|_| &plain[..at.raw_len as usize]),
         }
@@ -210,93 +209,85 @@ fn open_with(
     expect: &Hash,
     plain: &mut [u8],
 ) -> Result<(), OpenError> {
-    {
-        let raw_len = at.raw_len as usize;
-        let kind = check_stored(stored, raw_len)?;
-        let enc = kind == KIND_AEAD;
-        if enc != keys.encrypt {
-            return Err(OpenError::Mode {
-                found: mode(enc),
-                expected: mode(keys.encrypt),
-            });
-        }
-        if kind == KIND_CLEAR && !keys.legacy_clear {
-            // Kind 2 has no MAC: only an archive made before kind 3 may
-            // hold it, and only there is its body decompressed unchecked.
-            return Err(OpenError::Kind(kind));
-        }
-        let framed = &stored[..stored.len() - CRC_LEN];
-        let body: &[u8] = if enc {
-            let nonce = XNonce::from_slice(&framed[1..1 + NONCE_LEN]);
-            let (ct, tag) =
-                framed[1 + NONCE_LEN..].split_at(framed.len() - 1 - NONCE_LEN - TAG_LEN);
-            scratch.clear();
-            scratch.extend_from_slice(ct);
-            keys.chunk_cipher()
-                .decrypt_in_place_detached(
-                    nonce,
-                    &ad(keys, at),
-                    &mut *scratch,
-                    Tag::from_slice(tag),
-                )
-                .map_err(|_| OpenError::Authentication)?;
-            &*scratch
-        } else if kind == KIND_CLEAR_MAC {
-            let (body, mac) = framed[1..].split_at(framed.len() - 1 - TAG_LEN);
-            if !same(&clear_mac(keys, at, body), mac) {
-                return Err(OpenError::Authentication);
-            }
-            body
-        } else {
-            &framed[1..]
-        };
-        let (flag, bytes) = body.split_first().ok_or(OpenError::Size {
-            stored: stored.len(),
-            expected: raw_len,
-        })?;
-        let out = &mut plain[..raw_len];
-        match *flag {
-            STORED if bytes.len() == raw_len => out.copy_from_slice(bytes),
-            STORED => {
-                return Err(OpenError::Length {
-                    got: bytes.len(),
-                    expected: raw_len,
-                })
-            }
-            ZSTD | ZSTD_PADDED => {
-                let frame = if *flag == ZSTD {
-                    bytes
-                } else {
-                    let n = bytes
-                        .get(..4)
-                        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
-                    match n.and_then(|n| bytes.get(4..4 + n)) {
-                        Some(f) => f,
-                        None => {
-                            return Err(OpenError::Size {
-                                stored: stored.len(),
-                                expected: raw_len,
-                            })
-                        }
-                    }
-                };
-                // Bounded: output larger than the chunk is an error.
-                let n = zstd::bulk::decompress_to_buffer(frame, &mut *out)
-                    .map_err(|e| OpenError::Decompress(e.to_string()))?;
-                if n != raw_len {
-                    return Err(OpenError::Length {
-                        got: n,
-                        expected: raw_len,
-                    });
-                }
-            }
-            f => return Err(OpenError::Compression(f)),
-        }
-        if keys.chunk_id(out) != *expect {
-            return Err(OpenError::Id);
-        }
-        Ok(())
+    let raw_len = at.raw_len as usize;
+    let kind = check_stored(stored, raw_len)?;
+    let enc = kind == KIND_AEAD;
+    if enc != keys.encrypt {
+        return Err(OpenError::Mode {
+            found: mode(enc),
+            expected: mode(keys.encrypt),
+        });
     }
+    if kind == KIND_CLEAR && !keys.legacy_clear {
+        // Kind 2 has no MAC: only an archive made before kind 3 may
+        // hold it, and only there is its body decompressed unchecked.
+        return Err(OpenError::Kind(kind));
+    }
+    let framed = &stored[..stored.len() - CRC_LEN];
+    let body: &[u8] = if enc {
+        let nonce = XNonce::from_slice(&framed[1..1 + NONCE_LEN]);
+        let (ct, tag) = framed[1 + NONCE_LEN..].split_at(framed.len() - 1 - NONCE_LEN - TAG_LEN);
+        scratch.clear();
+        scratch.extend_from_slice(ct);
+        keys.chunk_cipher()
+            .decrypt_in_place_detached(nonce, &ad(keys, at), &mut *scratch, Tag::from_slice(tag))
+            .map_err(|_| OpenError::Authentication)?;
+        &*scratch
+    } else if kind == KIND_CLEAR_MAC {
+        let (body, mac) = framed[1..].split_at(framed.len() - 1 - TAG_LEN);
+        if !same(&clear_mac(keys, at, body), mac) {
+            return Err(OpenError::Authentication);
+        }
+        body
+    } else {
+        &framed[1..]
+    };
+    let (flag, bytes) = body.split_first().ok_or(OpenError::Size {
+        stored: stored.len(),
+        expected: raw_len,
+    })?;
+    let out = &mut plain[..raw_len];
+    match *flag {
+        STORED if bytes.len() == raw_len => out.copy_from_slice(bytes),
+        STORED => {
+            return Err(OpenError::Length {
+                got: bytes.len(),
+                expected: raw_len,
+            })
+        }
+        ZSTD | ZSTD_PADDED => {
+            let frame = if *flag == ZSTD {
+                bytes
+            } else {
+                let n = bytes
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+                match n.and_then(|n| bytes.get(4..4 + n)) {
+                    Some(f) => f,
+                    None => {
+                        return Err(OpenError::Size {
+                            stored: stored.len(),
+                            expected: raw_len,
+                        })
+                    }
+                }
+            };
+            // Bounded: output larger than the chunk is an error.
+            let n = zstd::bulk::decompress_to_buffer(frame, &mut *out)
+                .map_err(|e| OpenError::Decompress(e.to_string()))?;
+            if n != raw_len {
+                return Err(OpenError::Length {
+                    got: n,
+                    expected: raw_len,
+                });
+            }
+        }
+        f => return Err(OpenError::Compression(f)),
+    }
+    if keys.chunk_id(out) != *expect {
+        return Err(OpenError::Id);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

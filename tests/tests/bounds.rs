@@ -38,10 +38,15 @@ fn peak_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn measure(mut cmd: Command, limit: Duration) -> Measured {
+fn measure(cmd: Command, limit: Duration) -> Measured {
+    measure_fed(cmd, Stdio::null(), limit, Duration::from_millis(20))
+}
+
+/// [`measure`] with `stdin`, sampling every `every`.
+fn measure_fed(mut cmd: Command, stdin: Stdio, limit: Duration, every: Duration) -> Measured {
     let t0 = Instant::now();
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -65,7 +70,7 @@ fn measure(mut cmd: Command, limit: Duration) -> Measured {
             child.kill().unwrap();
             break child.wait().unwrap();
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     };
     Measured {
         ok: status.success(),
@@ -461,41 +466,8 @@ fn measure_receiver(arch: &std::path::Path, input: &[u8], limit: Duration) -> Me
     fs::write(&f, input).unwrap();
     let mut c = Command::new(receiver_bin());
     c.args(["serve", "--archive"]).arg(arch);
-    let t0 = Instant::now();
-    let mut child = c
-        .stdin(fs::File::open(&f).unwrap())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let (mut peak, mut killed) = (0, false);
-    let status = loop {
-        if let Some(p) = peak_kib(child.id()) {
-            peak = peak.max(p);
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t0.elapsed() > limit {
-            killed = true;
-            child.kill().unwrap();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Measured {
-        ok: status.success(),
-        stderr: reader.join().unwrap(),
-        peak_kib: peak,
-        secs: t0.elapsed().as_secs_f64(),
-        killed,
-    }
+    let stdin = Stdio::from(fs::File::open(&f).unwrap());
+    measure_fed(c, stdin, limit, Duration::from_millis(5))
 }
 
 /// The receiver's memory and log against a hostile agent: reads of
