@@ -48,10 +48,13 @@ pub fn build(meta: &ArchiveMeta) -> Result<Root> {
                 chunks: s.chunks,
                 zero_chunks: s.zero_chunks,
                 stored_bytes: s.stored_bytes,
+                ref_chunks: s.ref_chunks,
+                ref_bytes: s.ref_bytes,
             });
         }
         volumes.push(RootVolume {
             mode: meta.volume_mode(&v)?.unwrap_or(0),
+            group: meta.volume_group(&v)?,
             name: v,
             id: id.0,
             sessions,

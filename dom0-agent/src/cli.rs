@@ -33,7 +33,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 pub struct Cli {
-    /// Config file (TOML: dest, local, meta_dir, remote_receiver, volumes, workers, keep, timeout, frame_timeout, max_time, ssh_command) [default: /etc/sparsebak/sparsebak.toml].
+    /// Config file (TOML: dest, local, meta_dir, remote_receiver, volumes, workers, keep, timeout, frame_timeout, max_time, ssh_command, qubes_xml, [[dedup_group]] name and volumes patterns) [default: /etc/sparsebak/sparsebak.toml].
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Archive destination: file:///path (receiver runs here), qubes://VM[/NAME] (archive NAME in backup qube VM), ssh://user@host[:port]/path, qubes-ssh://VM/user@host[:port]/path (ssh from networked qube VM).
@@ -305,6 +305,14 @@ pub enum Cmd {
         /// A qube whose volumes to add (repeatable), as dom0's qubes.xml names it.
         #[arg(long, value_name = "NAME")]
         qube: Vec<String>,
+        /// Put the volumes in dedup group G: a chunk already stored by any
+        /// volume of the group is not stored or sent again. The backup qube
+        /// then learns which places in the group hold equal data: group a
+        /// template with its clones, never qubes of different trust. Fixed
+        /// at a volume's first backup (default: the config's `dedup_group`
+        /// patterns, else the volume's own scope).
+        #[arg(long, value_name = "G")]
+        dedup_group: Option<String>,
     },
     /// Remove a volume from that set and drop its snapshots (its sessions stay in the archive).
     Remove {

@@ -16,7 +16,8 @@ use crate::transport::{self, remote_error, Connection, Reach};
 use anyhow::{anyhow, bail, Context, Result};
 use protocol::chunk::ChunkHeader;
 use protocol::message::{
-    ArchiveParams, Blob, ErrorCode, Finding, Operation, Reply, Request, SessionInfo, DATA_PART,
+    ArchiveParams, Blob, ChunkRef, ErrorCode, Finding, Operation, Reply, Request, SessionInfo,
+    DATA_PART, MAX_REFUSED,
 };
 use protocol::stream::{Incoming, StreamError};
 use sealed::keys::VolumeId;
@@ -42,6 +43,14 @@ pub struct RemoteCheck {
 }
 
 /// One frame of a restore stream.
+/// What a commit was answered.
+#[derive(Debug)]
+pub enum Commit {
+    Done(SessionInfo),
+    /// References the receiver could not confirm: send their data.
+    Refused(Vec<u64>),
+}
+
 pub enum RestoreFrame<'a> {
     Chunk(ChunkHeader, &'a [u8]),
     /// The receiver's end of the stream, with the chunk count it claims.
@@ -468,9 +477,16 @@ impl Client {
         self.call_ok(&Request::Abort)
     }
 
+    /// One reference record of the session in progress (not flushed; see
+    /// [`Client::send_chunk`]).
+    pub fn send_ref(&mut self, r: ChunkRef) -> Result<(), StreamError> {
+        self.conn.paced_write(|wr| wr.request(&Request::Ref(r)))
+    }
+
     /// Commits the session in progress; the receiver answers with what it
-    /// stored, which must be what was sent.
-    pub fn commit(&mut self, session: &str, chunks: u64, zero_chunks: u64) -> Result<SessionInfo> {
+    /// stored, which must be what was sent, or with references it refused
+    /// (whose data the caller sends before committing again).
+    pub fn commit(&mut self, session: &str, chunks: u64, zero_chunks: u64) -> Result<Commit> {
         match self.call(&Request::Commit {
             chunks,
             zero_chunks,
@@ -478,7 +494,10 @@ impl Client {
             Reply::Committed(ci)
                 if ci.name == session && ci.chunks == chunks && ci.zero_chunks == zero_chunks =>
             {
-                Ok(ci)
+                Ok(Commit::Done(ci))
+            }
+            Reply::Refused { addrs } if !addrs.is_empty() && addrs.len() <= MAX_REFUSED => {
+                Ok(Commit::Refused(addrs))
             }
             other => Err(self.unexpected(&other, "commit")),
         }

@@ -40,6 +40,10 @@ pub struct Config {
     /// dom0's Qubes record, whose settings every backup run records
     /// (default `/var/lib/qubes/qubes.xml`; absent: not a Qubes dom0).
     pub qubes_xml: Option<PathBuf>,
+    /// Named dedup groups: volumes whose names match share one dedup
+    /// scope (`[[dedup_group]]` tables: `name`, `volumes` patterns).
+    #[serde(default)]
+    pub dedup_group: Vec<crate::dedup::GroupConfig>,
 }
 
 impl Config {
@@ -52,8 +56,11 @@ impl Config {
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("unable to read config '{}'", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("unable to parse config '{}'", path.display()))
+        let c: Config = toml::from_str(&text)
+            .with_context(|| format!("unable to parse config '{}'", path.display()))?;
+        crate::dedup::validate_groups(&c.dedup_group)
+            .with_context(|| format!("config '{}'", path.display()))?;
+        Ok(c)
     }
 }
 
@@ -77,10 +84,17 @@ mod tests {
         let uncommented: String = text
             .lines()
             .filter_map(|l| l.strip_prefix('#'))
-            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+            .filter(|l| {
+                l.starts_with("[[") || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let c: Config = toml::from_str(&uncommented).unwrap();
+        assert_eq!(c.dedup_group.len(), 1);
+        assert_eq!(
+            crate::dedup::configured_group(&c.dedup_group, "vm-debian-12-work-root"),
+            Some("debian-12")
+        );
         assert_eq!(
             c.qubes_xml.as_deref(),
             Some(Path::new("/var/lib/qubes/qubes.xml"))

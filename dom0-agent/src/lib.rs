@@ -19,6 +19,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod context;
+pub mod dedup;
 pub mod interrupt;
 pub mod keycheck;
 pub mod meta;

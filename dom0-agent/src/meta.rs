@@ -204,6 +204,9 @@ const ID_FILE: &str = "id";
 const MAC_FILE: &str = "mac";
 const MODE_FILE: &str = "mode";
 const DAMAGED_FILE: &str = "damaged";
+/// The volume's dedup group (absent: its own scope), fixed at its first
+/// backup (see `dedup`).
+const GROUP_FILE: &str = "group";
 /// The Qubes settings of every backup run (`sealed::qubes`), as the
 /// sealed root carries them.
 const QUBES_FILE: &str = "qubes";
@@ -502,6 +505,52 @@ impl ArchiveMeta {
         write_atomic(&dir.join(ID_FILE), format!("{}\n", id.to_hex()).as_bytes())
     }
 
+    /// The volume's dedup group, as recorded (by `add --dedup-group`, or
+    /// at its first backup).
+    pub fn volume_group(&self, volume: &str) -> Result<Option<String>> {
+        let p = self.volume_dir(volume)?.join(GROUP_FILE);
+        match fs::read_to_string(&p) {
+            Ok(t) => {
+                let g = t.trim().to_string();
+                sealed::keys::validate_group(&g)
+                    .map_err(|e| anyhow::anyhow!("'{}': {e}", p.display()))?;
+                Ok(Some(g))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("unable to read '{}'", p.display())),
+        }
+    }
+
+    pub fn set_volume_group(&self, volume: &str, group: Option<&str>) -> Result<()> {
+        let dir = self.volume_dir(volume)?;
+        let p = dir.join(GROUP_FILE);
+        match group {
+            Some(g) => {
+                sealed::keys::validate_group(g).map_err(anyhow::Error::msg)?;
+                fs::create_dir_all(&dir)
+                    .with_context(|| format!("unable to create '{}'", dir.display()))?;
+                write_atomic(&p, format!("{g}\n").as_bytes())
+            }
+            None => match fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("unable to remove '{}'", p.display()))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The dedup scope of a volume that has an id.
+    pub fn scope(&self, volume: &str) -> Result<sealed::keys::Scope> {
+        let id = self
+            .volume_id(volume)?
+            .with_context(|| format!("volume '{volume}' has no id yet"))?;
+        Ok(sealed::keys::Scope::of(
+            id,
+            self.volume_group(volume)?.as_deref(),
+        ))
+    }
+
     /// The source image's permission bits at its newest backup (None for
     /// an LV, or a volume backed up before modes were recorded).
     pub fn volume_mode(&self, volume: &str) -> Result<Option<u32>> {
@@ -701,6 +750,20 @@ impl ArchiveMeta {
         let manifest =
             ManifestWriter::new(BufWriter::with_capacity(1 << 16, f), self.params.chunk_size)?;
         Ok(PendingSession { dir, manifest })
+    }
+
+    /// Rewrites a pending session's info record (its counts changed after
+    /// the receiver refused references).
+    pub fn write_pending_info(
+        &self,
+        volume: &str,
+        session: &str,
+        info: &SessionInfo,
+    ) -> Result<()> {
+        write_atomic(
+            &self.pending_dir(volume, session)?.join("info.toml"),
+            toml::to_string(info)?.as_bytes(),
+        )
     }
 
     /// Pending → committed (after the receiver acknowledged the commit).
@@ -1044,7 +1107,7 @@ pub fn read_info(dir: &Path) -> Result<SessionInfo> {
 }
 
 /// sysio's atomic replacement, with the file named in the error.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sysio::atomic::write_atomic(path, bytes)
         .with_context(|| format!("unable to write '{}'", path.display()))
 }

@@ -8,12 +8,13 @@
 //! through dom0's page cache (which also stays free for dom0's own use: a
 //! backup reads every changed byte once and never again).
 
+use crate::dedup::{Dedup, Found};
 use crate::meta::View;
 use anyhow::{anyhow, Context, Result};
 use protocol::chunk::{Codec, Hash};
 use protocol::message::Compression;
 use sealed::envelope::{self, Place, Sealer};
-use sealed::keys::{Keys, VolumeId};
+use sealed::keys::{Keys, Scope};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -61,6 +62,9 @@ pub enum Prev {
     Absent,
     /// This entry: send only if the chunk differs.
     Entry(Codec, Hash),
+    /// The archive holds this chunk damaged: send it whatever it holds,
+    /// as data (a reference could name the damaged file itself).
+    Damaged,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,13 +76,19 @@ pub struct Job {
     pub prev: Prev,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Unchanged,
     Zero,
     /// Sealed into the slot's `stored()` bytes, with this keyed id.
     Data {
         hash: Hash,
+    },
+    /// Already stored in the scope, at `from` (checked against dom0's
+    /// manifest): sent as a reference, not sealed.
+    Ref {
+        hash: Hash,
+        from: Found,
     },
 }
 
@@ -99,8 +109,12 @@ pub struct Settings {
     pub compression: Compression,
     pub workers: usize,
     pub keys: Arc<Keys>,
-    /// The volume's id, bound into every chunk's envelope.
-    pub volume: VolumeId,
+    /// The volume's dedup scope: chunk ids are computed in it, and bound
+    /// into every chunk's envelope.
+    pub scope: Scope,
+    /// The scope's index, where chunks already stored are found (None:
+    /// every changed chunk is sealed and sent).
+    pub dedup: Option<Arc<Dedup>>,
 }
 
 /// Runs `jobs` (ascending addresses) through the pipeline and calls `sink`
@@ -138,7 +152,8 @@ where
             let tx = res_tx.clone();
             let (pool_rx, jobs, reader) = (&pool_rx, &jobs, &reader);
             let compression = settings.compression;
-            let (keys, volume) = (settings.keys.clone(), settings.volume);
+            let (keys, dscope) = (settings.keys.clone(), settings.scope);
+            let dedup = settings.dedup.as_deref();
             // Named, so that `top -H` and bench/stages.sh tell the stages.
             let worker = std::thread::Builder::new().name("sbk-seal".into());
             let spawned = worker.spawn_scoped(scope, move || {
@@ -171,7 +186,7 @@ where
                             // A known hole: its content is never looked at.
                             slot.raw.fill(0);
                         }
-                        let o = process(&job, &mut slot, &mut sealer, volume)?;
+                        let o = process(&job, &mut slot, &mut sealer, &dscope, dedup)?;
                         Ok((seq as u64, job, o, slot))
                     });
                     let failed = r.is_err();
@@ -205,7 +220,13 @@ where
     })
 }
 
-fn process(job: &Job, slot: &mut Slot, sealer: &mut Sealer, volume: VolumeId) -> Result<Outcome> {
+fn process(
+    job: &Job,
+    slot: &mut Slot,
+    sealer: &mut Sealer,
+    scope: &Scope,
+    dedup: Option<&Dedup>,
+) -> Result<Outcome> {
     let zero = !job.read || is_zero(slot.raw.as_slice());
     if zero {
         return Ok(match job.prev {
@@ -213,26 +234,45 @@ fn process(job: &Job, slot: &mut Slot, sealer: &mut Sealer, volume: VolumeId) ->
             _ => Outcome::Zero,
         });
     }
+    // Hashed once: compared with the previous entry, looked up in the
+    // scope, and only then (if neither) sealed.
+    let hash = sealer.id(scope, slot.raw.as_slice());
     if let Prev::Entry(c, h) = job.prev {
-        // Compared before sealing: an unchanged chunk costs its id only.
-        if c != Codec::Zero && h == sealer.id(slot.raw.as_slice()) {
+        if c != Codec::Zero && h == hash {
             return Ok(Outcome::Unchanged);
         }
     }
+    if let Some(d) = dedup.filter(|_| job.prev != Prev::Damaged) {
+        if let Some(from) = d.find(&hash, job.len)? {
+            return Ok(Outcome::Ref { hash, from });
+        }
+    }
+    seal_into(sealer, slot, scope, job, &hash)?;
+    Ok(Outcome::Data { hash })
+}
+
+/// Seals the chunk in `slot` (id `hash`) into the slot's stored bytes.
+fn seal_into(
+    sealer: &mut Sealer,
+    slot: &mut Slot,
+    scope: &Scope,
+    job: &Job,
+    hash: &Hash,
+) -> Result<()> {
     let at = Place {
-        volume,
+        scope: *scope,
         addr: job.addr,
         raw_len: job.len,
     };
-    let hash = sealer
-        .seal(
+    sealer
+        .seal_as(
             slot.raw.as_slice(),
             &at,
+            hash,
             crate::random::bytes()?,
             &mut slot.out,
         )
-        .context("sealing a chunk")?;
-    Ok(Outcome::Data { hash })
+        .context("sealing a chunk")
 }
 
 /// All-zero test, 64 bytes at a time (the compiler vectorizes the OR).
@@ -291,7 +331,7 @@ pub fn view_jobs(
             }
         }
         if forced.contains(&addr) {
-            return Some(Ok(job_at(i, true, Prev::Unknown)));
+            return Some(Ok(job_at(i, true, Prev::Damaged)));
         }
         let has_data = has_data(i);
         let prev_zero = matches!(prev, Prev::Absent | Prev::Entry(Codec::Zero, _));

@@ -111,7 +111,13 @@ pub fn settle(meta: &ArchiveMeta, local: &Source, client: &mut Client, volume: &
 /// a root without it.
 pub fn finish_delete(meta: &ArchiveMeta, client: &mut Client, volume: &str) -> Result<()> {
     client.delete_volume(volume)?;
+    let scope = meta.scope(volume).ok();
     meta.delete_volume(volume)?;
+    // The dedup index of its scope, without the deleted volume's places
+    // (another volume of the group may hold the same chunks).
+    if let Some(scope) = scope {
+        crate::dedup::rebuild_scope(meta, &scope)?;
+    }
     crate::catalog::publish(meta, client).map(|_| ())
 }
 

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sealed::envelope::{check_stored, sealed_bound, Opener, Place, Sealer};
-use sealed::keys::{Keys, MasterKey, VolumeId};
+use sealed::keys::{Keys, MasterKey, Scope, VolumeId};
 use protocol::message::ArchiveId;
 use std::sync::Arc;
 
@@ -26,19 +26,19 @@ fuzz_target!(|data: &[u8]| {
     let mut opener = Opener::new(keys.clone());
     if data[1] & 1 == 1 {
         let at = Place {
-            volume: VolumeId([2; 16]),
+            scope: Scope::volume(VolumeId([2; 16])),
             addr: 0,
             raw_len: raw_len as u32,
         };
-        let id = keys.chunk_id(&body[..body.len().min(raw_len)]);
+        let id = keys.chunk_id(&at.scope, &body[..body.len().min(raw_len)]);
         let _ = check_stored(body, raw_len);
         if let Ok(p) = opener.open(body, &at, &id, &mut plain) {
             assert_eq!(p.len(), raw_len);
-            assert_eq!(keys.chunk_id(p), id);
+            assert_eq!(keys.chunk_id(&at.scope, p), id);
         }
     } else if !body.is_empty() {
         let at = Place {
-            volume: VolumeId([2; 16]),
+            scope: Scope::group("g"),
             addr: 65536,
             raw_len: body.len() as u32,
         };

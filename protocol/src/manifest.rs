@@ -32,6 +32,71 @@ pub fn encode_entry(e: &Entry) -> [u8; ENTRY_LEN] {
     b
 }
 
+/// Decodes one entry read at random (a binary search by address): the
+/// end record and an unknown codec are errors. The caller checks order
+/// and the file's CRC where it reads the whole file.
+pub fn decode_entry(b: &[u8; ENTRY_LEN]) -> Result<Entry, ProtocolError> {
+    let codec = Codec::from_byte(b[8])?;
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&b[9..]);
+    Ok(Entry {
+        addr: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+        codec,
+        hash,
+    })
+}
+
+/// Why a manifest could not be searched.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("bad header or length")]
+    Shape,
+    #[error("{0}")]
+    Entry(#[from] ProtocolError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The number of entries of a manifest file of `len` bytes whose 12-byte
+/// header is `head`, checked against the archive's chunk size.
+pub fn entry_count(head: &[u8; HEADER_LEN], len: u64, chunk_size: u32) -> Result<u64, SearchError> {
+    let body = len
+        .checked_sub(HEADER_LEN as u64)
+        .ok_or(SearchError::Shape)?;
+    if head[..8] != MAGIC
+        || head[8..] != chunk_size.to_le_bytes()
+        || body < ENTRY_LEN as u64
+        || !body.is_multiple_of(ENTRY_LEN as u64)
+    {
+        return Err(SearchError::Shape);
+    }
+    Ok(body / ENTRY_LEN as u64 - 1)
+}
+
+/// Finds the entry at `addr` of a manifest with `n` entries by binary
+/// search, reading entries through `read(offset, buf)` (the caller's
+/// I/O: a `pread` of the file). A few reads, nothing loaded whole; the
+/// file's CRC is not checked (readers of the whole file check it).
+pub fn find_entry(
+    n: u64,
+    addr: u64,
+    mut read: impl FnMut(u64, &mut [u8; ENTRY_LEN]) -> std::io::Result<()>,
+) -> Result<Option<Entry>, SearchError> {
+    let (mut lo, mut hi) = (0u64, n);
+    let mut b = [0u8; ENTRY_LEN];
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        read(HEADER_LEN as u64 + mid * ENTRY_LEN as u64, &mut b)?;
+        let e = decode_entry(&b)?;
+        match e.addr.cmp(&addr) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Ok(Some(e)),
+        }
+    }
+    Ok(None)
+}
+
 /// Writes a manifest, enforcing strictly ascending, aligned addresses.
 pub struct ManifestWriter<W: Write> {
     out: W,
@@ -229,6 +294,38 @@ mod tests {
             codec,
             hash: [i as u8; 32],
         }
+    }
+
+    #[test]
+    fn entries_are_found_by_binary_search() {
+        const CS: u32 = 65536;
+        let es: Vec<Entry> = (0..100)
+            .filter(|a| a % 3 != 1)
+            .map(|a| {
+                e(
+                    a,
+                    if a % 5 == 0 {
+                        Codec::Zero
+                    } else {
+                        Codec::Sealed
+                    },
+                )
+            })
+            .collect();
+        let b = write(&es);
+        let head: [u8; HEADER_LEN] = b[..HEADER_LEN].try_into().unwrap();
+        let n = entry_count(&head, b.len() as u64, CS).unwrap();
+        assert_eq!(n, es.len() as u64);
+        let read = |off: u64, buf: &mut [u8; ENTRY_LEN]| {
+            buf.copy_from_slice(&b[off as usize..off as usize + ENTRY_LEN]);
+            Ok(())
+        };
+        for a in 0..101u64 {
+            let want = es.iter().find(|x| x.addr == a * CS as u64).copied();
+            assert_eq!(find_entry(n, a * CS as u64, read).unwrap(), want, "{a}");
+        }
+        assert!(entry_count(&head, b.len() as u64 - 1, CS).is_err());
+        assert!(entry_count(&head, b.len() as u64, CS * 2).is_err());
     }
 
     #[test]

@@ -176,6 +176,11 @@ pub struct SessionInfo {
     pub zero_chunks: u64,
     /// Bytes of stored (compressed) chunk data in this session.
     pub stored_bytes: u64,
+    /// Of `chunks`, those stored by reference to a chunk the archive
+    /// already held (a hard link, no bytes sent), and their plaintext
+    /// length. Counted at commit; a prune adds the pruned session's.
+    pub ref_chunks: u64,
+    pub ref_bytes: u64,
     pub prev: Option<String>,
 }
 
@@ -258,7 +263,34 @@ pub enum Request {
     /// named by the root dom0 wrote). Answered `Ok`; `Error(SessionOrder)`
     /// if it is not the newest.
     DropSession { volume: String, session: String },
+    /// Inside a session, in address order with the chunk frames: the
+    /// chunk at `addr` is the one the archive already holds at `from` (a
+    /// committed session of a volume in the same dedup scope; dom0 knows
+    /// scopes, the receiver does not). The receiver checks that `from`'s
+    /// manifest names a chunk with this keyed id there and links it; what
+    /// it cannot confirm it refuses at `Commit` (`Reply::Refused`), and
+    /// dom0 sends those chunks' data.
+    Ref(ChunkRef),
 }
+
+/// A reference record (`Request::Ref`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub addr: u64,
+    pub raw_len: u32,
+    /// The chunk's keyed id: the manifest entry at `addr`, which must be
+    /// the entry at `from`.
+    pub hash: crate::chunk::Hash,
+    /// Where the chunk is stored: a volume id (32 hex digits), one of its
+    /// committed sessions, an address there.
+    pub volume: String,
+    pub session: String,
+    pub from: u64,
+}
+
+/// Most addresses one `Reply::Refused` names: the agent sends those
+/// chunks and commits again, and gets the next ones.
+pub const MAX_REFUSED: usize = 65536;
 
 /// Most addresses in one `ReadChunks` request: 64 chunks are 16 MiB at the
 /// default chunk size, enough for read-ahead, and bound what one request
@@ -305,6 +337,7 @@ impl Request {
             Request::BeginSession { .. } => "begin-session",
             Request::Commit { .. } => "commit",
             Request::Abort => "abort",
+            Request::Ref(_) => "ref",
             Request::Restore { .. } => "restore",
             Request::Bye => "bye",
             Request::Prune { .. } => "prune",
@@ -440,6 +473,13 @@ pub enum Reply {
         sessions: Vec<SessionInfo>,
         more: bool,
     },
+    /// The answer to `Commit` while references were refused: at most
+    /// `MAX_REFUSED` of their addresses, ascending. The agent sends a chunk
+    /// frame for each (in any order) and commits again; nothing is visible
+    /// until a commit is answered `Committed`.
+    Refused {
+        addrs: Vec<u64>,
+    },
 }
 
 impl Reply {
@@ -448,6 +488,7 @@ impl Reply {
             Reply::Ok => "ok",
             Reply::Volumes { .. } => "volumes",
             Reply::Committed(_) => "committed",
+            Reply::Refused { .. } => "refused",
             Reply::StreamEnd { .. } => "stream-end",
             Reply::Error(_) => "error",
             Reply::Pruned(_) => "pruned",

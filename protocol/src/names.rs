@@ -52,7 +52,11 @@ const SEQ_DIGITS: usize = 12;
 
 /// The session name after `after` (the first is 1).
 pub fn session_name(after: Option<&str>) -> String {
-    let n = after.and_then(parse_session_name).map_or(1, |p| p + 1);
+    session_name_of(after.and_then(parse_session_name).map_or(1, |p| p + 1))
+}
+
+/// The session name of sequence number `n`.
+pub fn session_name_of(n: u64) -> String {
     format!("S_{n:012}")
 }
 

@@ -167,6 +167,8 @@ pub fn merged_info(
         chunks,
         zero_chunks,
         stored_bytes,
+        ref_chunks: successor.ref_chunks.saturating_add(pruned.ref_chunks),
+        ref_bytes: successor.ref_bytes.saturating_add(pruned.ref_bytes),
         prev: pruned.prev.clone(),
     }
 }

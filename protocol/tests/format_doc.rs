@@ -45,6 +45,27 @@ fn frame(b: &[u8]) -> Incoming<'static> {
     f
 }
 
+/// The first root of the documented archive (`root-body`).
+fn first_root() -> sealed::root::Root {
+    sealed::root::Root {
+        generation: 1,
+        written: 0,
+        params: ArchiveParams {
+            id: ArchiveId([0xab; 16]),
+            chunk_size: 0x40000,
+            compression: Compression::Zstd { level: 3 },
+        },
+        encrypt: true,
+        configured: vec![],
+        volumes: vec![],
+        qubes: Default::default(),
+        pending: vec![],
+        key_hash: Some([0x55; 32]),
+        legacy_clear: false,
+        pad_sizes: false,
+    }
+}
+
 fn session() -> SessionInfo {
     SessionInfo {
         name: "S_000000000001".into(),
@@ -53,6 +74,8 @@ fn session() -> SessionInfo {
         chunks: 1,
         zero_chunks: 0,
         stored_bytes: 100,
+        ref_chunks: 0,
+        ref_bytes: 0,
         prev: None,
     }
 }
@@ -78,6 +101,23 @@ fn every_example_in_format_md_decodes_as_documented() {
                 Request::Commit {
                     chunks: 3,
                     zero_chunks: 1
+                }
+            ),
+            "request-ref" => assert_eq!(
+                decode_request(&b).unwrap(),
+                Request::Ref(ChunkRef {
+                    addr: 0x40000,
+                    raw_len: 0x40000,
+                    hash: [0x5a; 32],
+                    volume: "v".into(),
+                    session: "S_000000000001".into(),
+                    from: 0,
+                })
+            ),
+            "reply-refused" => assert_eq!(
+                decode_reply(&b).unwrap(),
+                Reply::Refused {
+                    addrs: vec![0x40000]
                 }
             ),
             "reply-ok" => assert_eq!(decode_reply(&b).unwrap(), Reply::Ok),
@@ -209,7 +249,7 @@ fn every_example_in_format_md_decodes_as_documented() {
             }
             "envelope-aead" | "envelope-clear" => {
                 use sealed::envelope::{Opener, Place, Sealer};
-                use sealed::keys::{Keys, MasterKey, VolumeId};
+                use sealed::keys::{Keys, MasterKey, Scope, VolumeId};
                 let enc = name == "envelope-aead";
                 let keys = std::sync::Arc::new(Keys::derive(
                     &MasterKey::from_bytes([0x11; 32]),
@@ -218,7 +258,7 @@ fn every_example_in_format_md_decodes_as_documented() {
                 ));
                 let plain = b"hello, sparsebak";
                 let at = Place {
-                    volume: VolumeId([0xcd; 16]),
+                    scope: Scope::volume(VolumeId([0xcd; 16])),
                     addr: 0x40000,
                     raw_len: 16,
                 };
@@ -231,20 +271,30 @@ fn every_example_in_format_md_decodes_as_documented() {
                     assert_eq!((b[0], b.len()), (3, 1 + 17 + 16 + 4));
                     assert_eq!(&b[1..18], b"\0hello, sparsebak");
                 }
-                let id = keys.chunk_id(plain);
+                let id = keys.chunk_id(&at.scope, plain);
                 let mut buf = [0u8; 16];
                 let got = Opener::new(keys.clone())
                     .open(&b, &at, &id, &mut buf)
                     .unwrap();
                 assert_eq!(got, plain);
                 let mut again = Vec::with_capacity(200);
-                Sealer::new(None, keys)
+                Sealer::new(None, keys.clone())
                     .unwrap()
                     .seal(plain, &at, [0x44; 24], &mut again)
                     .unwrap();
                 assert_eq!(again, b, "{name}: the same inputs seal to the same bytes");
-                // Another address: neither the tag nor the MAC passes.
-                let other = Place { addr: 0, ..at };
+                // Another address of the scope holds the same chunk (one
+                // envelope serves every place that holds these bytes)...
+                let mut buf2 = [0u8; 16];
+                let moved = Place { addr: 0, ..at };
+                assert!(Opener::new(keys.clone())
+                    .open(&b, &moved, &id, &mut buf2)
+                    .is_ok());
+                // ...another scope does not: neither the tag nor the MAC.
+                let other = Place {
+                    scope: Scope::group("templates"),
+                    ..at
+                };
                 let keys = std::sync::Arc::new(Keys::derive(
                     &MasterKey::from_bytes([0x11; 32]),
                     ArchiveId([0xab; 16]),
@@ -252,13 +302,22 @@ fn every_example_in_format_md_decodes_as_documented() {
                 ));
                 assert!(Opener::new(keys).open(&b, &other, &id, &mut buf).is_err());
             }
-            "chunk-id" => {
+            "chunk-id" | "chunk-id-group" => {
+                use sealed::keys::{Scope, VolumeId};
                 let keys = sealed::keys::Keys::derive(
                     &sealed::keys::MasterKey::from_bytes([0x11; 32]),
                     ArchiveId([0xab; 16]),
                     true,
                 );
-                assert_eq!(keys.chunk_id(b"hello, sparsebak").to_vec(), b);
+                let scope = if name == "chunk-id" {
+                    Scope::volume(VolumeId([0xcd; 16]))
+                } else {
+                    Scope::group("templates")
+                };
+                assert_eq!(keys.chunk_id(&scope, b"hello, sparsebak").to_vec(), b);
+            }
+            "scope-group" => {
+                assert_eq!(sealed::keys::Scope::group("templates").0.to_vec(), b);
             }
             "root-body" | "root-sealed" => {
                 use sealed::root::Root;
@@ -267,29 +326,13 @@ fn every_example_in_format_md_decodes_as_documented() {
                     ArchiveId([0xab; 16]),
                     true,
                 );
-                let want = Root {
-                    generation: 1,
-                    written: 0,
-                    params: ArchiveParams {
-                        id: ArchiveId([0xab; 16]),
-                        chunk_size: 0x40000,
-                        compression: Compression::Zstd { level: 3 },
-                    },
-                    encrypt: true,
-                    configured: vec![],
-                    volumes: vec![],
-                    qubes: Default::default(),
-                    pending: vec![],
-                    key_hash: Some([0x55; 32]),
-                    legacy_clear: false,
-                    pad_sizes: false,
-                };
+                let want = first_root();
                 if name == "root-body" {
                     let r: Root = protocol::codec::decode_large("root", &b).unwrap();
                     assert_eq!(r, want);
                     assert_eq!(protocol::codec::encode_large(&want), b);
                 } else {
-                    assert_eq!(&b[..8], b"SBKROOT4");
+                    assert_eq!(&b[..8], b"SBKROOT5");
                     assert_eq!(&b[8..32], &[0x66; 24]);
                     assert_eq!(Root::open(&keys, &b).unwrap(), want);
                     assert_eq!(want.seal(&keys, [0x66; 24]), b);
@@ -305,6 +348,8 @@ fn every_example_in_format_md_decodes_as_documented() {
         "request-list-volumes-first",
         "request-list-volumes-after",
         "request-commit",
+        "request-ref",
+        "reply-refused",
         "reply-ok",
         "reply-stream-end",
         "reply-error",
@@ -318,6 +363,8 @@ fn every_example_in_format_md_decodes_as_documented() {
         "envelope-aead",
         "envelope-clear",
         "chunk-id",
+        "chunk-id-group",
+        "scope-group",
         "root-body",
         "root-sealed",
     ] {
@@ -453,5 +500,82 @@ fn enum_indexes_match_the_table() {
     assert_eq!(
         index(protocol::codec::encode(&Compression::Zstd { level: 3 })),
         1
+    );
+}
+
+/// Prints the examples as the code encodes them (`--ignored --nocapture`):
+/// how the document's bytes are made after a format change.
+#[test]
+#[ignore]
+fn print_examples() {
+    use sealed::envelope::{Place, Sealer};
+    use sealed::keys::{Keys, MasterKey, Scope, VolumeId};
+    let hex = |b: &[u8]| {
+        b.chunks(16)
+            .map(|l| {
+                l.iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let r = encode_request(&Request::Ref(ChunkRef {
+        addr: 0x40000,
+        raw_len: 0x40000,
+        hash: [0x5a; 32],
+        volume: "v".into(),
+        session: "S_000000000001".into(),
+        from: 0,
+    }));
+    println!("request-ref\n{}", hex(&r));
+    let r = encode_reply(&Reply::Refused {
+        addrs: vec![0x40000],
+    });
+    println!("reply-refused\n{}", hex(&r));
+    let r = encode_reply(&Reply::Sessions {
+        sessions: vec![session()],
+        more: false,
+    });
+    println!("reply-sessions\n{}", hex(&r));
+    for enc in [true, false] {
+        let keys = std::sync::Arc::new(Keys::derive(
+            &MasterKey::from_bytes([0x11; 32]),
+            ArchiveId([0xab; 16]),
+            enc,
+        ));
+        let at = Place {
+            scope: Scope::volume(VolumeId([0xcd; 16])),
+            addr: 0x40000,
+            raw_len: 16,
+        };
+        let mut out = Vec::new();
+        Sealer::new(None, keys.clone())
+            .unwrap()
+            .seal(b"hello, sparsebak", &at, [0x44; 24], &mut out)
+            .unwrap();
+        println!("envelope {enc}\n{}", hex(&out));
+        if enc {
+            println!(
+                "chunk-id\n{}",
+                hex(&keys.chunk_id(&at.scope, b"hello, sparsebak"))
+            );
+            let g = Scope::group("templates");
+            println!(
+                "chunk-id-group\n{}",
+                hex(&keys.chunk_id(&g, b"hello, sparsebak"))
+            );
+            println!("scope-group\n{}", hex(&g.0));
+        }
+    }
+    let keys = Keys::derive(
+        &MasterKey::from_bytes([0x11; 32]),
+        ArchiveId([0xab; 16]),
+        true,
+    );
+    println!(
+        "root-sealed\n{}",
+        hex(&first_root().seal(&keys, [0x66; 24]))
     );
 }

@@ -5,8 +5,10 @@
 //!
 //! Sealing computes the chunk's keyed id (what the manifest pins),
 //! compresses with zstd when that saves space, and encrypts with
-//! XChaCha20-Poly1305 under a random nonce, the archive, volume, address
-//! and length bound as associated data — or, in an archive made with
+//! XChaCha20-Poly1305 under a random nonce, the archive, dedup scope,
+//! keyed id and length bound as associated data (not the place: one
+//! stored envelope serves every place in its scope that holds the same
+//! bytes, and what binds data to a place is dom0's manifest) — or, in an archive made with
 //! `--encrypt off`, stores the compressed bytes in the clear with a keyed
 //! BLAKE3 MAC over the same associated data and the body (kind 3), so that
 //! nothing a hostile receiver sends reaches the decompressor before it
@@ -17,36 +19,40 @@
 
 pub use protocol::envelope::*;
 
-use crate::keys::{Keys, VolumeId};
+use crate::keys::{Keys, Scope};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{Tag, XNonce};
 use protocol::chunk::Hash;
 use std::sync::Arc;
 
-/// Where a chunk belongs: bound into its envelope, so a chunk moved to
-/// another volume, address or archive does not open.
+/// What a chunk is bound to: its envelope opens only in this archive and
+/// scope, as the chunk with this keyed id and length. (`addr` is only for
+/// messages.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Place {
-    pub volume: VolumeId,
+    pub scope: Scope,
     pub addr: u64,
     pub raw_len: u32,
 }
 
-fn ad(keys: &Keys, at: &Place) -> [u8; 52] {
-    let mut a = [0u8; 52];
-    a[..8].copy_from_slice(b"SBKCHNK1");
+/// Associated data: `SBKCHNK2`, archive id, scope, keyed id, length.
+pub const AD_LEN: usize = 8 + 16 + 17 + 32 + 4;
+
+fn ad(keys: &Keys, at: &Place, id: &Hash) -> [u8; AD_LEN] {
+    let mut a = [0u8; AD_LEN];
+    a[..8].copy_from_slice(b"SBKCHNK2");
     a[8..24].copy_from_slice(&keys.archive.0);
-    a[24..40].copy_from_slice(&at.volume.0);
-    a[40..48].copy_from_slice(&at.addr.to_le_bytes());
-    a[48..].copy_from_slice(&at.raw_len.to_le_bytes());
+    a[24..41].copy_from_slice(&at.scope.0);
+    a[41..73].copy_from_slice(id);
+    a[73..].copy_from_slice(&at.raw_len.to_le_bytes());
     a
 }
 
 /// A kind-3 envelope's MAC: keyed BLAKE3 of the associated data and the
 /// body, its first 16 bytes.
-fn clear_mac(keys: &Keys, at: &Place, body: &[u8]) -> [u8; TAG_LEN] {
+fn clear_mac(keys: &Keys, at: &Place, id: &Hash, body: &[u8]) -> [u8; TAG_LEN] {
     let mut h = keys.clear_mac();
-    h.update(&ad(keys, at));
+    h.update(&ad(keys, at, id));
     h.update(body);
     let mut m = [0u8; TAG_LEN];
     m.copy_from_slice(&h.finalize().as_bytes()[..TAG_LEN]);
@@ -73,10 +79,10 @@ impl Sealer {
         })
     }
 
-    /// A chunk's keyed id (what [`Sealer::seal`] returns), to compare a
-    /// chunk with a manifest entry without sealing it.
-    pub fn id(&self, plain: &[u8]) -> Hash {
-        self.keys.chunk_id(plain)
+    /// A chunk's keyed id in `scope` (what [`Sealer::seal`] returns), to
+    /// compare a chunk with a manifest entry without sealing it.
+    pub fn id(&self, scope: &Scope, plain: &[u8]) -> Hash {
+        self.keys.chunk_id(scope, plain)
     }
 
     /// Seals a non-zero chunk into `out` (cleared first; it must have room
@@ -89,7 +95,21 @@ impl Sealer {
         nonce: [u8; NONCE_LEN],
         out: &mut Vec<u8>,
     ) -> std::io::Result<Hash> {
-        let id = self.keys.chunk_id(plain);
+        let id = self.keys.chunk_id(&at.scope, plain);
+        self.seal_as(plain, at, &id, nonce, out)?;
+        Ok(id)
+    }
+
+    /// [`Sealer::seal`] of a chunk whose id the caller computed with
+    /// [`Sealer::id`] (hashing it once, not twice).
+    pub fn seal_as(
+        &mut self,
+        plain: &[u8],
+        at: &Place,
+        id: &Hash,
+        nonce: [u8; NONCE_LEN],
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
         out.clear();
         let enc = self.keys.encrypt;
         out.push(if enc { KIND_AEAD } else { KIND_CLEAR_MAC });
@@ -136,18 +156,18 @@ impl Sealer {
                 .chunk_cipher()
                 .encrypt_in_place_detached(
                     XNonce::from_slice(&nonce),
-                    &ad(&self.keys, at),
+                    &ad(&self.keys, at, id),
                     &mut out[body..],
                 )
                 .map_err(|_| std::io::Error::other("chunk too large to seal"))?;
             out.extend_from_slice(&tag);
         } else {
-            let m = clear_mac(&self.keys, at, &out[body..]);
+            let m = clear_mac(&self.keys, at, id, &out[body..]);
             out.extend_from_slice(&m);
         }
         let crc = crc32fast::hash(out);
         out.extend_from_slice(&crc.to_le_bytes());
-        Ok(id)
+        Ok(())
     }
 }
 
@@ -230,12 +250,17 @@ fn open_with(
         scratch.clear();
         scratch.extend_from_slice(ct);
         keys.chunk_cipher()
-            .decrypt_in_place_detached(nonce, &ad(keys, at), &mut *scratch, Tag::from_slice(tag))
+            .decrypt_in_place_detached(
+                nonce,
+                &ad(keys, at, expect),
+                &mut *scratch,
+                Tag::from_slice(tag),
+            )
             .map_err(|_| OpenError::Authentication)?;
         &*scratch
     } else if kind == KIND_CLEAR_MAC {
         let (body, mac) = framed[1..].split_at(framed.len() - 1 - TAG_LEN);
-        if !same(&clear_mac(keys, at, body), mac) {
+        if !same(&clear_mac(keys, at, expect, body), mac) {
             return Err(OpenError::Authentication);
         }
         body
@@ -284,7 +309,7 @@ fn open_with(
         }
         f => return Err(OpenError::Compression(f)),
     }
-    if keys.chunk_id(out) != *expect {
+    if keys.chunk_id(&at.scope, out) != *expect {
         return Err(OpenError::Id);
     }
     Ok(())
@@ -307,7 +332,7 @@ mod tests {
 
     fn place(addr: u64, len: usize) -> Place {
         Place {
-            volume: VolumeId([2; 16]),
+            scope: Scope::volume(crate::keys::VolumeId([2; 16])),
             addr,
             raw_len: len as u32,
         }
@@ -354,17 +379,22 @@ mod tests {
     }
 
     #[test]
-    fn encrypted_chunks_hide_their_content_and_bind_their_place() {
+    fn encrypted_chunks_hide_their_content_and_bind_their_scope() {
         let plain = b"MARKER-MARKER-MARKER-MARKER".repeat(100);
         let (h, stored) = seal_all(true, None, &plain);
         assert!(!stored.windows(6).any(|w| w == b"MARKER"));
         let at = place(0, plain.len());
         assert!(open_with(true, &stored, &at, &h).is_ok());
-        // Another address, volume or length: the tag fails.
+        // Another address of the same scope: the same chunk (dedup).
+        assert!(open_with(true, &stored, &place(65536, plain.len()), &h).is_ok());
+        // Another scope (a volume, a group) or length: the tag fails.
         for other in [
-            place(65536, plain.len()),
             Place {
-                volume: VolumeId([3; 16]),
+                scope: Scope::volume(crate::keys::VolumeId([3; 16])),
+                ..at
+            },
+            Place {
+                scope: Scope::group("templates"),
                 ..at
             },
         ] {
@@ -373,6 +403,11 @@ mod tests {
                 Err(OpenError::Authentication)
             );
         }
+        let shorter = Place {
+            raw_len: at.raw_len - 1,
+            ..at
+        };
+        assert!(open_with(true, &stored, &shorter, &h).is_err());
         // A key of another archive, a stale id, a clear-mode reader.
         let other = Arc::new(Keys::derive(
             &MasterKey::from_bytes([8; 32]),
@@ -381,7 +416,12 @@ mod tests {
         ));
         let mut buf = vec![0u8; plain.len()];
         assert!(Opener::new(other).open(&stored, &at, &h, &mut buf).is_err());
-        assert_eq!(open_with(true, &stored, &at, &[0; 32]), Err(OpenError::Id));
+        // The id is bound too: an envelope opens only as the chunk it was
+        // sealed for (a stale or swapped one fails the tag).
+        assert_eq!(
+            open_with(true, &stored, &at, &[0; 32]),
+            Err(OpenError::Authentication)
+        );
         assert!(matches!(
             open_with(false, &stored, &at, &h),
             Err(OpenError::Mode { .. })
@@ -396,14 +436,22 @@ mod tests {
         assert_eq!(stored[0], KIND_CLEAR_MAC);
         let at = place(0, plain.len());
         assert!(open_with(false, &stored, &at, &h).is_ok());
-        // The MAC binds the place, as the AEAD does.
+        // The MAC binds the scope, as the AEAD does.
+        let other = Place {
+            scope: Scope::group("g"),
+            ..at
+        };
         assert_eq!(
-            open_with(false, &stored, &place(65536, plain.len()), &h),
+            open_with(false, &stored, &other, &h),
             Err(OpenError::Authentication)
         );
-        // A well-formed clear envelope of other content: the id fails.
+        // A well-formed clear envelope of other content: the MAC, which
+        // binds the id, fails.
         let (_, other) = seal_all(false, Some(3), &vec![6u8; 65536]);
-        assert_eq!(open_with(false, &other, &at, &h), Err(OpenError::Id));
+        assert_eq!(
+            open_with(false, &other, &at, &h),
+            Err(OpenError::Authentication)
+        );
         assert!(matches!(
             open_with(true, &stored, &at, &h),
             Err(OpenError::Mode { .. })

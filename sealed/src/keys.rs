@@ -2,9 +2,11 @@
 //! it per purpose (BLAKE3 `derive_key`, one context string each), so that
 //! no key is used for two things:
 //!
-//! - *chunk id*: keyed BLAKE3 of a chunk's plaintext. It is what manifests
+//! - *chunk id*: keyed BLAKE3 of a chunk's plaintext, under a key derived
+//!   from this one and the chunk's dedup [`Scope`]. It is what manifests
 //!   pin and the receiver sees; without the key it confirms nothing about
-//!   guessed contents (a bare hash would).
+//!   guessed contents (a bare hash would), and equal chunks in two scopes
+//!   get unrelated ids, so the receiver can compare nothing across scopes.
 //! - *chunk* and *record*: XChaCha20-Poly1305 keys for chunk envelopes
 //!   ([`crate::envelope`]) and sealed records (the root, [`crate::root`]).
 //! - *manifest MAC*: keyed BLAKE3 of a manifest file's bytes, pinned by
@@ -27,6 +29,55 @@ use zeroize::Zeroizing;
 
 pub const KEY_LEN: usize = 32;
 pub use protocol::envelope::{NONCE_LEN, TAG_LEN};
+
+/// A dedup scope (see `DESIGN.md` §13): where equal chunks are stored
+/// once. A tag byte (0: one volume's own scope, 1: a named group) and 16
+/// bytes (the volume's id; a hash of the group's name). Not secret: it
+/// only selects the id key, which is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope(pub [u8; 17]);
+
+impl Scope {
+    /// A volume's own scope, its default.
+    pub fn volume(v: VolumeId) -> Scope {
+        let mut s = [0u8; 17];
+        s[1..].copy_from_slice(&v.0);
+        Scope(s)
+    }
+
+    /// The scope of the dedup group `name` (any volume, any archive).
+    pub fn group(name: &str) -> Scope {
+        let h = blake3::derive_key("sparsebak 2026-12 dedup group", name.as_bytes());
+        let mut s = [1u8; 17];
+        s[1..].copy_from_slice(&h[..16]);
+        Scope(s)
+    }
+
+    /// The scope of a volume with this id in this group (None: its own).
+    pub fn of(v: VolumeId, group: Option<&str>) -> Scope {
+        group.map_or(Scope::volume(v), Scope::group)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+/// A dedup group's name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn validate_group(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid dedup group name {:?}: 1 to 64 letters, digits, '.', '_' or '-'",
+            protocol::names::display_safe(name)
+        ))
+    }
+}
 
 /// An archive's master key: 32 random bytes, wiped from memory on drop.
 #[derive(Clone)]
@@ -94,9 +145,15 @@ impl Keys {
         }
     }
 
-    /// A chunk's keyed id: keyed BLAKE3 of its plaintext.
-    pub fn chunk_id(&self, plain: &[u8]) -> [u8; 32] {
-        blake3::keyed_hash(&self.id, plain).into()
+    /// A chunk's keyed id in `scope`: keyed BLAKE3 of its plaintext,
+    /// the key itself keyed BLAKE3 of the scope under the id subkey.
+    pub fn chunk_id(&self, scope: &Scope, plain: &[u8]) -> [u8; 32] {
+        blake3::keyed_hash(&self.scope_id_key(scope), plain).into()
+    }
+
+    /// The id key of one scope (see [`Keys::chunk_id`]).
+    pub fn scope_id_key(&self, scope: &Scope) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::keyed_hash(&self.id, &scope.0).into())
     }
 
     /// Streaming MACs over a manifest file's bytes under the current key and
@@ -552,11 +609,35 @@ mod tests {
     #[test]
     fn subkeys_differ_and_ids_are_keyed() {
         let (a, b) = (keys(1), keys(2));
-        assert_ne!(a.chunk_id(b"x"), b.chunk_id(b"x"));
-        assert_ne!(a.chunk_id(b"x"), *blake3::hash(b"x").as_bytes());
+        let s = Scope::volume(VolumeId([7; 16]));
+        assert_ne!(a.chunk_id(&s, b"x"), b.chunk_id(&s, b"x"));
+        assert_ne!(a.chunk_id(&s, b"x"), *blake3::hash(b"x").as_bytes());
         assert_ne!(
-            a.chunk_id(b"x"),
+            a.chunk_id(&s, b"x"),
             *a.manifest_mac().update(b"x").finalize().as_bytes()
+        );
+    }
+
+    #[test]
+    fn equal_data_in_two_scopes_has_unrelated_ids() {
+        let k = keys(1);
+        let v = |b| Scope::volume(VolumeId([b; 16]));
+        let ids = [
+            k.chunk_id(&v(1), b"x"),
+            k.chunk_id(&v(2), b"x"),
+            k.chunk_id(&Scope::group("templates"), b"x"),
+            k.chunk_id(&Scope::group("templates2"), b"x"),
+        ];
+        for i in 0..ids.len() {
+            for j in i + 1..ids.len() {
+                assert_ne!(ids[i], ids[j], "{i} {j}");
+            }
+        }
+        assert_eq!(ids[2], k.chunk_id(&Scope::group("templates"), b"x"));
+        // A group's tag keeps it apart from a volume whose id collides.
+        assert_ne!(
+            Scope::group("a").0[0],
+            Scope::volume(VolumeId([0; 16])).0[0]
         );
     }
 

@@ -19,13 +19,9 @@ use protocol::{codec, ProtocolError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-pub const ROOT_MAGIC: [u8; 8] = *b"SBKROOT4";
-/// Roots before the wrapped key was pinned: read (as pinning none).
-pub const ROOT_MAGIC_V3: [u8; 8] = *b"SBKROOT3";
-/// Roots before pending changes: read (as having none), never written.
-pub const ROOT_MAGIC_V2: [u8; 8] = *b"SBKROOT2";
-/// Roots before Qubes settings: read (as having none), never written.
-pub const ROOT_MAGIC_V1: [u8; 8] = *b"SBKROOT1";
+/// Version 5: archive format 3 (dedup scopes). Earlier roots belong to
+/// format-2 archives, which this version refuses before any root is read.
+pub const ROOT_MAGIC: [u8; 8] = *b"SBKROOT5";
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Root {
@@ -83,92 +79,6 @@ impl Pending {
     }
 }
 
-/// A root as version 3 wrote it.
-#[derive(Serialize, Deserialize)]
-struct RootV3 {
-    generation: u64,
-    written: u64,
-    params: ArchiveParams,
-    encrypt: bool,
-    configured: Vec<String>,
-    volumes: Vec<RootVolume>,
-    qubes: QubesCatalog,
-    pending: Vec<Pending>,
-}
-
-/// Version 3 read as version 4: no wrapped key pinned.
-impl From<RootV3> for Root {
-    fn from(v3: RootV3) -> Root {
-        Root {
-            generation: v3.generation,
-            written: v3.written,
-            params: v3.params,
-            encrypt: v3.encrypt,
-            configured: v3.configured,
-            volumes: v3.volumes,
-            qubes: v3.qubes,
-            pending: v3.pending,
-            key_hash: None,
-            legacy_clear: true,
-            pad_sizes: false,
-        }
-    }
-}
-
-/// A root as version 2 wrote it.
-#[derive(Serialize, Deserialize)]
-struct RootV2 {
-    generation: u64,
-    written: u64,
-    params: ArchiveParams,
-    encrypt: bool,
-    configured: Vec<String>,
-    volumes: Vec<RootVolume>,
-    qubes: QubesCatalog,
-}
-
-/// Version 2 read as version 3: no change in flight.
-impl From<RootV2> for RootV3 {
-    fn from(v2: RootV2) -> RootV3 {
-        RootV3 {
-            generation: v2.generation,
-            written: v2.written,
-            params: v2.params,
-            encrypt: v2.encrypt,
-            configured: v2.configured,
-            volumes: v2.volumes,
-            qubes: v2.qubes,
-            pending: Vec::new(),
-        }
-    }
-}
-
-/// Version 1 read as version 2: no Qubes settings.
-impl From<RootV1> for RootV2 {
-    fn from(v1: RootV1) -> RootV2 {
-        RootV2 {
-            generation: v1.generation,
-            written: v1.written,
-            params: v1.params,
-            encrypt: v1.encrypt,
-            configured: v1.configured,
-            volumes: v1.volumes,
-            qubes: QubesCatalog::default(),
-        }
-    }
-}
-
-/// A root as version 1 wrote it.
-#[derive(Serialize, Deserialize)]
-struct RootV1 {
-    generation: u64,
-    written: u64,
-    params: ArchiveParams,
-    encrypt: bool,
-    configured: Vec<String>,
-    volumes: Vec<RootVolume>,
-}
-
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RootVolume {
     pub name: String,
@@ -176,6 +86,9 @@ pub struct RootVolume {
     /// Permission bits of the source image at its newest backup, which a
     /// restore to a file gives it back; 0 where unknown (an LV).
     pub mode: u32,
+    /// The dedup group whose scope the volume's chunk ids are in (None:
+    /// the volume's own scope). Fixed when the volume is first backed up.
+    pub group: Option<String>,
     /// Oldest first.
     pub sessions: Vec<RootSession>,
 }
@@ -188,6 +101,8 @@ pub struct RootSession {
     pub chunks: u64,
     pub zero_chunks: u64,
     pub stored_bytes: u64,
+    pub ref_chunks: u64,
+    pub ref_bytes: u64,
     /// Keyed MAC of the session's manifest file.
     pub manifest_mac: [u8; 32],
 }
@@ -221,6 +136,8 @@ impl RootVolume {
                     chunks: s.chunks,
                     zero_chunks: s.zero_chunks,
                     stored_bytes: s.stored_bytes,
+                    ref_chunks: s.ref_chunks,
+                    ref_bytes: s.ref_bytes,
                     prev: prev.take(),
                 };
                 prev = Some(s.name.clone());
@@ -261,27 +178,7 @@ impl Root {
     }
 
     fn open_with(keys: &Keys, bytes: Vec<u8>) -> Result<Root, RootError> {
-        // Older versions become the current one a version at a time.
-        let magic: [u8; 8] = bytes
-            .get(..8)
-            .and_then(|m| m.try_into().ok())
-            .unwrap_or_default();
-        let open = |magic| keys.open_record_in_place(magic, bytes);
-        let r: Root = match magic {
-            ROOT_MAGIC_V1 => {
-                let v1: RootV1 = codec::decode_large("root", &open(&ROOT_MAGIC_V1)?)?;
-                RootV3::from(RootV2::from(v1)).into()
-            }
-            ROOT_MAGIC_V2 => {
-                let v2: RootV2 = codec::decode_large("root", &open(&ROOT_MAGIC_V2)?)?;
-                RootV3::from(v2).into()
-            }
-            ROOT_MAGIC_V3 => {
-                let v3: RootV3 = codec::decode_large("root", &open(&ROOT_MAGIC_V3)?)?;
-                v3.into()
-            }
-            _ => codec::decode_large("root", &open(&ROOT_MAGIC)?)?,
-        };
+        let r: Root = codec::decode_large("root", &keys.open_record_in_place(&ROOT_MAGIC, bytes)?)?;
         r.validate(keys)?;
         Ok(r)
     }
@@ -297,6 +194,11 @@ impl Root {
         let mut ids = BTreeSet::new();
         for (i, v) in self.volumes.iter().enumerate() {
             validate_volume_name(&v.name)?;
+            if let Some(g) = &v.group {
+                if let Err(e) = crate::keys::validate_group(g) {
+                    return bad(e);
+                }
+            }
             if i > 0 && self.volumes[i - 1].name >= v.name {
                 return bad("volumes out of order".into());
             }
@@ -381,6 +283,7 @@ mod tests {
                 name: "a".into(),
                 id: [1; 16],
                 mode: 0o640,
+                group: Some("templates".into()),
                 sessions: vec![RootSession {
                     name: "S_000000000001".into(),
                     time: 5,
@@ -388,6 +291,8 @@ mod tests {
                     chunks: 1,
                     zero_chunks: 0,
                     stored_bytes: 10,
+                    ref_chunks: 0,
+                    ref_bytes: 0,
                     manifest_mac: [2; 32],
                 }],
             }],
@@ -400,38 +305,22 @@ mod tests {
     }
 
     #[test]
-    fn the_wrapped_key_is_pinned_and_v3_roots_still_open() {
+    fn the_wrapped_key_and_groups_are_kept_and_a_format_2_root_is_refused() {
         let k = keys();
         let r = root();
-        assert_eq!(
-            Root::open(&k, &r.seal(&k, [0; 24])).unwrap().key_hash,
-            Some([6; 32])
-        );
-        let v3 = RootV3 {
-            generation: r.generation,
-            written: r.written,
-            params: r.params,
-            encrypt: r.encrypt,
-            configured: r.configured.clone(),
-            volumes: r.volumes.clone(),
-            qubes: r.qubes.clone(),
-            pending: r.pending.clone(),
-        };
-        let sealed = k.seal_record(&ROOT_MAGIC_V3, &codec::encode_large(&v3), [1; 24]);
-        let old = Root::open(&k, &sealed).unwrap();
-        assert_eq!((old.key_hash, old.legacy_clear), (None, true));
-        assert_eq!(
-            Root {
-                key_hash: r.key_hash,
-                legacy_clear: false,
-                ..old
-            },
-            r
-        );
+        let back = Root::open(&k, &r.seal(&k, [0; 24])).unwrap();
+        assert_eq!(back.key_hash, Some([6; 32]));
+        assert_eq!(back.volumes[0].group.as_deref(), Some("templates"));
+        // A root of a format-2 archive (magic SBKROOT4) does not open.
+        let old = k.seal_record(b"SBKROOT4", &codec::encode_large(&r), [1; 24]);
+        assert!(Root::open(&k, &old).is_err());
+        let mut bad = r.clone();
+        bad.volumes[0].group = Some("a b".into());
+        assert!(Root::open(&k, &bad.seal(&k, [0; 24])).is_err());
     }
 
     #[test]
-    fn pending_changes_ride_in_the_root_and_v2_roots_still_open() {
+    fn pending_changes_ride_in_the_root() {
         let k = keys();
         let mut r = root();
         let second = RootSession {
@@ -462,30 +351,10 @@ mod tests {
         let mut bad = r.clone();
         bad.pending.push(Pending::Delete { volume: "a".into() });
         assert!(Root::open(&k, &bad.seal(&k, [0; 24])).is_err());
-        // Version 2, as written before pending changes.
-        let old = root();
-        let v2 = RootV2 {
-            generation: old.generation,
-            written: old.written,
-            params: old.params,
-            encrypt: old.encrypt,
-            configured: old.configured.clone(),
-            volumes: old.volumes.clone(),
-            qubes: old.qubes.clone(),
-        };
-        let sealed = k.seal_record(&ROOT_MAGIC_V2, &codec::encode_large(&v2), [1; 24]);
-        assert_eq!(
-            Root::open(&k, &sealed).unwrap(),
-            Root {
-                key_hash: None,
-                legacy_clear: true,
-                ..old
-            }
-        );
     }
 
     #[test]
-    fn qubes_settings_ride_in_the_root_and_v1_roots_still_open() {
+    fn qubes_settings_ride_in_the_root() {
         let k = keys();
         let mut r = root();
         let q = crate::qubes::QubeSettings {
@@ -512,24 +381,6 @@ mod tests {
         bad.label = "-x".into();
         r.qubes.qubes[0] = bad;
         assert!(Root::open(&k, &r.seal(&k, [0; 24])).is_err());
-        let old = root();
-        let v1 = RootV1 {
-            generation: old.generation,
-            written: old.written,
-            params: old.params,
-            encrypt: old.encrypt,
-            configured: old.configured.clone(),
-            volumes: old.volumes.clone(),
-        };
-        let sealed = k.seal_record(&ROOT_MAGIC_V1, &codec::encode_large(&v1), [1; 24]);
-        assert_eq!(
-            Root::open(&k, &sealed).unwrap(),
-            Root {
-                key_hash: None,
-                legacy_clear: true,
-                ..old
-            }
-        );
     }
 
     #[test]

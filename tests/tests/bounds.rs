@@ -111,6 +111,8 @@ fn world(tag: &str) -> World {
         chunks: 4,
         zero_chunks: 0,
         stored_bytes: 0,
+        ref_chunks: 0,
+        ref_bytes: 0,
         prev: None,
     };
     World { s, params, session }
@@ -595,6 +597,8 @@ fn many_sessions(s: &Setup, volume: &str, n: usize, size: u64) -> Vec<String> {
             chunks: 0,
             zero_chunks: 0,
             stored_bytes: 0,
+            ref_chunks: 0,
+            ref_bytes: 0,
             prev: prev.clone(),
         };
         for (root, info_file, bytes) in [

@@ -125,6 +125,18 @@ fn reach(stall: Duration) -> Reach {
 
 /// A client whose receiver is `serve` in a thread, allowing `op`.
 fn client(w: &World, op: Operation) -> Client {
+    client_serving(w, op, |opts, input, output| {
+        serve(&opts, input, output).is_ok()
+    })
+}
+
+/// A client whose receiver runs `run` (given the serve options for `op`)
+/// in a thread.
+fn client_serving(
+    w: &World,
+    op: Operation,
+    run: impl FnOnce(ServeOptions, std::io::PipeReader, std::io::PipeWriter) -> bool + Send + 'static,
+) -> Client {
     let opts = ServeOptions {
         archive_dir: w.archive_dir.clone(),
         allowed: vec![op],
@@ -136,21 +148,26 @@ fn client(w: &World, op: Operation) -> Client {
         &reach(Duration::from_secs(30)),
         op,
         Some(w.params.id),
-        move |input, output| serve(&opts, input, output).is_ok(),
+        move |input, output| run(opts, input, output),
     )
     .unwrap();
     Client::over(conn, "in-process receiver", &w.meta).unwrap()
 }
 
-fn backup(w: &World, volume: &str) -> String {
-    let src = Source::open(&w.images, &w.meta.rec.id).unwrap();
-    let mut c = client(w, Operation::Backup);
-    let how = How {
+/// How the tests back up: two workers, no groups from a config.
+fn how(w: &World) -> How {
+    How {
         workers: 2,
         resend_all: false,
         source_label: w.images.display().to_string(),
-    };
-    let sent = back_up(&w.meta, &src, &mut c, &[volume.to_string()], &how).unwrap();
+        groups: Vec::new(),
+    }
+}
+
+fn backup(w: &World, volume: &str) -> String {
+    let src = Source::open(&w.images, &w.meta.rec.id).unwrap();
+    let mut c = client(w, Operation::Backup);
+    let sent = back_up(&w.meta, &src, &mut c, &[volume.to_string()], &how(w)).unwrap();
     assert_eq!((sent.failed, sent.stopped, sent.done.len()), (0, false, 1));
     agent::catalog::publish(&w.meta, &mut c).unwrap();
     c.finish().unwrap();
@@ -465,4 +482,75 @@ fn a_failed_root_write_consumes_its_generation() {
     assert_eq!(written, g + 2);
     assert_eq!(w.meta.generation().unwrap(), g + 2);
     assert_eq!(w.meta.next_generation().unwrap(), g + 3);
+}
+
+/// A client whose receiver is the real `serve`, with its replies passed
+/// through `edit` (frame kind, payload → what to send instead).
+fn client_editing(
+    w: &World,
+    op: Operation,
+    edit: impl Fn(protocol::frame::FrameKind, &[u8]) -> Vec<u8> + Send + 'static,
+) -> Client {
+    client_serving(w, op, move |opts, input, output| {
+        let (inner_rd, inner_wr) = std::io::pipe().unwrap();
+        let served = std::thread::spawn(move || serve(&opts, input, inner_wr).is_ok());
+        let mut rd = FrameReader::new(inner_rd);
+        let mut wr = FrameWriter::new(output);
+        while let Ok((kind, payload)) = rd.read_frame() {
+            let p = edit(kind, payload);
+            if wr
+                .write_frame(kind, &[&p])
+                .and_then(|_| wr.flush())
+                .is_err()
+            {
+                break;
+            }
+        }
+        served.join().unwrap_or(false)
+    })
+}
+
+/// A receiver that answers a commit with references "refused" that dom0
+/// never sent (here: the address of a chunk sent as data) is caught: the
+/// session is not committed in dom0's records, and an honest receiver
+/// takes the next backup, which restores exactly.
+#[test]
+fn a_receiver_refusing_what_was_no_reference_is_refused() {
+    let w = world();
+    let tpl = w.images.join("tpl.img");
+    let mut rng = Rng::new(21);
+    std::fs::write(&tpl, semi_compressible(&mut rng, 16 * CS as usize)).unwrap();
+    for v in ["tpl.img", "clone.img"] {
+        w.meta.set_volume_group(v, Some("g")).unwrap();
+    }
+    backup(&w, "tpl.img");
+    // The clone: the template with chunk 3 rewritten (sent as data).
+    let clone = w.images.join("clone.img");
+    std::fs::copy(&tpl, &clone).unwrap();
+    write_at(&clone, 3 * CS as u64, &rng.bytes(CS as usize));
+    let src = Source::open(&w.images, &w.meta.rec.id).unwrap();
+    let mut c =
+        client_editing(
+            &w,
+            Operation::Backup,
+            |kind, payload| match protocol::message::decode_reply(payload) {
+                Ok(Reply::Committed(_)) if kind == protocol::frame::FrameKind::Reply => {
+                    protocol::message::encode_reply(&Reply::Refused {
+                        addrs: vec![3 * CS as u64],
+                    })
+                }
+                _ => payload.to_vec(),
+            },
+        );
+    let sent = back_up(&w.meta, &src, &mut c, &["clone.img".to_string()], &how(&w)).unwrap();
+    assert_eq!(sent.failed, 1, "the lie must fail the volume");
+    assert!(w.meta.session_names("clone.img").unwrap().is_empty());
+    drop(c);
+    // The honest receiver: the clone's chunks but one by reference.
+    let s = backup(&w, "clone.img");
+    let info = &w.meta.sessions("clone.img").unwrap()[0];
+    assert_eq!((info.name.as_str(), info.ref_chunks), (s.as_str(), 15));
+    let out = w.images.join("out.img");
+    restore_to(&w, "clone.img", None, &out);
+    assert_eq!(sha_file(&out), sha_file(&clone));
 }

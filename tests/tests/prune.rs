@@ -54,6 +54,30 @@ impl Hist {
         }
     }
 
+    /// Copies `n` 64 KiB blocks from block `from` to block `to`: moved
+    /// data, which the next session stores by reference to the chunk files
+    /// already stored (dedup within the volume's scope): shared files for
+    /// every prune below to move and remove.
+    fn copy_blocks(&self, from: u64, to: u64, n: u64) {
+        let v = self.vol();
+        let data = fs::read(&v).unwrap();
+        let (a, b) = ((from * 65536) as usize, ((from + n) * 65536) as usize);
+        write_at(&v, to * 65536, &data[a..b]);
+    }
+
+    /// The newest session stored some chunks by reference.
+    fn shares(&self) {
+        let j = self.s.json(&["list", "v.img", "--offline"]);
+        let n = j["volumes"][0]["sessions"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()["ref_chunks"]
+            .as_u64()
+            .unwrap();
+        assert!(n > 0, "no chunk stored by reference: {j}");
+    }
+
     fn resize(&self, len: u64) {
         fs::OpenOptions::new()
             .write(true)
@@ -69,8 +93,10 @@ impl Hist {
         let mut h = Hist::new(tag);
         fs::write(h.vol(), semi_compressible(&mut h.rng, 40 * 65536 + 777)).unwrap();
         h.snap();
+        h.copy_blocks(1, 32, 3);
         h.rewrite(6);
         h.snap();
+        h.shares();
         h.resize(12 * 65536 + 100); // shrink
         h.rewrite(2);
         h.snap();
@@ -97,7 +123,9 @@ impl Hist {
         h.snap();
         let d = semi_compressible(&mut h.rng, 44 * 65536);
         write_at(&h.vol(), 20 * 65536, &d);
+        h.copy_blocks(2, 50, 4);
         h.snap();
+        h.shares();
         h.rewrite(2);
         h.snap();
         h
@@ -120,6 +148,33 @@ impl Hist {
         }
         let out = self.s.ok(&["arch-check"]);
         assert!(out.contains("no problems"), "{ctx}: {out}");
+        // Shared chunk files: one file per distinct chunk the sessions
+        // name, and no other (nothing freed too early or left behind).
+        let mut ids = std::collections::BTreeSet::new();
+        for sess in &want {
+            for e in self.s.manifest("v.img", sess) {
+                if e.codec == protocol::chunk::Codec::Sealed {
+                    ids.insert(e.hash);
+                }
+            }
+        }
+        let mut inodes = std::collections::BTreeSet::new();
+        let mut stack = vec![self.s.archive_vol("v.img")];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                let m = fs::symlink_metadata(e.path()).unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else if e.file_name().to_string_lossy().starts_with('x') {
+                    inodes.insert(m.ino());
+                }
+            }
+        }
+        assert_eq!(
+            inodes.len(),
+            ids.len(),
+            "{ctx}: chunk files vs distinct chunks"
+        );
         for (sess, copy) in &self.expect {
             self.s.assert_restores("v.img", sess, copy);
         }
@@ -358,11 +413,15 @@ fn prune_moves_the_side_with_fewer_files() {
 }
 
 /// The merged session's recorded stored bytes are its chunk files' sizes
-/// (the prune adds up whichever side is smaller).
+/// (the prune adds up whichever side is smaller), each file once: a chunk
+/// the successor stored by reference to one of the pruned session's is
+/// the same file under a second name, not bytes stored twice.
 fn assert_stored_bytes(h: &Hist, sess: &str) {
     let dir = h.s.archive_vol("v.img").join(sess);
+    let mut seen = std::collections::BTreeSet::new();
     let on_disk: u64 = chunk_inodes(h, sess)
         .iter()
+        .filter(|(_, ino)| seen.insert(*ino))
         .map(|(f, _)| fs::metadata(dir.join(f)).unwrap().len())
         .sum();
     let doc = h.s.json(&["list", "v.img"]);

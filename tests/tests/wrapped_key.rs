@@ -288,7 +288,7 @@ fn a_rotated_key_seals_what_comes_after_and_the_old_one_reads_only_what_came_bef
         for i in 0..3u64 {
             let (env, id) = s.stored_chunk("v.img", session, i, CS as u64);
             let at = Place {
-                volume,
+                scope: sealed::keys::Scope::volume(volume),
                 addr: i * CS as u64,
                 raw_len: CS as u32,
             };

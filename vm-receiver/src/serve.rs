@@ -197,7 +197,7 @@ pub fn serve<R: Read, W: Write>(
                 };
                 wr.reply(&Reply::Ok)?;
                 wr.flush()?;
-                receive_session(&mut rd, &mut wr, w)?;
+                receive_session(a, &mut rd, &mut wr, w)?;
             }
             Request::Prune { volume, session } if op == Operation::Admin => {
                 let r = lock::store(&a.root, opts.lock_wait, "a prune")
@@ -372,10 +372,12 @@ fn send_file<W: Write>(path: &Path, what: &str, wr: &mut FrameWriter<W>) -> Resu
 
 /// Chunk frames until `Commit` or `Abort`.
 fn receive_session<R: Read, W: Write>(
+    a: &Archive,
     rd: &mut FrameReader<R>,
     wr: &mut FrameWriter<W>,
     mut w: SessionWriter,
 ) -> Result<(), ServeError> {
+    let mut filling = false;
     loop {
         // Each frame is read straight into a writer buffer, where its data
         // stays until written to its chunk file.
@@ -390,11 +392,29 @@ fn receive_session<R: Read, W: Write>(
             Err(e) => return Err(fail_stream(wr, e)),
         };
         match frame {
+            // After a `Refused` answer, chunks are the refused ones' data.
             Incoming::Chunk(h, data) => {
                 let (start, len) = (data.as_ptr() as usize - base, data.len());
-                if let Err(f) = w.add_chunk(&h, buf, start, len) {
+                let r = if filling {
+                    w.fill_chunk(&h, buf, start, len)
+                } else {
+                    w.add_chunk(&h, buf, start, len)
+                };
+                if let Err(f) = r {
                     return Err(fail(wr, f));
                 }
+            }
+            Incoming::Request(Request::Ref(r)) if !filling => {
+                w.put_back(buf);
+                if let Err(f) = w.add_ref(a, &r) {
+                    return Err(fail(wr, f));
+                }
+            }
+            Incoming::Request(Request::Commit { .. }) if w.awaiting_data() => {
+                w.put_back(buf);
+                filling = true;
+                wr.reply(&Reply::Refused { addrs: w.refused() })?;
+                wr.flush()?;
             }
             Incoming::Request(Request::Commit {
                 chunks,

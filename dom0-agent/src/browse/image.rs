@@ -26,7 +26,7 @@ use protocol::chunk::{ChunkHeader, Codec, Hash};
 use protocol::manifest::Entry;
 use protocol::message::MAX_READ_CHUNKS;
 use sealed::envelope::{Opener, Place};
-use sealed::keys::{Keys, VolumeId};
+use sealed::keys::{Keys, Scope};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -112,7 +112,7 @@ type Fetched = HashMap<u64, Plain>;
 
 pub struct SessionImage {
     volume: String,
-    vid: VolumeId,
+    scope: Scope,
     size: u64,
     cs: u64,
     /// The sessions the view is made of, oldest first.
@@ -135,7 +135,7 @@ pub struct SessionImage {
 
 pub struct ImageSpec {
     pub volume: String,
-    pub vid: VolumeId,
+    pub scope: Scope,
     pub volume_size: u64,
     pub chunk_size: u64,
     pub sessions: Vec<String>,
@@ -169,7 +169,7 @@ impl SessionImage {
         Ok(SessionImage {
             cache_holds_window: spec.cache_bytes as u64 >= 2 * window,
             volume: spec.volume,
-            vid: spec.vid,
+            scope: spec.scope,
             size: spec.volume_size,
             cs: spec.chunk_size,
             sessions: spec.sessions,
@@ -523,7 +523,7 @@ impl SessionImage {
         let one = |opener: &mut Opener, (i, data): &(usize, Vec<u8>)| {
             let l = &self.index[*i];
             let at = Place {
-                volume: self.vid,
+                scope: self.scope,
                 addr: l.addr,
                 raw_len: self.raw_len(l.addr) as u32,
             };
@@ -619,7 +619,7 @@ mod tests {
     use sealed::keys::MasterKey;
 
     const CS: u64 = 4096;
-    const VID: VolumeId = VolumeId([3; 16]);
+    const VID: sealed::keys::VolumeId = sealed::keys::VolumeId([3; 16]);
 
     fn keys() -> Arc<Keys> {
         Arc::new(Keys::derive(
@@ -633,7 +633,7 @@ mod tests {
         let mut s = Sealer::new(Some(3), keys()).unwrap();
         let mut out = Vec::with_capacity(sealed::envelope::sealed_bound(plain.len()));
         let at = Place {
-            volume: VID,
+            scope: Scope::volume(VID),
             addr,
             raw_len: plain.len() as u32,
         };
@@ -760,7 +760,7 @@ mod tests {
         let image = SessionImage::new(
             ImageSpec {
                 volume: "v".into(),
-                vid: VID,
+                scope: Scope::volume(VID),
                 volume_size: n * CS,
                 chunk_size: CS,
                 sessions: vec!["S_1".into()],

@@ -15,8 +15,11 @@
 //! only after the commit, so a cut backup re-sends them next time.
 
 use super::prune::{prune_volume, Selection};
-use crate::client::Client;
+use crate::chunkmap::ChunkMap;
+use crate::client::{Client, Commit};
 use crate::context::Ctx;
+use crate::dedup::index::Loc;
+use crate::dedup::Dedup;
 use crate::meta::ArchiveMeta;
 use crate::pipeline::{self, owned_iter, view_jobs, Job, Outcome, Prev, Settings};
 use crate::progress::Progress;
@@ -29,7 +32,8 @@ use anyhow::{bail, Context, Result};
 use protocol::chunk::{ChunkHeader, Codec};
 use protocol::manifest::Entry;
 use protocol::message::ErrorCode;
-use protocol::message::{Operation, SessionInfo};
+use protocol::message::{ChunkRef, Operation, SessionInfo};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(serde::Serialize)]
@@ -42,6 +46,10 @@ pub struct Summary {
     pub bytes_sent: u64,
     pub chunks: u64,
     pub zero_chunks: u64,
+    /// Of `chunks`, those stored by reference to a chunk the dedup scope
+    /// already held (not sent), and their plaintext bytes.
+    pub ref_chunks: u64,
+    pub ref_bytes: u64,
     /// Chunks found damaged in the archive and re-sent from the volume.
     pub healed: u64,
     pub seconds: f64,
@@ -51,7 +59,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "backup {}: session {} ({}): volume {}, read {}, sent {}, {} chunks changed ({} zero), {:.2} s",
+            "backup {}: session {} ({}): volume {}, read {}, sent {}, {} chunks changed ({} zero, {} already stored: by reference), {:.2} s",
             self.volume,
             self.session,
             self.method,
@@ -60,6 +68,7 @@ impl std::fmt::Display for Summary {
             human(self.bytes_sent),
             self.chunks + self.zero_chunks,
             self.zero_chunks,
+            self.ref_chunks,
             self.seconds
         )?;
         if self.healed > 0 {
@@ -82,6 +91,7 @@ struct Backup<'a> {
     pub resend_all: bool,
     /// When the root was last written in this run.
     pub published: Instant,
+    pub groups: &'a [crate::dedup::GroupConfig],
 }
 
 /// How often a long run rewrites the root between its volumes.
@@ -105,7 +115,22 @@ impl Backup<'_> {
             snap.method = "re-read in full (--resend-all): hash compare";
         }
         let (size, mode) = (snap.size, snap.mode);
-        let vid = self.meta.ensure_volume_id(volume)?;
+        let vid = match self.meta.volume_id(volume)? {
+            Some(id) => id,
+            None => {
+                // A first backup: the dedup group is fixed now (the
+                // volume's chunk ids are derived in its scope).
+                if self.meta.volume_group(volume)?.is_none() {
+                    let g = crate::dedup::configured_group(self.groups, volume);
+                    self.meta.set_volume_group(volume, g)?;
+                }
+                self.meta.ensure_volume_id(volume)?
+            }
+        };
+        let dedup = Arc::new(Dedup::open(self.meta, volume)?);
+        let scope = dedup.scope;
+        let seq = protocol::names::parse_session_name(&session)
+            .with_context(|| format!("bad session name {session}"))?;
         // The receiver is told no time: sessions are an order to it, their
         // times are in dom0's records and the sealed root.
         match self
@@ -162,7 +187,7 @@ impl Backup<'_> {
                     let n = changed.count();
                     let it = owned_iter(changed).map(move |i| {
                         let p = if forced.contains(&(i * cs)) {
-                            Prev::Unknown
+                            Prev::Damaged
                         } else {
                             prev.get(&i).map_or(Prev::Unknown, |(p, _)| *p)
                         };
@@ -194,12 +219,16 @@ impl Backup<'_> {
         ));
         let mut progress = Progress::new(volume, total);
         let (mut n_data, mut n_zero, mut read, mut sent, mut done) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut n_ref, mut ref_bytes) = (0u64, 0u64);
+        // The addresses sent as references: a refusal must name one.
+        let mut refs = ChunkMap::new(chunks);
         let settings = Settings {
             chunk_size: cs as u32,
             compression: self.meta.params.compression,
             workers: self.workers,
             keys: self.meta.keys.clone(),
-            volume: vid,
+            scope,
+            dedup: Some(dedup.clone()),
         };
         let client = &mut *self.client;
         let mut stream_err = None;
@@ -212,6 +241,39 @@ impl Backup<'_> {
                 Outcome::Unchanged => return Ok(()),
                 Outcome::Zero => (Codec::Zero, [0u8; 32]),
                 Outcome::Data { hash } => (Codec::Sealed, hash),
+                Outcome::Ref { hash, from } => {
+                    let r = ChunkRef {
+                        addr: job.addr,
+                        raw_len: job.len,
+                        hash,
+                        volume: from.volume.to_hex(),
+                        session: from.session,
+                        from: from.addr,
+                    };
+                    if let Err(e) = client.send_ref(r) {
+                        stream_err = Some(e);
+                        bail!("stream to the receiver failed");
+                    }
+                    pending.manifest.push(&Entry {
+                        addr: job.addr,
+                        codec: Codec::Sealed,
+                        hash,
+                    })?;
+                    refs.set_chunks(job.addr / cs, job.addr / cs);
+                    // The newest place of the chunk: the last a prune
+                    // removes.
+                    let at = Loc {
+                        volume: vid,
+                        session: seq,
+                        addr: job.addr,
+                    };
+                    dedup.record(&hash, at)?;
+                    n_data += 1;
+                    n_ref += 1;
+                    ref_bytes += job.len as u64;
+                    progress.update(done, read);
+                    return Ok(());
+                }
             };
             let data: &[u8] = if codec == Codec::Zero {
                 &[]
@@ -238,14 +300,17 @@ impl Backup<'_> {
             } else {
                 n_data += 1;
                 sent += data.len() as u64;
+                let at = Loc {
+                    volume: vid,
+                    session: seq,
+                    addr: job.addr,
+                };
+                dedup.record(&hash, at)?;
             }
             progress.update(done, read);
             Ok(())
         });
         progress.finish();
-        // Close the snapshot: an LVM snapshot cannot be renamed or
-        // deactivated while open.
-        drop(snap.file);
         let fail = |this: &mut Self, e: anyhow::Error| -> Result<Summary> {
             let _ = this.meta.drop_pending(volume, &session);
             Err(e)
@@ -259,25 +324,82 @@ impl Backup<'_> {
             let _ = self.client.abort();
             return fail(self, e.context(format!("volume '{volume}'")));
         }
-        let info = SessionInfo {
+        let mut info = SessionInfo {
             name: session.clone(),
             time: now.as_secs(),
             volume_size: size,
             chunks: n_data,
             zero_chunks: n_zero,
             stored_bytes: sent,
+            ref_chunks: n_ref,
+            ref_bytes,
             prev,
         };
         if let Err(e) = pending.finish(&info, &self.meta.keys) {
             let _ = self.client.abort();
             return fail(self, e);
         }
-        if let Err(e) = self.client.commit(&session, n_data, n_zero) {
-            // The pending session stays: the next run learns whether the
-            // receiver committed it.
-            return Err(e.context(format!("volume '{volume}': commit of session {session}")));
+        // References the receiver refused are sent as data, from the
+        // snapshot (still open), then the commit is asked again.
+        let mut answered = ChunkMap::new(chunks);
+        loop {
+            let addrs = match self.client.commit(&session, n_data, n_zero) {
+                Ok(Commit::Done(_)) => break,
+                Ok(Commit::Refused(addrs)) => addrs,
+                // The pending session stays: the next run learns whether
+                // the receiver committed it.
+                Err(e) => {
+                    return Err(e.context(format!("volume '{volume}': commit of session {session}")))
+                }
+            };
+            let resent = resend_refused(
+                self.client,
+                self.meta,
+                &snap.file,
+                (volume, &session),
+                &scope,
+                &addrs,
+                (&refs, &mut answered),
+                size,
+            )
+            .with_context(|| format!("volume '{volume}': session {session}"));
+            match resent {
+                Ok(bytes) => {
+                    let n = addrs.len() as u64;
+                    report::warn(format!(
+                        "volume '{volume}': the receiver could not confirm {} to chunks the archive should hold (pruned since, or lost: `arch-check` tells); sent their data instead",
+                        crate::units::count(n, "reference")
+                    ));
+                    n_ref -= n;
+                    ref_bytes -= addrs.iter().map(|a| (size - a).min(cs)).sum::<u64>();
+                    sent += bytes;
+                    for &a in &addrs {
+                        let at = Loc {
+                            volume: vid,
+                            session: seq,
+                            addr: a,
+                        };
+                        let h = pending_hash(self.meta, volume, &session, a)?;
+                        dedup.record(&h, at)?;
+                    }
+                }
+                Err(e) => {
+                    let _ = self.client.abort();
+                    return fail(self, e);
+                }
+            }
+        }
+        // Close the snapshot: an LVM snapshot cannot be renamed or
+        // deactivated while open.
+        drop(snap.file);
+        if (info.ref_chunks, info.stored_bytes) != (n_ref, sent) {
+            info.ref_chunks = n_ref;
+            info.ref_bytes = ref_bytes;
+            info.stored_bytes = sent;
+            self.meta.write_pending_info(volume, &session, &info)?;
         }
         self.meta.promote_pending(volume, &session)?;
+        dedup.flush()?;
         if let Some(m) = mode {
             self.meta.set_volume_mode(volume, m)?;
         }
@@ -304,6 +426,8 @@ impl Backup<'_> {
             bytes_sent: sent,
             chunks: n_data,
             zero_chunks: n_zero,
+            ref_chunks: n_ref,
+            ref_bytes,
             healed: healing,
             seconds: t0.elapsed().as_secs_f64(),
         })
@@ -359,6 +483,7 @@ pub fn run(ctx: &Ctx, volumes: Vec<String>, autoprune: bool, resend_all: bool) -
         workers: ctx.workers(),
         resend_all,
         source_label: ctx.local_label(),
+        groups: ctx.cfg.dedup_group.clone(),
     };
     let sent = back_up(&meta, &local, &mut client, &volumes, &how)?;
     let mut failed = sent.failed;
@@ -402,6 +527,8 @@ pub struct How {
     pub resend_all: bool,
     /// Where the volumes come from, for errors.
     pub source_label: String,
+    /// The config's dedup groups, for volumes backed up the first time.
+    pub groups: Vec<crate::dedup::GroupConfig>,
 }
 
 /// What a run did.
@@ -486,6 +613,7 @@ fn send_all(
         meta,
         local,
         client,
+        groups: &how.groups,
         workers: how.workers,
         resend_all: how.resend_all,
         published: Instant::now(),
@@ -528,4 +656,86 @@ fn send_all(
         done,
         stopped: false,
     })
+}
+
+/// The keyed id the pending manifest of `session` has at `addr`.
+fn pending_hash(
+    meta: &ArchiveMeta,
+    volume: &str,
+    session: &str,
+    addr: u64,
+) -> Result<protocol::chunk::Hash> {
+    use std::os::unix::fs::FileExt;
+    let path = meta.pending_dir(volume, session)?.join("manifest");
+    let f = std::fs::File::open(&path)
+        .with_context(|| format!("unable to open '{}'", path.display()))?;
+    let mut head = [0u8; protocol::manifest::HEADER_LEN];
+    f.read_exact_at(&mut head, 0)?;
+    let n = protocol::manifest::entry_count(&head, f.metadata()?.len(), meta.params.chunk_size)
+        .with_context(|| format!("manifest '{}'", path.display()))?;
+    match protocol::manifest::find_entry(n, addr, |off, b| f.read_exact_at(b, off))
+        .with_context(|| format!("manifest '{}'", path.display()))?
+    {
+        Some(e) if e.codec == Codec::Sealed => Ok(e.hash),
+        _ => bail!("the receiver refused a reference at {addr:#x}, where dom0 sent none"),
+    }
+}
+
+/// Sends the data of references the receiver refused: each address must
+/// be one dom0 sent as a reference and not yet answered; the chunk is
+/// read again from the snapshot, and must still have the id the manifest
+/// recorded (a source that changed under the backup is an error, never a
+/// session that disagrees with its manifest). Returns the bytes sent.
+#[allow(clippy::too_many_arguments)]
+fn resend_refused(
+    client: &mut Client,
+    meta: &ArchiveMeta,
+    file: &std::fs::File,
+    (volume, session): (&str, &str),
+    scope: &sealed::keys::Scope,
+    addrs: &[u64],
+    (refs, answered): (&ChunkMap, &mut ChunkMap),
+    size: u64,
+) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let cs = meta.params.chunk_size as u64;
+    let level = match meta.params.compression {
+        protocol::message::Compression::Zstd { level } => Some(level),
+        protocol::message::Compression::None => None,
+    };
+    let mut sealer = sealed::envelope::Sealer::new(level, meta.keys.clone())?;
+    let mut plain = vec![0u8; cs as usize];
+    let mut out = Vec::with_capacity(sealed::envelope::sealed_bound(cs as usize));
+    let mut bytes = 0;
+    for &addr in addrs {
+        let i = addr / cs;
+        if !addr.is_multiple_of(cs) || addr >= size || !refs.get(i) || answered.get(i) {
+            bail!("the receiver refused a reference at {addr:#x}, which dom0 did not send or was answered already");
+        }
+        answered.set_chunks(i, i);
+        let len = (size - addr).min(cs) as usize;
+        file.read_exact_at(&mut plain[..len], addr)
+            .with_context(|| format!("unable to read chunk at {addr:#x}"))?;
+        let want = pending_hash(meta, volume, session, addr)?;
+        if sealer.id(scope, &plain[..len]) != want {
+            bail!("chunk at {addr:#x} changed while it was backed up: the source is not frozen");
+        }
+        let at = sealed::envelope::Place {
+            scope: *scope,
+            addr,
+            raw_len: len as u32,
+        };
+        sealer.seal_as(&plain[..len], &at, &want, crate::random::bytes()?, &mut out)?;
+        let h = ChunkHeader {
+            addr,
+            codec: Codec::Sealed,
+            raw_len: len as u32,
+            hash: want,
+        };
+        if let Err(e) = client.send_chunk(&h, &out) {
+            return Err(client.lost(e, "backup"));
+        }
+        bytes += out.len() as u64;
+    }
+    Ok(bytes)
 }

@@ -21,6 +21,11 @@ pub struct CheckReport {
     pub volumes: usize,
     pub sessions: usize,
     pub chunks_hashed: u64,
+    /// Of the chunks the checked sessions hold, those stored by reference
+    /// (dom0's records): each is a place that shares another's file, which
+    /// the check reads like any chunk, so a reference whose file is gone
+    /// (dangling) is a missing chunk of its session.
+    pub referenced_chunks: u64,
     pub problems: Vec<String>,
     pub unlisted: u64,
     /// Chunks missing or damaged in the archive, by volume: the next
@@ -171,6 +176,7 @@ pub fn check(meta: &ArchiveMeta, client: &mut Client, volume: Option<&str>) -> R
                 continue;
             };
             rep.sessions += 1;
+            rep.referenced_chunks += s.ref_chunks;
             if (s.volume_size, s.chunks, s.zero_chunks, &s.prev)
                 != (t.volume_size, t.chunks, t.zero_chunks, &t.prev)
             {
@@ -345,10 +351,11 @@ pub fn text(rep: &CheckReport) -> String {
     }
     let _ = writeln!(
         s,
-        "arch-check: {}, {}, {} hashed: {}",
+        "arch-check: {}, {}, {} hashed ({} by reference): {}",
         crate::units::count(rep.volumes as u64, "volume"),
         crate::units::count(rep.sessions as u64, "session"),
         crate::units::count(rep.chunks_hashed, "chunk"),
+        rep.referenced_chunks,
         if rep.problems.is_empty() && rep.unlisted == 0 {
             "no problems".to_string()
         } else {
@@ -376,6 +383,7 @@ pub fn run(ctx: &Ctx, volume: Option<&str>) -> Result<i32> {
     crate::report::set("volumes", rep.volumes);
     crate::report::set("sessions", rep.sessions);
     crate::report::set("chunks_hashed", rep.chunks_hashed);
+    crate::report::set("referenced_chunks", rep.referenced_chunks);
     crate::report::set("problems", &rep.problems);
     crate::report::set("unlisted_problems", rep.unlisted);
     crate::report::set(

@@ -40,9 +40,8 @@ pub fn diff(
         compression: Compression::None,
         workers,
         keys: meta.keys.clone(),
-        volume: meta
-            .volume_id(volume)?
-            .unwrap_or(sealed::keys::VolumeId([0; 16])),
+        scope: meta.scope(volume)?,
+        dedup: None,
     };
     let total = live_size.div_ceil(cs);
     let mut progress = Progress::new(volume, total);

@@ -438,6 +438,7 @@ fn stage(
     imported.pending.clear();
     for mut v in volumes {
         meta.set_volume_id(&v.name, v.volume_id())?;
+        meta.set_volume_group(&v.name, v.group.as_deref())?;
         if v.mode != 0 {
             meta.set_volume_mode(&v.name, v.mode)?;
         }
@@ -512,6 +513,14 @@ fn stage(
     if let Some(w) = wrapped {
         meta.set_wrapped_key(w)?;
     }
+    // The dedup index, from the manifests just authenticated: the next
+    // backup of a clone sends only what changed.
+    let indexed = crate::dedup::rebuild(&meta).context("rebuilding the dedup index")?;
+    crate::report::line(format!(
+        "dedup index rebuilt: {}",
+        crate::units::count(indexed, "stored chunk")
+    ));
+    crate::report::set("dedup_index_entries", indexed);
     meta.clear_dirty()?;
     let pinned = wrapped.map(keycheck::hash) == root.key_hash;
     if imported.volumes != root.volumes

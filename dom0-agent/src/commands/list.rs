@@ -26,6 +26,12 @@ pub struct VolumeRow {
     pub disagreements: Vec<String>,
     /// Chunks recorded as damaged in the archive, re-sent by the next backup.
     pub damaged_chunks: usize,
+    /// The volume's dedup group (None: its own scope).
+    pub dedup_group: Option<String>,
+    /// Bytes of chunk envelopes the volume's sessions stored (sent), and
+    /// plaintext bytes they hold by reference to chunks already stored.
+    pub stored_bytes: u64,
+    pub referenced_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -44,6 +50,10 @@ pub struct Listing {
     pub volumes: Vec<VolumeRow>,
     /// Volumes the archive has and dom0 has no record of (`id:HEX`).
     pub unknown_to_dom0: Vec<String>,
+    /// The volumes' sums: envelope bytes stored, plaintext bytes held by
+    /// reference instead.
+    pub stored_bytes: u64,
+    pub referenced_bytes: u64,
 }
 
 /// dom0's records, and with a client the archive's listing compared.
@@ -104,6 +114,9 @@ pub fn build(
         };
         volumes.push(VolumeRow {
             damaged_chunks: meta.damaged(&v)?.len(),
+            dedup_group: meta.volume_group(&v)?,
+            stored_bytes: ours.iter().map(|s| s.stored_bytes).sum(),
+            referenced_bytes: ours.iter().map(|s| s.ref_bytes).sum(),
             name: v,
             sessions: ours,
             archive_sessions,
@@ -111,6 +124,8 @@ pub fn build(
         });
     }
     Ok(Listing {
+        stored_bytes: volumes.iter().map(|v| v.stored_bytes).sum(),
+        referenced_bytes: volumes.iter().map(|v| v.referenced_bytes).sum(),
         archive: meta.rec.id.clone(),
         dest: meta.rec.dest.clone(),
         chunk_size: meta.params.chunk_size,
@@ -170,22 +185,37 @@ pub fn text(l: &Listing) -> String {
             Some(a) => format!(", the archive has {}", count(a.len() as u64, "session")),
             None => String::new(),
         };
+        let group = match &v.dedup_group {
+            Some(g) => format!(", dedup group '{g}'"),
+            None => String::new(),
+        };
         let _ = writeln!(
             s,
-            "{}{mark}: {}{archive}",
+            "{}{mark}: {}{archive}{group}, stored {}, by reference {}",
             v.name,
-            count(v.sessions.len() as u64, "session")
+            count(v.sessions.len() as u64, "session"),
+            human(v.stored_bytes),
+            human(v.referenced_bytes)
         );
         for x in &v.sessions {
             let _ = writeln!(
                 s,
-                "  {}  {}  size {:>10}  {:>7} chunks {:>6} zero  stored {}",
+                "  {}  {}  size {:>10}  {:>7} chunks {:>6} zero  stored {}{}",
                 x.name,
                 crate::timefmt::format_local(x.time),
                 human(x.volume_size),
                 x.chunks,
                 x.zero_chunks,
-                human(x.stored_bytes)
+                human(x.stored_bytes),
+                if x.ref_chunks > 0 {
+                    format!(
+                        ", {} by reference ({})",
+                        count(x.ref_chunks, "chunk"),
+                        human(x.ref_bytes)
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
         for d in &v.disagreements {
@@ -199,6 +229,12 @@ pub fn text(l: &Listing) -> String {
             );
         }
     }
+    let _ = writeln!(
+        s,
+        "in all: stored {}, held by reference {}",
+        human(l.stored_bytes),
+        human(l.referenced_bytes)
+    );
     for u in &l.unknown_to_dom0 {
         let _ = writeln!(
             s,

@@ -56,9 +56,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         } => prune::run(&ctx, &volume, session, all_before, keep, dry_run),
         Cmd::Delete { volume, force } => volumes::delete(&ctx, &volume, force),
         Cmd::Rename { volume, new_name } => volumes::rename(&ctx, &volume, &new_name),
-        Cmd::Add { mut volumes, qube } => {
+        Cmd::Add {
+            mut volumes,
+            qube,
+            dedup_group,
+        } => {
             volumes.extend(qubes::volumes_of_qubes(&ctx, &qube)?);
-            volumes::add(&ctx, &volumes)
+            volumes::add(&ctx, &volumes, dedup_group.as_deref())
         }
         Cmd::Remove { volume } => volumes::remove(&ctx, &volume),
         Cmd::ArchCheck { volume } => check::run(&ctx, volume.as_deref()),

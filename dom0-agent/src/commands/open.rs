@@ -339,8 +339,8 @@ fn serve(ctx: &Ctx, a: &OpenArgs) -> Result<i32> {
     };
     let chosen = &sessions[..=upto];
     let info = &chosen[upto];
-    let vid = meta
-        .volume_id(volume)?
+    let scope = meta
+        .scope(volume)
         .with_context(|| format!("dom0 has no archive id for volume '{volume}'"))?;
     let mut remote = Remote {
         opened: chosen.iter().map(|s| s.name.clone()).collect(),
@@ -360,7 +360,7 @@ fn serve(ctx: &Ctx, a: &OpenArgs) -> Result<i32> {
     let image = SessionImage::new(
         ImageSpec {
             volume: volume.to_string(),
-            vid,
+            scope,
             volume_size: info.volume_size,
             chunk_size: meta.params.chunk_size as u64,
             sessions: chosen.iter().map(|s| s.name.clone()).collect(),

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use protocol::chunk::{Codec, Hash};
 use protocol::message::Operation;
 use sealed::envelope::{OpenError, Opener, Place};
-use sealed::keys::VolumeId;
+use sealed::keys::Scope;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
@@ -139,8 +139,8 @@ pub fn restore(
     let cs = meta.params.chunk_size as u64;
     let mut out = Out::open(&target, size)?;
     let view = meta.view(volume, chosen)?;
-    let vid = meta
-        .volume_id(volume)?
+    let dedup_scope = meta
+        .scope(volume)
         .with_context(|| format!("dom0 has no archive id for volume '{volume}'"))?;
     client.restore(volume, &info.name)?;
     let mut progress = Progress::new(volume, size.div_ceil(cs));
@@ -191,7 +191,7 @@ pub fn restore(
                             let r = check_chunk(
                                 &w,
                                 &mut opener,
-                                vid,
+                                dedup_scope,
                                 plain.whole_mut(),
                                 volume,
                                 names[w.session],
@@ -424,13 +424,13 @@ struct Work {
 fn check_chunk<'a>(
     w: &Work,
     opener: &mut Opener,
-    vid: VolumeId,
+    scope: Scope,
     plain: &'a mut [u8],
     volume: &str,
     session: &str,
 ) -> Result<&'a [u8]> {
     let at = Place {
-        volume: vid,
+        scope,
         addr: w.addr,
         raw_len: w.raw_len as u32,
     };

@@ -10,17 +10,46 @@ use protocol::message::Operation;
 use protocol::names::validate_volume_name;
 
 /// `add`: volumes into the set `backup` takes when none are named.
-pub fn add(ctx: &Ctx, volumes: &[String]) -> Result<i32> {
+pub fn add(ctx: &Ctx, volumes: &[String], group: Option<&str>) -> Result<i32> {
     let (_, mut meta) = ctx.archive()?;
     let local = ctx.source(&meta)?;
+    if let Some(g) = group {
+        sealed::keys::validate_group(g).map_err(anyhow::Error::msg)?;
+    }
     for v in volumes {
         validate_volume_name(v)?;
         if !local.exists(v) {
             bail!("volume '{v}' not found in {}", ctx.local_label());
         }
+        // A volume's chunk ids are derived in its scope: once it has an
+        // id (its first backup), its group cannot change.
+        if let Some(g) = group {
+            let now = meta.volume_group(v)?;
+            if meta.volume_id(v)?.is_some() && now.as_deref() != Some(g) {
+                bail!(
+                    "volume '{v}' is already backed up {}: its dedup group is fixed at its first backup (delete it from the archive, or give it a new name, to back it up in group '{g}')",
+                    match &now {
+                        Some(n) => format!("in dedup group '{n}'"),
+                        None => "in its own dedup scope".into(),
+                    }
+                );
+            }
+        }
+    }
+    for v in volumes {
+        if let Some(g) = group {
+            meta.set_volume_group(v, Some(g))?;
+        }
         if !meta.rec.volumes.contains(v) {
             meta.rec.volumes.push(v.clone());
         }
+    }
+    if let Some(g) = group {
+        report::line(format!(
+            "dedup group '{g}': {} (the backup qube can tell which places in a group hold equal data)",
+            volumes.join(" ")
+        ));
+        report::set("dedup_group", g);
     }
     meta.rec.volumes.sort();
     meta.save()?;

@@ -8,6 +8,7 @@ pub mod fsutil;
 pub mod lock;
 pub mod prune;
 pub mod read;
+pub mod refs;
 pub mod restore;
 pub mod session;
 pub mod store;
@@ -23,8 +24,8 @@ use store::fs::FsStore;
 use store::ChunkStore;
 
 /// Archive info file magic; the last two bytes are the format version.
-pub const ARCHIVE_MAGIC: [u8; 8] = *b"SBKARC02";
-pub const FORMAT_VERSION: u32 = 2;
+pub const ARCHIVE_MAGIC: [u8; 8] = *b"SBKARC03";
+pub const FORMAT_VERSION: u32 = 3;
 pub const ARCHIVE_FILE: &str = "sparsebak.archive";
 pub const VOLUMES_DIR: &str = "volumes";
 /// A volume being deleted is renamed to this prefix first.
@@ -71,12 +72,18 @@ impl Archive {
             Err(e) => return Err(Failure::io("read archive info", &info, e)),
         };
         if bytes.starts_with(b"SBKARC") && !bytes.starts_with(&ARCHIVE_MAGIC) {
+            let found = String::from_utf8_lossy(&bytes[6..8.min(bytes.len())]).into_owned();
+            let what = match found.as_str() {
+                "01" => "an unencrypted archive of an older sparsebak",
+                "02" => "an archive of sparsebak before deduplication, whose chunk ids are not bound to a dedup scope",
+                _ => "not a format this receiver knows",
+            };
             return Err(Failure::new(
                 ErrorCode::Corrupt,
                 format!(
-                    "archive '{}' is of format {} (an unencrypted archive of an older sparsebak); this receiver reads format {FORMAT_VERSION} only and there is no migration: make a new archive with arch-init",
+                    "archive '{}' is of format {} ({what}); this receiver reads format {FORMAT_VERSION} only and there is no migration: restore what you need with the sparsebak that wrote it, and make a new archive with arch-init",
                     root.display(),
-                    String::from_utf8_lossy(&bytes[6..8.min(bytes.len())])
+                    found.trim_start_matches('0'),
                 ),
             ));
         }

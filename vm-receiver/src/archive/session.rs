@@ -6,20 +6,21 @@
 //! the `.newest` record, stale leftovers sit under one fixed name.
 
 use super::chunk_writer::ChunkWriter;
+use super::refs::{self, ManifestLookup, Refused};
 use super::store::ChunkStore;
 use super::{fsutil, Archive};
 use crate::error::{Failure, Result};
 use protocol::chunk::{self, ChunkHeader, Codec};
 use protocol::frame::TRAILER_LEN;
 use protocol::manifest::{Entry, ManifestReader, ManifestWriter};
-use protocol::message::{ErrorCode, SessionInfo};
+use protocol::message::{ChunkRef, ErrorCode, SessionInfo, MAX_REFUSED};
 use protocol::names::validate_session_name;
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use sysio::aligned::{AlignedBuf, DIRECT_ALIGN};
 
-pub const SESSION_MAGIC: [u8; 8] = *b"SBKSES01";
+pub const SESSION_MAGIC: [u8; 8] = *b"SBKSES02";
 pub const INFO_FILE: &str = "session.info";
 pub const MANIFEST_FILE: &str = "manifest";
 /// Where the one session being written to a volume lives until commit (one
@@ -120,6 +121,9 @@ pub struct SessionWriter {
     /// the next frame is read into it.
     spare: Option<AlignedBuf>,
     writer: Option<ChunkWriter>,
+    /// References not confirmed, whose data dom0 sends after `Commit`.
+    refused: Refused,
+    lookup: ManifestLookup,
 }
 
 /// Where a chunk frame starts in a writer buffer: so that its data, after
@@ -175,6 +179,8 @@ impl SessionWriter {
                 chunks: 0,
                 zero_chunks: 0,
                 stored_bytes: 0,
+                ref_chunks: 0,
+                ref_bytes: 0,
                 prev: prev.map(str::to_string),
             },
             volume_dir,
@@ -187,6 +193,8 @@ impl SessionWriter {
             committed: false,
             spare: None,
             writer: None,
+            refused: Refused::default(),
+            lookup: ManifestLookup::default(),
         };
         w.writer = Some(ChunkWriter::new(
             archive.store.clone(),
@@ -211,6 +219,11 @@ impl SessionWriter {
             Some(b) => Ok(b),
             None => self.writer.as_mut().expect("open until commit").buffer(),
         }
+    }
+
+    /// Gives back a buffer a frame that carried no chunk data was read into.
+    pub fn put_back(&mut self, buf: AlignedBuf) {
+        self.spare = Some(buf);
     }
 
     /// The part of `buf` to read one frame into: a chunk frame of the
@@ -244,6 +257,99 @@ impl SessionWriter {
         self.info.chunks += 1;
         self.info.stored_bytes += len as u64;
         Ok(())
+    }
+
+    /// Stores one reference record: confirmed and linked, or marked
+    /// refused (see `refs.rs`); its manifest entry is written either way.
+    pub fn add_ref(&mut self, archive: &Archive, r: &ChunkRef) -> Result<()> {
+        let h = ChunkHeader {
+            addr: r.addr,
+            codec: Codec::Sealed,
+            raw_len: r.raw_len,
+            hash: r.hash,
+        };
+        // Its length is checked as a chunk's of the longest valid size.
+        self.check_chunk(&h, protocol::envelope::MIN_STORED)?;
+        self.info.chunks += 1;
+        let linked = refs::confirm(archive, &mut self.lookup, r).and_then(|from| {
+            self.store
+                .make_room(&self.incoming, h.addr, &mut self.last_room)
+                .map_err(|e| Failure::io("create directory for chunk", &self.incoming, e))?;
+            self.store
+                .link(&from, r.from, &self.incoming, r.addr)
+                .map_err(|e| Failure::io("link chunk", &self.store.chunk_path(&from, r.from), e))
+        });
+        match linked {
+            Ok(_) => {
+                self.info.ref_chunks += 1;
+                self.info.ref_bytes += r.raw_len as u64;
+            }
+            Err(f) => {
+                eprintln!(
+                    "sparsebak-receiver: volume '{}': reference at {:#x} refused, asking for its data: {}",
+                    self.volume, r.addr, f.message
+                );
+                let chunks = self.info.volume_size.div_ceil(self.chunk_size as u64);
+                self.refused.mark(r.addr / self.chunk_size as u64, chunks);
+            }
+        }
+        Ok(())
+    }
+
+    /// The addresses of refused references whose data has not come, at
+    /// most `MAX_REFUSED`: what a `Commit` is answered while any are left.
+    pub fn refused(&self) -> Vec<u64> {
+        let cs = self.chunk_size as u64;
+        self.refused
+            .first(MAX_REFUSED)
+            .into_iter()
+            .map(|i| i * cs)
+            .collect()
+    }
+
+    /// Stores the data of a refused reference (sent after `Reply::Refused`,
+    /// in any order): only where a reference was refused.
+    pub fn fill_chunk(
+        &mut self,
+        h: &ChunkHeader,
+        buf: AlignedBuf,
+        start: usize,
+        len: usize,
+    ) -> Result<()> {
+        h.validate(self.chunk_size, len)?;
+        let cs = self.chunk_size as u64;
+        if h.codec != Codec::Sealed || !self.refused.take(h.addr / cs) {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "volume '{}': chunk {:#x} after a commit, where no reference was refused",
+                    self.volume, h.addr
+                ),
+            ));
+        }
+        let expect_len = (self.info.volume_size - h.addr).min(cs);
+        if h.raw_len as u64 != expect_len {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "volume '{}': chunk {:#x} has the wrong length",
+                    self.volume, h.addr
+                ),
+            ));
+        }
+        let mut last = None;
+        self.store
+            .make_room(&self.incoming, h.addr, &mut last)
+            .map_err(|e| Failure::io("create directory for chunk", &self.incoming, e))?;
+        let w = self.writer.as_mut().expect("open until commit");
+        w.write(h.addr, h.raw_len, buf, start, len)?;
+        self.info.stored_bytes += len as u64;
+        Ok(())
+    }
+
+    /// Whether references are refused and their data not yet come.
+    pub fn awaiting_data(&self) -> bool {
+        self.refused.count() > 0
     }
 
     /// Validates a record and appends its manifest entry.

@@ -129,6 +129,12 @@ impl ChunkStore for FsStore {
         }
     }
 
+    fn link(&self, from: &Path, from_addr: u64, to: &Path, to_addr: u64) -> std::io::Result<u64> {
+        let dst = self.chunk_path(to, to_addr);
+        fs::hard_link(self.chunk_path(from, from_addr), &dst)?;
+        Ok(fs::metadata(dst)?.len())
+    }
+
     fn remove_chunk(&self, session: &Path, addr: u64) -> std::io::Result<bool> {
         match fs::remove_file(self.chunk_path(session, addr)) {
             Ok(()) => Ok(true),

@@ -71,6 +71,13 @@ pub trait ChunkStore: Send + Sync {
     /// there (moved before a crash).
     fn replace_chunk(&self, from: &Path, to: &Path, addr: u64) -> std::io::Result<bool>;
 
+    /// Makes the chunk at `to_addr` of session `to` the very chunk stored
+    /// at `from_addr` of session `from`, without copying its bytes (a hard
+    /// link here; a store of objects records a reference); returns its
+    /// stored length. Deduplication's one store operation: removing either
+    /// place later leaves the other whole.
+    fn link(&self, from: &Path, from_addr: u64, to: &Path, to_addr: u64) -> std::io::Result<u64>;
+
     /// Removes the chunk at `addr` of a session; false if there was none.
     fn remove_chunk(&self, session: &Path, addr: u64) -> std::io::Result<bool>;
 

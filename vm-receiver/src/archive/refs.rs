@@ -1,0 +1,185 @@
+//! Reference records (deduplication, `DESIGN.md` §13): dom0 says "the
+//! chunk at this address is the one stored at volume/session/address",
+//! and the receiver links it instead of receiving its bytes.
+//!
+//! The receiver holds no key and cannot tell what a chunk holds; what it
+//! can check is that the place dom0 names is a committed session whose
+//! manifest has a stored chunk with the keyed id dom0 gives. That is what
+//! is confirmed before linking, so a stale entry in dom0's index (a chunk
+//! pruned or superseded since) is refused, never linked as the wrong
+//! chunk; dom0 then sends the data. Order of events in a session: each
+//! reference is confirmed and linked (or marked refused) as it arrives,
+//! in address order with the chunk records; at `Commit` the refused
+//! addresses are answered (`Reply::Refused`), dom0 sends those chunks,
+//! and only a commit with none left makes the session visible.
+//!
+//! Cost: a binary search of 41-byte manifest entries by address (a few
+//! `pread`s, no manifest loaded), with the last few manifests' files kept
+//! open.
+
+use super::Archive;
+use crate::error::{Failure, Result};
+use protocol::chunk::{Codec, Hash};
+use protocol::manifest::{entry_count, find_entry, SearchError, HEADER_LEN};
+use protocol::message::{ChunkRef, ErrorCode};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Manifest files kept open between references.
+const OPEN_MANIFESTS: usize = 64;
+
+/// Finds entries of committed manifests by address.
+#[derive(Default)]
+pub struct ManifestLookup {
+    open: HashMap<PathBuf, (File, u64)>,
+}
+
+impl ManifestLookup {
+    /// The hash of the stored (non-zero) chunk at `addr` in the manifest at
+    /// `path`, None if it has none there. Errors name the file.
+    pub fn stored_at(&mut self, path: &Path, chunk_size: u32, addr: u64) -> Result<Option<Hash>> {
+        let corrupt = |e: SearchError| match e {
+            SearchError::Io(e) => Failure::io("read manifest", path, e),
+            e => Failure::new(
+                ErrorCode::Corrupt,
+                format!("manifest '{}': {e}", path.display()),
+            ),
+        };
+        if !self.open.contains_key(path) {
+            if self.open.len() >= OPEN_MANIFESTS {
+                self.open.clear();
+            }
+            let f = File::open(path).map_err(|e| Failure::io("open manifest", path, e))?;
+            let mut head = [0u8; HEADER_LEN];
+            let len = f
+                .read_exact_at(&mut head, 0)
+                .and_then(|_| f.metadata())
+                .map_err(|e| Failure::io("read manifest", path, e))?
+                .len();
+            let n = entry_count(&head, len, chunk_size).map_err(corrupt)?;
+            self.open.insert(path.to_path_buf(), (f, n));
+        }
+        let (f, n) = &self.open[path];
+        let e = find_entry(*n, addr, |off, b| f.read_exact_at(b, off)).map_err(corrupt)?;
+        Ok(e.filter(|e| e.codec == Codec::Sealed).map(|e| e.hash))
+    }
+}
+
+/// Confirms a reference: the committed session directory it names, or
+/// why it is refused (for the log; dom0 is told the address only).
+pub fn confirm(archive: &Archive, lookup: &mut ManifestLookup, r: &ChunkRef) -> Result<PathBuf> {
+    // Names are validated before a path is built from them.
+    let dir = archive.session_dir(&r.volume, &r.session)?;
+    if !r.from.is_multiple_of(archive.chunk_size() as u64) {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            format!("reference to unaligned address {:#x}", r.from),
+        ));
+    }
+    let m = dir.join(super::session::MANIFEST_FILE);
+    if !m.is_file() {
+        return Err(Failure::new(
+            ErrorCode::NoSuchSession,
+            format!(
+                "reference to session {} of volume '{}', which the archive does not hold",
+                r.session, r.volume
+            ),
+        ));
+    }
+    match lookup.stored_at(&m, archive.chunk_size(), r.from)? {
+        Some(h) if h == r.hash => Ok(dir),
+        found => Err(Failure::new(
+            ErrorCode::BadRequest,
+            format!(
+                "reference to chunk {:#x} of session {} of volume '{}': {}",
+                r.from,
+                r.session,
+                r.volume,
+                if found.is_some() {
+                    "another chunk is stored there"
+                } else {
+                    "no chunk is stored there"
+                }
+            ),
+        )),
+    }
+}
+
+/// The addresses whose references were refused and whose data has not
+/// come yet: one bit per chunk of the volume, made at the first refusal.
+#[derive(Default)]
+pub struct Refused {
+    bits: Vec<u64>,
+    count: u64,
+}
+
+impl Refused {
+    pub fn mark(&mut self, index: u64, chunks: u64) {
+        if self.bits.is_empty() {
+            self.bits = vec![0; chunks.div_ceil(64) as usize];
+        }
+        let (w, b) = ((index / 64) as usize, index % 64);
+        if self.bits[w] & (1 << b) == 0 {
+            self.bits[w] |= 1 << b;
+            self.count += 1;
+        }
+    }
+
+    /// Clears the bit of `index`; false if it was not set.
+    pub fn take(&mut self, index: u64) -> bool {
+        let (w, b) = ((index / 64) as usize, index % 64);
+        match self.bits.get_mut(w) {
+            Some(word) if *word & (1 << b) != 0 => {
+                *word &= !(1 << b);
+                self.count -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The first `max` indexes still refused, ascending.
+    pub fn first(&self, max: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (w, &word) in self.bits.iter().enumerate() {
+            let mut x = word;
+            while x != 0 && out.len() < max {
+                let b = x.trailing_zeros() as u64;
+                out.push(w as u64 * 64 + b);
+                x &= x - 1;
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_marks_takes_and_lists_in_order() {
+        let mut r = Refused::default();
+        assert!(r.first(10).is_empty());
+        for i in [130, 3, 64, 3] {
+            r.mark(i, 200);
+        }
+        assert_eq!(r.count(), 3);
+        assert_eq!(r.first(10), vec![3, 64, 130]);
+        assert_eq!(r.first(2), vec![3, 64]);
+        assert!(r.take(64));
+        assert!(!r.take(64));
+        assert!(!r.take(5000));
+        assert_eq!(r.first(10), vec![3, 130]);
+        assert_eq!(r.count(), 2);
+    }
+}
