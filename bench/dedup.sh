@@ -89,9 +89,9 @@ wy_round() {
     find "$MNT/vols" -maxdepth 1 -name '*.wyng*' -exec rm -rf {} + 2>/dev/null || true
     "${WY[@]}" arch-init >/dev/null 2>&1
     "${WY[@]}" add tpl >/dev/null 2>&1; "${WY[@]}" add c1 >/dev/null 2>&1; "${WY[@]}" add c2 >/dev/null 2>&1
-    cold; local t; t=$(timed "${WY[@]}" send --dedup tpl)
-    cold; local a; a=$(timed "${WY[@]}" send --dedup c1)
-    cold; local b; b=$(timed "${WY[@]}" send --dedup c2)
+    cold; local t; t=$(timed "${WY[@]}" --dedup send tpl)
+    cold; local a; a=$(timed "${WY[@]}" --dedup send c1)
+    cold; local b; b=$(timed "${WY[@]}" --dedup send c2)
     echo "$t $a $b $(mib "$MNT/wyng")"
 }
 borg_round() {

@@ -23,7 +23,7 @@ pub struct Config {
     /// Volumes `backup` takes when none are named.
     #[serde(default)]
     pub volumes: Vec<String>,
-    /// Hash/compress threads (default: all cores).
+    /// Read/hash/compress threads (default: the cores and two more).
     pub workers: Option<usize>,
     /// Retention policy `backup --autoprune` applies, e.g. "daily=7,weekly=4".
     pub keep: Option<String>,

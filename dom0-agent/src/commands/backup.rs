@@ -116,7 +116,18 @@ impl Backup<'_> {
         }
         let (size, mode) = (snap.size, snap.mode);
         let vid = match self.meta.volume_id(volume)? {
-            Some(id) => id,
+            Some(id) => {
+                let cfg = crate::dedup::configured_group(self.groups, volume);
+                let now = self.meta.volume_group(volume)?;
+                if cfg.is_some() && cfg != now.as_deref() {
+                    report::warn(format!(
+                        "volume '{volume}' stays in {}: a volume's dedup group is fixed at its first backup, and the config's '{}' applies to new volumes only",
+                        now.map_or("its own dedup scope".to_string(), |g| format!("dedup group '{g}'")),
+                        cfg.unwrap_or_default()
+                    ));
+                }
+                id
+            }
             None => {
                 // A first backup: the dedup group is fixed now (the
                 // volume's chunk ids are derived in its scope).

@@ -66,15 +66,22 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The filter's three probes of a key (`bits` a power of two): from the
-/// 8 id bytes the table keeps, so the filter can be rebuilt from it.
+/// The filter's three probes of a key, each in `0..bits`: from the 8 id
+/// bytes the table keeps, so the filter can be rebuilt from it.
 fn probes(k: u64, bits: u64) -> [u64; 3] {
-    [1u64, 2, 3].map(|i| mix(k ^ i.wrapping_mul(0x9e3779b97f4a7c15)) & (bits - 1))
+    // Multiply-shift: any size, not only powers of two.
+    [1u64, 2, 3].map(|i| {
+        let h = mix(k ^ i.wrapping_mul(0x9e3779b97f4a7c15));
+        ((h as u128 * bits as u128) >> 64) as u64
+    })
 }
 
-/// Filter words for a table of `buckets`: 8 bits per slot, a power of two.
+/// Filter words for a table of `buckets`: 10 bits for each entry the
+/// table holds before it grows (80 % of its slots): 10 bits per entry at
+/// the fullest (about 2 % false hits), 20 just after a growth; 1.25 bytes
+/// of RAM per entry at 16 million.
 fn filter_words(buckets: u64) -> usize {
-    ((buckets * SLOTS as u64 * 8).next_power_of_two() / 64) as usize
+    (buckets * SLOTS as u64 * LOAD_PERCENT / 100 * 10).div_ceil(64) as usize
 }
 
 impl Index {
@@ -116,17 +123,32 @@ impl Index {
             volumes: read_volumes(&dir.join("volumes"))?,
             dirty: false,
         };
-        let words = filter_words(buckets);
-        match fs::read(dir.join("filter")) {
-            Ok(b) if b.len() == words * 8 && parsed.is_some() => {
-                ix.filter = b
-                    .chunks_exact(8)
-                    .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-                    .collect();
-            }
-            _ => ix.rebuild_filter()?,
+        if parsed.is_none() || !ix.read_filter()? {
+            ix.rebuild_filter()?;
         }
         Ok(ix)
+    }
+
+    /// The saved filter, read straight into its words (no second copy of
+    /// it in memory); false if there is none of the right size.
+    fn read_filter(&mut self) -> Result<bool> {
+        use std::io::Read;
+        let words = filter_words(self.buckets);
+        let Ok(f) = File::open(self.dir.join("filter")) else {
+            return Ok(false);
+        };
+        if f.metadata()?.len() != words as u64 * 8 {
+            return Ok(false);
+        }
+        let mut r = std::io::BufReader::with_capacity(1 << 16, f);
+        let mut filter = Vec::with_capacity(words);
+        let mut w = [0u8; 8];
+        for _ in 0..words {
+            r.read_exact(&mut w)?;
+            filter.push(u64::from_le_bytes(w));
+        }
+        self.filter = filter;
+        Ok(true)
     }
 
     pub fn entries(&self) -> u64 {
@@ -228,7 +250,7 @@ impl Index {
             .iter()
             .map(|v| format!("{}\n", v.to_hex()))
             .collect();
-        crate::meta::write_atomic(&self.dir.join("volumes"), text.as_bytes())?;
+        replace(&self.dir.join("volumes"), text.as_bytes())?;
         Ok(self.volumes.len() as u32)
     }
 
@@ -334,7 +356,7 @@ impl Index {
         h.extend_from_slice(MAGIC);
         h.extend_from_slice(&self.buckets.to_le_bytes());
         h.extend_from_slice(&self.entries.to_le_bytes());
-        crate::meta::write_atomic(&self.dir.join("head"), &h)
+        replace(&self.dir.join("head"), &h)
     }
 
     /// Writes the head and the filter (after a session's commit).
@@ -342,12 +364,32 @@ impl Index {
         if !self.dirty {
             return Ok(());
         }
-        let bytes: Vec<u8> = self.filter.iter().flat_map(|w| w.to_le_bytes()).collect();
-        crate::meta::write_atomic(&self.dir.join("filter"), &bytes)?;
+        // Streamed to a temporary file and renamed: no second copy of the
+        // filter in memory.
+        let tmp = self.dir.join("filter.new");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+            for word in &self.filter {
+                w.write_all(&word.to_le_bytes())?;
+            }
+            w.into_inner().map_err(|e| e.into_error())?;
+            fs::rename(&tmp, self.dir.join("filter"))
+        };
+        write().with_context(|| format!("writing the dedup filter in '{}'", self.dir.display()))?;
         self.write_head()?;
         self.dirty = false;
         Ok(())
     }
+}
+
+/// Replaces a file by rename, without fsync: the index is a cache (see
+/// the module's note), and a backup should not wait on the disk for it.
+fn replace(p: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = p.with_extension("new");
+    fs::write(&tmp, bytes)
+        .and_then(|_| fs::rename(&tmp, p))
+        .with_context(|| format!("unable to write '{}'", p.display()))
 }
 
 fn read_volumes(p: &Path) -> Result<Vec<VolumeId>> {
