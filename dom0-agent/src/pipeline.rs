@@ -243,7 +243,7 @@ fn process(
         }
     }
     if let Some(d) = dedup.filter(|_| job.prev != Prev::Damaged) {
-        if let Some(from) = d.find(&hash, job.len)? {
+        if let Some(from) = d.find(&hash, job.len, job.addr)? {
             return Ok(Outcome::Ref { hash, from });
         }
     }

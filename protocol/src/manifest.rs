@@ -144,6 +144,12 @@ impl<W: Write> ManifestWriter<W> {
         Ok(())
     }
 
+    /// Pushes what is buffered to the writer below (a reader of the file
+    /// then sees every entry pushed so far, `count()` of them).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }

@@ -265,8 +265,9 @@ pub enum Request {
     DropSession { volume: String, session: String },
     /// Inside a session, in address order with the chunk frames: the
     /// chunk at `addr` is the one the archive already holds at `from` (a
-    /// committed session of a volume in the same dedup scope; dom0 knows
-    /// scopes, the receiver does not). The receiver checks that `from`'s
+    /// committed session of a volume in the same dedup scope, or an
+    /// earlier address of the session being written; dom0 knows scopes,
+    /// the receiver does not). The receiver checks that `from`'s
     /// manifest names a chunk with this keyed id there and links it; what
     /// it cannot confirm it refuses at `Commit` (`Reply::Refused`), and
     /// dom0 sends those chunks' data.

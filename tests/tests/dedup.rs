@@ -494,3 +494,39 @@ fn a_format_2_archive_is_refused_by_name() {
     );
     assert_eq!(sparsebak_tests::tree_digest(&s.arch), before);
 }
+
+/// Equal chunks within one new session (two copies of the same data in a
+/// fresh image) are stored once: the second copy's chunks are links to
+/// the first's, made as the session is written; restores are exact, and
+/// a prune and a delete keep the count of files right.
+#[test]
+fn equal_chunks_within_one_session_are_stored_once() {
+    let s = Setup::new("dedup-within");
+    s.init("256K");
+    let half = semi_compressible(&mut Rng::new(12), 3 * MIB as usize);
+    let mut image = half.clone();
+    image.extend_from_slice(&half);
+    image.extend_from_slice(&half[..MIB as usize]);
+    fs::write(s.vol("v.img"), &image).unwrap();
+    let out = s.ok(&["backup", "v.img"]);
+    assert!(
+        out.contains("28 chunks changed (0 zero, 16 already stored"),
+        "{out}"
+    );
+    let s1 = s.sessions("v.img")[0].clone();
+    let files = chunk_files(&s.arch);
+    let inodes: BTreeSet<u64> = files.values().map(|(i, _)| *i).collect();
+    assert_eq!((files.len(), inodes.len()), (28, 12));
+    s.assert_restores("v.img", &s1, &s.vol("v.img"));
+    // A later session rewrites the first copy: the second still restores
+    // from the shared files, and a prune of the first session keeps them.
+    let keep = s.dir.path().join("s1.img");
+    fs::copy(s.vol("v.img"), &keep).unwrap();
+    write_at(&s.vol("v.img"), 0, &Rng::new(13).bytes(MIB as usize));
+    let s2 = s.backup("v.img");
+    s.assert_restores("v.img", &s1, &keep);
+    s.ok(&["prune", "v.img", "--session", &s1]);
+    s.assert_restores("v.img", &s2, &s.vol("v.img"));
+    stored_exactly_once(&s, &["v.img"], "after the prune");
+    assert!(s.ok(&["arch-check"]).contains("no problems"));
+}

@@ -138,10 +138,10 @@ impl Backup<'_> {
                 self.meta.ensure_volume_id(volume)?
             }
         };
-        let dedup = Arc::new(Dedup::open(self.meta, volume)?);
-        let scope = dedup.scope;
         let seq = protocol::names::parse_session_name(&session)
             .with_context(|| format!("bad session name {session}"))?;
+        let dedup = Arc::new(Dedup::open(self.meta, volume, Some((vid, seq, snap.size)))?);
+        let scope = dedup.scope;
         // The receiver is told no time: sessions are an order to it, their
         // times are in dom0's records and the sealed root.
         match self

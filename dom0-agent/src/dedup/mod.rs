@@ -10,7 +10,9 @@
 //! place against dom0's own manifest of that session (the session a prune
 //! merged it into, if it is gone: a prune merges into the successor and
 //! keeps addresses); only a place whose manifest entry is exactly this id
-//! becomes a reference. The sink records every chunk it sends as data in
+//! becomes a reference. A place earlier in the session being written (the
+//! sink records each chunk as it sends it) becomes one too: its manifest
+//! is not written yet, so there the receiver's check is the one. The sink records every chunk it sends as data in
 //! the index, and every reference it sends too: the index keeps the
 //! newest place of each chunk, the one a prune removes last. The receiver
 //! confirms each reference again, and one it refuses is sent as data
@@ -120,6 +122,9 @@ struct ScopeVolume {
 /// committed).
 pub struct Dedup {
     pub scope: Scope,
+    /// The session being written (volume, sequence number, volume size):
+    /// its chunks sent so far are places too (see [`Dedup::find`]).
+    current: Option<(VolumeId, u64, u64)>,
     index: RwLock<Index>,
     volumes: HashMap<VolumeId, ScopeVolume>,
     chunk_size: u32,
@@ -128,8 +133,13 @@ pub struct Dedup {
 }
 
 impl Dedup {
-    /// The dedup state of `volume`'s scope.
-    pub fn open(meta: &ArchiveMeta, volume: &str) -> Result<Dedup> {
+    /// The dedup state of `volume`'s scope, for writing `current` (the
+    /// volume's id, the new session's sequence number, the volume's size).
+    pub fn open(
+        meta: &ArchiveMeta,
+        volume: &str,
+        current: Option<(VolumeId, u64, u64)>,
+    ) -> Result<Dedup> {
         let scope = meta.scope(volume)?;
         let mut volumes = HashMap::new();
         for v in meta.volumes()? {
@@ -155,6 +165,7 @@ impl Dedup {
         }
         Ok(Dedup {
             scope,
+            current,
             index: RwLock::new(Index::open(&index_dir(meta, &scope))?),
             volumes,
             chunk_size: meta.params.chunk_size,
@@ -162,11 +173,15 @@ impl Dedup {
         })
     }
 
-    /// A checked place that stores the chunk `id` of length `len`, if the
-    /// index knows one.
-    pub fn find(&self, id: &Hash, len: u32) -> Result<Option<Found>> {
+    /// A checked place that stores the chunk `id` of length `len` (the
+    /// chunk at `addr` of the session being written), if the index knows
+    /// one.
+    pub fn find(&self, id: &Hash, len: u32, addr: u64) -> Result<Option<Found>> {
         let locs = self.index.read().expect("index lock").lookup(id)?;
         for loc in &locs {
+            if let Some(f) = self.here(loc, len, addr) {
+                return Ok(Some(f));
+            }
             if let Some(f) = self.check(loc, id, len)? {
                 return Ok(Some(f));
             }
@@ -192,6 +207,24 @@ impl Dedup {
             }
         }
         Ok(None)
+    }
+
+    /// `loc` if it is an earlier chunk of the session being written (equal
+    /// chunks within one new session: two copies of a file in a fresh
+    /// image). The sink recorded it when it sent it, in address order, so
+    /// it precedes this chunk on the stream; its manifest is still being
+    /// written, so its full id is checked by the receiver, against the
+    /// entries it has (a refusal costs a send, never a wrong byte: dom0
+    /// checks every chunk it reads back).
+    fn here(&self, loc: &Loc, len: u32, addr: u64) -> Option<Found> {
+        let (volume, session, size) = self.current?;
+        let cs = self.chunk_size as u64;
+        let fits = loc.addr < addr && loc.addr < size && (size - loc.addr).min(cs) == len as u64;
+        (loc.volume == volume && loc.session == session && fits).then(|| Found {
+            volume,
+            session: protocol::names::session_name_of(session),
+            addr: loc.addr,
+        })
     }
 
     /// `loc` as it stands in dom0's records: the session that now holds

@@ -12,9 +12,10 @@
 
 use super::store::ChunkStore;
 use crate::error::{Failure, Result};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use sysio::aligned::AlignedBuf;
 
@@ -32,11 +33,15 @@ struct Job {
     len: usize,
 }
 
+/// Addresses queued and not yet written, and a signal when one is.
+type Pending = Arc<(Mutex<BTreeSet<u64>>, Condvar)>;
+
 pub struct ChunkWriter {
     jobs: Option<SyncSender<Job>>,
     free: Receiver<AlignedBuf>,
     threads: Vec<JoinHandle<()>>,
     failed: Arc<Mutex<Option<Failure>>>,
+    pending: Pending,
 }
 
 impl ChunkWriter {
@@ -52,10 +57,12 @@ impl ChunkWriter {
         let (jobs_tx, jobs_rx) = sync_channel::<Job>(POOL);
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let failed = Arc::new(Mutex::new(None));
+        let pending: Pending = Arc::new((Mutex::new(BTreeSet::new()), Condvar::new()));
         let session = Arc::new(session);
         let threads = (0..WRITERS)
             .map(|_| {
                 let (jobs_rx, free_tx) = (jobs_rx.clone(), free_tx.clone());
+                let pending = pending.clone();
                 let (failed, store, session) = (failed.clone(), store.clone(), session.clone());
                 let named = std::thread::Builder::new().name("sbk-write".into());
                 named
@@ -85,6 +92,9 @@ impl ChunkWriter {
                                 f.get_or_insert(Failure::io("write chunk", &path, e));
                             }
                         }
+                        let (set, done) = &*pending;
+                        set.lock().expect("pending lock").remove(&job.addr);
+                        done.notify_all();
                         if free_tx.send(job.buf).is_err() {
                             return;
                         }
@@ -97,7 +107,21 @@ impl ChunkWriter {
             free,
             threads,
             failed,
+            pending,
         }
+    }
+
+    /// Waits until the chunk at `addr`, if it was queued, is written (or
+    /// its write failed: reported here). A reference to a chunk of the
+    /// session being written links its file only once it is there.
+    pub fn wait_written(&mut self, addr: u64) -> Result<()> {
+        let (set, done) = &*self.pending;
+        let mut s = set.lock().expect("pending lock");
+        while s.contains(&addr) {
+            s = done.wait(s).expect("pending lock");
+        }
+        drop(s);
+        self.check()
     }
 
     fn check(&self) -> Result<()> {
@@ -128,6 +152,7 @@ impl ChunkWriter {
         len: usize,
     ) -> Result<()> {
         self.check()?;
+        self.pending.0.lock().expect("pending lock").insert(addr);
         let job = Job {
             addr,
             raw_len,

@@ -108,31 +108,33 @@ pub fn confirm(archive: &Archive, lookup: &mut ManifestLookup, r: &ChunkRef) -> 
 }
 
 /// The addresses whose references were refused and whose data has not
-/// come yet: one bit per chunk of the volume, made at the first refusal.
+/// come yet: a sparse bitmap (64 chunks a word, only the words that have
+/// a refusal), so its memory follows the refusals, never the volume size
+/// an agent announced.
 #[derive(Default)]
 pub struct Refused {
-    bits: Vec<u64>,
+    words: std::collections::BTreeMap<u64, u64>,
     count: u64,
 }
 
 impl Refused {
-    pub fn mark(&mut self, index: u64, chunks: u64) {
-        if self.bits.is_empty() {
-            self.bits = vec![0; chunks.div_ceil(64) as usize];
-        }
-        let (w, b) = ((index / 64) as usize, index % 64);
-        if self.bits[w] & (1 << b) == 0 {
-            self.bits[w] |= 1 << b;
+    pub fn mark(&mut self, index: u64) {
+        let w = self.words.entry(index / 64).or_default();
+        if *w & (1 << (index % 64)) == 0 {
+            *w |= 1 << (index % 64);
             self.count += 1;
         }
     }
 
     /// Clears the bit of `index`; false if it was not set.
     pub fn take(&mut self, index: u64) -> bool {
-        let (w, b) = ((index / 64) as usize, index % 64);
-        match self.bits.get_mut(w) {
+        let (k, b) = (index / 64, index % 64);
+        match self.words.get_mut(&k) {
             Some(word) if *word & (1 << b) != 0 => {
                 *word &= !(1 << b);
+                if *word == 0 {
+                    self.words.remove(&k);
+                }
                 self.count -= 1;
                 true
             }
@@ -147,11 +149,10 @@ impl Refused {
     /// The first `max` indexes still refused, ascending.
     pub fn first(&self, max: usize) -> Vec<u64> {
         let mut out = Vec::new();
-        for (w, &word) in self.bits.iter().enumerate() {
+        for (&k, &word) in &self.words {
             let mut x = word;
             while x != 0 && out.len() < max {
-                let b = x.trailing_zeros() as u64;
-                out.push(w as u64 * 64 + b);
+                out.push(k * 64 + u64::from(x.trailing_zeros()));
                 x &= x - 1;
             }
             if out.len() >= max {
@@ -171,7 +172,7 @@ mod tests {
         let mut r = Refused::default();
         assert!(r.first(10).is_empty());
         for i in [130, 3, 64, 3] {
-            r.mark(i, 200);
+            r.mark(i);
         }
         assert_eq!(r.count(), 3);
         assert_eq!(r.first(10), vec![3, 64, 130]);
@@ -181,5 +182,9 @@ mod tests {
         assert!(!r.take(5000));
         assert_eq!(r.first(10), vec![3, 130]);
         assert_eq!(r.count(), 2);
+        // Far apart: memory for two words, whatever the distance.
+        r.mark(1 << 50);
+        assert_eq!(r.first(10), vec![3, 130, 1 << 50]);
+        assert_eq!(r.words.len(), 3);
     }
 }

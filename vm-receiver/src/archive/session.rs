@@ -271,7 +271,23 @@ impl SessionWriter {
         // Its length is checked as a chunk's of the longest valid size.
         self.check_chunk(&h, protocol::envelope::MIN_STORED)?;
         self.info.chunks += 1;
-        let linked = refs::confirm(archive, &mut self.lookup, r).and_then(|from| {
+        let here = r.volume == self.volume && r.session == self.info.name;
+        let source = if here {
+            // A chunk of this very session, at an earlier address: its
+            // entry is in the manifest being written, its file once its
+            // write is done (a failed write ends the session).
+            let found = self.confirm_here(r);
+            if found.is_ok() {
+                self.writer
+                    .as_mut()
+                    .expect("open until commit")
+                    .wait_written(r.from)?;
+            }
+            found.map(|_| self.incoming.clone())
+        } else {
+            refs::confirm(archive, &mut self.lookup, r)
+        };
+        let linked = source.and_then(|from| {
             self.store
                 .make_room(&self.incoming, h.addr, &mut self.last_room)
                 .map_err(|e| Failure::io("create directory for chunk", &self.incoming, e))?;
@@ -289,11 +305,38 @@ impl SessionWriter {
                     "sparsebak-receiver: volume '{}': reference at {:#x} refused, asking for its data: {}",
                     self.volume, r.addr, f.message
                 );
-                let chunks = self.info.volume_size.div_ceil(self.chunk_size as u64);
-                self.refused.mark(r.addr / self.chunk_size as u64, chunks);
+                self.refused.mark(r.addr / self.chunk_size as u64);
             }
         }
         Ok(())
+    }
+
+    /// Confirms a reference to an earlier chunk of the session being
+    /// written, against the entries of its manifest written so far.
+    fn confirm_here(&mut self, r: &ChunkRef) -> Result<()> {
+        let refuse = |why: &str| {
+            Failure::new(
+                ErrorCode::BadRequest,
+                format!("reference to chunk {:#x} of this session: {why}", r.from),
+            )
+        };
+        if r.from >= r.addr || !r.from.is_multiple_of(self.chunk_size as u64) {
+            return Err(refuse("not an earlier chunk"));
+        }
+        let mpath = self.incoming.join(MANIFEST_FILE);
+        let m = self.manifest.as_mut().expect("manifest open until commit");
+        m.flush()
+            .map_err(|e| Failure::io("write manifest", &mpath, e))?;
+        let n = m.count();
+        let f = File::open(&mpath).map_err(|e| Failure::io("read manifest", &mpath, e))?;
+        use std::os::unix::fs::FileExt;
+        let e = protocol::manifest::find_entry(n, r.from, |off, b| f.read_exact_at(b, off))
+            .map_err(|e| refuse(&e.to_string()))?;
+        match e {
+            Some(e) if e.codec == Codec::Sealed && e.hash == r.hash => Ok(()),
+            Some(_) => Err(refuse("another chunk is stored there")),
+            None => Err(refuse("no chunk is stored there")),
+        }
     }
 
     /// The addresses of refused references whose data has not come, at
