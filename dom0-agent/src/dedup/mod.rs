@@ -33,7 +33,7 @@ use protocol::manifest::{entry_count, find_entry, HEADER_LEN};
 use protocol::names::parse_session_name;
 use sealed::keys::{Scope, VolumeId};
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -126,7 +126,8 @@ pub struct Dedup {
     /// its chunks sent so far are places too (see [`Dedup::find`]).
     current: Option<(VolumeId, u64, u64)>,
     index: RwLock<Index>,
-    volumes: HashMap<VolumeId, ScopeVolume>,
+    /// By id: the stale-place fallback looks at them in a fixed order.
+    volumes: BTreeMap<VolumeId, ScopeVolume>,
     chunk_size: u32,
     /// Open manifests: file, entries, the session's volume size.
     manifests: Mutex<HashMap<PathBuf, (File, u64, u64)>>,
@@ -141,7 +142,7 @@ impl Dedup {
         current: Option<(VolumeId, u64, u64)>,
     ) -> Result<Dedup> {
         let scope = meta.scope(volume)?;
-        let mut volumes = HashMap::new();
+        let mut volumes = BTreeMap::new();
         for v in meta.volumes()? {
             let Some(id) = meta.volume_id(&v)? else {
                 continue;
