@@ -1043,6 +1043,40 @@ impl PendingSession {
     }
 }
 
+/// A manifest file opened for lookups by address (a binary search of its
+/// fixed-size entries, `protocol::manifest::find_entry`): what a reference
+/// is checked against, without reading the manifest whole.
+pub struct ManifestFile {
+    path: PathBuf,
+    file: File,
+    entries: u64,
+}
+
+impl ManifestFile {
+    pub fn open(path: &Path, chunk_size: u32) -> Result<ManifestFile> {
+        use std::os::unix::fs::FileExt;
+        let file =
+            File::open(path).with_context(|| format!("unable to open '{}'", path.display()))?;
+        let mut head = [0u8; protocol::manifest::HEADER_LEN];
+        file.read_exact_at(&mut head, 0)
+            .with_context(|| format!("unable to read '{}'", path.display()))?;
+        let entries = protocol::manifest::entry_count(&head, file.metadata()?.len(), chunk_size)
+            .with_context(|| format!("manifest '{}'", path.display()))?;
+        Ok(ManifestFile {
+            path: path.to_path_buf(),
+            file,
+            entries,
+        })
+    }
+
+    /// The entry at `addr`, if the manifest has one.
+    pub fn entry_at(&self, addr: u64) -> Result<Option<protocol::manifest::Entry>> {
+        use std::os::unix::fs::FileExt;
+        protocol::manifest::find_entry(self.entries, addr, |off, b| self.file.read_exact_at(b, off))
+            .with_context(|| format!("manifest '{}'", self.path.display()))
+    }
+}
+
 /// The keyed MAC of a manifest file.
 pub fn file_mac(path: &Path, keys: &Keys) -> Result<[u8; 32]> {
     let mut h = keys.manifest_mac();

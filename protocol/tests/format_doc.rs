@@ -66,6 +66,18 @@ fn first_root() -> sealed::root::Root {
     }
 }
 
+/// The documented reference (`request-ref`).
+fn chunk_ref() -> ChunkRef {
+    ChunkRef {
+        addr: 0x40000,
+        raw_len: 0x40000,
+        hash: [0x5a; 32],
+        volume: "v".into(),
+        session: "S_000000000001".into(),
+        from: 0,
+    }
+}
+
 fn session() -> SessionInfo {
     SessionInfo {
         name: "S_000000000001".into(),
@@ -103,17 +115,7 @@ fn every_example_in_format_md_decodes_as_documented() {
                     zero_chunks: 1
                 }
             ),
-            "request-ref" => assert_eq!(
-                decode_request(&b).unwrap(),
-                Request::Ref(ChunkRef {
-                    addr: 0x40000,
-                    raw_len: 0x40000,
-                    hash: [0x5a; 32],
-                    volume: "v".into(),
-                    session: "S_000000000001".into(),
-                    from: 0,
-                })
-            ),
+            "request-ref" => assert_eq!(decode_request(&b).unwrap(), Request::Ref(chunk_ref())),
             "reply-refused" => assert_eq!(
                 decode_reply(&b).unwrap(),
                 Reply::Refused {
@@ -521,14 +523,7 @@ fn print_examples() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let r = encode_request(&Request::Ref(ChunkRef {
-        addr: 0x40000,
-        raw_len: 0x40000,
-        hash: [0x5a; 32],
-        volume: "v".into(),
-        session: "S_000000000001".into(),
-        from: 0,
-    }));
+    let r = encode_request(&Request::Ref(chunk_ref()));
     println!("request-ref\n{}", hex(&r));
     let r = encode_reply(&Reply::Refused {
         addrs: vec![0x40000],

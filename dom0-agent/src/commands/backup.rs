@@ -248,10 +248,27 @@ impl Backup<'_> {
             if job.read {
                 read += job.len as u64;
             }
-            let (codec, hash) = match outcome {
+            // Sent as a chunk record (its data, none for zero) or as a
+            // reference; the manifest entry is the same either way.
+            let (codec, hash, sent_now) = match outcome {
                 Outcome::Unchanged => return Ok(()),
-                Outcome::Zero => (Codec::Zero, [0u8; 32]),
-                Outcome::Data { hash } => (Codec::Sealed, hash),
+                Outcome::Zero | Outcome::Data { .. } => {
+                    let (codec, hash, data): (_, _, &[u8]) = match outcome {
+                        Outcome::Data { hash } => (Codec::Sealed, hash, slot.stored()),
+                        _ => (Codec::Zero, [0u8; 32], &[]),
+                    };
+                    let h = ChunkHeader {
+                        addr: job.addr,
+                        codec,
+                        raw_len: job.len,
+                        hash,
+                    };
+                    if let Err(e) = client.send_chunk(&h, data) {
+                        stream_err = Some(e);
+                        bail!("stream to the receiver failed");
+                    }
+                    (codec, hash, data.len() as u64)
+                }
                 Outcome::Ref { hash, from } => {
                     let r = ChunkRef {
                         addr: job.addr,
@@ -265,42 +282,12 @@ impl Backup<'_> {
                         stream_err = Some(e);
                         bail!("stream to the receiver failed");
                     }
-                    pending.manifest.push(&Entry {
-                        addr: job.addr,
-                        codec: Codec::Sealed,
-                        hash,
-                    })?;
                     refs.set_chunks(job.addr / cs, job.addr / cs);
-                    // The newest place of the chunk: the last a prune
-                    // removes.
-                    let at = Loc {
-                        volume: vid,
-                        session: seq,
-                        addr: job.addr,
-                    };
-                    dedup.record(&hash, at)?;
-                    n_data += 1;
                     n_ref += 1;
                     ref_bytes += job.len as u64;
-                    progress.update(done, read);
-                    return Ok(());
+                    (Codec::Sealed, hash, 0)
                 }
             };
-            let data: &[u8] = if codec == Codec::Zero {
-                &[]
-            } else {
-                slot.stored()
-            };
-            let h = ChunkHeader {
-                addr: job.addr,
-                codec,
-                raw_len: job.len,
-                hash,
-            };
-            if let Err(e) = client.send_chunk(&h, data) {
-                stream_err = Some(e);
-                bail!("stream to the receiver failed");
-            }
             pending.manifest.push(&Entry {
                 addr: job.addr,
                 codec,
@@ -310,7 +297,9 @@ impl Backup<'_> {
                 n_zero += 1;
             } else {
                 n_data += 1;
-                sent += data.len() as u64;
+                sent += sent_now;
+                // Its newest place (sent or referenced): the last a prune
+                // removes.
                 let at = Loc {
                     volume: vid,
                     session: seq,
@@ -367,8 +356,8 @@ impl Backup<'_> {
                 self.client,
                 self.meta,
                 &snap.file,
-                (volume, &session),
-                &scope,
+                (volume, &session, vid, seq),
+                &dedup,
                 &addrs,
                 (&refs, &mut answered),
                 size,
@@ -384,15 +373,6 @@ impl Backup<'_> {
                     n_ref -= n;
                     ref_bytes -= addrs.iter().map(|a| (size - a).min(cs)).sum::<u64>();
                     sent += bytes;
-                    for &a in &addrs {
-                        let at = Loc {
-                            volume: vid,
-                            session: seq,
-                            addr: a,
-                        };
-                        let h = pending_hash(self.meta, volume, &session, a)?;
-                        dedup.record(&h, at)?;
-                    }
                 }
                 Err(e) => {
                     let _ = self.client.abort();
@@ -669,41 +649,19 @@ fn send_all(
     })
 }
 
-/// The keyed id the pending manifest of `session` has at `addr`.
-fn pending_hash(
-    meta: &ArchiveMeta,
-    volume: &str,
-    session: &str,
-    addr: u64,
-) -> Result<protocol::chunk::Hash> {
-    use std::os::unix::fs::FileExt;
-    let path = meta.pending_dir(volume, session)?.join("manifest");
-    let f = std::fs::File::open(&path)
-        .with_context(|| format!("unable to open '{}'", path.display()))?;
-    let mut head = [0u8; protocol::manifest::HEADER_LEN];
-    f.read_exact_at(&mut head, 0)?;
-    let n = protocol::manifest::entry_count(&head, f.metadata()?.len(), meta.params.chunk_size)
-        .with_context(|| format!("manifest '{}'", path.display()))?;
-    match protocol::manifest::find_entry(n, addr, |off, b| f.read_exact_at(b, off))
-        .with_context(|| format!("manifest '{}'", path.display()))?
-    {
-        Some(e) if e.codec == Codec::Sealed => Ok(e.hash),
-        _ => bail!("the receiver refused a reference at {addr:#x}, where dom0 sent none"),
-    }
-}
-
 /// Sends the data of references the receiver refused: each address must
 /// be one dom0 sent as a reference and not yet answered; the chunk is
 /// read again from the snapshot, and must still have the id the manifest
 /// recorded (a source that changed under the backup is an error, never a
-/// session that disagrees with its manifest). Returns the bytes sent.
+/// session that disagrees with its manifest); it is indexed where it now
+/// is. Returns the bytes sent.
 #[allow(clippy::too_many_arguments)]
 fn resend_refused(
     client: &mut Client,
     meta: &ArchiveMeta,
     file: &std::fs::File,
-    (volume, session): (&str, &str),
-    scope: &sealed::keys::Scope,
+    (volume, session, vid, seq): (&str, &str, sealed::keys::VolumeId, u64),
+    dedup: &Dedup,
     addrs: &[u64],
     (refs, answered): (&ChunkMap, &mut ChunkMap),
     size: u64,
@@ -717,6 +675,11 @@ fn resend_refused(
     let mut sealer = sealed::envelope::Sealer::new(level, meta.keys.clone())?;
     let mut plain = vec![0u8; cs as usize];
     let mut out = Vec::with_capacity(sealed::envelope::sealed_bound(cs as usize));
+    let manifest = crate::meta::ManifestFile::open(
+        &meta.pending_dir(volume, session)?.join("manifest"),
+        meta.params.chunk_size,
+    )?;
+    let scope = &dedup.scope;
     let mut bytes = 0;
     for &addr in addrs {
         let i = addr / cs;
@@ -727,7 +690,10 @@ fn resend_refused(
         let len = (size - addr).min(cs) as usize;
         file.read_exact_at(&mut plain[..len], addr)
             .with_context(|| format!("unable to read chunk at {addr:#x}"))?;
-        let want = pending_hash(meta, volume, session, addr)?;
+        let want = match manifest.entry_at(addr)? {
+            Some(e) if e.codec == Codec::Sealed => e.hash,
+            _ => bail!("the receiver refused a reference at {addr:#x}, where dom0 sent none"),
+        };
         if sealer.id(scope, &plain[..len]) != want {
             bail!("chunk at {addr:#x} changed while it was backed up: the source is not frozen");
         }
@@ -747,6 +713,12 @@ fn resend_refused(
             return Err(client.lost(e, "backup"));
         }
         bytes += out.len() as u64;
+        let at = Loc {
+            volume: vid,
+            session: seq,
+            addr,
+        };
+        dedup.record(&want, at)?;
     }
     Ok(bytes)
 }

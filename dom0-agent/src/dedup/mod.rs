@@ -25,17 +25,14 @@
 
 pub mod index;
 
-use crate::meta::ArchiveMeta;
+use crate::meta::{ArchiveMeta, ManifestFile};
 use anyhow::{Context, Result};
 use index::{Index, Loc};
 use protocol::chunk::{Codec, Hash};
-use protocol::manifest::{entry_count, find_entry, HEADER_LEN};
 use protocol::names::parse_session_name;
 use sealed::keys::{Scope, VolumeId};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 
@@ -129,8 +126,8 @@ pub struct Dedup {
     /// By id: the stale-place fallback looks at them in a fixed order.
     volumes: BTreeMap<VolumeId, ScopeVolume>,
     chunk_size: u32,
-    /// Open manifests: file, entries, the session's volume size.
-    manifests: Mutex<HashMap<PathBuf, (File, u64, u64)>>,
+    /// Open manifests, with their session's volume size.
+    manifests: Mutex<HashMap<PathBuf, (ManifestFile, u64)>>,
 }
 
 impl Dedup {
@@ -143,7 +140,13 @@ impl Dedup {
     ) -> Result<Dedup> {
         let scope = meta.scope(volume)?;
         let mut volumes = BTreeMap::new();
-        for v in meta.volumes()? {
+        // A volume's own scope holds that volume alone: no other volume's
+        // records need reading.
+        let members = match meta.volume_group(volume)? {
+            None => vec![volume.to_string()],
+            Some(_) => meta.volumes()?,
+        };
+        for v in members {
             let Some(id) = meta.volume_id(&v)? else {
                 continue;
             };
@@ -250,24 +253,18 @@ impl Dedup {
             if open.len() >= 64 {
                 open.clear();
             }
-            let f = File::open(&path)
-                .with_context(|| format!("unable to open manifest '{}'", path.display()))?;
-            let mut head = [0u8; HEADER_LEN];
-            f.read_exact_at(&mut head, 0)?;
-            let n = entry_count(&head, f.metadata()?.len(), self.chunk_size)
-                .with_context(|| format!("manifest '{}'", path.display()))?;
+            let m = ManifestFile::open(&path, self.chunk_size)?;
             let size = crate::meta::read_info(&dir)?.volume_size;
-            open.insert(path.clone(), (f, n, size));
+            open.insert(path.clone(), (m, size));
         }
-        let (f, n, size) = &open[&path];
+        let (m, size) = &open[&path];
         // The chunk's length at that place: from its volume's size there.
         let cs = self.chunk_size as u64;
         if loc.addr >= *size || (*size - loc.addr).min(cs) != len as u64 {
             return Ok(None);
         }
-        let e = find_entry(*n, loc.addr, |off, b| f.read_exact_at(b, off))
-            .with_context(|| format!("manifest '{}'", path.display()))?;
-        Ok(e.filter(|e| e.codec == Codec::Sealed && e.hash == *id)
+        Ok(m.entry_at(loc.addr)?
+            .filter(|e| e.codec == Codec::Sealed && e.hash == *id)
             .map(|_| Found {
                 volume: loc.volume,
                 session,

@@ -40,13 +40,6 @@ impl ManifestLookup {
     /// The hash of the stored (non-zero) chunk at `addr` in the manifest at
     /// `path`, None if it has none there. Errors name the file.
     pub fn stored_at(&mut self, path: &Path, chunk_size: u32, addr: u64) -> Result<Option<Hash>> {
-        let corrupt = |e: SearchError| match e {
-            SearchError::Io(e) => Failure::io("read manifest", path, e),
-            e => Failure::new(
-                ErrorCode::Corrupt,
-                format!("manifest '{}': {e}", path.display()),
-            ),
-        };
         if !self.open.contains_key(path) {
             if self.open.len() >= OPEN_MANIFESTS {
                 self.open.clear();
@@ -58,12 +51,11 @@ impl ManifestLookup {
                 .and_then(|_| f.metadata())
                 .map_err(|e| Failure::io("read manifest", path, e))?
                 .len();
-            let n = entry_count(&head, len, chunk_size).map_err(corrupt)?;
+            let n = entry_count(&head, len, chunk_size).map_err(|e| search_failure(path, e))?;
             self.open.insert(path.to_path_buf(), (f, n));
         }
         let (f, n) = &self.open[path];
-        let e = find_entry(*n, addr, |off, b| f.read_exact_at(b, off)).map_err(corrupt)?;
-        Ok(e.filter(|e| e.codec == Codec::Sealed).map(|e| e.hash))
+        stored_entry(f, path, *n, addr)
     }
 }
 
@@ -88,8 +80,15 @@ pub fn confirm(archive: &Archive, lookup: &mut ManifestLookup, r: &ChunkRef) -> 
             ),
         ));
     }
-    match lookup.stored_at(&m, archive.chunk_size(), r.from)? {
-        Some(h) if h == r.hash => Ok(dir),
+    let found = lookup.stored_at(&m, archive.chunk_size(), r.from)?;
+    judge(r, found).map(|_| dir)
+}
+
+/// A reference is confirmed only where the manifest stores exactly its id
+/// (`found`: the hash of the stored chunk at `from`, None if none).
+pub fn judge(r: &ChunkRef, found: Option<Hash>) -> Result<()> {
+    match found {
+        Some(h) if h == r.hash => Ok(()),
         found => Err(Failure::new(
             ErrorCode::BadRequest,
             format!(
@@ -104,6 +103,25 @@ pub fn confirm(archive: &Archive, lookup: &mut ManifestLookup, r: &ChunkRef) -> 
                 }
             ),
         )),
+    }
+}
+
+/// The hash of the stored chunk at `addr` among the first `n` entries of
+/// the manifest `f` at `path`.
+pub fn stored_entry(f: &File, path: &Path, n: u64, addr: u64) -> Result<Option<Hash>> {
+    let e = find_entry(n, addr, |off, b| f.read_exact_at(b, off))
+        .map_err(|e| search_failure(path, e))?;
+    Ok(e.filter(|e| e.codec == Codec::Sealed).map(|e| e.hash))
+}
+
+/// A failed search of the manifest at `path`, named.
+fn search_failure(path: &Path, e: SearchError) -> Failure {
+    match e {
+        SearchError::Io(e) => Failure::io("read manifest", path, e),
+        e => Failure::new(
+            ErrorCode::Corrupt,
+            format!("manifest '{}': {e}", path.display()),
+        ),
     }
 }
 

@@ -249,14 +249,31 @@ impl SessionWriter {
             self.spare = Some(buf);
             return Ok(());
         }
-        self.store
-            .make_room(&self.incoming, h.addr, &mut self.last_room)
-            .map_err(|e| Failure::io("create directory for chunk", &self.incoming, e))?;
+        self.write_data(h, buf, start, len)?;
+        self.info.chunks += 1;
+        Ok(())
+    }
+
+    /// The chunk's directory (the store caches the last group made, which
+    /// holds in any order), then its data to a writer thread.
+    fn write_data(
+        &mut self,
+        h: &ChunkHeader,
+        buf: AlignedBuf,
+        start: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.make_room(h.addr)?;
         let w = self.writer.as_mut().expect("open until commit");
         w.write(h.addr, h.raw_len, buf, start, len)?;
-        self.info.chunks += 1;
         self.info.stored_bytes += len as u64;
         Ok(())
+    }
+
+    fn make_room(&mut self, addr: u64) -> Result<()> {
+        self.store
+            .make_room(&self.incoming, addr, &mut self.last_room)
+            .map_err(|e| Failure::io("create directory for chunk", &self.incoming, e))
     }
 
     /// Stores one reference record: confirmed and linked, or marked
@@ -288,9 +305,7 @@ impl SessionWriter {
             refs::confirm(archive, &mut self.lookup, r)
         };
         let linked = source.and_then(|from| {
-            self.store
-                .make_room(&self.incoming, h.addr, &mut self.last_room)
-                .map_err(|e| Failure::io("create directory for chunk", &self.incoming, e))?;
+            self.make_room(h.addr)?;
             self.store
                 .link(&from, r.from, &self.incoming, r.addr)
                 .map_err(|e| Failure::io("link chunk", &self.store.chunk_path(&from, r.from), e))
@@ -314,14 +329,14 @@ impl SessionWriter {
     /// Confirms a reference to an earlier chunk of the session being
     /// written, against the entries of its manifest written so far.
     fn confirm_here(&mut self, r: &ChunkRef) -> Result<()> {
-        let refuse = |why: &str| {
-            Failure::new(
-                ErrorCode::BadRequest,
-                format!("reference to chunk {:#x} of this session: {why}", r.from),
-            )
-        };
         if r.from >= r.addr || !r.from.is_multiple_of(self.chunk_size as u64) {
-            return Err(refuse("not an earlier chunk"));
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "reference to chunk {:#x} of this session: not an earlier chunk",
+                    r.from
+                ),
+            ));
         }
         let mpath = self.incoming.join(MANIFEST_FILE);
         let m = self.manifest.as_mut().expect("manifest open until commit");
@@ -329,14 +344,7 @@ impl SessionWriter {
             .map_err(|e| Failure::io("write manifest", &mpath, e))?;
         let n = m.count();
         let f = File::open(&mpath).map_err(|e| Failure::io("read manifest", &mpath, e))?;
-        use std::os::unix::fs::FileExt;
-        let e = protocol::manifest::find_entry(n, r.from, |off, b| f.read_exact_at(b, off))
-            .map_err(|e| refuse(&e.to_string()))?;
-        match e {
-            Some(e) if e.codec == Codec::Sealed && e.hash == r.hash => Ok(()),
-            Some(_) => Err(refuse("another chunk is stored there")),
-            None => Err(refuse("no chunk is stored there")),
-        }
+        refs::judge(r, refs::stored_entry(&f, &mpath, n, r.from)?)
     }
 
     /// The addresses of refused references whose data has not come, at
@@ -380,14 +388,7 @@ impl SessionWriter {
                 ),
             ));
         }
-        let mut last = None;
-        self.store
-            .make_room(&self.incoming, h.addr, &mut last)
-            .map_err(|e| Failure::io("create directory for chunk", &self.incoming, e))?;
-        let w = self.writer.as_mut().expect("open until commit");
-        w.write(h.addr, h.raw_len, buf, start, len)?;
-        self.info.stored_bytes += len as u64;
-        Ok(())
+        self.write_data(h, buf, start, len)
     }
 
     /// Whether references are refused and their data not yet come.

@@ -57,8 +57,10 @@ pub trait ChunkStore: Send + Sync {
     fn chunk_len(&self, session: &Path, addr: u64) -> std::io::Result<u64>;
 
     /// Makes room for a chunk at `addr` (its directory, for a store that
-    /// has them). Called in ascending address order while a session is
-    /// written, so a store can do it once per group.
+    /// has them). Mostly called in ascending address order while a session
+    /// is written (the data of refused references comes after, in any
+    /// order), so a store can do it once per group: `last` is the group it
+    /// last made room for, which exists whatever the order.
     fn make_room(&self, session: &Path, addr: u64, last: &mut Option<u64>) -> std::io::Result<()>;
 
     /// Moves the chunk at `addr` from one session to another (a rename,
