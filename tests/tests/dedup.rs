@@ -498,25 +498,31 @@ fn a_format_2_archive_is_refused_by_name() {
 /// Equal chunks within one new session (two copies of the same data in a
 /// fresh image) are stored once: the second copy's chunks are links to
 /// the first's, made as the session is written; restores are exact, and
-/// a prune and a delete keep the count of files right.
+/// a prune and a delete keep the count of files right. A copy is found
+/// once the pipeline has sent the first: further on than its window
+/// (workers × 4 chunks; 2 workers here, so 8 chunks, 2 MiB), as below.
 #[test]
 fn equal_chunks_within_one_session_are_stored_once() {
     let s = Setup::new("dedup-within");
     s.init("256K");
-    let half = semi_compressible(&mut Rng::new(12), 3 * MIB as usize);
+    let mut rng = Rng::new(12);
+    let half = semi_compressible(&mut rng, 3 * MIB as usize);
     let mut image = half.clone();
+    image.extend_from_slice(&semi_compressible(&mut rng, 3 * MIB as usize));
     image.extend_from_slice(&half);
     image.extend_from_slice(&half[..MIB as usize]);
     fs::write(s.vol("v.img"), &image).unwrap();
-    let out = s.ok(&["backup", "v.img"]);
+    let cfg = s.dir.path().join("two-workers.toml");
+    fs::write(&cfg, "workers = 2\n").unwrap();
+    let out = s.ok(&["--config", cfg.to_str().unwrap(), "backup", "v.img"]);
     assert!(
-        out.contains("28 chunks changed (0 zero, 16 already stored"),
+        out.contains("40 chunks changed (0 zero, 16 already stored"),
         "{out}"
     );
     let s1 = s.sessions("v.img")[0].clone();
     let files = chunk_files(&s.arch);
     let inodes: BTreeSet<u64> = files.values().map(|(i, _)| *i).collect();
-    assert_eq!((files.len(), inodes.len()), (28, 12));
+    assert_eq!((files.len(), inodes.len()), (40, 24));
     s.assert_restores("v.img", &s1, &s.vol("v.img"));
     // A later session rewrites the first copy: the second still restores
     // from the shared files, and a prune of the first session keeps them.
