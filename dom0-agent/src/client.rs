@@ -16,8 +16,8 @@ use crate::transport::{self, remote_error, Connection, Reach};
 use anyhow::{anyhow, bail, Context, Result};
 use protocol::chunk::ChunkHeader;
 use protocol::message::{
-    ArchiveParams, Blob, ChunkRef, ErrorCode, Finding, Operation, Reply, Request, SessionInfo,
-    DATA_PART, MAX_REFUSED,
+    ArchiveParams, Blob, ChunkRef, ErrorCode, Finding, Operation, Reply, Request, ResumedChunk,
+    SessionInfo, DATA_PART, MAX_REFUSED,
 };
 use protocol::stream::{Incoming, StreamError};
 use sealed::keys::VolumeId;
@@ -442,6 +442,16 @@ impl Client {
         Ok(ManifestStream::new(&mut self.conn, cap, "manifest"))
     }
 
+    /// The manifest of the volume's unfinished session (what a cut backup
+    /// stored; empty if there is none), at most `cap` bytes, as a stream
+    /// like [`Client::manifest`]'s.
+    pub fn unfinished(&mut self, volume: &str, cap: u64) -> Result<ManifestStream<'_>> {
+        self.send(&Request::Unfinished {
+            volume: self.need_rid(volume)?,
+        })?;
+        Ok(ManifestStream::new(&mut self.conn, cap, "manifest"))
+    }
+
     /// Starts a backup session; chunks follow with [`Client::send_chunk`].
     pub fn begin_session(
         &mut self,
@@ -479,6 +489,12 @@ impl Client {
 
     /// One reference record of the session in progress (not flushed; see
     /// [`Client::send_chunk`]).
+    /// A resumed record: the unfinished session's chunk at `r.addr` is the
+    /// one to keep (see [`Client::send_chunk`] for failures).
+    pub fn send_resume(&mut self, r: ResumedChunk) -> Result<(), StreamError> {
+        self.conn.paced_write(|wr| wr.request(&Request::Resume(r)))
+    }
+
     pub fn send_ref(&mut self, r: ChunkRef) -> Result<(), StreamError> {
         self.conn.paced_write(|wr| wr.request(&Request::Ref(r)))
     }

@@ -30,6 +30,7 @@ pub mod qubes;
 pub mod random;
 pub mod reconcile;
 pub mod report;
+pub mod resume;
 pub mod retention;
 pub mod sched;
 pub mod source;

@@ -90,6 +90,11 @@ pub enum Outcome {
         hash: Hash,
         from: Found,
     },
+    /// Held at this address by the volume's unfinished session (a cut
+    /// backup): kept there, not sealed.
+    Resumed {
+        hash: Hash,
+    },
 }
 
 pub struct Slot {
@@ -115,6 +120,10 @@ pub struct Settings {
     /// The scope's index, where chunks already stored are found (None:
     /// every changed chunk is sealed and sent).
     pub dedup: Option<Arc<Dedup>>,
+    /// The manifest of the volume's unfinished session, as the receiver
+    /// sent it (None: there is none): a chunk whose id it has at the same
+    /// address is not sent again.
+    pub resume: Option<Arc<crate::meta::ManifestFile>>,
 }
 
 /// Runs `jobs` (ascending addresses) through the pipeline and calls `sink`
@@ -154,6 +163,7 @@ where
             let compression = settings.compression;
             let (keys, dscope) = (settings.keys.clone(), settings.scope);
             let dedup = settings.dedup.as_deref();
+            let resume = settings.resume.as_deref();
             // Named, so that `top -H` and bench/stages.sh tell the stages.
             let worker = std::thread::Builder::new().name("sbk-seal".into());
             let spawned = worker.spawn_scoped(scope, move || {
@@ -186,7 +196,7 @@ where
                             // A known hole: its content is never looked at.
                             slot.raw.fill(0);
                         }
-                        let o = process(&job, &mut slot, &mut sealer, &dscope, dedup)?;
+                        let o = process(&job, &mut slot, &mut sealer, &dscope, dedup, resume)?;
                         Ok((seq as u64, job, o, slot))
                     });
                     let failed = r.is_err();
@@ -226,6 +236,7 @@ fn process(
     sealer: &mut Sealer,
     scope: &Scope,
     dedup: Option<&Dedup>,
+    resume: Option<&crate::meta::ManifestFile>,
 ) -> Result<Outcome> {
     let zero = !job.read || is_zero(slot.raw.as_slice());
     if zero {
@@ -240,6 +251,15 @@ fn process(
     if let Prev::Entry(c, h) = job.prev {
         if c != Codec::Zero && h == hash {
             return Ok(Outcome::Unchanged);
+        }
+    }
+    // The receiver's word is taken for nothing but where to look: the id
+    // compared is the one just computed from the source.
+    if let Some(m) = resume.filter(|_| job.prev != Prev::Damaged) {
+        if let Some(e) = m.entry_at(job.addr)? {
+            if e.codec == Codec::Sealed && e.hash == hash {
+                return Ok(Outcome::Resumed { hash });
+            }
         }
     }
     if let Some(d) = dedup.filter(|_| job.prev != Prev::Damaged) {

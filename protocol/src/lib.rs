@@ -23,7 +23,7 @@ pub mod stream;
 pub use error::ProtocolError;
 
 /// Protocol version spoken in the handshake. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Smallest and largest chunk sizes an archive may use (powers of two only).
 pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;

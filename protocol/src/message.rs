@@ -272,6 +272,28 @@ pub enum Request {
     /// it cannot confirm it refuses at `Commit` (`Reply::Refused`), and
     /// dom0 sends those chunks' data.
     Ref(ChunkRef),
+    /// Send the manifest of the volume's unfinished session (Backup),
+    /// before `BeginSession`: what a backup cut before its commit (a lost
+    /// link, a killed receiver or agent) stored, kept for the next one.
+    /// `Reply::Data` parts of a finished manifest file (no part: there is
+    /// none), then `Reply::StreamEnd` with their number. The receiver keeps
+    /// it until the volume's next commit.
+    Unfinished { volume: String },
+    /// Inside a session, in address order with the chunk frames: the
+    /// chunk at `addr` is the one the unfinished session holds at `addr`
+    /// (its manifest entry has this keyed id: dom0 compared it with the
+    /// chunk it read). The receiver checks that entry and the stored
+    /// chunk and keeps it; what it cannot, it refuses at `Commit` like a
+    /// reference.
+    Resume(ResumedChunk),
+}
+
+/// A resumed chunk (`Request::Resume`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumedChunk {
+    pub addr: u64,
+    pub raw_len: u32,
+    pub hash: crate::chunk::Hash,
 }
 
 /// A reference record (`Request::Ref`).
@@ -339,6 +361,8 @@ impl Request {
             Request::Commit { .. } => "commit",
             Request::Abort => "abort",
             Request::Ref(_) => "ref",
+            Request::Unfinished { .. } => "unfinished",
+            Request::Resume(_) => "resume",
             Request::Restore { .. } => "restore",
             Request::Bye => "bye",
             Request::Prune { .. } => "prune",

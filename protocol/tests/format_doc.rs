@@ -78,6 +78,15 @@ fn chunk_ref() -> ChunkRef {
     }
 }
 
+/// The documented resumed chunk (`request-resume`).
+fn resumed_chunk() -> ResumedChunk {
+    ResumedChunk {
+        addr: 0x40000,
+        raw_len: 0x40000,
+        hash: [0x5a; 32],
+    }
+}
+
 fn session() -> SessionInfo {
     SessionInfo {
         name: "S_000000000001".into(),
@@ -116,6 +125,14 @@ fn every_example_in_format_md_decodes_as_documented() {
                 }
             ),
             "request-ref" => assert_eq!(decode_request(&b).unwrap(), Request::Ref(chunk_ref())),
+            "request-unfinished" => assert_eq!(
+                decode_request(&b).unwrap(),
+                Request::Unfinished { volume: "v".into() }
+            ),
+            "request-resume" => assert_eq!(
+                decode_request(&b).unwrap(),
+                Request::Resume(resumed_chunk())
+            ),
             "reply-refused" => assert_eq!(
                 decode_reply(&b).unwrap(),
                 Reply::Refused {
@@ -351,6 +368,8 @@ fn every_example_in_format_md_decodes_as_documented() {
         "request-list-volumes-after",
         "request-commit",
         "request-ref",
+        "request-unfinished",
+        "request-resume",
         "reply-refused",
         "reply-ok",
         "reply-stream-end",
@@ -525,6 +544,36 @@ fn print_examples() {
     };
     let r = encode_request(&Request::Ref(chunk_ref()));
     println!("request-ref\n{}", hex(&r));
+    let r = encode_request(&Request::Unfinished { volume: "v".into() });
+    println!("request-unfinished\n{}", hex(&r));
+    let r = encode_request(&Request::Resume(resumed_chunk()));
+    println!("request-resume\n{}", hex(&r));
+    for (name, body) in [
+        (
+            "hello-agent",
+            HelloBody::Agent {
+                archive_id: Some(ArchiveId([0xab; 16])),
+                op: Operation::Backup,
+            },
+        ),
+        (
+            "hello-receiver",
+            HelloBody::Receiver {
+                archive: Some(ArchiveParams {
+                    id: ArchiveId([0x11; 16]),
+                    chunk_size: 0x40000,
+                    compression: Compression::Zstd { level: 3 },
+                }),
+            },
+        ),
+    ] {
+        let f = protocol::frame::encode_frame(
+            protocol::frame::FrameKind::Hello,
+            &protocol::message::Hello::new(body).encode(),
+        )
+        .unwrap();
+        println!("{name}\n{}", hex(&f));
+    }
     let r = encode_reply(&Reply::Refused {
         addrs: vec![0x40000],
     });

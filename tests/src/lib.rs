@@ -616,11 +616,29 @@ impl Setup {
             "--save-to",
             out.to_str().unwrap(),
         ]);
-        let a = fs::read(&out).unwrap();
-        let b = fs::read(expected).unwrap();
-        assert_eq!(a.len(), b.len(), "restored {vol} {session}: size differs");
-        if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
-            panic!("restored {vol} {session}: first difference at byte {i}");
+        let (la, lb) = (
+            fs::metadata(&out).unwrap().len(),
+            fs::metadata(expected).unwrap().len(),
+        );
+        assert_eq!(la, lb, "restored {vol} {session}: size differs");
+        // Compared a block at a time: images of a GiB stay out of memory.
+        let (mut a, mut b) = (
+            fs::File::open(&out).unwrap(),
+            fs::File::open(expected).unwrap(),
+        );
+        let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        let mut at = 0u64;
+        while at < la {
+            let n = (la - at).min(x.len() as u64) as usize;
+            std::io::Read::read_exact(&mut a, &mut x[..n]).unwrap();
+            std::io::Read::read_exact(&mut b, &mut y[..n]).unwrap();
+            if let Some(i) = x[..n].iter().zip(&y[..n]).position(|(p, q)| p != q) {
+                panic!(
+                    "restored {vol} {session}: first difference at byte {}",
+                    at + i as u64
+                );
+            }
+            at += n as u64;
         }
         fs::remove_file(&out).unwrap();
     }

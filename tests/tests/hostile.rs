@@ -41,7 +41,7 @@ fn receiver_rejects_garbage_and_changes_nothing() {
         op: Operation::Backup,
     })
     .encode();
-    bad_version[8..12].copy_from_slice(&7u32.to_le_bytes());
+    bad_version[8..12].copy_from_slice(&(protocol::PROTOCOL_VERSION + 1).to_le_bytes());
     let mut bad_magic = Hello::new(HelloBody::Agent {
         archive_id: None,
         op: Operation::Backup,
@@ -321,6 +321,11 @@ fn receiver_refuses_names_and_records_that_escape_the_archive() {
     for (what, commit) in [("count lie", Some(2)), ("cut short", None)] {
         let (ok, _, _) = feed(&s, &session_stream(&[(good, &data)], commit));
         assert!(!ok, "{what}: accepted");
+        // A cut session is kept only as the volume's unfinished session,
+        // under its one fixed name (for resuming; tests/resume.rs).
+        let kept = s.archive_vol("v.img").join(".incoming");
+        assert_eq!(kept.exists(), commit.is_none(), "{what}");
+        let _ = fs::remove_dir_all(&kept);
         assert_eq!(tree_digest(&outside), before, "{what}: archive changed");
     }
     // A restore-only connection cannot write.
@@ -626,6 +631,11 @@ fn agent_times_out_on_a_stalled_receiver() {
     let mut ok_reply = FrameWriter::new(Vec::new());
     ok_reply.reply(&Reply::Ok).unwrap();
     let ok_reply = std::mem::take(ok_reply.get_mut());
+    let mut none_unfinished = FrameWriter::new(Vec::new());
+    none_unfinished
+        .reply(&Reply::StreamEnd { chunks: 0 })
+        .unwrap();
+    let none_unfinished = std::mem::take(none_unfinished.get_mut());
     let target = dir.join("stalled.img");
     // Big enough that the chunks cannot all sit in pipe buffers.
     fs::write(f.s.vol("big.img"), Rng::new(4).bytes(12 << 20)).unwrap();
@@ -647,7 +657,8 @@ fn agent_times_out_on_a_stalled_receiver() {
         ),
         (
             "stops reading during a backup",
-            [f.hello(), ok_reply].concat(),
+            // No unfinished session; then the session begins.
+            [f.hello(), none_unfinished, ok_reply].concat(),
             vec!["backup", "big.img"],
         ),
     ];
@@ -743,8 +754,8 @@ fn a_busy_archive_is_refused_not_shared() {
 }
 
 /// An agent that goes silent mid-session: the receiver gives up after its
-/// idle timeout, drops the session (nothing committed, no leftovers) and
-/// releases the archive.
+/// idle timeout, commits nothing (what it stored is kept only as the
+/// volume's unfinished session, for resuming) and releases the archive.
 #[test]
 fn receiver_gives_up_on_a_silent_agent() {
     let s = archive_with_one_session("idle");
@@ -785,10 +796,13 @@ fn receiver_gives_up_on_a_silent_agent() {
         !status.success() && err.contains("no data from the agent for 1 s"),
         "{err}"
     );
+    let kept = s.archive_vol("v.img").join(".incoming");
+    assert!(kept.join("manifest").is_file(), "nothing kept to resume");
+    fs::remove_dir_all(&kept).unwrap();
     assert_eq!(
         tree_digest(&s.arch),
         before,
-        "the abandoned session left something"
+        "the abandoned session left something else"
     );
     s.ok(&["backup", "v.img"]);
 }

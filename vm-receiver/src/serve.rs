@@ -199,6 +199,16 @@ pub fn serve<R: Read, W: Write>(
                 wr.flush()?;
                 receive_session(a, &mut rd, &mut wr, w)?;
             }
+            Request::Unfinished { volume } if op == Operation::Backup => {
+                let r = a
+                    .volume_dir(&volume)
+                    .and_then(|d| crate::archive::resume::settle(&d, a.chunk_size()))
+                    .and_then(|m| match m {
+                        Some(m) => send_file(&m, "manifest", &mut wr),
+                        None => Ok(0),
+                    });
+                reply_result(&mut wr, r.map(|parts| Reply::StreamEnd { chunks: parts }))?;
+            }
             Request::Prune { volume, session } if op == Operation::Admin => {
                 let r = lock::store(&a.root, opts.lock_wait, "a prune")
                     .and_then(|_held| prune::prune(a, &volume, &session))
@@ -388,8 +398,22 @@ fn receive_session<R: Read, W: Write>(
         let base = buf.whole().as_ptr() as usize;
         let frame = match rd.next_frame_into(SessionWriter::frame_space(&mut buf)) {
             Ok(f) => f,
-            // A cut stream: `w` is dropped and the session leaves no trace.
-            Err(e) => return Err(fail_stream(wr, e)),
+            // A cut stream (end of input, inside a frame or between two; an
+            // I/O error; a timeout): what the session stored is kept for
+            // the next backup of the volume to resume from. A malformed
+            // frame ends the session like any error.
+            Err(e) => {
+                let cut = match &e {
+                    StreamError::Protocol(p) => {
+                        matches!(p, protocol::ProtocolError::Truncated(_))
+                    }
+                    StreamError::Io(_) | StreamError::Eof => true,
+                };
+                if cut {
+                    w.keep_for_resume();
+                }
+                return Err(fail_stream(wr, e));
+            }
         };
         match frame {
             // After a `Refused` answer, chunks are the refused ones' data.
@@ -407,6 +431,12 @@ fn receive_session<R: Read, W: Write>(
             Incoming::Request(Request::Ref(r)) if !filling => {
                 w.put_back(buf);
                 if let Err(f) = w.add_ref(a, &r) {
+                    return Err(fail(wr, f));
+                }
+            }
+            Incoming::Request(Request::Resume(r)) if !filling => {
+                w.put_back(buf);
+                if let Err(f) = w.add_resumed(&r) {
                     return Err(fail(wr, f));
                 }
             }

@@ -32,7 +32,7 @@ use anyhow::{bail, Context, Result};
 use protocol::chunk::{ChunkHeader, Codec};
 use protocol::manifest::Entry;
 use protocol::message::ErrorCode;
-use protocol::message::{ChunkRef, Operation, SessionInfo};
+use protocol::message::{ChunkRef, Operation, ResumedChunk, SessionInfo};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -50,6 +50,9 @@ pub struct Summary {
     /// already held (not sent), and their plaintext bytes.
     pub ref_chunks: u64,
     pub ref_bytes: u64,
+    /// Of `chunks`, those a cut backup of the volume had already stored
+    /// (kept, not sent again).
+    pub resumed_chunks: u64,
     /// Chunks found damaged in the archive and re-sent from the volume.
     pub healed: u64,
     pub seconds: f64,
@@ -71,6 +74,13 @@ impl std::fmt::Display for Summary {
             self.ref_chunks,
             self.seconds
         )?;
+        if self.resumed_chunks > 0 {
+            write!(
+                f,
+                "; resumed a cut backup: {} it had stored kept, not sent again",
+                crate::units::count(self.resumed_chunks, "chunk")
+            )?;
+        }
         if self.healed > 0 {
             write!(
                 f,
@@ -142,6 +152,8 @@ impl Backup<'_> {
             .with_context(|| format!("bad session name {session}"))?;
         let dedup = Arc::new(Dedup::open(self.meta, volume, Some((vid, seq, snap.size)))?);
         let scope = dedup.scope;
+        // What a backup of this volume cut before its commit stored.
+        let resume = crate::resume::fetch(self.meta, self.client, volume, size)?;
         // The receiver is told no time: sessions are an order to it, their
         // times are in dom0's records and the sealed root.
         match self
@@ -230,9 +242,11 @@ impl Backup<'_> {
         ));
         let mut progress = Progress::new(volume, total);
         let (mut n_data, mut n_zero, mut read, mut sent, mut done) = (0u64, 0u64, 0u64, 0u64, 0u64);
-        let (mut n_ref, mut ref_bytes) = (0u64, 0u64);
-        // The addresses sent as references: a refusal must name one.
+        let (mut n_ref, mut ref_bytes, mut n_resumed) = (0u64, 0u64, 0u64);
+        // The addresses sent without data (references, resumed chunks): a
+        // refusal must name one; and of those, the resumed ones.
         let mut refs = ChunkMap::new(chunks);
+        let mut resumed = ChunkMap::new(chunks);
         let settings = Settings {
             chunk_size: cs as u32,
             compression: self.meta.params.compression,
@@ -240,6 +254,7 @@ impl Backup<'_> {
             keys: self.meta.keys.clone(),
             scope,
             dedup: Some(dedup.clone()),
+            resume,
         };
         let client = &mut *self.client;
         let mut stream_err = None;
@@ -285,6 +300,21 @@ impl Backup<'_> {
                     refs.set_chunks(job.addr / cs, job.addr / cs);
                     n_ref += 1;
                     ref_bytes += job.len as u64;
+                    (Codec::Sealed, hash, 0)
+                }
+                Outcome::Resumed { hash } => {
+                    let r = ResumedChunk {
+                        addr: job.addr,
+                        raw_len: job.len,
+                        hash,
+                    };
+                    if let Err(e) = client.send_resume(r) {
+                        stream_err = Some(e);
+                        bail!("stream to the receiver failed");
+                    }
+                    refs.set_chunks(job.addr / cs, job.addr / cs);
+                    resumed.set_chunks(job.addr / cs, job.addr / cs);
+                    n_resumed += 1;
                     (Codec::Sealed, hash, 0)
                 }
             };
@@ -342,9 +372,17 @@ impl Backup<'_> {
         // References the receiver refused are sent as data, from the
         // snapshot (still open), then the commit is asked again.
         let mut answered = ChunkMap::new(chunks);
+        // What the resumed chunks hold stored, which dom0 did not seal this
+        // time: the receiver's count (a figure for `list`, nothing relies
+        // on it), bounded by what so many chunks can hold.
+        let kept_bytes;
         loop {
             let addrs = match self.client.commit(&session, n_data, n_zero) {
-                Ok(Commit::Done(_)) => break,
+                Ok(Commit::Done(theirs)) => {
+                    let most = n_resumed * protocol::envelope::max_stored(cs as usize) as u64;
+                    kept_bytes = theirs.stored_bytes.saturating_sub(sent).min(most);
+                    break;
+                }
                 Ok(Commit::Refused(addrs)) => addrs,
                 // The pending session stays: the next run learns whether
                 // the receiver committed it.
@@ -365,13 +403,23 @@ impl Backup<'_> {
             .with_context(|| format!("volume '{volume}': session {session}"));
             match resent {
                 Ok(bytes) => {
-                    let n = addrs.len() as u64;
-                    report::warn(format!(
-                        "volume '{volume}': the receiver could not confirm {} to chunks the archive should hold (pruned since, or lost: `arch-check` tells); sent their data instead",
-                        crate::units::count(n, "reference")
-                    ));
-                    n_ref -= n;
-                    ref_bytes -= addrs.iter().map(|a| (size - a).min(cs)).sum::<u64>();
+                    let (kept, linked): (Vec<u64>, Vec<u64>) =
+                        addrs.iter().partition(|&&a| resumed.get(a / cs));
+                    if !linked.is_empty() {
+                        report::warn(format!(
+                            "volume '{volume}': the receiver could not confirm {} to chunks the archive should hold (pruned since, or lost: `arch-check` tells); sent their data instead",
+                            crate::units::count(linked.len() as u64, "reference")
+                        ));
+                    }
+                    if !kept.is_empty() {
+                        report::warn(format!(
+                            "volume '{volume}': the receiver no longer held {} of the cut backup it offered to resume (a cut leaves the last ones short); sent their data instead",
+                            crate::units::count(kept.len() as u64, "chunk")
+                        ));
+                    }
+                    n_ref -= linked.len() as u64;
+                    ref_bytes -= linked.iter().map(|a| (size - a).min(cs)).sum::<u64>();
+                    n_resumed -= kept.len() as u64;
                     sent += bytes;
                 }
                 Err(e) => {
@@ -383,14 +431,15 @@ impl Backup<'_> {
         // Close the snapshot: an LVM snapshot cannot be renamed or
         // deactivated while open.
         drop(snap.file);
-        if (info.ref_chunks, info.stored_bytes) != (n_ref, sent) {
+        if (info.ref_chunks, info.stored_bytes) != (n_ref, sent + kept_bytes) {
             info.ref_chunks = n_ref;
             info.ref_bytes = ref_bytes;
-            info.stored_bytes = sent;
+            info.stored_bytes = sent + kept_bytes;
             self.meta.write_pending_info(volume, &session, &info)?;
         }
         self.meta.promote_pending(volume, &session)?;
         dedup.flush()?;
+        crate::resume::forget(self.meta, volume);
         if let Some(m) = mode {
             self.meta.set_volume_mode(volume, m)?;
         }
@@ -419,6 +468,7 @@ impl Backup<'_> {
             zero_chunks: n_zero,
             ref_chunks: n_ref,
             ref_bytes,
+            resumed_chunks: n_resumed,
             healed: healing,
             seconds: t0.elapsed().as_secs_f64(),
         })

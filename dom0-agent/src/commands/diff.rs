@@ -42,6 +42,7 @@ pub fn diff(
         keys: meta.keys.clone(),
         scope: meta.scope(volume)?,
         dedup: None,
+        resume: None,
     };
     let total = live_size.div_ceil(cs);
     let mut progress = Progress::new(volume, total);

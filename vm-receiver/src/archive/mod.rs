@@ -10,6 +10,7 @@ pub mod prune;
 pub mod read;
 pub mod refs;
 pub mod restore;
+pub mod resume;
 pub mod session;
 pub mod store;
 

@@ -44,19 +44,26 @@ impl ManifestLookup {
             if self.open.len() >= OPEN_MANIFESTS {
                 self.open.clear();
             }
-            let f = File::open(path).map_err(|e| Failure::io("open manifest", path, e))?;
-            let mut head = [0u8; HEADER_LEN];
-            let len = f
-                .read_exact_at(&mut head, 0)
-                .and_then(|_| f.metadata())
-                .map_err(|e| Failure::io("read manifest", path, e))?
-                .len();
-            let n = entry_count(&head, len, chunk_size).map_err(|e| search_failure(path, e))?;
-            self.open.insert(path.to_path_buf(), (f, n));
+            let opened = open_manifest(path, chunk_size)?;
+            self.open.insert(path.to_path_buf(), opened);
         }
         let (f, n) = &self.open[path];
         stored_entry(f, path, *n, addr)
     }
+}
+
+/// Opens a finished manifest for searches: the file and its number of
+/// entries (checked against its length and the archive's chunk size).
+pub fn open_manifest(path: &Path, chunk_size: u32) -> Result<(File, u64)> {
+    let f = File::open(path).map_err(|e| Failure::io("open manifest", path, e))?;
+    let mut head = [0u8; HEADER_LEN];
+    let len = f
+        .read_exact_at(&mut head, 0)
+        .and_then(|_| f.metadata())
+        .map_err(|e| Failure::io("read manifest", path, e))?
+        .len();
+    let n = entry_count(&head, len, chunk_size).map_err(|e| search_failure(path, e))?;
+    Ok((f, n))
 }
 
 /// Confirms a reference: the committed session directory it names, or

@@ -7,13 +7,14 @@
 
 use super::chunk_writer::ChunkWriter;
 use super::refs::{self, ManifestLookup, Refused};
+use super::resume;
 use super::store::ChunkStore;
 use super::{fsutil, Archive};
 use crate::error::{Failure, Result};
-use protocol::chunk::{self, ChunkHeader, Codec};
+use protocol::chunk::{self, ChunkHeader, Codec, Hash};
 use protocol::frame::TRAILER_LEN;
 use protocol::manifest::{Entry, ManifestReader, ManifestWriter};
-use protocol::message::{ChunkRef, ErrorCode, SessionInfo, MAX_REFUSED};
+use protocol::message::{ChunkRef, ErrorCode, ResumedChunk, SessionInfo, MAX_REFUSED};
 use protocol::names::validate_session_name;
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
@@ -71,17 +72,6 @@ pub fn write_info(path: &Path, info: &SessionInfo) -> Result<()> {
     fs::write(path, bytes).map_err(|e| Failure::io("write session info", path, e))
 }
 
-/// Removes the leftovers of a cut or crashed backup of a volume.
-pub fn clean_incoming(volume_dir: &Path) -> Result<()> {
-    let p = volume_dir.join(INCOMING);
-    match fs::remove_dir_all(&p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(Failure::io("remove stale session", &p, e))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// The newest committed session of a volume (None: it has none), without
 /// listing them all: the `.newest` record, if the session it names exists.
 /// Why that is enough: sessions are only ever added by a commit, which
@@ -124,6 +114,11 @@ pub struct SessionWriter {
     /// References not confirmed, whose data dom0 sends after `Commit`.
     refused: Refused,
     lookup: ManifestLookup,
+    /// The unfinished session's manifest (opened at the first `Resume`)
+    /// and a buffer its chunks are checked in.
+    resumed: Option<(File, u64, AlignedBuf)>,
+    /// Set when the stream was cut: what was stored is kept for resuming.
+    keep: bool,
 }
 
 /// Where a chunk frame starts in a writer buffer: so that its data, after
@@ -166,7 +161,9 @@ impl SessionWriter {
         }
         fs::create_dir_all(&volume_dir)
             .map_err(|e| Failure::io("create volume", &volume_dir, e))?;
-        clean_incoming(&volume_dir)?;
+        // What a cut backup left is kept aside (dom0 asked for it with
+        // `Unfinished`), never overwritten by the new session.
+        resume::settle(&volume_dir, archive.chunk_size())?;
         let incoming = volume_dir.join(INCOMING);
         fs::create_dir(&incoming).map_err(|e| Failure::io("create session", &incoming, e))?;
         let mpath = incoming.join(MANIFEST_FILE);
@@ -195,6 +192,8 @@ impl SessionWriter {
             writer: None,
             refused: Refused::default(),
             lookup: ManifestLookup::default(),
+            resumed: None,
+            keep: false,
         };
         w.writer = Some(ChunkWriter::new(
             archive.store.clone(),
@@ -279,15 +278,7 @@ impl SessionWriter {
     /// Stores one reference record: confirmed and linked, or marked
     /// refused (see `refs.rs`); its manifest entry is written either way.
     pub fn add_ref(&mut self, archive: &Archive, r: &ChunkRef) -> Result<()> {
-        let h = ChunkHeader {
-            addr: r.addr,
-            codec: Codec::Sealed,
-            raw_len: r.raw_len,
-            hash: r.hash,
-        };
-        // Its length is checked as a chunk's of the longest valid size.
-        self.check_chunk(&h, protocol::envelope::MIN_STORED)?;
-        self.info.chunks += 1;
+        self.add_entry_without_data(r.addr, r.raw_len, r.hash)?;
         let here = r.volume == self.volume && r.session == self.info.name;
         let source = if here {
             // A chunk of this very session, at an earlier address: its
@@ -305,7 +296,7 @@ impl SessionWriter {
             refs::confirm(archive, &mut self.lookup, r)
         };
         let linked = source.and_then(|from| {
-            self.make_room(h.addr)?;
+            self.make_room(r.addr)?;
             self.store
                 .link(&from, r.from, &self.incoming, r.addr)
                 .map_err(|e| Failure::io("link chunk", &self.store.chunk_path(&from, r.from), e))
@@ -315,15 +306,101 @@ impl SessionWriter {
                 self.info.ref_chunks += 1;
                 self.info.ref_bytes += r.raw_len as u64;
             }
-            Err(f) => {
-                eprintln!(
-                    "sparsebak-receiver: volume '{}': reference at {:#x} refused, asking for its data: {}",
-                    self.volume, r.addr, f.message
-                );
-                self.refused.mark(r.addr / self.chunk_size as u64);
-            }
+            Err(f) => self.refuse(r.addr, "reference", &f),
         }
         Ok(())
+    }
+
+    /// The manifest entry of a stored chunk whose data does not come in a
+    /// chunk record (a reference, a resumed chunk), checked as a record.
+    fn add_entry_without_data(&mut self, addr: u64, raw_len: u32, hash: Hash) -> Result<()> {
+        let h = ChunkHeader {
+            addr,
+            codec: Codec::Sealed,
+            raw_len,
+            hash,
+        };
+        // Its length is checked as a chunk's of the longest valid size.
+        self.check_chunk(&h, protocol::envelope::MIN_STORED)?;
+        self.info.chunks += 1;
+        Ok(())
+    }
+
+    /// Marks `addr` refused (its data is asked for at `Commit`), saying why.
+    fn refuse(&mut self, addr: u64, what: &str, why: &Failure) {
+        eprintln!(
+            "sparsebak-receiver: volume '{}': {what} at {addr:#x} refused, asking for its data: {}",
+            self.volume, why.message
+        );
+        self.refused.mark(addr / self.chunk_size as u64);
+    }
+
+    /// Stores one resumed record: the unfinished session's chunk at the
+    /// same address, confirmed and linked, or marked refused (see
+    /// `resume.rs`); its manifest entry is written either way.
+    pub fn add_resumed(&mut self, r: &ResumedChunk) -> Result<()> {
+        self.add_entry_without_data(r.addr, r.raw_len, r.hash)?;
+        match self.keep_resumed(r) {
+            Ok(len) => self.info.stored_bytes += len,
+            Err(f) => self.refuse(r.addr, "chunk of the unfinished session", &f),
+        }
+        Ok(())
+    }
+
+    /// Links the unfinished session's chunk at `r.addr` into this one if
+    /// its manifest names exactly `r.hash` there and its envelope is whole
+    /// (a cut can leave the last files short); returns its stored length.
+    fn keep_resumed(&mut self, r: &ResumedChunk) -> Result<u64> {
+        let dir = self.volume_dir.join(resume::RESUME);
+        let mpath = dir.join(MANIFEST_FILE);
+        let path = self.store.chunk_path(&dir, r.addr);
+        if self.resumed.is_none() {
+            let (f, n) = refs::open_manifest(&mpath, self.chunk_size)?;
+            let cap = protocol::envelope::max_stored(self.chunk_size as usize) + 1;
+            let buf = AlignedBuf::new(cap.next_multiple_of(DIRECT_ALIGN));
+            self.resumed = Some((f, n, buf));
+        }
+        let (f, n, buf) = self.resumed.as_mut().expect("opened above");
+        match refs::stored_entry(f, &mpath, *n, r.addr)? {
+            Some(h) if h == r.hash => {}
+            found => {
+                return Err(Failure::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "{} there",
+                        if found.is_some() {
+                            "another chunk is stored"
+                        } else {
+                            "no chunk is stored"
+                        }
+                    ),
+                ))
+            }
+        }
+        let max = protocol::envelope::max_stored(self.chunk_size as usize) + 1;
+        self.store
+            .read(&dir, r.addr, buf, max)
+            .map_err(|e| match e {
+                super::store::ReadFailure::Open(e) | super::store::ReadFailure::Read(e) => {
+                    Failure::io("read chunk", &path, e)
+                }
+            })?;
+        protocol::envelope::check_stored(buf.as_slice(), r.raw_len as usize).map_err(|e| {
+            Failure::new(
+                ErrorCode::Corrupt,
+                format!("chunk '{}': {e}", path.display()),
+            )
+        })?;
+        self.make_room(r.addr)?;
+        self.store
+            .link(&dir, r.addr, &self.incoming, r.addr)
+            .map_err(|e| Failure::io("link chunk", &path, e))
+    }
+
+    /// The stream was cut: what this session stored is kept for the next
+    /// backup of the volume to resume from (dropping it leaves it).
+    pub fn keep_for_resume(&mut self) {
+        self.keep = true;
     }
 
     /// Confirms a reference to an earlier chunk of the session being
@@ -430,6 +507,11 @@ impl SessionWriter {
                 format!("volume '{}': {e}", self.volume),
             )
         })?;
+        // Each entry reaches the file at once (a 41-byte write beside a
+        // chunk's): a receiver killed mid-session loses none of what it
+        // stored, and a resumed backup need not send it again.
+        m.flush()
+            .map_err(|e| Failure::io("write manifest", &self.incoming.join(MANIFEST_FILE), e))?;
         if h.codec == Codec::Zero {
             self.info.zero_chunks += 1;
         }
@@ -466,14 +548,22 @@ impl SessionWriter {
             .map_err(|e| Failure::io("commit session", &self.final_dir, e))?;
         self.committed = true;
         fsutil::fsync_dir(&self.volume_dir)?;
+        // Superseded: what it held that this session needed is linked here.
+        if let Err(f) = resume::discard(&self.volume_dir) {
+            eprintln!("sparsebak-receiver: {}", f.message);
+        }
         Ok(self.info.clone())
     }
 }
 
 impl Drop for SessionWriter {
-    /// An uncommitted session (abort, error, cut stream) leaves nothing.
+    /// An uncommitted session (abort, error) leaves nothing; a cut one
+    /// that stored chunks is left for resuming (as is one whose receiver
+    /// was killed).
     fn drop(&mut self) {
-        if !self.committed {
+        // A cut session that stored no chunk has nothing to resume from.
+        let keep = self.keep && self.info.chunks > 0;
+        if !self.committed && !keep {
             // Writers stopped first: none may create a file after removal.
             self.writer = None;
             self.manifest = None;
