@@ -68,6 +68,16 @@ fn cut_backup(s: &Setup, vol: &str, how: Cut, frac: f64) -> u64 {
     let pidfile = s.dir.path().join("receiver.pid");
     let _ = fs::remove_file(&pidfile);
     let recv = receiver_bin();
+    // The receiver, its pid recorded (to kill it, or to wait for it).
+    let pid_wrapper = s.dir.path().join("pid.sh");
+    script(
+        &pid_wrapper,
+        &format!(
+            "echo $$ > {}\nexec {} \"$@\"",
+            pidfile.display(),
+            recv.display()
+        ),
+    );
     let status = match how {
         Cut::Link => {
             // Random data: each chunk is stored as a little more than its
@@ -81,16 +91,7 @@ fn cut_backup(s: &Setup, vol: &str, how: Cut, frac: f64) -> u64 {
             spawn_backup(s, vol, &w).wait_with_output().unwrap()
         }
         Cut::Receiver => {
-            let w = s.dir.path().join("pid.sh");
-            script(
-                &w,
-                &format!(
-                    "echo $$ > {}\nexec {} \"$@\"",
-                    pidfile.display(),
-                    recv.display()
-                ),
-            );
-            let mut b = spawn_backup(s, vol, &w);
+            let mut b = spawn_backup(s, vol, &pid_wrapper);
             kill_at(s, vol, &mut b, want, || {
                 let pid = fs::read_to_string(&pidfile).unwrap();
                 let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
@@ -99,7 +100,7 @@ fn cut_backup(s: &Setup, vol: &str, how: Cut, frac: f64) -> u64 {
             b.wait_with_output().unwrap()
         }
         Cut::Dom0 => {
-            let mut b = spawn_backup(s, vol, &recv);
+            let mut b = spawn_backup(s, vol, &pid_wrapper);
             let pid = nix::unistd::Pid::from_raw(b.id() as i32);
             kill_at(s, vol, &mut b, want, || {
                 nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -112,12 +113,23 @@ fn cut_backup(s: &Setup, vol: &str, how: Cut, frac: f64) -> u64 {
         let err = String::from_utf8_lossy(&status.stderr);
         assert!(err.contains("sparsebak: error"), "{vol}: {err}");
     }
-    // dom0 killed: its receiver ends once it sees the end of its input.
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(60)
-        && fs::read_dir(s.archive_vol(vol)).map_or(0, |d| d.count()) == 0
-    {
-        std::thread::sleep(Duration::from_millis(10));
+    // dom0 killed: its receiver stores what was in its pipe, then ends
+    // once it sees the end of its input. Counted after it is gone.
+    if let Ok(pid) = fs::read_to_string(&pidfile) {
+        // Gone, or a zombie nobody reaped yet.
+        let stat = Path::new("/proc").join(pid.trim()).join("stat");
+        let running = || {
+            fs::read_to_string(&stat)
+                .is_ok_and(|st| st.rsplit(") ").next().is_some_and(|r| !r.starts_with('Z')))
+        };
+        let t0 = Instant::now();
+        while running() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{vol}: receiver still running"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     let kept = entries(s, vol);
     assert!(
