@@ -30,19 +30,18 @@ use std::path::{Path, PathBuf};
 pub const RESUME: &str = ".resume";
 
 /// Settles the volume's unfinished session (see the module doc) and
-/// returns its finished manifest's path, None if it has none.
+/// returns its finished manifest's path, None if it has none. Memory stays
+/// bounded whatever the session's size: manifests are streamed.
 pub fn settle(volume_dir: &Path, chunk_size: u32) -> Result<Option<PathBuf>> {
     let incoming = volume_dir.join(super::session::INCOMING);
     let kept = volume_dir.join(RESUME);
-    let kept_entries = if kept.is_dir() {
-        entries(&kept.join(MANIFEST_FILE), chunk_size)?.len()
-    } else {
-        0
-    };
+    let m = kept.join(MANIFEST_FILE);
+    let kept_entries = finished_entries(&m, chunk_size);
     if incoming.is_dir() {
-        let cut = entries(&incoming.join(MANIFEST_FILE), chunk_size)?;
-        if cut.len() > kept_entries {
-            finish_manifest(&incoming.join(MANIFEST_FILE), &cut, chunk_size)?;
+        let cut_manifest = incoming.join(MANIFEST_FILE);
+        let cut = scan(&cut_manifest, chunk_size, |_| Ok(()))?;
+        if cut > kept_entries {
+            finish_manifest(&cut_manifest, cut, chunk_size)?;
             remove(&kept)?;
             fs::rename(&incoming, &kept)
                 .map_err(|e| Failure::io("keep the unfinished session", &incoming, e))?;
@@ -54,8 +53,7 @@ pub fn settle(volume_dir: &Path, chunk_size: u32) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     // A kept session whose manifest is gone or holds nothing is of no use.
-    let m = kept.join(MANIFEST_FILE);
-    if entries(&m, chunk_size)?.is_empty() {
+    if finished_entries(&m, chunk_size) == 0 {
         remove(&kept)?;
         return Ok(None);
     }
@@ -77,14 +75,32 @@ fn remove(dir: &Path) -> Result<()> {
     }
 }
 
-/// The entries of a manifest as far as they are whole and in order: a
-/// finished manifest's, or an unfinished one's up to its cut. Empty if the
-/// file is missing or its header is not the archive's. A cut session has
-/// at most one entry per chunk of its volume, which bounds this.
-fn entries(path: &Path, chunk_size: u32) -> Result<Vec<Entry>> {
+/// The entries of a finished manifest (one [`settle`] wrote), from its
+/// length; 0 if it is missing or not one.
+fn finished_entries(path: &Path, chunk_size: u32) -> u64 {
+    let mut head = [0u8; HEADER_LEN];
+    let Ok(mut f) = File::open(path) else {
+        return 0;
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    if f.read_exact(&mut head).is_err() {
+        return 0;
+    }
+    protocol::manifest::entry_count(&head, len, chunk_size).unwrap_or(0)
+}
+
+/// Calls `each` with the entries of a manifest as far as they are whole
+/// and in order (a finished manifest's, or an unfinished one's up to its
+/// cut) and returns their number: 0 if the file is missing or its header
+/// is not the archive's. One pass, one entry in memory at a time.
+fn scan(
+    path: &Path,
+    chunk_size: u32,
+    mut each: impl FnMut(&Entry) -> std::io::Result<()>,
+) -> Result<u64> {
     let f = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(Failure::io("open manifest", path, e)),
     };
     let mut r = BufReader::with_capacity(1 << 16, f);
@@ -93,34 +109,42 @@ fn entries(path: &Path, chunk_size: u32) -> Result<Vec<Entry>> {
         || head[..8] != MAGIC
         || head[8..] != chunk_size.to_le_bytes()
     {
-        return Ok(Vec::new());
+        return Ok(0);
     }
-    let mut out: Vec<Entry> = Vec::new();
+    let (mut n, mut last) = (0u64, None);
     let mut b = [0u8; ENTRY_LEN];
     while r.read_exact(&mut b).is_ok() {
         // The end record (codec 0xFF) and a torn entry end it alike.
         let Ok(e) = decode_entry(&b) else { break };
-        let in_order = out.last().is_none_or(|l| e.addr > l.addr);
+        let in_order = last.is_none_or(|l| e.addr > l);
         if !in_order || !e.addr.is_multiple_of(chunk_size as u64) {
             break;
         }
-        out.push(e);
+        each(&e).map_err(|err| Failure::io("write manifest", path, err))?;
+        last = Some(e.addr);
+        n += 1;
     }
-    Ok(out)
+    Ok(n)
 }
 
-/// Rewrites the manifest at `path` as a finished one holding `entries`.
-fn finish_manifest(path: &Path, entries: &[Entry], chunk_size: u32) -> Result<()> {
+/// Rewrites the manifest at `path` as a finished one holding its first
+/// `n` whole entries.
+fn finish_manifest(path: &Path, n: u64, chunk_size: u32) -> Result<()> {
     let tmp = path.with_extension("finished");
-    let write = || -> std::io::Result<()> {
-        let f = File::create(&tmp)?;
-        let mut w = ManifestWriter::new(BufWriter::new(f), chunk_size)?;
-        for e in entries {
+    let f = File::create(&tmp).map_err(|e| Failure::io("write manifest", &tmp, e))?;
+    let mut w = ManifestWriter::new(BufWriter::with_capacity(1 << 16, f), chunk_size)
+        .map_err(|e| Failure::io("write manifest", &tmp, e))?;
+    let mut left = n;
+    scan(path, chunk_size, |e| {
+        if left > 0 {
+            left -= 1;
             w.push(e).map_err(std::io::Error::other)?;
         }
-        w.finish()?.flush()
-    };
-    write().map_err(|e| Failure::io("write manifest", &tmp, e))?;
+        Ok(())
+    })?;
+    w.finish()
+        .and_then(|mut b| b.flush())
+        .map_err(|e| Failure::io("write manifest", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Failure::io("write manifest", path, e))
 }
 
@@ -177,19 +201,12 @@ mod tests {
         // A resumed backup cut earlier than the first: the first stays.
         cut_manifest(&t.join(".incoming"), 3, 0);
         settle(&t, CS).unwrap();
-        assert_eq!(
-            entries(&t.join(RESUME).join(MANIFEST_FILE), CS)
-                .unwrap()
-                .len(),
-            8
-        );
+        assert_eq!(finished_entries(&t.join(RESUME).join(MANIFEST_FILE), CS), 8);
         // Cut later: it replaces the first.
         cut_manifest(&t.join(".incoming"), 12, 40);
         settle(&t, CS).unwrap();
         assert_eq!(
-            entries(&t.join(RESUME).join(MANIFEST_FILE), CS)
-                .unwrap()
-                .len(),
+            finished_entries(&t.join(RESUME).join(MANIFEST_FILE), CS),
             12
         );
         assert!(!t.join(".incoming").exists());
@@ -219,13 +236,24 @@ mod tests {
             b.extend_from_slice(&protocol::manifest::encode_entry(&e));
         }
         fs::write(&p, &b).unwrap();
-        assert_eq!(entries(&p, CS).unwrap(), vec![entry(0), entry(2)]);
+        assert_eq!(entries(&p), vec![entry(0), entry(2)]);
         let mut odd = entry(4);
         odd.addr += 1;
         b.truncate(HEADER_LEN + ENTRY_LEN);
         b.extend_from_slice(&protocol::manifest::encode_entry(&odd));
         fs::write(&p, &b).unwrap();
-        assert_eq!(entries(&p, CS).unwrap(), vec![entry(0)]);
+        assert_eq!(entries(&p), vec![entry(0)]);
+    }
+
+    fn entries(p: &Path) -> Vec<Entry> {
+        let mut v = Vec::new();
+        let n = scan(p, CS, |e| {
+            v.push(*e);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, v.len() as u64);
+        v
     }
 
     fn tempdir() -> PathBuf {
