@@ -1069,6 +1069,11 @@ impl ManifestFile {
         })
     }
 
+    /// Its number of entries.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
     /// The entry at `addr`, if the manifest has one.
     pub fn entry_at(&self, addr: u64) -> Result<Option<protocol::manifest::Entry>> {
         use std::os::unix::fs::FileExt;

@@ -64,7 +64,13 @@ pub fn fetch(
         ManifestFile::open(&path, cs as u32)
     })();
     match whole {
-        Ok(m) => Ok(Some(Arc::new(m))),
+        Ok(m) => {
+            report::detail(format!(
+                "{volume}: a cut backup left {} in the archive; each one the volume still holds is kept, not sent again",
+                crate::units::count(m.entries(), "chunk")
+            ));
+            Ok(Some(Arc::new(m)))
+        }
         Err(e) => {
             report::warn(format!(
                 "volume '{volume}': the receiver's record of a cut backup is not usable ({e:#}); sending everything"
