@@ -487,14 +487,14 @@ impl Client {
         self.call_ok(&Request::Abort)
     }
 
-    /// One reference record of the session in progress (not flushed; see
-    /// [`Client::send_chunk`]).
     /// A resumed record: the unfinished session's chunk at `r.addr` is the
-    /// one to keep (see [`Client::send_chunk`] for failures).
+    /// one to keep (not flushed; see [`Client::send_chunk`]).
     pub fn send_resume(&mut self, r: ResumedChunk) -> Result<(), StreamError> {
         self.conn.paced_write(|wr| wr.request(&Request::Resume(r)))
     }
 
+    /// One reference record of the session in progress (not flushed; see
+    /// [`Client::send_chunk`]).
     pub fn send_ref(&mut self, r: ChunkRef) -> Result<(), StreamError> {
         self.conn.paced_write(|wr| wr.request(&Request::Ref(r)))
     }

@@ -185,7 +185,9 @@ fn check_session(
     Ok(())
 }
 
-fn verify_chunk(
+/// A stored chunk read for `raw_len` bytes of plaintext: whole, or why not
+/// (for a finding or a log line).
+pub(super) fn verify_chunk(
     data: std::result::Result<&[u8], ReadFailure>,
     raw_len: usize,
 ) -> std::result::Result<(), String> {

@@ -94,22 +94,24 @@ pub fn confirm(archive: &Archive, lookup: &mut ManifestLookup, r: &ChunkRef) -> 
 /// A reference is confirmed only where the manifest stores exactly its id
 /// (`found`: the hash of the stored chunk at `from`, None if none).
 pub fn judge(r: &ChunkRef, found: Option<Hash>) -> Result<()> {
-    match found {
-        Some(h) if h == r.hash => Ok(()),
-        found => Err(Failure::new(
+    holds(found, &r.hash).map_err(|why| {
+        Failure::new(
             ErrorCode::BadRequest,
             format!(
-                "reference to chunk {:#x} of session {} of volume '{}': {}",
-                r.from,
-                r.session,
-                r.volume,
-                if found.is_some() {
-                    "another chunk is stored there"
-                } else {
-                    "no chunk is stored there"
-                }
+                "reference to chunk {:#x} of session {} of volume '{}': {why}",
+                r.from, r.session, r.volume
             ),
-        )),
+        )
+    })
+}
+
+/// Whether the stored chunk a manifest has at an address (`found`, None if
+/// none) is exactly `want`; if not, why not.
+pub fn holds(found: Option<Hash>, want: &Hash) -> std::result::Result<(), &'static str> {
+    match found {
+        Some(h) if h == *want => Ok(()),
+        Some(_) => Err("another chunk is stored there"),
+        None => Err("no chunk is stored there"),
     }
 }
 

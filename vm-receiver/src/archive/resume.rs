@@ -36,7 +36,7 @@ pub fn settle(volume_dir: &Path, chunk_size: u32) -> Result<Option<PathBuf>> {
     let incoming = volume_dir.join(super::session::INCOMING);
     let kept = volume_dir.join(RESUME);
     let m = kept.join(MANIFEST_FILE);
-    let kept_entries = finished_entries(&m, chunk_size);
+    let mut kept_entries = finished_entries(&m, chunk_size);
     if incoming.is_dir() {
         let cut_manifest = incoming.join(MANIFEST_FILE);
         let cut = scan(&cut_manifest, chunk_size, |_| Ok(()))?;
@@ -45,15 +45,13 @@ pub fn settle(volume_dir: &Path, chunk_size: u32) -> Result<Option<PathBuf>> {
             remove(&kept)?;
             fs::rename(&incoming, &kept)
                 .map_err(|e| Failure::io("keep the unfinished session", &incoming, e))?;
+            kept_entries = cut;
         } else {
             remove(&incoming)?;
         }
     }
-    if !kept.is_dir() {
-        return Ok(None);
-    }
     // A kept session whose manifest is gone or holds nothing is of no use.
-    if finished_entries(&m, chunk_size) == 0 {
+    if kept_entries == 0 {
         remove(&kept)?;
         return Ok(None);
     }
@@ -78,26 +76,14 @@ fn remove(dir: &Path) -> Result<()> {
 /// The entries of a finished manifest (one [`settle`] wrote), from its
 /// length; 0 if it is missing or not one.
 fn finished_entries(path: &Path, chunk_size: u32) -> u64 {
-    let mut head = [0u8; HEADER_LEN];
-    let Ok(mut f) = File::open(path) else {
-        return 0;
-    };
-    let len = f.metadata().map_or(0, |m| m.len());
-    if f.read_exact(&mut head).is_err() {
-        return 0;
-    }
-    protocol::manifest::entry_count(&head, len, chunk_size).unwrap_or(0)
+    super::refs::open_manifest(path, chunk_size).map_or(0, |(_, n)| n)
 }
 
 /// Calls `each` with the entries of a manifest as far as they are whole
 /// and in order (a finished manifest's, or an unfinished one's up to its
 /// cut) and returns their number: 0 if the file is missing or its header
 /// is not the archive's. One pass, one entry in memory at a time.
-fn scan(
-    path: &Path,
-    chunk_size: u32,
-    mut each: impl FnMut(&Entry) -> std::io::Result<()>,
-) -> Result<u64> {
+fn scan(path: &Path, chunk_size: u32, mut each: impl FnMut(&Entry) -> Result<()>) -> Result<u64> {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -120,7 +106,7 @@ fn scan(
         if !in_order || !e.addr.is_multiple_of(chunk_size as u64) {
             break;
         }
-        each(&e).map_err(|err| Failure::io("write manifest", path, err))?;
+        each(&e)?;
         last = Some(e.addr);
         n += 1;
     }
@@ -138,7 +124,8 @@ fn finish_manifest(path: &Path, n: u64, chunk_size: u32) -> Result<()> {
     scan(path, chunk_size, |e| {
         if left > 0 {
             left -= 1;
-            w.push(e).map_err(std::io::Error::other)?;
+            w.push(e)
+                .map_err(|err| Failure::io("write manifest", &tmp, std::io::Error::other(err)))?;
         }
         Ok(())
     })?;

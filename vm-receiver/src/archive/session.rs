@@ -354,43 +354,25 @@ impl SessionWriter {
         let dir = self.volume_dir.join(resume::RESUME);
         let mpath = dir.join(MANIFEST_FILE);
         let path = self.store.chunk_path(&dir, r.addr);
+        // One more than the longest valid chunk: a longer one is told.
+        let max = protocol::envelope::max_stored(self.chunk_size as usize) + 1;
         if self.resumed.is_none() {
             let (f, n) = refs::open_manifest(&mpath, self.chunk_size)?;
-            let cap = protocol::envelope::max_stored(self.chunk_size as usize) + 1;
-            let buf = AlignedBuf::new(cap.next_multiple_of(DIRECT_ALIGN));
+            let buf = AlignedBuf::new(max.next_multiple_of(DIRECT_ALIGN));
             self.resumed = Some((f, n, buf));
         }
         let (f, n, buf) = self.resumed.as_mut().expect("opened above");
-        match refs::stored_entry(f, &mpath, *n, r.addr)? {
-            Some(h) if h == r.hash => {}
-            found => {
-                return Err(Failure::new(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "{} there",
-                        if found.is_some() {
-                            "another chunk is stored"
-                        } else {
-                            "no chunk is stored"
-                        }
-                    ),
-                ))
-            }
-        }
-        let max = protocol::envelope::max_stored(self.chunk_size as usize) + 1;
-        self.store
-            .read(&dir, r.addr, buf, max)
-            .map_err(|e| match e {
-                super::store::ReadFailure::Open(e) | super::store::ReadFailure::Read(e) => {
-                    Failure::io("read chunk", &path, e)
-                }
-            })?;
-        protocol::envelope::check_stored(buf.as_slice(), r.raw_len as usize).map_err(|e| {
-            Failure::new(
-                ErrorCode::Corrupt,
-                format!("chunk '{}': {e}", path.display()),
-            )
-        })?;
+        let found = refs::stored_entry(f, &mpath, *n, r.addr)?;
+        refs::holds(found, &r.hash).map_err(|why| Failure::new(ErrorCode::BadRequest, why))?;
+        let read = self.store.read(&dir, r.addr, buf, max);
+        super::check::verify_chunk(read.map(|_| buf.as_slice()), r.raw_len as usize).map_err(
+            |why| {
+                Failure::new(
+                    ErrorCode::Corrupt,
+                    format!("chunk '{}': {why}", path.display()),
+                )
+            },
+        )?;
         self.make_room(r.addr)?;
         self.store
             .link(&dir, r.addr, &self.incoming, r.addr)
